@@ -1,0 +1,3 @@
+from cpn_dist.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,38 @@
+"""``cpn synth-voc``: write the built-in synthetic dataset in PASCAL VOC 2012 layout."""
+
+from __future__ import annotations
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cpn_dist.cli import add_command, console
+
+
+def register(sub) -> None:
+    p = add_command(
+        sub, "synth-voc", "generate a synthetic dataset in PASCAL VOC 2012 layout",
+        "Write JPEGImages/, Annotations/, SegmentationClass/ and ImageSets/Segmentation/"
+        "{train,val,train_aug}.txt for N synthetic images of the 20 VOC classes. Deterministic per seed.",
+    )  # fmt: skip
+    p.add_argument("--out", required=True, help="output folder (the VOC2012 root)")
+    p.add_argument("--images", type=int, required=True, help="number of images")
+    p.add_argument("--size", type=int, default=128, help="long side of every image in pixels (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
+    p.set_defaults(handler=_run)
+
+
+def _run(args) -> int:
+    from cpn_dist.data.synth import synthesize_voc
+
+    with Progress(
+        TextColumn("synth-voc"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True, disable=not console.is_terminal,
+    ) as progress:  # fmt: skip
+        task = progress.add_task("images", total=args.images)
+        root = synthesize_voc(
+            args.out, args.images, size=args.size, seed=args.seed, workers=args.workers,
+            overwrite=args.overwrite, on_image=lambda _: progress.advance(task),
+        )  # fmt: skip
+    console.print(f"wrote {args.images} images (long side {args.size}, seed {args.seed}) to [bold]{root}[/]")
+    return 0

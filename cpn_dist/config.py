@@ -1,0 +1,382 @@
+"""Run configuration: a typed, validated tree of plain data.
+
+A run is described by one YAML file (see ``configs/``) plus dotted command-line overrides
+(``optim.lr=0.02 data.crop=320``). Every key is declared below with its type, default and range;
+an unknown key, a wrong type or an out-of-range value is a :class:`~cpn_dist.errors.ConfigError`
+whose message names the dotted key (and, for a typo, the nearest valid key).
+
+The sections and keys here are a stable interface: later versions add keys, never rename them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cpn_dist.errors import ConfigError
+
+
+class _Section(BaseModel):
+    """A config section: unknown keys are errors, values are checked without silent coercion."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class PatchConfig(_Section):
+    """How the complementary patch (CP) pair is drawn (paper Sec. 3.2)."""
+
+    kind: Literal["superpixel", "grid"] = Field(
+        "superpixel", description="patch template: SLIC superpixels or square grid cells"
+    )
+    segments: int = Field(
+        200, ge=2, le=100_000, description="S_N, the SLIC segment count (must be packed in the shards)"
+    )
+    grid_sizes: list[int] = Field(
+        [56, 112], min_length=1, description="K, the grid cell sizes S drawn from evenly (pixels)"
+    )
+    hide_prob: float = Field(0.5, gt=0.0, lt=1.0, description="p_h, probability that a patch is hidden in I_h")
+    lambda_mode: Literal["pixels", "patches"] = Field(
+        "pixels", description="lambda = visible pixel fraction (released code) or 1 - N_h/N (paper)"
+    )
+    sampling: Literal["bernoulli", "released"] = Field(
+        "bernoulli",
+        description="bernoulli: each patch hidden with p_h (paper); "
+        "released: floor((K+1)/2) ids drawn with replacement",
+    )
+
+    @model_validator(mode="after")
+    def _positive_grid(self) -> PatchConfig:
+        if any(s < 1 for s in self.grid_sizes):
+            raise ValueError("grid_sizes: every cell size must be >= 1 pixel")
+        return self
+
+
+class DataConfig(_Section):
+    shards: str = Field(
+        "shards/voc", description="a folder written by `cpn pack`, or a webdataset URL/brace pattern"
+    )
+    split: str = Field("train_aug", description="which split's shards to read from a folder")
+    crop: int = Field(448, ge=16, le=4096, description="square training crop (pixels)")
+    scale_range: list[int] = Field(
+        [448, 768], min_length=2, max_length=2, description="random long-side resize range (pixels)"
+    )
+    mean: list[float] = Field(
+        [0.485, 0.456, 0.406], min_length=3, max_length=3, description="RGB normalisation mean (0..1)"
+    )
+    std: list[float] = Field(
+        [0.229, 0.224, 0.225], min_length=3, max_length=3, description="RGB normalisation std (0..1)"
+    )
+    color_jitter: list[float] = Field(
+        [0.3, 0.3, 0.3, 0.1], min_length=4, max_length=4,
+        description="brightness, contrast, saturation, hue jitter of the image only (0 = off)",
+    )
+    workers: int = Field(2, ge=0, le=256, description="data loader worker processes per rank")
+    patch: PatchConfig = Field(default_factory=PatchConfig)
+
+    @model_validator(mode="after")
+    def _ordered_scale_range(self) -> DataConfig:
+        lo, hi = self.scale_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"scale_range: need 0 < low <= high, got [{lo}, {hi}]")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std: every value must be > 0")
+        if any(j < 0 for j in self.color_jitter) or self.color_jitter[3] > 0.5:
+            raise ValueError("color_jitter: values must be >= 0 and the hue jitter <= 0.5")
+        return self
+
+
+class ModelConfig(_Section):
+    backbone: Literal["resnet38d", "tiny"] = Field("resnet38d", description="feature extractor")
+    head: Literal["official", "paper", "none"] = Field(
+        "paper", description="CAM refinement head: released PCM+PRCM, the paper's eqs. 7-12, or none (plain CAM)"
+    )
+    weights: str | None = Field(None, description="initial weights (.pth: released ResNet38 init, released CPN, ours)")
+
+
+class LossConfig(_Section):
+    recipe: Literal["paper", "official", "cam"] = Field(
+        "paper", description="paper: eqs. 13-17; official: the released train_cpn.py; cam: L_cls on I only (baseline)"
+    )
+    ohem_ratio: float = Field(0.2, gt=0.0, le=1.0, description="fraction of CPCR elements kept by OHEM (1 = no OHEM)")
+    ohem_scope: Literal["batch", "image"] = Field(
+        "batch", description="top-k over the whole global batch, or per image"
+    )
+    weights: list[float] = Field(
+        [1.0, 1.0, 1.0], min_length=3, max_length=3, description="w1, w2, w3 of L_cls, L_tcp, L_cpcr (eq. 17)"
+    )
+
+    @model_validator(mode="after")
+    def _non_negative_weights(self) -> LossConfig:
+        if any(w < 0 for w in self.weights):
+            raise ValueError("weights: every loss weight must be >= 0")
+        return self
+
+
+class BatchConfig(_Section):
+    global_size: int = Field(4, ge=1, description="images per optimizer step over all ranks (the paper: 4)")
+    micro_size: int = Field(4, ge=1, description="images per forward on one device")
+
+    @model_validator(mode="after")
+    def _micro_divides_global(self) -> BatchConfig:
+        if self.global_size % self.micro_size:
+            raise ValueError(
+                f"micro_size: {self.micro_size} does not divide batch.global_size {self.global_size}"
+            )
+        return self
+
+
+class OptimConfig(_Section):
+    lr: float = Field(0.01, gt=0.0, description="base learning rate (backbone weights)")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")
+    weight_decay: float = Field(5e-4, ge=0.0, description="weight decay of weight tensors (biases get none)")
+    poly_power: float = Field(0.9, ge=0.0, description="lr = base * (1 - step/total)^power")
+    grad_clip: float | None = Field(None, gt=0.0, description="max global gradient norm (null = no clipping)")
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(8, ge=1, description="passes over the training split")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
+    seed: int = Field(0, ge=0, description="seed of every random choice (data order, augmentation, CP masks, init)")
+    precision: Literal["no", "bf16", "fp16"] = Field("no", description="mixed precision through Accelerate")
+    checkpoint_every: int = Field(1000, ge=1, description="optimizer steps between checkpoints")
+    keep_last: int = Field(3, ge=1, description="checkpoints kept on disk")
+
+
+class OutputConfig(_Section):
+    dir: str = Field("runs/cpn", description="checkpoints, TensorBoard logs and final weights go here")
+
+
+class LogConfig(_Section):
+    every: int = Field(20, ge=1, description="optimizer steps between scalar logs")
+    image_every: int = Field(500, ge=1, description="optimizer steps between TensorBoard image panels")
+
+
+class Config(_Section):
+    """The whole run configuration."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="python")
+
+
+# --------------------------------------------------------------------------------------------
+# YAML: PyYAML follows YAML 1.1, where `5e-4` (no dot) is a string. Configs are full of such
+# numbers, so resolve them as floats the way YAML 1.2 and every user expects.
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, source: str = "<string>") -> Any:
+    """Parse YAML text with float-friendly resolution; a syntax error names ``source``."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: invalid YAML ({problem})") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Key introspection, used for suggestions and for the README's key table.
+def _section_fields(model: type[BaseModel]) -> dict[str, Any]:
+    return dict(model.model_fields)
+
+
+def _sub_model(annotation: Any) -> type[BaseModel] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def all_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """Every leaf key of the schema as a dotted path, in declaration order."""
+    keys: list[str] = []
+    for name, field in _section_fields(model).items():
+        sub = _sub_model(field.annotation)
+        if sub is not None:
+            keys += all_keys(sub, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def key_docs() -> list[tuple[str, str, str]]:
+    """(dotted key, default, description) for every leaf key, for documentation."""
+    rows = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in _section_fields(model).items():
+            sub = _sub_model(field.annotation)
+            if sub is not None:
+                walk(sub, f"{prefix}{name}.")
+            else:
+                rows.append((prefix + name, repr(field.get_default(call_default_factory=True)),
+                             field.description or ""))
+
+    walk(Config, "")
+    return rows
+
+
+def _model_at(path: tuple[str, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = Config
+    for part in path:
+        if model is None:
+            return None
+        field = _section_fields(model).get(part)
+        model = _sub_model(field.annotation) if field is not None else None
+    return model
+
+
+def suggest_key(path: tuple[str, ...]) -> str | None:
+    """The nearest valid dotted key for an unknown key at ``path`` (None if nothing is close)."""
+    parent, name = path[:-1], path[-1]
+    model = _model_at(parent)
+    if model is not None:
+        close = difflib.get_close_matches(name, list(_section_fields(model)), n=1, cutoff=0.6)
+        if close:
+            return ".".join((*parent, close[0]))
+    # A right key in the wrong section (`lr` at the top level): match on the last component,
+    # then on the whole dotted path.
+    keys = all_keys()
+    same_leaf = [k for k in keys if k.rsplit(".", 1)[-1] == name]
+    if same_leaf:
+        return same_leaf[0]
+    close = difflib.get_close_matches(".".join(path), keys, n=1, cutoff=0.7)
+    return close[0] if close else None
+
+
+# --------------------------------------------------------------------------------------------
+_TYPE_NAMES = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "str": "a string",
+    "list": "a list",
+    "dict": "a mapping",
+    "model": "a mapping",
+}
+
+
+def _describe_error(err: dict[str, Any]) -> str:
+    loc = tuple(str(p) for p in err["loc"] if not isinstance(p, int))
+    index = [p for p in err["loc"] if isinstance(p, int)]
+    key = ".".join(loc) or "<config>"
+    if index:
+        key += "[" + "][".join(map(str, index)) + "]"
+    kind = err["type"]
+    ctx = err.get("ctx", {})
+    got = err.get("input")
+    if kind == "extra_forbidden":
+        hint = suggest_key(loc)
+        return f"unknown key '{key}'" + (f" (did you mean '{hint}'?)" if hint else "")
+    if kind == "literal_error":
+        return f"{key}: expected one of {ctx.get('expected')}, got {got!r}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
+        bound = next(iter(ctx.values()))
+        return f"{key}: must be {op} {bound}, got {got!r}"
+    if kind in ("too_short", "too_long"):
+        return f"{key}: {err['msg'].lower()}"
+    if kind == "value_error":
+        msg = err["msg"].removeprefix("Value error, ")
+        field = re.match(r"^(\w+): (.*)$", msg)  # a section validator naming one of its fields
+        if field:
+            return f"{key}.{field[1]}: {field[2]}" if key != "<config>" else msg
+        return f"{key}: {msg}"
+    type_name = kind.split("_")[0]
+    if type_name in _TYPE_NAMES and kind.endswith(("_type", "_parsing")):
+        return f"{key}: expected {_TYPE_NAMES[type_name]}, got {type(got).__name__} {got!r}"
+    if kind == "missing":
+        return f"{key}: required key is missing"
+    return f"{key}: {err['msg']}"
+
+
+def validate(raw: dict[str, Any] | None, source: str = "config") -> Config:
+    """Validate a raw mapping into a :class:`Config`; errors name the dotted key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe_error(e) for e in exc.errors()]
+        # Whole-section errors repeat what a leaf error already says; keep the most specific.
+        raise ConfigError(f"{source}: " + "; ".join(dict.fromkeys(lines))) from None
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Apply one ``dotted.key=value`` override in place; the value is parsed as YAML."""
+    if "=" not in override:
+        raise ConfigError(f"override '{override}': expected KEY=VALUE, e.g. optim.lr=0.02")
+    key, _, text = override.partition("=")
+    path = key.strip().split(".")
+    if not all(path):
+        raise ConfigError(f"override '{override}': empty key component")
+    node = raw
+    for i, part in enumerate(path[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{override}': '{'.'.join(path[: i + 1])}' is not a section")
+        node = child
+    node[path[-1]] = parse_yaml(text, source=f"override {key}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (or start from defaults when ``path`` is None), apply dotted overrides,
+    and validate. Raises :class:`ConfigError` with a one-line message on any problem."""
+    raw: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        raw = parse_yaml(p.read_text(), source=source)
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    for override in overrides:
+        apply_override(raw, override)
+    return validate(raw, source=source)
+
+
+def to_yaml(config: Config) -> str:
+    """The fully resolved config as YAML (defaults filled in), loadable by :func:`load_config`."""
+    return yaml.dump(config.to_dict(), Dumper=_Dumper, sort_keys=False, width=100)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style for sections, flow style for lists (``crop: 448``, ``weights: [1.0, 1.0, 1.0]``)."""
+
+
+_Dumper.add_representer(
+    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True)
+)

@@ -1,0 +1,149 @@
+"""PASCAL VOC 2012: class names, the label palette, and readers for its files.
+
+Class index convention (as in the VOC masks): 0 is background, 1..20 the object classes in
+:data:`CLASSES` order, 255 is "void" (object borders and difficult regions, ignored in scoring).
+Image-level labels are 20-vectors indexed by ``class index - 1``.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cpn_dist.errors import CpnError
+
+CLASSES: tuple[str, ...] = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
+)  # fmt: skip
+NUM_CLASSES = len(CLASSES)  # foreground classes; masks use 0..20
+IGNORE = 255
+CLASS_INDEX = {name: i for i, name in enumerate(CLASSES)}
+
+
+def voc_palette() -> np.ndarray:
+    """The 256×3 uint8 VOC colour map: colour bits of the label index spread over R, G, B."""
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    for label in range(256):
+        c, r, g, b = label, 0, 0, 0
+        for shift in range(7, -1, -1):
+            r |= ((c >> 0) & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette[label] = (r, g, b)
+    return palette
+
+
+PALETTE = voc_palette()
+
+
+def save_label_png(label: np.ndarray, path: str | Path) -> None:
+    """Write an H×W uint8 class map as a palette PNG with the VOC colours."""
+    image = Image.fromarray(np.asarray(label, dtype=np.uint8), mode="P")
+    image.putpalette(PALETTE.reshape(-1).tolist())
+    image.save(path, optimize=False)
+
+
+def read_label_png(path: str | Path) -> np.ndarray:
+    """Read a VOC class map (palette PNG, or plain 8-bit) as H×W uint8 class indices."""
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "L"):
+                raise CpnError(f"{path}: expected a palette or 8-bit label PNG, got mode {im.mode}")
+            return np.array(im, dtype=np.uint8)
+    except FileNotFoundError:
+        raise CpnError(f"{path}: label PNG not found") from None
+    except OSError as exc:
+        raise CpnError(f"{path}: unreadable label PNG ({exc})") from None
+
+
+def read_xml_objects(path: str | Path) -> list[str]:
+    """Object class names listed in a VOC annotation XML, in file order."""
+    try:
+        root = ET.parse(path).getroot()
+    except FileNotFoundError:
+        raise CpnError(f"{path}: annotation not found") from None
+    except ET.ParseError as exc:
+        raise CpnError(f"{path}: malformed annotation XML ({exc})") from None
+    names = []
+    for obj in root.iter("object"):
+        name = (obj.findtext("name") or "").strip()
+        if name not in CLASS_INDEX:
+            raise CpnError(f"{path}: unknown VOC class '{name}'")
+        names.append(name)
+    return names
+
+
+def labels_from_names(names: list[str]) -> np.ndarray:
+    """The 20-dim {0,1} float32 image-level label vector of a list of class names."""
+    y = np.zeros(NUM_CLASSES, dtype=np.float32)
+    for name in names:
+        y[CLASS_INDEX[name]] = 1.0
+    return y
+
+
+def read_split(path: str | Path) -> list[str]:
+    """Image ids of a split list: one id per line (extra columns, as in the released lists, ignored)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CpnError(f"{p}: split list not found")
+    ids = []
+    for line in p.read_text().splitlines():
+        line = line.strip()
+        if line:
+            # released lists hold "/JPEGImages/2007_000032.jpg ..." — keep the bare id
+            ids.append(Path(line.split()[0]).stem)
+    return ids
+
+
+def check_voc(root: str | Path, splits: tuple[str, ...] = ("train", "val", "train_aug")) -> dict:
+    """Check a VOC 2012 folder: every listed image decodes, has an annotation, and (where a
+    ``SegmentationClass`` mask exists) a mask of the same size whose classes equal the XML's.
+
+    Returns ``{"images": n, "masks": m, "problems": [(id, reason), ...]}``; raises
+    :class:`CpnError` when a required folder or split list is missing.
+    """
+    root = Path(root)
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Segmentation"):
+        if not (root / sub).is_dir():
+            raise CpnError(f"{root / sub}: VOC folder not found")
+    ids: dict[str, None] = {}
+    for split in splits:
+        for name in read_split(root / "ImageSets" / "Segmentation" / f"{split}.txt"):
+            ids[name] = None
+    problems: list[tuple[str, str]] = []
+    masks = 0
+    for name in ids:
+        try:
+            with Image.open(root / "JPEGImages" / f"{name}.jpg") as im:
+                im.load()
+                size = im.size
+            names = read_xml_objects(root / "Annotations" / f"{name}.xml")
+        except (OSError, CpnError) as exc:
+            problems.append((name, str(exc)))
+            continue
+        mask_path = root / "SegmentationClass" / f"{name}.png"
+        if not mask_path.is_file():
+            continue
+        masks += 1
+        try:
+            mask = read_label_png(mask_path)
+        except CpnError as exc:
+            problems.append((name, str(exc)))
+            continue
+        if mask.shape != (size[1], size[0]):
+            problems.append((name, f"mask is {mask.shape[1]}×{mask.shape[0]}, image is {size[0]}×{size[1]}"))
+            continue
+        values = set(np.unique(mask).tolist())
+        if not values <= set(range(NUM_CLASSES + 1)) | {IGNORE}:
+            problems.append((name, f"mask holds values outside 0..20 and 255: {sorted(values)}"))
+            continue
+        in_mask = {CLASSES[v - 1] for v in values if 1 <= v <= NUM_CLASSES}
+        if in_mask != set(names):
+            problems.append((name, f"XML classes {sorted(set(names))} != mask classes {sorted(in_mask)}"))
+    return {"images": len(ids), "masks": masks, "problems": problems}

@@ -1,0 +1,140 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cpn_dist.config import Config, ConfigError, all_keys, load_config, to_yaml
+from tests.conftest import ROOT, run_cpn
+
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def test_shipped_configs_exist_and_validate():
+    names = {p.name for p in CONFIGS}
+    assert {"voc_cpn_paper.yaml", "voc_cpn_official.yaml", "voc_baseline.yaml", "demo.yaml"} <= names
+    for path in CONFIGS:
+        assert isinstance(load_config(path), Config)
+
+
+def test_paper_config_holds_the_papers_settings():
+    c = load_config(ROOT / "configs" / "voc_cpn_paper.yaml")
+    assert (c.model.backbone, c.data.crop, c.batch.global_size, c.train.epochs) == ("resnet38d", 448, 4, 8)
+    assert (c.optim.lr, c.optim.poly_power, c.optim.weight_decay, c.optim.momentum) == (0.01, 0.9, 5e-4, 0.9)
+    assert (c.data.patch.kind, c.data.patch.segments, c.data.patch.hide_prob) == ("superpixel", 200, 0.5)
+    assert (c.loss.recipe, c.loss.ohem_ratio, c.loss.ohem_scope) == ("paper", 0.2, "batch")
+
+
+def test_official_config_holds_the_released_recipe():
+    c = load_config(ROOT / "configs" / "voc_cpn_official.yaml")
+    assert (c.loss.recipe, c.loss.ohem_scope, c.model.head) == ("official", "image", "official")
+    assert c.optim.momentum == 0.0005  # the released PolyOptimizer's positional-argument slip
+    assert (c.data.patch.sampling, c.data.patch.segments, c.data.patch.lambda_mode) == ("released", 300, "pixels")
+
+
+def test_baseline_and_demo_configs():
+    base = load_config(ROOT / "configs" / "voc_baseline.yaml")
+    assert (base.model.head, base.loss.recipe) == ("none", "cam")
+    demo = load_config(ROOT / "configs" / "demo.yaml")
+    assert demo.model.backbone == "tiny"
+
+
+def test_documented_keys_are_in_the_schema():
+    documented = """data.shards data.crop data.patch.kind data.patch.segments data.patch.grid_sizes
+    data.patch.hide_prob data.patch.lambda_mode model.backbone model.head model.weights loss.recipe
+    loss.ohem_ratio loss.ohem_scope loss.weights batch.global_size batch.micro_size optim.lr optim.momentum
+    optim.weight_decay optim.poly_power train.epochs train.max_steps train.seed train.precision
+    train.checkpoint_every train.keep_last output.dir log.every log.image_every""".split()
+    keys = set(all_keys())
+    assert set(documented) <= keys, set(documented) - keys
+    readme = (ROOT / "README.md").read_text()
+    missing = [k for k in keys if f"`{k}`" not in readme]
+    assert not missing, f"keys not documented in README.md: {missing}"
+
+
+def test_overrides_are_typed_and_nested():
+    c = load_config(ROOT / "configs" / "voc_cpn_paper.yaml", ["optim.lr=0.02", "data.crop=320",
+                                                              "data.patch.grid_sizes=[32, 64]", "train.max_steps=7"])
+    assert c.optim.lr == 0.02 and c.data.crop == 320 and c.data.patch.grid_sizes == [32, 64]
+    assert c.train.max_steps == 7
+
+
+def test_yaml_exponent_without_dot_is_a_float(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("optim:\n  weight_decay: 5e-4\n  lr: 1e-2\n")
+    c = load_config(p)
+    assert c.optim.weight_decay == pytest.approx(5e-4) and c.optim.lr == pytest.approx(1e-2)
+
+
+def test_resolved_yaml_round_trips(tmp_path):
+    c = load_config(ROOT / "configs" / "voc_cpn_official.yaml", ["optim.lr=0.003"])
+    p = tmp_path / "resolved.yaml"
+    p.write_text(to_yaml(c))
+    assert load_config(p) == c
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("optim.lrr=0.1", "unknown key 'optim.lrr' (did you mean 'optim.lr'?)"),
+        ("data.patch.segmnts=5", "unknown key 'data.patch.segmnts' (did you mean 'data.patch.segments'?)"),
+        ("lr=0.1", "unknown key 'lr' (did you mean 'optim.lr'?)"),
+        ("optim.lr=fast", "optim.lr: expected a number, got str 'fast'"),
+        ("train.epochs=2.5", "train.epochs: expected an integer, got float 2.5"),
+        ("data.crop='448'", "data.crop: expected an integer, got str '448'"),
+        ("train.precision=fp8", "train.precision: expected one of 'no', 'bf16' or 'fp16', got 'fp8'"),
+        ("loss.ohem_ratio=1.5", "loss.ohem_ratio: must be <= 1.0, got 1.5"),
+        ("data.patch.hide_prob=0", "data.patch.hide_prob: must be > 0.0, got 0"),
+        ("batch.micro_size=3", "batch.micro_size: 3 does not divide batch.global_size 4"),
+    ],
+)
+def test_config_errors_name_the_key(override, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(ROOT / "configs" / "voc_cpn_paper.yaml", [override])
+    assert str(info.value) == f"{ROOT / 'configs' / 'voc_cpn_paper.yaml'}: {expected}"
+
+
+def test_misspelt_key_in_a_file_fails_the_cli_with_one_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump({"optim": {"momentun": 0.9}}))
+    proc = run_cpn("config", "show", str(p))
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "optim.momentun" in lines[0] and "did you mean 'optim.momentum'" in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_wrong_type_fails_the_cli_naming_key_and_type():
+    proc = run_cpn("config", "show", "configs/voc_cpn_paper.yaml", "data.crop=big")
+    assert proc.returncode != 0
+    assert "data.crop: expected an integer" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_missing_config_file_and_bad_yaml(tmp_path):
+    proc = run_cpn("config", "show", str(tmp_path / "nope.yaml"))
+    assert proc.returncode != 0 and "nope.yaml: config file not found" in proc.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: [unclosed\n")
+    proc = run_cpn("config", "show", str(bad))
+    assert proc.returncode != 0 and "invalid YAML" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_config_show_prints_the_resolved_config():
+    proc = run_cpn("config", "show", "configs/voc_cpn_paper.yaml", "optim.lr=0.02", "data.crop=320", check=True)
+    shown = yaml.safe_load(proc.stdout)
+    assert shown["optim"]["lr"] == 0.02 and shown["data"]["crop"] == 320
+    # defaults filled in: keys absent from the file are present in the output
+    assert shown["train"]["keep_last"] == Config().train.keep_last
+    assert set(shown) == set(Config.model_fields)
+
+
+def test_config_keys_lists_every_key():
+    proc = run_cpn("config", "keys", check=True)
+    for key in all_keys():
+        assert key in proc.stdout
+
+
+def test_every_shipped_config_is_resolvable_by_the_cli():
+    for path in CONFIGS:
+        run_cpn("config", "show", str(Path("configs") / path.name), check=True)
