@@ -145,6 +145,10 @@ class TrainConfig(_Section):
     precision: Literal["no", "bf16", "fp16"] = Field("no", description="mixed precision through Accelerate")
     checkpoint_every: int = Field(1000, ge=1, description="optimizer steps between checkpoints")
     keep_last: int = Field(3, ge=1, description="checkpoints kept on disk")
+    on_nonfinite: Literal["skip", "stop"] = Field(
+        "skip", description="a non-finite loss: skip that optimizer step (and report it), or stop the run"
+    )
+    compile: bool = Field(False, description="wrap the model in torch.compile")
 
 
 class OutputConfig(_Section):
@@ -154,6 +158,9 @@ class OutputConfig(_Section):
 class LogConfig(_Section):
     every: int = Field(20, ge=1, description="optimizer steps between scalar logs")
     image_every: int = Field(500, ge=1, description="optimizer steps between TensorBoard image panels")
+    peak_flops: float | None = Field(
+        None, gt=0, description="peak FLOP/s of one device for MFU (null: known GPUs from a table, none on CPU)"
+    )
 
 
 class Config(_Section):
