@@ -1,0 +1,105 @@
+"""CAM files in the released format, and the released rule that turns them into class maps.
+
+A CAM file is ``NAME.npy`` holding ``np.save`` of a dict ``{class index 0..19: H×W float32}`` with one
+entry per labelled class (the format of the released ``infer_cam.py``, read by most WSSS tools).
+
+The released evaluator (``evaluation_cam.py``) turns such a dict into a class map at a background
+score β by filling a 21×H×W array with zeros, putting β in channel 0 and the CAMs in channels
+``key + 1``, and taking ``np.argmax``: background wins when β ≥ every foreground score (first index
+wins ties), unlabelled classes score 0. :func:`foreground_max` computes that argmax once for all β:
+the per-pixel maximum of the 20 zero-filled foreground channels and the class index holding it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from cpn_dist.data.voc import NUM_CLASSES
+from cpn_dist.errors import CpnError
+
+
+def save_cams(path: str | Path, cams: dict) -> None:
+    """Write a CAM dict with ``np.save`` atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, cams, allow_pickle=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_cams(path: str | Path) -> dict[int, np.ndarray]:
+    """Read a released-format CAM file: ``{class index 0..19: H×W float32}``."""
+    try:
+        obj = np.load(path, allow_pickle=True)
+    except FileNotFoundError:
+        raise CpnError(f"{path}: CAM file not found") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise CpnError(f"{path}: unreadable CAM file ({exc})") from None
+    if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
+        obj = obj.item()
+    if not isinstance(obj, dict):
+        raise CpnError(f"{path}: expected a dict {{class index: H×W map}}, got {type(obj).__name__}")
+    if "high_res" in obj and "keys" in obj:  # IRN layout (`cpn infer --format irn`)
+        obj = {int(k): v for k, v in zip(np.asarray(obj["keys"]).tolist(), obj["high_res"])}
+    cams: dict[int, np.ndarray] = {}
+    shape = None
+    for key, value in obj.items():
+        if not isinstance(key, (int, np.integer)) or not 0 <= int(key) < NUM_CLASSES:
+            raise CpnError(f"{path}: CAM key {key!r} is not a class index 0..{NUM_CLASSES - 1}")
+        arr = np.asarray(value)
+        if arr.ndim != 2 or (shape is not None and arr.shape != shape):
+            raise CpnError(f"{path}: CAM of class {key} has shape {arr.shape}, expected one H×W shape for all")
+        shape = arr.shape
+        cams[int(key)] = arr.astype(np.float32, copy=False)
+    return cams
+
+
+def foreground_max(cams: dict[int, np.ndarray], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel, the largest foreground score and the VOC class index (1..20) holding it, as the
+    released evaluator's argmax over zero-filled channels sees them: unlabelled classes score 0 and
+    the lowest class index wins ties. Returns ``(score float32 H×W, cls uint8 H×W)``."""
+    keys = sorted(cams)
+    if keys:
+        stack = np.stack([cams[k] for k in keys]).astype(np.float32, copy=False)
+        if stack.shape[1:] != tuple(shape):
+            raise CpnError(f"CAM shape {stack.shape[1:]} differs from the image/label shape {tuple(shape)}")
+        pos = np.argmax(stack, axis=0)
+        score = np.take_along_axis(stack, pos[None], axis=0)[0]
+        cls = np.asarray(keys, dtype=np.uint8)[pos] + 1
+    else:
+        score = np.full(shape, -np.inf, dtype=np.float32)
+        cls = np.zeros(shape, dtype=np.uint8)
+    unlabelled = [c for c in range(NUM_CLASSES) if c not in cams]
+    if unlabelled:
+        # An unlabelled channel holds 0: it takes over where every labelled score is < 0, and on
+        # a tie at 0 the lower class index of the two wins.
+        first_zero = np.uint8(unlabelled[0] + 1)
+        zero_wins = (score < 0) | ((score == 0) & (first_zero < cls))
+        score = np.where(score < 0, np.float32(0), score)
+        cls = np.where(zero_wins, first_zero, cls)
+    return score.astype(np.float32, copy=False), cls.astype(np.uint8, copy=False)
+
+
+def class_map(cams: dict[int, np.ndarray], beta: float, shape: tuple[int, int]) -> np.ndarray:
+    """The released evaluator's class map at background score ``beta``: argmax over
+    ``[β, CAM_1 … CAM_20]`` (β compared as float32, as it is stored there). uint8 H×W, 0..20."""
+    score, cls = foreground_max(cams, shape)
+    return np.where(score > np.float32(beta), cls, np.uint8(0)).astype(np.uint8)
+
+
+def released_class_map(cams: dict[int, np.ndarray], beta: float, shape: tuple[int, int]) -> np.ndarray:
+    """The released evaluator's computation, literally: a zero 21×H×W float32 tensor, β in channel 0,
+    CAMs in channels key+1, ``np.argmax``. Slow; kept as the reference that tests compare against."""
+    tensor = np.zeros((NUM_CLASSES + 1, *shape), np.float32)
+    for key, value in cams.items():
+        tensor[key + 1] = value
+    tensor[0] = beta
+    return np.argmax(tensor, axis=0).astype(np.uint8)

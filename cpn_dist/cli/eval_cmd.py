@@ -1,0 +1,95 @@
+"""``cpn eval``: score CAMs (every background score β in one pass) or label PNGs against ground truth."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cpn_dist.cli import add_command, console
+from cpn_dist.errors import CpnError
+
+
+def register(sub) -> None:
+    p = add_command(
+        sub, "eval", "score CAMs at every background score β in one pass (or label PNGs) against ground truth",
+        "Per-class IoU and mIoU as the released evaluation_cam.py defines them (GT 255 ignored, background "
+        "wins when β ≥ every foreground score, mIoU over 21 classes), for every β of the sweep at once.",
+    )  # fmt: skip
+    p.add_argument("--cams", required=True, metavar="DIR",
+                   help="CAM files NAME.npy (released format), or label PNGs NAME.png")  # fmt: skip
+    p.add_argument("--gt", required=True, metavar="DIR",
+                   help="ground truth: a folder of VOC label PNGs, or shards holding seg.png")  # fmt: skip
+    p.add_argument("--list", required=True, metavar="FILE", help="image ids, one per line (or the released list)")
+    p.add_argument("--betas", default="0.20:0.60:0.01", help="START:STOP:STEP or a comma list (default 0.20:0.60:0.01)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: CPU count, at most 8)")
+    p.add_argument("--json", metavar="FILE", help="write the scores as JSON")
+    p.add_argument("--plot", metavar="FILE", help="PNG of mIoU against β (default: beside --json, .png)")
+    p.set_defaults(handler=_run)
+
+
+def _prediction_kind(folder: Path, first: str) -> str:
+    if (folder / f"{first}.npy").is_file():
+        return "cams"
+    if (folder / f"{first}.png").is_file():
+        return "labels"
+    raise CpnError(f"{folder}: neither {first}.npy (CAMs) nor {first}.png (labels) found")
+
+
+def _run(args) -> int:
+    from cpn_dist.data.voc import read_split
+    from cpn_dist.evaluate import default_workers, ground_truth, parse_betas, score_labels, sweep
+    from cpn_dist.show import sweep_plot
+
+    names = read_split(args.list)
+    if not names:
+        raise CpnError(f"{args.list}: the list holds no image ids")
+    folder = Path(args.cams)
+    if not folder.is_dir():
+        raise CpnError(f"{folder}: prediction folder not found")
+    kind = _prediction_kind(folder, names[0])
+    workers = args.workers or default_workers()
+    gt = ground_truth(args.gt, names)
+    with Progress(
+        TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True, disable=not console.is_terminal,
+    ) as progress:  # fmt: skip
+        task = progress.add_task("images", total=len(names))
+        advance = lambda n: progress.advance(task, n)  # noqa: E731
+        if kind == "cams":
+            betas = parse_betas(args.betas)
+            result = sweep(folder, gt, names, betas, workers=workers, on_images=advance)
+        else:
+            result = score_labels(folder, gt, names, workers=workers, on_images=advance)
+
+    best = result.summary()
+    title = f"{len(names)} images, " + (f"best β = {best['beta']:.3f}" if kind == "cams" else "label PNGs")
+    table = Table("class", "IoU %", title=title)
+    for name, value in best["iou"].items():
+        table.add_row(name, f"{value * 100:.2f}")
+    table.add_section()
+    table.add_row("[bold]mIoU[/]", f"[bold]{best['miou'] * 100:.2f}[/]")
+    table.add_row("background (bg.)", f"{best['background'] * 100:.2f}")
+    table.add_row("foreground (f.)", f"{best['foreground'] * 100:.2f}")
+    console.print(table)
+    if kind == "cams" and len(result.betas) > 1:
+        curve = Table(*(["β", "mIoU %"] * 4), title="mIoU against β")
+        cells = [(f"{b:.3f}", f"{m * 100:.2f}") for b, m in zip(result.betas, result.miou)]
+        for i in range(0, len(cells), 4):
+            row = [x for pair in cells[i:i + 4] for x in pair]
+            curve.add_row(*row, *([""] * (8 - len(row))))
+        console.print(curve)
+
+    data = result.to_json()
+    if kind == "labels":
+        data["betas"], data["best"]["beta"] = [None], None
+    if args.json:
+        Path(args.json).write_text(json.dumps(data, indent=1) + "\n")
+        console.print(f"scores written to [bold]{args.json}[/]")
+    plot = args.plot or (str(Path(args.json).with_suffix(".png")) if args.json else None)
+    if plot and kind == "cams":
+        sweep_plot(result.betas, result.miou, plot, title=f"mIoU against β ({len(names)} images)")
+        console.print(f"plot written to [bold]{plot}[/]")
+    return 0

@@ -1,0 +1,281 @@
+"""Scoring CAMs and label maps against ground truth: the background-score (β) sweep in one pass.
+
+Definitions are those of the released ``evaluation_cam.py``: pixels whose ground truth is 255 are
+ignored; at background score β a pixel is background when β ≥ every foreground score (see
+:mod:`cpn_dist.cams`); per class, IoU = TP / (T + P − TP + 1e-10) and mIoU is the mean over all 21
+classes (a class absent from both prediction and ground truth scores 0, as there).
+
+The released evaluator re-reads every file once per β. Here each image is read once: the
+foreground maximum m and its class c are computed once, and each pixel falls into a histogram bin
+(ground truth g, class c, k) where k = #{β : β < m} is the number of thresholds at which the pixel
+is still foreground. Suffix sums over k then give the confusion matrix of every β — integer-exact.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cpn_dist.cams import foreground_max, load_cams
+from cpn_dist.data.voc import CLASSES, IGNORE, NUM_CLASSES, read_label_png
+from cpn_dist.errors import CpnError
+
+log = logging.getLogger(__name__)
+
+N_LABELS = NUM_CLASSES + 1  # background + 20 classes
+GT_ROWS = IGNORE  # ground-truth values 0..254 are scored (255 is ignored); only 0..20 are classes
+CATEGORIES = ("background", *CLASSES)
+
+
+def parse_betas(spec: str) -> list[float]:
+    """β values from ``START:STOP:STEP`` (STOP excluded, like ``range``) or a comma list.
+
+    Values are rounded to 10 decimals so ``0.20:0.60:0.01`` gives exactly the floats ``i / 100``
+    that the released sweep uses."""
+    spec = spec.strip()
+    try:
+        if ":" in spec:
+            start, stop, step = (float(x) for x in spec.split(":"))
+            if step <= 0 or stop <= start:
+                raise ValueError
+            n = math.ceil(round((stop - start) / step, 9))
+            betas = [round(start + i * step, 10) for i in range(n)]
+        else:
+            betas = [float(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise CpnError(f"--betas '{spec}': expected START:STOP:STEP (e.g. 0.20:0.60:0.01) or a list 0.2,0.3") from None
+    if not betas or not all(math.isfinite(b) for b in betas):
+        raise CpnError(f"--betas '{spec}': no finite thresholds")
+    return betas
+
+
+# --------------------------------------------------------------------------------------------
+# per-image counting
+
+
+def beta_histogram(score: np.ndarray, cls: np.ndarray, gt: np.ndarray, sorted_betas: np.ndarray) -> np.ndarray:
+    """Pixel counts per (ground truth g in 0..254, foreground class c in 0..20, k in 0..n), where
+    k = number of the ascending float32 ``sorted_betas`` strictly below the foreground max score."""
+    n = len(sorted_betas)
+    valid = gt != IGNORE
+    k = np.searchsorted(sorted_betas, score[valid], side="left")
+    flat = (gt[valid].astype(np.int64) * N_LABELS + cls[valid]) * (n + 1) + k
+    return np.bincount(flat, minlength=GT_ROWS * N_LABELS * (n + 1)).reshape(GT_ROWS, N_LABELS, n + 1)
+
+
+def confusions_from_histogram(hist: np.ndarray) -> np.ndarray:
+    """Confusion matrices (n × 255 × 21; rows ground truth, columns prediction) of every β from a
+    :func:`beta_histogram`: at β_j a pixel keeps its class when k > j, else it is background."""
+    n = hist.shape[2] - 1
+    # suffix[..., j] = pixels with k >= j; foreground at β_j needs k >= j + 1
+    suffix = np.cumsum(hist[:, :, ::-1], axis=2)[:, :, ::-1]
+    foreground = np.moveaxis(suffix[:, :, 1:], 2, 0).copy()  # n × g × c
+    total = hist.sum(axis=(1, 2))  # per ground-truth row
+    conf = foreground
+    conf[:, :, 0] = total[None, :] - foreground[:, :, 1:].sum(axis=2)
+    assert conf.shape == (n, GT_ROWS, N_LABELS)
+    return conf
+
+
+def label_confusion(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Confusion matrix (255 × 256) of a class map against ground truth, GT 255 ignored."""
+    valid = gt != IGNORE
+    flat = gt[valid].astype(np.int64) * 256 + pred[valid]
+    return np.bincount(flat, minlength=GT_ROWS * 256).reshape(GT_ROWS, 256)
+
+
+def iou_from_confusion(conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class IoU (… × 21) and mIoU (…) from confusion matrices (… × rows × columns), exactly as
+    the released evaluator: TP / (T + P − TP + 1e-10), the mean over the 21 classes."""
+    conf = np.asarray(conf, dtype=np.int64)
+    idx = np.arange(N_LABELS)
+    tp = conf[..., idx, idx]
+    t = conf[..., :N_LABELS, :].sum(axis=-1)
+    p = conf[..., :, :N_LABELS].sum(axis=-2)
+    iou = tp / (t + p - tp + 1e-10)
+    return iou, np.mean(iou, axis=-1)
+
+
+# --------------------------------------------------------------------------------------------
+# ground truth
+
+
+class GroundTruth:
+    """Where ground-truth masks come from: a folder of VOC label PNGs (``NAME.png``)."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise CpnError(f"{self.folder}: ground-truth folder not found")
+
+    def read(self, name: str) -> np.ndarray:
+        return read_label_png(self.folder / f"{name}.png")
+
+
+def ground_truth(source: str | Path, names: Sequence[str]) -> GroundTruth:
+    """The ground truth at ``source``: a folder of label PNGs, or shards whose samples hold ``seg.png``."""
+    path = Path(source)
+    if path.is_dir() and not any(path.glob("*.tar")):
+        return GroundTruth(path)
+    raise CpnError(f"{source}: not a folder of label PNGs (reading ground truth from shards needs the shard reader)")
+
+
+def _pairs(names: Sequence[str], gt: GroundTruth) -> Iterable[tuple[str, np.ndarray]]:
+    for name in names:
+        yield name, gt.read(name)
+
+
+# --------------------------------------------------------------------------------------------
+# one worker's share
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    names: tuple[str, ...]
+    predictions: str
+    kind: str  # "cams" | "labels"
+    gt: GroundTruth
+    sorted_betas: np.ndarray | None
+
+
+def _count_chunk(chunk: _Chunk) -> np.ndarray:
+    """Summed histogram (cams) or confusion matrix (labels) of one chunk of images."""
+    folder = Path(chunk.predictions)
+    acc = None
+    for name, gt in _pairs(chunk.names, chunk.gt):
+        if chunk.kind == "cams":
+            cams = load_cams(folder / f"{name}.npy")
+            try:
+                score, cls = foreground_max(cams, gt.shape)
+            except CpnError as exc:
+                raise CpnError(f"{folder / f'{name}.npy'}: {exc}") from None
+            counts = beta_histogram(score, cls, gt, chunk.sorted_betas)
+        else:
+            pred = read_label_png(folder / f"{name}.png")
+            if pred.shape != gt.shape:
+                raise CpnError(f"{folder / f'{name}.png'}: size {pred.shape} differs from the ground truth {gt.shape}")
+            counts = label_confusion(pred, gt)
+        acc = counts if acc is None else acc + counts
+    return acc
+
+
+def _count(chunks: list[_Chunk], workers: int, on_images: Callable[[int], None] | None) -> np.ndarray:
+    total = None
+    if workers <= 1 or len(chunks) == 1:
+        results = map(_count_chunk, chunks)
+        pool = None
+    else:
+        pool = ProcessPoolExecutor(workers)
+        results = pool.map(_count_chunk, chunks)
+    try:
+        for chunk, counts in zip(chunks, results):
+            total = counts if total is None else total + counts
+            if on_images:
+                on_images(len(chunk.names))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return total
+
+
+def _chunks(names: Sequence[str], workers: int, **kw) -> list[_Chunk]:
+    # several chunks per worker keep the progress bar moving and the load balanced
+    size = max(1, min(64, math.ceil(len(names) / max(1, 4 * workers))))
+    return [_Chunk(tuple(names[i:i + size]), **kw) for i in range(0, len(names), size)]
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+# --------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass
+class SweepResult:
+    """Scores of every β: ``confusion`` n × 255 × 21 (rows ground truth 0..254, columns 0..20)."""
+
+    betas: list[float]
+    confusion: np.ndarray
+    images: int
+
+    def __post_init__(self) -> None:
+        self.iou, self.miou = iou_from_confusion(self.confusion)
+
+    @property
+    def best(self) -> int:
+        """Index of the β with the highest mIoU (the lowest such β on a tie)."""
+        return int(np.argmax(self.miou))
+
+    def summary(self, index: int | None = None) -> dict:
+        """Scores at one β as plain data: mIoU, per-class IoU, background and mean foreground IoU
+        (the paper's Table 3 columns), all fractions in [0, 1]."""
+        j = self.best if index is None else index
+        iou = self.iou[j]
+        return {
+            "beta": self.betas[j],
+            "miou": float(self.miou[j]),
+            "background": float(iou[0]),
+            "foreground": float(np.mean(iou[1:])),
+            "iou": {name: float(v) for name, v in zip(CATEGORIES, iou)},
+        }
+
+    def to_json(self) -> dict:
+        return {
+            "images": self.images,
+            "betas": list(self.betas),
+            "miou": [float(m) for m in self.miou],
+            "iou": {name: [float(v) for v in self.iou[:, c]] for c, name in enumerate(CATEGORIES)},
+            "best": self.summary(),
+        }
+
+
+def sweep(cams_dir: str | Path, gt: GroundTruth | str | Path, names: Sequence[str], betas: Sequence[float],
+          workers: int = 1, on_images: Callable[[int], None] | None = None) -> SweepResult:
+    """Confusion matrices, IoU and mIoU of the CAMs in ``cams_dir`` at every β, in one pass."""
+    if not names:
+        raise CpnError("the image list is empty")
+    cams_dir = Path(cams_dir)
+    if not cams_dir.is_dir():
+        raise CpnError(f"{cams_dir}: CAM folder not found")
+    gt = gt if isinstance(gt, GroundTruth) else GroundTruth(gt)
+    b32 = np.asarray(betas, dtype=np.float64).astype(np.float32)  # the released stores β in float32
+    sorted_betas, inverse = np.unique(b32, return_inverse=True)
+    chunks = _chunks(names, workers, predictions=str(cams_dir), kind="cams", gt=gt, sorted_betas=sorted_betas)
+    hist = _count(chunks, workers, on_images)
+    conf = confusions_from_histogram(hist)[inverse]
+    log.info("swept %d thresholds over %d images", len(betas), len(names))
+    return SweepResult(list(betas), conf[:, :, :N_LABELS], len(names))
+
+
+def score_labels(labels_dir: str | Path, gt: GroundTruth | str | Path, names: Sequence[str], workers: int = 1,
+                 on_images: Callable[[int], None] | None = None) -> SweepResult:
+    """Scores of a folder of label PNGs (one "β", recorded as NaN)."""
+    if not names:
+        raise CpnError("the image list is empty")
+    labels_dir = Path(labels_dir)
+    if not labels_dir.is_dir():
+        raise CpnError(f"{labels_dir}: label folder not found")
+    gt = gt if isinstance(gt, GroundTruth) else GroundTruth(gt)
+    chunks = _chunks(names, workers, predictions=str(labels_dir), kind="labels", gt=gt, sorted_betas=None)
+    conf = _count(chunks, workers, on_images)
+    # columns 21..255 (predictions outside the classes) count in T, never in P or TP
+    squeezed = np.zeros((1, GT_ROWS, N_LABELS + 1), dtype=np.int64)
+    squeezed[0, :, :N_LABELS] = conf[:, :N_LABELS]
+    squeezed[0, :, N_LABELS] = conf[:, N_LABELS:].sum(axis=1)
+    return SweepResult([float("nan")], squeezed, len(names))
+
+
+def direct_confusion(cams: dict[int, np.ndarray], gt: np.ndarray, beta: float) -> np.ndarray:
+    """The released evaluator's counting for one image at one β (slow reference for tests)."""
+    from cpn_dist.cams import released_class_map
+
+    return label_confusion(released_class_map(cams, beta, gt.shape), gt)[:, :N_LABELS]
