@@ -22,6 +22,20 @@ from cpn_dist.data.voc import NUM_CLASSES
 from cpn_dist.errors import CpnError
 
 
+def normalise_released(total: np.ndarray) -> np.ndarray:
+    """The released ``infer_cam.py`` normalisation of a summed multi-scale CAM (K×H×W), per class,
+    in float32: negatives → 0; with min/max taken then, pixels below min + 1e-5 are set to 0 before
+    (x − min − 1e-5) / (max − min + 1e-5), so the arg-min pixels end up negative; finally halved.
+    A class whose sum is all zero becomes −0.5 everywhere."""
+    x = np.array(total, dtype=np.float32, copy=True)
+    x[x < 0] = 0
+    high = np.max(x, axis=(-2, -1), keepdims=True)
+    low = np.min(x, axis=(-2, -1), keepdims=True)
+    x[x < low + np.float32(1e-5)] = 0
+    x = (x - low - np.float32(1e-5)) / (high - low + np.float32(1e-5))
+    return x / np.float32(2)
+
+
 def save_cams(path: str | Path, cams: dict) -> None:
     """Write a CAM dict with ``np.save`` atomically (a temporary file renamed into place)."""
     path = Path(path)

@@ -1,0 +1,148 @@
+"""Pseudo labels from CAMs: class maps at a background score β, optionally CRF-refined, optionally
+the confident/ignore labels that AffinityNet training uses.
+
+- One β without CRF: the released evaluator's class map (background where β ≥ every class score),
+  so a pseudo-label PNG scores exactly what ``cpn eval`` reported at that β.
+- One β with CRF: the most probable class after :func:`cpn_dist.crf.dense_crf`.
+- A pair β_low < β_high (AffinityNet's "low/high background" pair): pixels that are foreground even
+  at β_high keep their class, pixels that are background even at β_low are background, the rest
+  are 255 (ignored) — the rule PSA applies to its la/ha CRF labels.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cpn_dist.cams import class_map, load_cams
+from cpn_dist.crf import CrfParams, crf_dict, crf_probabilities, to_label_map
+from cpn_dist.data.voc import IGNORE, save_label_png
+from cpn_dist.errors import CpnError
+
+log = logging.getLogger(__name__)
+
+
+def pseudo_label(cams: dict[int, np.ndarray], beta: float, shape: tuple[int, int],
+                 image: np.ndarray | None = None, crf: CrfParams | None = None) -> np.ndarray:
+    """H×W uint8 class map of a CAM dict at ``beta``; CRF-refined on ``image`` when ``crf`` is given."""
+    if crf is None or not cams:
+        return class_map(cams, beta, shape)
+    if image is None:
+        raise CpnError("the CRF needs the image")
+    probs, classes = crf_probabilities(image, cams, beta, crf)
+    return to_label_map(probs, classes)
+
+
+def paired_pseudo_label(cams: dict[int, np.ndarray], low: float, high: float, shape: tuple[int, int],
+                        image: np.ndarray | None = None, crf: CrfParams | None = None) -> np.ndarray:
+    """Confident labels from a β pair: the class at ``high`` where it is foreground, background
+    where ``low`` says background, 255 elsewhere."""
+    if not low < high:
+        raise CpnError(f"the low β ({low}) must be below the high β ({high})")
+    at_high = pseudo_label(cams, high, shape, image, crf)
+    at_low = pseudo_label(cams, low, shape, image, crf)
+    label = at_high.copy()
+    label[at_high == 0] = IGNORE
+    label[at_low == 0] = 0
+    return label
+
+
+# --------------------------------------------------------------------------------------------
+# folders, in parallel
+
+
+@dataclass(frozen=True)
+class Job:
+    """What to write for a list of images (picklable, handed to worker processes)."""
+
+    cams_dir: str
+    out_dir: str
+    betas: tuple[float, ...]  # one β, or (low, high)
+    crf: CrfParams | None
+    voc_root: str | None  # images, needed by the CRF
+    output: str = "png"  # "png": label PNGs; "npy": CRF probabilities in the AffinityNet layout
+
+
+def _image(job: Job, name: str) -> np.ndarray | None:
+    if job.crf is None:
+        return None
+    from cpn_dist.data.inputs import read_image
+
+    return np.asarray(read_image(Path(job.voc_root) / "JPEGImages" / f"{name}.jpg"))
+
+
+def _shape(cams: dict[int, np.ndarray], image: np.ndarray | None, name: str) -> tuple[int, int]:
+    if cams:
+        return next(iter(cams.values())).shape
+    if image is not None:
+        return image.shape[:2]
+    raise CpnError(f"{name}.npy: the CAM dict is empty, so its size is unknown")
+
+
+def _one(job: Job, name: str) -> None:
+    cams = load_cams(Path(job.cams_dir) / f"{name}.npy")
+    image = _image(job, name)
+    shape = _shape(cams, image, name)
+    out = Path(job.out_dir)
+    if job.output == "npy":
+        from cpn_dist.cams import save_cams
+
+        probs, classes = crf_probabilities(image, cams, job.betas[0], job.crf)
+        save_cams(out / f"{name}.npy", crf_dict(probs, classes))
+        return
+    if len(job.betas) == 2:
+        label = paired_pseudo_label(cams, job.betas[0], job.betas[1], shape, image, job.crf)
+    else:
+        label = pseudo_label(cams, job.betas[0], shape, image, job.crf)
+    tmp = out / f".{name}.tmp.png"  # PIL picks the format from the suffix
+    save_label_png(label, tmp)
+    os.replace(tmp, out / f"{name}.png")
+
+
+def _run_chunk(args: tuple[Job, tuple[str, ...]]) -> int:
+    job, names = args
+    for name in names:
+        _one(job, name)
+    return len(names)
+
+
+def pending(names: Sequence[str], out_dir: str | Path, suffix: str, overwrite: bool) -> list[str]:
+    """The names whose output file does not exist yet (all of them with ``overwrite``)."""
+    out = Path(out_dir)
+    return list(names) if overwrite else [n for n in names if not (out / f"{n}{suffix}").is_file()]
+
+
+def run_folder(job: Job, names: Sequence[str], workers: int = 1,
+               on_images: Callable[[int], None] | None = None) -> int:
+    """Write one output per image of ``names`` into ``job.out_dir`` using ``workers`` processes;
+    returns the number written."""
+    if not Path(job.cams_dir).is_dir():
+        raise CpnError(f"{job.cams_dir}: CAM folder not found")
+    if job.crf is not None and (job.voc_root is None or not (Path(job.voc_root) / "JPEGImages").is_dir()):
+        raise CpnError(f"{job.voc_root}/JPEGImages: the CRF needs the images (--voc-root)")
+    Path(job.out_dir).mkdir(parents=True, exist_ok=True)
+    size = max(1, min(16, math.ceil(len(names) / max(1, 4 * workers))))
+    chunks = [(job, tuple(names[i:i + size])) for i in range(0, len(names), size)]
+    if workers <= 1 or len(chunks) <= 1:
+        done = 0
+        for chunk in chunks:
+            n = _run_chunk(chunk)
+            done += n
+            if on_images:
+                on_images(n)
+        return done
+    done = 0
+    with ProcessPoolExecutor(workers) as pool:
+        for n in pool.map(_run_chunk, chunks):
+            done += n
+            if on_images:
+                on_images(n)
+    log.info("wrote %d files to %s", done, job.out_dir)
+    return done
