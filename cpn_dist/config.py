@@ -76,6 +76,17 @@ class DataConfig(_Section):
         description="brightness, contrast, saturation, hue jitter of the image only (0 = off)",
     )
     workers: int = Field(2, ge=0, le=256, description="data loader worker processes per rank")
+    deterministic: bool = Field(
+        False,
+        description="elastic determinism: the global batches (samples, augmentation, CP masks) depend only on "
+        "(seed, epoch, shards), not on world size, micro-batch or workers; needs local tar shards",
+    )
+    shuffle_buffer: int = Field(
+        1000, ge=0, le=1_000_000, description="samples in each worker's shuffle buffer (streaming mode; 0 = off)"
+    )
+    meta: str | None = Field(
+        None, description="the meta.json of the shards (path or http(s) URL); null = beside the shards"
+    )
     patch: PatchConfig = Field(default_factory=PatchConfig)
 
     @model_validator(mode="after")

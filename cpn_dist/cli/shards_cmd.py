@@ -1,0 +1,89 @@
+"""``cpn shards verify|info``: check a packed folder, or show its meta.json."""
+
+from __future__ import annotations
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cpn_dist.cli import add_command, console
+from cpn_dist.errors import CpnError
+
+
+def register(sub) -> None:
+    p = add_command(sub, "shards", "check packed shards or show what they hold")
+    actions = p.add_subparsers(title="actions", metavar="ACTION", dest="action", required=True)
+    v = add_command(actions, "verify", "decode every sample and check members, sizes, labels and counts")
+    v.add_argument("dir", help="a folder written by `cpn pack`")
+    v.add_argument("--split", default=None, help="check only this split (default: every packed split)")
+    v.add_argument("--strict", action="store_true", help="also fail on warnings (labels that disagree with masks)")
+    v.set_defaults(handler=_verify)
+    i = add_command(actions, "info", "print meta.json as tables")
+    i.add_argument("dir", help="a folder written by `cpn pack`")
+    i.set_defaults(handler=_info)
+
+
+def _verify(args) -> int:
+    from cpn_dist.data.verify import total_samples, verify_shards
+
+    total = total_samples(args.dir, args.split)
+    with Progress(
+        TextColumn("verify"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True, disable=not console.is_terminal,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("samples", total=total)
+        checks = verify_shards(args.dir, args.split, progress=lambda n: bar.advance(task, n))
+    failed = False
+    for check in checks:
+        for kind, items, style in (("problem", check.problems, "red"), ("warning", check.warnings, "yellow")):
+            if not items:
+                continue
+            table = Table("where", kind, title=f"{check.split}: {len(items)} {kind}(s)", title_style=style)
+            for where, what in items[:50]:
+                table.add_row(where, what)
+            if len(items) > 50:
+                table.add_row("…", f"{len(items) - 50} more")
+            console.print(table)
+        failed |= bool(check.problems) or (args.strict and bool(check.warnings))
+        status = "[red]FAILED[/]" if check.problems else "[green]ok[/]"
+        console.print(f"{status} {check.split}: {check.samples} samples in {check.shards} shards, "
+                      f"{len(check.problems)} problems, {len(check.warnings)} warnings")  # fmt: skip
+    if failed:
+        raise CpnError(f"{args.dir}: shard verification failed")
+    return 0
+
+
+def _info(args) -> int:
+    from cpn_dist.data.shards import read_meta
+
+    meta = read_meta(args.dir)
+    console.print(f"[bold]{args.dir}[/] — {meta.get('tool', '?')}, format {meta['format']} v{meta['format_version']}")
+    for split, e in meta["splits"].items():
+        t = Table(title=f"split {split}", show_header=False, title_justify="left")
+        t.add_column(style="bold")
+        t.add_column()
+        slic = e["slic"]
+        rows = [
+            ("samples", f"{e['count']} of {e['source']['listed']} listed"),
+            ("shards", f"{len(e['shards'])}: {e['shards'][0]['name']} … {e['shards'][-1]['name']}"
+                       if e["shards"] else "0"),  # fmt: skip
+            ("shard size", str(e["shard_size"])),
+            ("members", " ".join(e["members"]) + (f" (+ seg.png in {e['with_seg']})" if e["with_seg"] else "")),
+            ("SLIC", f"segments {slic['segments']}, compactness {slic['compactness']}, {slic['library']}"),
+            *((f"  N={n}", f"K {v['min']}–{v['max']}, mean {v['mean']}") for n, v in slic["superpixels"].items()),
+            ("mean RGB", ", ".join(f"{v:.4f}" for v in e["mean_rgb"])),
+            ("source", f"{e['source']['list']} (labels: {e['source']['labels']}, masks: {e['source']['masks']})"),
+            ("skipped", str(len(e["skipped"]))),
+        ]
+        for k, v in rows:
+            t.add_row(k, v)
+        console.print(t)
+        counts = Table("class", "images", title=f"{split}: images per class", title_justify="left")
+        for name, n in e["class_counts"].items():
+            counts.add_row(name, str(n))
+        console.print(counts)
+        if e["skipped"]:
+            sk = Table("image", "reason", title=f"{split}: skipped", title_justify="left")
+            for item in e["skipped"][:50]:
+                sk.add_row(item["id"], item["reason"])
+            console.print(sk)
+    return 0

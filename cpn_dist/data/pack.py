@@ -1,0 +1,557 @@
+"""``cpn pack``: turn a VOC split into webdataset shards with precomputed SLIC superpixel maps.
+
+SLIC runs once per image and requested segment count, at pack time, in worker processes; the
+training loader then only looks superpixel ids up (see :mod:`cpn_dist.data.cp_pair`).
+
+Shard ``i`` holds the images at positions ``[i·shard_size, (i+1)·shard_size)`` of the split list,
+minus the skipped ones, so every shard can be (re)built on its own. Each shard is written to a
+hidden temporary file and renamed when complete, after its statistics were saved in the work folder
+``.{split}.pack/``; ``resume=True`` keeps the shards that have both and builds the rest. ``meta.json``
+is written last and the work folder removed. The tar bytes depend only on the input (member order
+fixed, mtime 0, uid/gid 0, no user names, mode 0644), so a re-pack is byte-identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import tarfile
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from cpn_dist import __version__
+from cpn_dist.data.shards import (
+    FORMAT,
+    FORMAT_VERSION,
+    META_NAME,
+    encode_labels,
+    encode_png,
+    parse_meta,
+    sample_members,
+    shard_name,
+    slic_member,
+    write_json_atomic,
+)
+from cpn_dist.data.voc import CLASSES, IGNORE, NUM_CLASSES, labels_from_names, read_split, read_xml_objects
+from cpn_dist.errors import CpnError
+
+log = logging.getLogger(__name__)
+
+MAX_SEGMENTS = 65535  # ids are stored as uint16
+# Fault injection for tests: after this many shards were written, start the next one and SIGKILL
+# the packing process mid-write, as a pre-empted job would be.
+KILL_AFTER_ENV = "CPN_PACK_TEST_KILL_AFTER_SHARDS"
+
+
+# --------------------------------------------------------------------------------------------
+# Input
+
+
+@dataclass(frozen=True)
+class PackSource:
+    """What to pack: the split's image ids and where their files are."""
+
+    voc_root: Path
+    split: str
+    list_path: Path
+    ids: list[str]
+    images: Path
+    annotations: Path | None  # XML folder, when labels come from the annotations
+    labels: dict[str, list[int]] | None  # labels given by a file
+    labels_source: str
+    masks: Path | None  # SegmentationClassAug or SegmentationClass, when present
+
+
+def find_source(voc_root: str | Path, split: str, labels_file: str | Path | None = None) -> PackSource:
+    """Check the VOC folder and read the split list; a missing folder or list fails at once.
+
+    ``split`` is a split name (``ImageSets/Segmentation/{split}.txt``) or the path of any list file
+    (then the split is named after the file's stem)."""
+    root = Path(voc_root)
+    if not root.is_dir():
+        raise CpnError(f"{root}: VOC folder not found")
+    images = root / "JPEGImages"
+    if not images.is_dir():
+        raise CpnError(f"{images}: VOC folder not found")
+    as_path = Path(split)
+    if as_path.suffix == ".txt" or as_path.is_file():
+        list_path, name = as_path, as_path.stem
+    else:
+        list_path, name = root / "ImageSets" / "Segmentation" / f"{split}.txt", split
+    ids = read_split(list_path)  # CpnError naming the list when missing
+    if not ids:
+        raise CpnError(f"{list_path}: the split list is empty")
+    annotations = None
+    labels = None
+    if labels_file is not None:
+        labels = load_labels_file(labels_file)
+        labels_source = str(labels_file)
+    else:
+        annotations = root / "Annotations"
+        if not annotations.is_dir():
+            raise CpnError(f"{annotations}: VOC folder not found (or give a labels file with --labels)")
+        labels_source = "Annotations/*.xml"
+    masks = next((root / d for d in ("SegmentationClassAug", "SegmentationClass") if (root / d).is_dir()), None)
+    return PackSource(root, name, list_path, ids, images, annotations, labels, labels_source, masks)
+
+
+def load_labels_file(path: str | Path) -> dict[str, list[int]]:
+    """Image-level labels from a file: JSON ``{id: [20 × 0/1] | [class names]}``, or the released
+    ``cls_labels.npy`` (a pickled dict id → 20 floats)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CpnError(f"{p}: labels file not found")
+    try:
+        # the released cls_labels.npy is a pickled dict
+        raw = np.load(p, allow_pickle=True).item() if p.suffix == ".npy" else json.loads(p.read_text())
+    except (OSError, ValueError, json.JSONDecodeError) as exc:
+        raise CpnError(f"{p}: unreadable labels file ({exc})") from None
+    if not isinstance(raw, dict):
+        raise CpnError(f"{p}: labels file must map image ids to labels")
+    out: dict[str, list[int]] = {}
+    for key, value in raw.items():
+        values = list(np.asarray(value).reshape(-1).tolist())
+        if values and all(isinstance(v, str) for v in values):
+            if not set(values) <= set(CLASSES):
+                raise CpnError(f"{p}: {key}: unknown class names {sorted(set(values) - set(CLASSES))}")
+            out[str(key)] = [int(v) for v in labels_from_names(values)]
+        elif len(values) == NUM_CLASSES and all(v in (0, 1) for v in values):
+            out[str(key)] = [int(v) for v in values]
+        else:
+            raise CpnError(f"{p}: {key}: expected {NUM_CLASSES} values in {{0, 1}} or a list of class names")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# One image (runs in a worker process)
+
+
+@dataclass(frozen=True)
+class _Task:
+    position: int
+    key: str
+    segments: tuple[int, ...]
+    compactness: float
+    jpg: Path
+    xml: Path | None
+    labels: list[int] | None
+    mask: Path | None
+    skip: str | None = None  # decided in the parent (duplicate id, bad key)
+
+
+@dataclass
+class Prepared:
+    """One packed sample, or the reason it was skipped."""
+
+    position: int
+    key: str
+    skipped: str | None = None
+    members: list[tuple[str, bytes]] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    has_seg: bool = False
+    pixel_sum: list[int] = field(default_factory=list)
+    pixels: int = 0
+    superpixels: dict[int, int] = field(default_factory=dict)
+    slic_seconds: float = 0.0
+
+
+def superpixels(image: np.ndarray, segments: int, compactness: float) -> np.ndarray:
+    """The SLIC map (ids 0..K-1, consecutive) of an H×W×3 uint8 image for ``segments`` requested segments."""
+    from skimage.segmentation import slic
+
+    ids = slic(image, n_segments=segments, compactness=compactness, start_label=0)
+    if not np.bincount(ids.ravel()).all():  # make ids consecutive so K = max + 1
+        ids = np.unique(ids, return_inverse=True)[1].reshape(ids.shape)
+    if ids.max() >= MAX_SEGMENTS:
+        raise ValueError(f"{ids.max() + 1} superpixels do not fit uint16")
+    return ids.astype(np.uint16)
+
+
+def prepare_sample(task: _Task) -> Prepared:
+    """Read, check and encode one image: JPEG bytes (kept as they are), labels, SLIC maps, GT mask."""
+    out = Prepared(task.position, task.key)
+    if task.skip:
+        out.skipped = task.skip
+        return out
+    try:
+        data = task.jpg.read_bytes()
+    except FileNotFoundError:
+        out.skipped = "image not found"
+        return out
+    except OSError as exc:
+        out.skipped = f"unreadable image ({exc.strerror or exc})"
+        return out
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt = im.format
+            im.load()
+            image = np.asarray(im.convert("RGB"))
+    except OSError as exc:
+        reason = str(exc)
+        out.skipped = "truncated JPEG" if "truncated" in reason else f"unreadable JPEG ({reason})"
+        return out
+    if fmt != "JPEG":
+        out.skipped = f"not a JPEG ({fmt})"
+        return out
+    if task.labels is not None:
+        labels = task.labels
+    else:
+        try:
+            labels = [int(v) for v in labels_from_names(read_xml_objects(task.xml))]
+        except CpnError as exc:
+            msg = str(exc)
+            out.skipped = "annotation not found" if msg.endswith("annotation not found") else msg.split(": ", 1)[-1]
+            return out
+    seg_png = None
+    if task.mask is not None and task.mask.is_file():
+        try:
+            with Image.open(task.mask) as m:
+                if m.mode not in ("P", "L"):
+                    raise OSError(f"mode {m.mode}, expected a palette or 8-bit PNG")
+                seg = np.array(m, dtype=np.uint8)
+        except OSError as exc:
+            out.skipped = f"unreadable mask ({exc})"
+            return out
+        if seg.shape != image.shape[:2]:
+            out.skipped = f"mask is {seg.shape[1]}×{seg.shape[0]}, image is {image.shape[1]}×{image.shape[0]}"
+            return out
+        bad = set(np.unique(seg).tolist()) - set(range(NUM_CLASSES + 1)) - {IGNORE}
+        if bad:
+            out.skipped = f"mask holds values outside 0..20 and 255: {sorted(bad)}"
+            return out
+        seg_png = encode_png(seg)
+
+    out.members.append(("jpg", data))
+    out.members.append(("cls.json", encode_labels(np.asarray(labels))))
+    start = time.perf_counter()
+    for n in task.segments:
+        ids = superpixels(image, n, task.compactness)
+        out.superpixels[n] = int(ids.max()) + 1
+        out.members.append((slic_member(n), encode_png(ids)))
+    out.slic_seconds = time.perf_counter() - start
+    if seg_png is not None:
+        out.members.append(("seg.png", seg_png))
+        out.has_seg = True
+    out.labels = labels
+    out.pixel_sum = [int(v) for v in image.reshape(-1, 3).sum(axis=0, dtype=np.int64)]
+    out.pixels = int(image.shape[0] * image.shape[1])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.type = tarfile.REGTYPE
+    return info
+
+
+def write_shard(path: Path, samples: list[Prepared], kill_midway: bool = False) -> None:
+    """Write one shard to a temporary name beside ``path`` and rename it when complete."""
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "wb") as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for i, sample in enumerate(samples):
+            for suffix, data in sample.members:
+                tar.addfile(_tarinfo(f"{sample.key}.{suffix}", len(data)), io.BytesIO(data))
+            if kill_midway and i >= len(samples) // 2:
+                fh.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+    os.replace(tmp, path)
+
+
+def _shard_stats(index: int, name: str, samples: list[Prepared], skipped: list[Prepared]) -> dict[str, Any]:
+    class_counts = np.zeros(NUM_CLASSES, dtype=np.int64)
+    pixel_sum = np.zeros(3, dtype=np.int64)
+    spx: dict[str, list[int]] = {}
+    for s in samples:
+        class_counts += np.asarray(s.labels, dtype=np.int64)
+        pixel_sum += np.asarray(s.pixel_sum, dtype=np.int64)
+        for n, k in s.superpixels.items():
+            lo, total, hi = spx.get(str(n), [k, 0, k])
+            spx[str(n)] = [min(lo, k), total + k, max(hi, k)]
+    return {
+        "index": index,
+        "name": name,
+        "count": len(samples),
+        "with_seg": sum(s.has_seg for s in samples),
+        "class_counts": class_counts.tolist(),
+        "pixel_sum": pixel_sum.tolist(),
+        "pixels": sum(s.pixels for s in samples),
+        "superpixels": spx,  # N -> [min, sum, max] of K over the shard's images
+        "skipped": [[s.key, s.skipped] for s in skipped],
+    }
+
+
+@dataclass
+class PackReport:
+    """What a pack did; ``meta`` is the split's entry written to meta.json."""
+
+    out: Path
+    split: str
+    meta: dict[str, Any]
+    shards_written: int
+    shards_reused: int
+    images_processed: int
+    slic_seconds: float  # summed over processed images and segment counts
+    seconds: float
+    already_complete: bool = False
+
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        return self.meta["skipped"]
+
+    @property
+    def slic_ms_per_image(self) -> float:
+        return 1000 * self.slic_seconds / max(self.images_processed - len(self.skipped), 1)
+
+
+def _settings(source: PackSource, segments: tuple[int, ...], compactness: float, shard_size: int) -> dict:
+    import skimage
+
+    return {
+        "split": source.split,
+        "list_sha256": hashlib.sha256("\n".join(source.ids).encode()).hexdigest(),
+        "segments": list(segments),
+        "compactness": compactness,
+        "shard_size": shard_size,
+        "labels": source.labels_source,
+        "masks": source.masks.name if source.masks else None,
+        "skimage": skimage.__version__,
+    }
+
+
+def pack_split(
+    voc_root: str | Path,
+    split: str,
+    out: str | Path,
+    *,
+    labels_file: str | Path | None = None,
+    segments: tuple[int, ...] | list[int] = (200, 300),
+    compactness: float = 10.0,
+    shard_size: int = 1000,
+    workers: int = 1,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> PackReport:
+    """Pack one split of a VOC folder into ``out`` (see the module docstring); ``progress(n)`` is
+    called as ``n`` more images are done. Bad images are skipped and listed in the report and in
+    meta.json; bad arguments and missing inputs raise :class:`CpnError` before anything is written."""
+    started = time.perf_counter()
+    segments = tuple(sorted(set(int(n) for n in segments)))
+    if not segments or any(not 2 <= n <= MAX_SEGMENTS for n in segments):
+        raise CpnError(f"--slic-segments: each segment count must be in 2..{MAX_SEGMENTS}, got {list(segments)}")
+    if shard_size < 1:
+        raise CpnError(f"--shard-size: must be >= 1, got {shard_size}")
+    if workers < 1:
+        raise CpnError(f"--workers: must be >= 1, got {workers}")
+    if compactness <= 0:
+        raise CpnError(f"--compactness: must be > 0, got {compactness}")
+    if overwrite and resume:
+        raise CpnError("--overwrite and --resume: choose one")
+    source = find_source(voc_root, split, labels_file)
+    split = source.split
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CpnError(f"{out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / f".{split}.pack"
+    meta_path = out / META_NAME
+    meta = parse_meta(meta_path.read_bytes(), str(meta_path)) if meta_path.is_file() else None
+    existing = sorted(out.glob(f"{split}-" + "[0-9]" * 6 + ".tar"))
+    settings = _settings(source, segments, compactness, shard_size)
+    n_shards = math.ceil(len(source.ids) / shard_size)
+
+    if overwrite:
+        for path in existing:
+            path.unlink()
+        shutil.rmtree(work, ignore_errors=True)
+    elif resume:
+        if work.is_dir():
+            old = json.loads((work / "settings.json").read_text()) if (work / "settings.json").is_file() else None
+            if old != settings:
+                diff = sorted(k for k in settings if old is None or old.get(k) != settings[k])
+                raise CpnError(f"{work}: the interrupted pack used other settings ({', '.join(diff)}); use --overwrite")
+        elif meta is not None and split in meta["splits"]:
+            log.info("%s: split %s is already complete", out, split)
+            return PackReport(out, split, meta["splits"][split], 0, len(existing), 0, 0.0,
+                              time.perf_counter() - started, already_complete=True)  # fmt: skip
+        elif existing:
+            raise CpnError(f"{out}: holds {split} shards that no pack here can resume; use --overwrite")
+    elif existing or work.is_dir() or (meta is not None and split in meta["splits"]):
+        raise CpnError(f"{out}: already holds split '{split}' (use --overwrite to replace it or --resume to finish it)")
+
+    work.mkdir(exist_ok=True)
+    write_json_atomic(work / "settings.json", settings)
+    for stale in out.glob(f".{split}-*.tar.partial"):
+        stale.unlink()
+    done = {i for i in range(n_shards) if (out / shard_name(split, i)).is_file() and (work / f"{i:06d}.json").is_file()}
+    if done and progress:
+        progress(sum(min(shard_size, len(source.ids) - i * shard_size) for i in done))
+
+    tasks = _tasks(source, segments, compactness, shard_size, skip_shards=done)
+    kill_after = int(os.environ.get(KILL_AFTER_ENV, "-1"))
+    written = 0
+    processed = 0
+    slic_seconds = 0.0
+    current: list[Prepared] = []
+    current_index: int | None = None
+
+    def flush() -> None:
+        nonlocal written, current
+        kept = [s for s in current if s.skipped is None]
+        skipped = [s for s in current if s.skipped is not None]
+        name = shard_name(split, current_index)
+        write_json_atomic(work / f"{current_index:06d}.json", _shard_stats(current_index, name, kept, skipped))
+        write_shard(out / name, kept, kill_midway=written == kill_after)
+        written += 1
+        current = []
+
+    for prepared in _run(tasks, workers):
+        index = prepared.position // shard_size
+        if current_index is not None and index != current_index:
+            flush()
+        current_index = index
+        current.append(prepared)
+        processed += 1
+        slic_seconds += prepared.slic_seconds
+        if prepared.skipped:
+            log.warning("%s: skipped (%s)", prepared.key, prepared.skipped)
+        if progress:
+            progress(1)
+    if current:
+        flush()
+
+    entry = _split_entry(source, settings, work, n_shards)
+    meta = parse_meta(meta_path.read_bytes(), str(meta_path)) if meta_path.is_file() else None
+    if meta is None:
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "classes": list(CLASSES), "splits": {}}
+    meta["tool"] = f"cpn-dist {__version__}"
+    meta["splits"][split] = entry
+    meta["splits"] = dict(sorted(meta["splits"].items()))
+    write_json_atomic(meta_path, meta)
+    shutil.rmtree(work, ignore_errors=True)
+    return PackReport(out, split, entry, written, len(done), processed, slic_seconds, time.perf_counter() - started)
+
+
+def _tasks(source: PackSource, segments, compactness, shard_size, skip_shards: set[int]):
+    seen: set[str] = set()
+    for position, key in enumerate(source.ids):
+        skip = None
+        if key in seen:
+            skip = "duplicate id in the split list"
+        elif "." in key or "/" in key or not key:
+            skip = "id contains '.' or '/' (not usable as a webdataset key)"
+        seen.add(key)
+        if position // shard_size in skip_shards:
+            continue
+        labels = None
+        if source.labels is not None:
+            labels = source.labels.get(key)
+            if labels is None and skip is None:
+                skip = f"no labels for this id in {source.labels_source}"
+        yield _Task(
+            position, key, segments, compactness,
+            jpg=source.images / f"{key}.jpg",
+            xml=source.annotations / f"{key}.xml" if source.annotations else None,
+            labels=labels,
+            mask=source.masks / f"{key}.png" if source.masks else None,
+            skip=skip,
+        )  # fmt: skip
+
+
+def _run(tasks, workers: int):
+    """prepare_sample over the tasks, results in task order, at most a few tasks ahead per worker."""
+    if workers == 1:
+        yield from map(prepare_sample, tasks)
+        return
+    tasks = iter(tasks)
+    with ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent) as pool:
+        pending = deque(pool.submit(prepare_sample, t) for t in islice(tasks, 4 * workers))
+        try:
+            while pending:
+                result = pending.popleft().result()
+                for t in islice(tasks, 1):
+                    pending.append(pool.submit(prepare_sample, t))
+                yield result
+        finally:
+            for f in pending:
+                f.cancel()
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this worker when the packing process dies: workers of a killed pack would
+    otherwise wait forever on the task queue (their siblings hold its write end)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: workers exit when the pool shuts down normally
+        pass
+
+
+def _split_entry(source: PackSource, settings: dict, work: Path, n_shards: int) -> dict[str, Any]:
+    """The split's meta.json entry, from the per-shard statistics in shard order."""
+    stats = [json.loads((work / f"{i:06d}.json").read_text()) for i in range(n_shards)]
+    count = sum(s["count"] for s in stats)
+    class_counts = np.sum([s["class_counts"] for s in stats], axis=0, dtype=np.int64)
+    pixel_sum = np.sum([s["pixel_sum"] for s in stats], axis=0, dtype=np.int64)
+    pixels = sum(s["pixels"] for s in stats)
+    spx: dict[str, dict[str, float]] = {}
+    for n in settings["segments"]:
+        per = [s["superpixels"][str(n)] for s in stats if str(n) in s["superpixels"]]
+        if per:
+            spx[str(n)] = {
+                "min": min(p[0] for p in per),
+                "mean": round(sum(p[1] for p in per) / count, 3),
+                "max": max(p[2] for p in per),
+            }
+    with_seg = sum(s["with_seg"] for s in stats)
+    import skimage
+
+    return {
+        "count": count,
+        "shards": [{"name": s["name"], "count": s["count"]} for s in stats],
+        "members": sample_members(settings["segments"], with_seg=False),
+        "with_seg": with_seg,
+        "slic": {
+            "segments": settings["segments"],
+            "compactness": settings["compactness"],
+            "start_label": 0,
+            "library": f"scikit-image {skimage.__version__} segmentation.slic",
+            "superpixels": spx,
+        },
+        "mean_rgb": [round(float(v) / max(pixels, 1) / 255.0, 6) for v in pixel_sum],
+        "class_counts": {name: int(c) for name, c in zip(CLASSES, class_counts)},
+        "source": {
+            "voc_root": str(source.voc_root),
+            "list": str(source.list_path),
+            "listed": len(source.ids),
+            "labels": source.labels_source,
+            "masks": source.masks.name if source.masks else None,
+        },
+        "shard_size": settings["shard_size"],
+        "skipped": [{"id": k, "reason": r} for s in stats for k, r in s["skipped"]],
+    }

@@ -1,0 +1,319 @@
+"""The shard format written by ``cpn pack`` and its readers.
+
+A packed folder holds webdataset shards ``{split}-NNNNNN.tar`` and one ``meta.json``. One sample per
+image, key = VOC image id, members (in this order inside the tar):
+
+- ``{key}.jpg``         the original JPEG bytes, untouched
+- ``{key}.cls.json``    the 20 image-level labels, a JSON list of 0/1 in :data:`~cpn_dist.data.voc.CLASSES` order
+- ``{key}.slic{N}.png`` the SLIC superpixel map of the original image for segment count N,
+                        uint16 PNG, ids 0..K-1 (one member per packed N, ascending)
+- ``{key}.seg.png``     the ground-truth class mask (0..20, 255 = void) when the split has one
+
+``meta.json`` describes every split packed into the folder (``meta["splits"][split]``): sample count,
+the shards with their sample counts, members, SLIC settings, mean RGB, per-class image counts, the
+source, and the skipped files with reasons.
+
+Shards are plain tar files (readable by ``tar`` and by any webdataset pipeline) and can be read
+from local paths, globs, brace patterns, ``pipe:`` commands and ``http(s)://`` URLs.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import re
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import braceexpand
+import numpy as np
+from PIL import Image
+
+from cpn_dist.data.voc import CLASSES, NUM_CLASSES
+from cpn_dist.errors import CpnError
+
+META_NAME = "meta.json"
+FORMAT = "cpn-shards"
+FORMAT_VERSION = 1
+SHARD_PATTERN = re.compile(r"^(?P<split>.+)-(?P<index>\d{6})\.tar$")
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:06d}.tar"
+
+
+def slic_member(segments: int) -> str:
+    return f"slic{segments}.png"
+
+
+def sample_members(segments: Iterable[int], with_seg: bool) -> list[str]:
+    """Member suffixes of one sample, in tar order."""
+    return ["jpg", "cls.json", *(slic_member(n) for n in sorted(segments)), *(["seg.png"] if with_seg else [])]
+
+
+# --------------------------------------------------------------------------------------------
+# Member encoding and decoding
+
+
+def encode_labels(labels: np.ndarray) -> bytes:
+    return json.dumps([int(v) for v in np.asarray(labels).reshape(-1)], separators=(",", ":")).encode()
+
+
+def decode_labels(data: bytes) -> np.ndarray:
+    """The 20 image-level labels of a ``cls.json`` member as float32 {0, 1}."""
+    values = json.loads(data)
+    if not isinstance(values, list) or len(values) != NUM_CLASSES or any(v not in (0, 1) for v in values):
+        raise ValueError(f"cls.json must be a list of {NUM_CLASSES} values in {{0, 1}}")
+    return np.asarray(values, dtype=np.float32)
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """Lossless PNG bytes of a uint8 or uint16 2-D array (fixed compression: same bytes every time)."""
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """An RGB PIL image from encoded bytes (fully loaded, so truncation raises here)."""
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        return im.convert("RGB")
+
+
+def decode_slic(data: bytes) -> np.ndarray:
+    """A SLIC map member as an H×W uint16 array of superpixel ids."""
+    with Image.open(io.BytesIO(data)) as im:
+        arr = np.asarray(im)
+    if arr.ndim != 2:
+        raise ValueError(f"SLIC map must be a single-channel PNG, got mode {im.mode}")
+    return arr.astype(np.uint16, copy=False)
+
+
+def decode_seg(data: bytes) -> np.ndarray:
+    """A ``seg.png`` member as H×W uint8 class indices."""
+    with Image.open(io.BytesIO(data)) as im:
+        if im.mode not in ("P", "L"):
+            raise ValueError(f"seg.png must be a palette or 8-bit PNG, got mode {im.mode}")
+        return np.array(im, dtype=np.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# meta.json
+
+
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    """The ``meta.json`` of a packed folder; a missing or malformed file is a :class:`CpnError`."""
+    path = Path(folder) / META_NAME
+    if not Path(folder).is_dir():
+        raise CpnError(f"{folder}: shard folder not found")
+    if not path.is_file():
+        raise CpnError(f"{path}: not found (is {folder} a folder written by `cpn pack`?)")
+    return parse_meta(path.read_bytes(), str(path))
+
+
+def parse_meta(data: bytes, source: str) -> dict[str, Any]:
+    try:
+        meta = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CpnError(f"{source}: malformed meta.json ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("splits"), dict):
+        raise CpnError(f"{source}: not a meta.json written by `cpn pack`")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CpnError(f"{source}: format version {meta['format_version']} is newer than this cpn-dist reads")
+    return meta
+
+
+def split_meta(meta: dict[str, Any], split: str | None, source: str) -> tuple[str, dict[str, Any]]:
+    """(split name, its entry) — ``split=None`` picks the only packed split."""
+    splits = meta["splits"]
+    if split is None:
+        if len(splits) != 1:
+            raise CpnError(f"{source}: holds splits {sorted(splits)}; name one")
+        split = next(iter(splits))
+    if split not in splits:
+        raise CpnError(f"{source}: split '{split}' not packed here (packed: {', '.join(sorted(splits)) or 'none'})")
+    return split, splits[split]
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Where the shards are
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """The shards of one split: URLs (local paths or webdataset URLs) with their sample counts."""
+
+    urls: list[str]
+    counts: list[int]
+    split: str
+    meta: dict[str, Any]  # the split's entry in meta.json
+    local: bool  # every URL is a local file path
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+    @property
+    def segments(self) -> list[int]:
+        return list(self.meta.get("slic", {}).get("segments", []))
+
+
+def is_remote(url: str) -> bool:
+    return url.startswith("pipe:") or "://" in url
+
+
+def _read_remote_meta(url: str) -> bytes | None:
+    if url.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(url, timeout=30) as resp:  # noqa: S310 (user-given URL)
+                return resp.read()
+        except OSError:
+            return None
+    return None
+
+
+def resolve_shards(spec: str, split: str | None = None, meta_location: str | None = None) -> ShardSet:
+    """Resolve ``data.shards`` into a :class:`ShardSet`.
+
+    ``spec`` is a folder written by ``cpn pack`` (its ``meta.json`` names the split's shards), or a
+    webdataset source: a local path, glob or brace pattern (``shards/voc/train_aug-{000000..000010}.tar``),
+    a ``pipe:`` command or an ``http(s)://`` URL pattern. For a source, the sample counts come from the
+    ``meta.json`` beside the shards, or from ``meta_location`` (a path or http(s) URL) when given.
+    """
+    if not is_remote(spec) and Path(spec).is_dir():
+        folder = Path(spec)
+        meta_src = meta_location or str(folder / META_NAME)
+        meta = _load_meta(meta_src)
+        name, entry = split_meta(meta, split, meta_src)
+        urls = [str(folder / s["name"]) for s in entry["shards"]]
+        for url in urls:
+            if not Path(url).is_file():
+                raise CpnError(f"{url}: shard listed in {meta_src} not found")
+        return ShardSet(urls, [int(s["count"]) for s in entry["shards"]], name, entry, local=True)
+
+    urls = _expand(spec)
+    local = not any(is_remote(u) for u in urls)
+    if meta_location is None:
+        first = urls[0]
+        if first.startswith("pipe:"):
+            raise CpnError(f"{spec}: a pipe: source needs data.meta (the meta.json written by `cpn pack`)")
+        meta_location = first.rsplit("/", 1)[0] + "/" + META_NAME if "/" in first else META_NAME
+    meta = _load_meta(meta_location)
+    by_name = {s["name"]: (name, int(s["count"])) for name, e in meta["splits"].items() for s in e["shards"]}
+    counts, names = [], set()
+    for url in urls:
+        hit = [n for n in by_name if url.endswith("/" + n) or url == n or (url.startswith("pipe:") and n in url)]
+        if not hit:
+            raise CpnError(f"{url}: shard not listed in {meta_location}")
+        best = max(hit, key=len)
+        names.add(by_name[best][0])
+        counts.append(by_name[best][1])
+    if len(names) != 1:
+        raise CpnError(f"{spec}: shards of several splits ({', '.join(sorted(names))}); use one split")
+    name = names.pop()  # an explicit pattern names its shards: data.split only selects within a folder
+    return ShardSet(urls, counts, name, meta["splits"][name], local=local)
+
+
+def _load_meta(location: str) -> dict[str, Any]:
+    if is_remote(location):
+        data = _read_remote_meta(location)
+        if data is None:
+            raise CpnError(f"{location}: meta.json not readable (set data.meta to its path or URL)")
+        return parse_meta(data, location)
+    path = Path(location)
+    if not path.is_file():
+        raise CpnError(f"{location}: meta.json not found (set data.meta to the meta.json written by `cpn pack`)")
+    return parse_meta(path.read_bytes(), location)
+
+
+def _expand(spec: str) -> list[str]:
+    urls: list[str] = []
+    for part in spec.split("::"):
+        for url in braceexpand.braceexpand(part):
+            if is_remote(url):
+                urls.append(url)
+            elif glob.has_magic(url):
+                found = sorted(glob.glob(url))
+                if not found:
+                    raise CpnError(f"{url}: no shard matches")
+                urls += found
+            elif not Path(url).is_file():
+                raise CpnError(f"{url}: shard not found")
+            else:
+                urls.append(url)
+    if not urls:
+        raise CpnError(f"{spec}: no shards")
+    return urls
+
+
+# --------------------------------------------------------------------------------------------
+# Reading samples
+
+
+def iter_raw_samples(
+    urls: Iterable[str], select: Callable[[str], bool] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Raw webdataset samples (``__key__``, ``__url__`` and member bytes by suffix) of the given shards,
+    in tar order. ``select`` filters member file names before their bytes are kept."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
+
+    for url in urls:
+        if not is_remote(url) and not Path(url).is_file():
+            raise CpnError(f"{url}: shard not found")
+        streams = url_opener([dict(url=url)])
+        files = tar_file_expander(streams, select_files=select)
+        try:
+            yield from group_by_keys(files)
+        except Exception as exc:  # tarfile/gopen errors on a corrupt or unreachable shard
+            raise CpnError(f"{url}: unreadable shard ({exc.args[0] if exc.args else exc})") from None
+
+
+def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
+    """Decode every member of a raw sample: ``key``, ``url``, ``image`` (H×W×3 uint8), ``labels``
+    (float32 [20]), ``slic`` ({N: H×W uint16}), ``seg`` (H×W uint8 or None)."""
+    key, url = raw["__key__"], raw.get("__url__", "?")
+    try:
+        image = np.asarray(decode_image(raw["jpg"]))
+        labels = decode_labels(raw["cls.json"])
+        slic = {}
+        for name, data in raw.items():
+            m = re.fullmatch(r"slic(\d+)\.png", name)
+            if m:
+                slic[int(m[1])] = decode_slic(data)
+        seg = decode_seg(raw["seg.png"]) if "seg.png" in raw else None
+    except KeyError as exc:
+        raise CpnError(f"{url}: sample {key} has no {exc.args[0]} member") from None
+    except (OSError, ValueError) as exc:
+        raise CpnError(f"{url}: sample {key} does not decode ({exc})") from None
+    return {"key": key, "url": url, "image": image, "labels": labels, "slic": dict(sorted(slic.items())), "seg": seg}
+
+
+def read_shard_samples(source: str | Path, split: str | None = None) -> Iterator[dict[str, Any]]:
+    """Decoded samples of a packed split, in shard order.
+
+    ``source`` is a folder written by ``cpn pack`` (``split`` picks the split; ``None`` = the only
+    one), one ``.tar`` shard, or any webdataset source pattern. Each sample is a dict with ``key``
+    (image id), ``url`` (its shard), ``image`` (H×W×3 uint8 RGB), ``labels`` (float32 [20], 0/1),
+    ``slic`` ({segment count N: H×W uint16 ids}) and ``seg`` (H×W uint8 VOC class indices,
+    255 = void, or None when the split has no ground truth).
+    """
+    source = str(source)
+    urls = [source] if not is_remote(source) and Path(source).is_file() else resolve_shards(source, split).urls
+    for raw in iter_raw_samples(urls):
+        yield decode_sample(raw)
+
+
+def class_names(labels: np.ndarray) -> list[str]:
+    return [CLASSES[i] for i in np.flatnonzero(np.asarray(labels) > 0.5)]
