@@ -104,11 +104,11 @@ def iou_from_confusion(conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --------------------------------------------------------------------------------------------
-# ground truth
+# ground truth: a folder of label PNGs (read by name), or shards (streamed, one chunk per shard)
 
 
 class GroundTruth:
-    """Where ground-truth masks come from: a folder of VOC label PNGs (``NAME.png``)."""
+    """Ground-truth masks ``NAME.png`` in a folder (VOC ``SegmentationClass``)."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -119,17 +119,49 @@ class GroundTruth:
         return read_label_png(self.folder / f"{name}.png")
 
 
-def ground_truth(source: str | Path, names: Sequence[str]) -> GroundTruth:
-    """The ground truth at ``source``: a folder of label PNGs, or shards whose samples hold ``seg.png``."""
-    path = Path(source)
-    if path.is_dir() and not any(path.glob("*.tar")):
-        return GroundTruth(path)
-    raise CpnError(f"{source}: not a folder of label PNGs (reading ground truth from shards needs the shard reader)")
+@dataclass(frozen=True)
+class ShardGroundTruth:
+    """Ground-truth masks stored as the ``seg.png`` member of packed shards."""
+
+    urls: tuple[str, ...]
 
 
-def _pairs(names: Sequence[str], gt: GroundTruth) -> Iterable[tuple[str, np.ndarray]]:
-    for name in names:
-        yield name, gt.read(name)
+def ground_truth(source: str | Path, split: str | None = None) -> GroundTruth | ShardGroundTruth:
+    """The ground truth at ``source``: a folder of label PNGs, or shards (a ``cpn pack`` folder, a
+    ``.tar`` or a webdataset pattern) whose samples hold ``seg.png``."""
+    from cpn_dist.data.inputs import is_shard_source
+
+    if not is_shard_source(source):
+        return GroundTruth(source)
+    from cpn_dist.data import shards
+
+    text = str(source)
+    if not shards.is_remote(text) and Path(text).is_file():
+        return ShardGroundTruth((text,))
+    return ShardGroundTruth(tuple(shards.resolve_shards(text, split).urls))
+
+
+def _seg_member(fname: str) -> bool:
+    return fname.endswith(".seg.png")
+
+
+def _pairs(chunk: _Chunk) -> Iterable[tuple[str, np.ndarray]]:
+    if isinstance(chunk.gt, GroundTruth):
+        for name in chunk.names:
+            yield name, chunk.gt.read(name)
+        return
+    from cpn_dist.data import shards
+
+    wanted = set(chunk.names)
+    for raw in shards.iter_raw_samples([chunk.url], select=_seg_member):
+        if raw["__key__"] not in wanted:
+            continue
+        if "seg.png" not in raw:
+            raise CpnError(f"{chunk.url}: sample {raw['__key__']} has no seg.png (ground truth) member")
+        try:
+            yield raw["__key__"], shards.decode_seg(raw["seg.png"])
+        except (OSError, ValueError) as exc:
+            raise CpnError(f"{chunk.url}: seg.png of {raw['__key__']} does not decode ({exc})") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -138,18 +170,19 @@ def _pairs(names: Sequence[str], gt: GroundTruth) -> Iterable[tuple[str, np.ndar
 
 @dataclass(frozen=True)
 class _Chunk:
-    names: tuple[str, ...]
+    names: tuple[str, ...]  # the images to score (for shards: the wanted ones, wherever they are)
     predictions: str
     kind: str  # "cams" | "labels"
-    gt: GroundTruth
+    gt: GroundTruth | ShardGroundTruth
     sorted_betas: np.ndarray | None
+    url: str | None = None  # the one shard this chunk streams
 
 
-def _count_chunk(chunk: _Chunk) -> np.ndarray:
-    """Summed histogram (cams) or confusion matrix (labels) of one chunk of images."""
+def _count_chunk(chunk: _Chunk) -> tuple[np.ndarray | None, list[str]]:
+    """Summed histogram (cams) or confusion matrix (labels) of one chunk, and the images counted."""
     folder = Path(chunk.predictions)
-    acc = None
-    for name, gt in _pairs(chunk.names, chunk.gt):
+    acc, seen = None, []
+    for name, gt in _pairs(chunk):
         if chunk.kind == "cams":
             cams = load_cams(folder / f"{name}.npy")
             try:
@@ -163,32 +196,40 @@ def _count_chunk(chunk: _Chunk) -> np.ndarray:
                 raise CpnError(f"{folder / f'{name}.png'}: size {pred.shape} differs from the ground truth {gt.shape}")
             counts = label_confusion(pred, gt)
         acc = counts if acc is None else acc + counts
-    return acc
+        seen.append(name)
+    return acc, seen
 
 
-def _count(chunks: list[_Chunk], workers: int, on_images: Callable[[int], None] | None) -> np.ndarray:
+def _count(chunks: list[_Chunk], workers: int, on_images: Callable[[int], None] | None,
+           names: Sequence[str]) -> np.ndarray:  # fmt: skip
     total = None
-    if workers <= 1 or len(chunks) == 1:
-        results = map(_count_chunk, chunks)
-        pool = None
-    else:
-        pool = ProcessPoolExecutor(workers)
-        results = pool.map(_count_chunk, chunks)
+    seen: list[str] = []
+    pool = ProcessPoolExecutor(workers) if workers > 1 and len(chunks) > 1 else None
+    results = pool.map(_count_chunk, chunks) if pool is not None else map(_count_chunk, chunks)
     try:
-        for chunk, counts in zip(chunks, results):
-            total = counts if total is None else total + counts
+        for counts, names_done in results:
+            if counts is not None:
+                total = counts if total is None else total + counts
+            seen += names_done
             if on_images:
-                on_images(len(chunk.names))
+                on_images(len(names_done))
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+    if len(seen) != len(set(seen)) or len(seen) != len(names):
+        missing = sorted(set(names) - set(seen))
+        if missing:
+            raise CpnError(f"ground truth of {len(missing)} listed image(s) not found, e.g. '{missing[0]}'")
+        raise CpnError("an image appears more than once in the list or the shards")
     return total
 
 
-def _chunks(names: Sequence[str], workers: int, **kw) -> list[_Chunk]:
+def _chunks(names: Sequence[str], workers: int, gt: GroundTruth | ShardGroundTruth, **kw) -> list[_Chunk]:
+    if isinstance(gt, ShardGroundTruth):
+        return [_Chunk(tuple(names), gt=gt, url=url, **kw) for url in gt.urls]
     # several chunks per worker keep the progress bar moving and the load balanced
     size = max(1, min(64, math.ceil(len(names) / max(1, 4 * workers))))
-    return [_Chunk(tuple(names[i:i + size]), **kw) for i in range(0, len(names), size)]
+    return [_Chunk(tuple(names[i:i + size]), gt=gt, **kw) for i in range(0, len(names), size)]
 
 
 def default_workers() -> int:
@@ -238,35 +279,35 @@ class SweepResult:
         }
 
 
-def sweep(cams_dir: str | Path, gt: GroundTruth | str | Path, names: Sequence[str], betas: Sequence[float],
-          workers: int = 1, on_images: Callable[[int], None] | None = None) -> SweepResult:
+def sweep(cams_dir: str | Path, gt: GroundTruth | ShardGroundTruth | str | Path, names: Sequence[str],
+          betas: Sequence[float], workers: int = 1, on_images: Callable[[int], None] | None = None) -> SweepResult:
     """Confusion matrices, IoU and mIoU of the CAMs in ``cams_dir`` at every β, in one pass."""
     if not names:
         raise CpnError("the image list is empty")
     cams_dir = Path(cams_dir)
     if not cams_dir.is_dir():
         raise CpnError(f"{cams_dir}: CAM folder not found")
-    gt = gt if isinstance(gt, GroundTruth) else GroundTruth(gt)
+    gt = gt if isinstance(gt, (GroundTruth, ShardGroundTruth)) else ground_truth(gt)
     b32 = np.asarray(betas, dtype=np.float64).astype(np.float32)  # the released stores β in float32
     sorted_betas, inverse = np.unique(b32, return_inverse=True)
     chunks = _chunks(names, workers, predictions=str(cams_dir), kind="cams", gt=gt, sorted_betas=sorted_betas)
-    hist = _count(chunks, workers, on_images)
+    hist = _count(chunks, workers, on_images, names)
     conf = confusions_from_histogram(hist)[inverse]
     log.info("swept %d thresholds over %d images", len(betas), len(names))
     return SweepResult(list(betas), conf[:, :, :N_LABELS], len(names))
 
 
-def score_labels(labels_dir: str | Path, gt: GroundTruth | str | Path, names: Sequence[str], workers: int = 1,
-                 on_images: Callable[[int], None] | None = None) -> SweepResult:
+def score_labels(labels_dir: str | Path, gt: GroundTruth | ShardGroundTruth | str | Path, names: Sequence[str],
+                 workers: int = 1, on_images: Callable[[int], None] | None = None) -> SweepResult:
     """Scores of a folder of label PNGs (one "β", recorded as NaN)."""
     if not names:
         raise CpnError("the image list is empty")
     labels_dir = Path(labels_dir)
     if not labels_dir.is_dir():
         raise CpnError(f"{labels_dir}: label folder not found")
-    gt = gt if isinstance(gt, GroundTruth) else GroundTruth(gt)
+    gt = gt if isinstance(gt, (GroundTruth, ShardGroundTruth)) else ground_truth(gt)
     chunks = _chunks(names, workers, predictions=str(labels_dir), kind="labels", gt=gt, sorted_betas=None)
-    conf = _count(chunks, workers, on_images)
+    conf = _count(chunks, workers, on_images, names)
     # columns 21..255 (predictions outside the classes) count in T, never in P or TP
     squeezed = np.zeros((1, GT_ROWS, N_LABELS + 1), dtype=np.int64)
     squeezed[0, :, :N_LABELS] = conf[:, :N_LABELS]

@@ -7,6 +7,7 @@ import pytest
 
 from cpn_dist.cams import class_map, load_cams, released_class_map, save_cams
 from cpn_dist.data.voc import save_label_png
+from cpn_dist.errors import CpnError
 from cpn_dist.evaluate import (
     N_LABELS,
     direct_confusion,
@@ -175,3 +176,30 @@ def test_cam_file_round_trip(tmp_path):
     back = load_cams(tmp_path / "x.npy")
     assert sorted(back) == [2, 7] and back[2].dtype == np.float32
     assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_ground_truth_from_shards_equals_the_png_folder(synth_voc, tmp_path):
+    from scipy import ndimage
+
+    from cpn_dist.data.voc import read_label_png, read_split
+
+    shards = tmp_path / "shards"
+    run_cpn("pack", "--voc-root", str(synth_voc), "--split", "val", "--out", str(shards), "--slic-segments", "20",
+            "--workers", "1", "--shard-size", "3", check=True)  # fmt: skip
+    names = read_split(synth_voc / "ImageSets" / "Segmentation" / "val.txt")
+    (tmp_path / "cams").mkdir()
+    rng = np.random.default_rng(1)
+    for name in names:
+        gt = read_label_png(synth_voc / "SegmentationClass" / f"{name}.png")
+        cams = {c - 1: (0.5 * ndimage.gaussian_filter((gt == c).astype(np.float32), 4)
+                        + rng.uniform(0, 0.2, gt.shape)).astype(np.float32)
+                for c in set(np.unique(gt).tolist()) - {0, 255}}  # fmt: skip
+        save_cams(tmp_path / "cams" / f"{name}.npy", cams)
+    betas = parse_betas("0.20:0.60:0.05")
+    from_pngs = sweep(tmp_path / "cams", synth_voc / "SegmentationClass", names, betas)
+    from_shards = sweep(tmp_path / "cams", shards, names, betas, workers=2)
+    np.testing.assert_array_equal(from_shards.confusion, from_pngs.confusion)
+    assert from_pngs.confusion.sum() > 0
+    # a listed image the shards do not hold is named
+    with pytest.raises(CpnError, match="ground truth of 1 listed image"):
+        sweep(tmp_path / "cams", shards, [*names, "2099_000000"], betas)

@@ -22,6 +22,7 @@ def register(sub) -> None:
                    help="CAM files NAME.npy (released format), or label PNGs NAME.png")  # fmt: skip
     p.add_argument("--gt", required=True, metavar="DIR",
                    help="ground truth: a folder of VOC label PNGs, or shards holding seg.png")  # fmt: skip
+    p.add_argument("--split", help="split inside a shard folder given as --gt (default: its only split)")
     p.add_argument("--list", required=True, metavar="FILE", help="image ids, one per line (or the released list)")
     p.add_argument("--betas", default="0.20:0.60:0.01", help="START:STOP:STEP or a comma list (default 0.20:0.60:0.01)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: CPU count, at most 8)")
@@ -51,7 +52,7 @@ def _run(args) -> int:
         raise CpnError(f"{folder}: prediction folder not found")
     kind = _prediction_kind(folder, names[0])
     workers = args.workers or default_workers()
-    gt = ground_truth(args.gt, names)
+    gt = ground_truth(args.gt, args.split)
     with Progress(
         TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, transient=True, disable=not console.is_terminal,

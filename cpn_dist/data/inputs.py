@@ -1,0 +1,167 @@
+"""Where inference, refinement and evaluation read their images: a VOC root or packed shards.
+
+Both sources yield :class:`Sample` records — image id, the original RGB image, its 20 image-level
+labels and (when there is one) the ground-truth mask — so the steps after training do not care
+where the data lives. A VOC root is read by image id (random access); shards are streamed in
+order, each process of a distributed run decoding only its own slice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cpn_dist.data.voc import NUM_CLASSES, labels_from_names, read_label_png, read_xml_objects
+from cpn_dist.errors import CpnError
+
+
+@dataclass
+class Sample:
+    name: str
+    image: Image.Image  # RGB, original size
+    labels: np.ndarray | None  # float32 [20]
+    gt: np.ndarray | None  # H×W uint8, 0..20 and 255
+
+
+def read_labels_file(path: str | Path) -> dict[str, np.ndarray]:
+    """Image-level labels from the released ``cls_labels.npy`` (a pickled dict {id: 20 floats}) or a
+    JSON file {id: [20 × 0/1]}; returns {id: float32 [20]}."""
+    path = Path(path)
+    if not path.is_file():
+        raise CpnError(f"{path}: labels file not found")
+    try:
+        if path.suffix == ".npy":
+            obj = np.load(path, allow_pickle=True)
+            obj = obj.item() if obj.dtype == object and obj.shape == () else None
+        else:
+            obj = json.loads(path.read_text())
+    except (OSError, ValueError, EOFError) as exc:
+        raise CpnError(f"{path}: unreadable labels file ({exc})") from None
+    if not isinstance(obj, dict):
+        raise CpnError(f"{path}: expected a dict {{image id: 20 labels}}")
+    out = {}
+    for key, value in obj.items():
+        arr = np.asarray(value, dtype=np.float32).reshape(-1)
+        if arr.shape != (NUM_CLASSES,):
+            raise CpnError(f"{path}: labels of '{key}' have {arr.size} values, expected {NUM_CLASSES}")
+        out[str(key)] = arr
+    return out
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """An image file as a fully loaded RGB PIL image."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise CpnError(f"{path}: image not found") from None
+    except OSError as exc:
+        raise CpnError(f"{path}: unreadable image ({exc})") from None
+
+
+class VocSource:
+    """Images ``JPEGImages/ID.jpg`` of a VOC root, labels from ``Annotations/ID.xml`` (or a labels
+    file), ground truth ``SegmentationClass/ID.png`` where present."""
+
+    def __init__(self, root: str | Path, names: Sequence[str], labels_file: str | Path | None = None):
+        self.root = Path(root)
+        if not (self.root / "JPEGImages").is_dir():
+            raise CpnError(f"{self.root / 'JPEGImages'}: VOC folder not found")
+        self.names = list(names)
+        self.labels_file = Path(labels_file) if labels_file else None
+        self._labels = read_labels_file(labels_file) if labels_file else None
+
+    def labels(self, name: str) -> np.ndarray:
+        if self._labels is not None:
+            if name not in self._labels:
+                raise CpnError(f"{self.labels_file}: no labels for image '{name}'")
+            return self._labels[name]
+        return labels_from_names(read_xml_objects(self.root / "Annotations" / f"{name}.xml"))
+
+    def image(self, name: str) -> Image.Image:
+        return read_image(self.root / "JPEGImages" / f"{name}.jpg")
+
+    def gt(self, name: str) -> np.ndarray | None:
+        path = self.root / "SegmentationClass" / f"{name}.png"
+        return read_label_png(path) if path.is_file() else None
+
+    def load(self, name: str, image: bool = True, labels: bool = True, gt: bool = False) -> Sample:
+        return Sample(
+            name, self.image(name) if image else None, self.labels(name) if labels else None,
+            self.gt(name) if gt else None,
+        )  # fmt: skip
+
+    def samples(self, rank: int = 0, world: int = 1, skip: frozenset[str] = frozenset(), **want) -> Iterator[Sample]:
+        """This rank's share (every ``world``-th listed image, from ``rank``), minus ``skip``."""
+        for name in self.names[rank::world]:
+            if name not in skip:
+                yield self.load(name, **want)
+
+
+class ShardSource:
+    """Samples of packed shards (``cpn pack``): a folder + split, one ``.tar``, or a webdataset pattern.
+    ``names`` restricts (and orders the check of) the images read; ``None`` = every sample."""
+
+    def __init__(self, source: str | Path, split: str | None = None, names: Sequence[str] | None = None):
+        from cpn_dist.data import shards
+
+        self.source = str(source)
+        if not shards.is_remote(self.source) and Path(self.source).is_file():
+            self.urls = [self.source]
+        else:
+            self.urls = shards.resolve_shards(self.source, split).urls
+        self.names = list(names) if names is not None else None
+        self._wanted = frozenset(self.names) if self.names is not None else None
+
+    def samples(self, rank: int = 0, world: int = 1, skip: frozenset[str] = frozenset(),
+                image: bool = True, labels: bool = True, gt: bool = False) -> Iterator[Sample]:  # fmt: skip
+        """This rank's share of the wanted samples (every ``world``-th in shard order, from
+        ``rank``), minus ``skip``; only the members asked for are decoded."""
+        from cpn_dist.data import shards
+
+        members = {"jpg"} if image else set()
+        if labels:
+            members.add("cls.json")
+        if gt:
+            members.add("seg.png")
+
+        def select(fname: str) -> bool:
+            return fname.split(".", 1)[-1] in members if "." in fname else False
+
+        index = -1
+        for raw in shards.iter_raw_samples(self.urls, select=select):
+            key = raw["__key__"]
+            if self._wanted is not None and key not in self._wanted:
+                continue
+            index += 1
+            if index % world != rank or key in skip:
+                continue
+            where = raw.get("__url__", self.source)
+            try:
+                img = shards.decode_image(raw["jpg"]) if image else None
+                lab = shards.decode_labels(raw["cls.json"]) if labels else None
+                seg = shards.decode_seg(raw["seg.png"]) if gt and "seg.png" in raw else None
+            except KeyError as exc:
+                raise CpnError(f"{where}: sample {key} has no {exc.args[0]} member") from None
+            except (OSError, ValueError) as exc:
+                raise CpnError(f"{where}: sample {key} does not decode ({exc})") from None
+            if gt and seg is None:
+                raise CpnError(f"{where}: sample {key} has no seg.png (ground truth) member")
+            yield Sample(key, img, lab, seg)
+
+
+def is_shard_source(source: str | Path) -> bool:
+    """Whether ``source`` names shards (a packed folder, a .tar, or a URL/pattern) rather than a folder
+    of files."""
+    text = str(source)
+    if "://" in text or text.startswith("pipe:") or text.endswith(".tar") or "{" in text:
+        return True
+    path = Path(text)
+    return path.is_dir() and (path / "meta.json").is_file()
+
