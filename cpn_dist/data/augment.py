@@ -13,6 +13,7 @@ than over the whole resized image (a negligible difference that saves most of th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageEnhance
@@ -117,6 +118,13 @@ def jitter(image: Image.Image, draw: Draw) -> Image.Image:
     return image
 
 
+@lru_cache(maxsize=8)
+def _normalise_luts(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[np.ndarray, ...]:
+    """Per channel, the normalised float32 value of each uint8 level."""
+    levels = np.arange(256, dtype=np.float64) / 255.0
+    return tuple(((levels - m) / s).astype(np.float32) for m, s in zip(mean, std))
+
+
 def slic_lookup(out_len: int, start: int, resized_len: int, orig_len: int, flip: bool = False) -> np.ndarray:
     """Original-image indices of ``out_len`` consecutive pixels of the (flipped) resized axis
     starting at ``start``: nearest neighbour by pixel centres, ``floor((i + 0.5) · orig / resized)``."""
@@ -132,7 +140,7 @@ def augment(
     """Apply ``draw`` to an RGB image and (optionally) its H×W SLIC map.
 
     Returns ``(image, valid, ids)``: the normalised 3×C×C float32 crop (0 on padding), the C×C bool
-    map of pixels that come from the image, and the C×C int32 superpixel ids (``pad_id`` on padding)."""
+    map of pixels that come from the image, and the C×C intp superpixel ids (``pad_id`` on padding)."""
     c = params.crop
     width, height = image.size
     rw, rh = resized_size(width, height, draw.long_side)
@@ -145,11 +153,10 @@ def augment(
         window = window.transpose(Image.FLIP_LEFT_RIGHT)
     window = jitter(window, draw)
 
-    mean = np.asarray(params.mean, dtype=np.float32) * 255.0
-    scale = 1.0 / (np.asarray(params.std, dtype=np.float32) * 255.0)
     out = np.zeros((3, c, c), dtype=np.float32)
-    pixels = np.asarray(window, dtype=np.float32)
-    out[:, box.top:box.top + box.h, box.left:box.left + box.w] = ((pixels - mean) * scale).transpose(2, 0, 1)
+    pixels = np.asarray(window)
+    for ch, lut in enumerate(_normalise_luts(params.mean, params.std)):  # (x/255 - mean) / std by lookup
+        np.take(lut, pixels[..., ch], out=out[ch, box.top:box.top + box.h, box.left:box.left + box.w])
     valid = np.zeros((c, c), dtype=bool)
     valid[box.top:box.top + box.h, box.left:box.left + box.w] = True
 
@@ -159,6 +166,6 @@ def augment(
             raise ValueError(f"SLIC map is {slic.shape[1]}×{slic.shape[0]}, image is {width}×{height}")
         rows = slic_lookup(box.h, box.src_top, rh, height)
         cols = slic_lookup(box.w, box.src_left, rw, width, flip=draw.flip)
-        ids = np.full((c, c), pad_id, dtype=np.int32)
-        ids[box.top:box.top + box.h, box.left:box.left + box.w] = slic[rows[:, None], cols[None, :]]
+        ids = np.full((c, c), pad_id, dtype=np.intp)
+        ids[box.top:box.top + box.h, box.left:box.left + box.w] = slic.take(rows, axis=0).take(cols, axis=1)
     return out, valid, ids

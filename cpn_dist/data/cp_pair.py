@@ -42,21 +42,31 @@ class PatchParams:
 
 
 @dataclass(frozen=True)
+class PatchMask:
+    """Which pixels of I_h are visible, and λ."""
+
+    mask: np.ndarray  # C×C bool m: valid and visible in I_h
+    lam: float  # λ
+    hidden: np.ndarray  # [N] bool, which patches are hidden in I_h
+    present: np.ndarray  # [N] bool, which patches have valid pixels in the crop
+
+
+@dataclass(frozen=True)
 class CPPair:
     image_h: np.ndarray  # 3×C×C float32, I·m
     image_hbar: np.ndarray  # 3×C×C float32, I·(1−m)
     mask: np.ndarray  # 1×C×C float32, m
     lam: float  # λ
-    hidden: np.ndarray  # [N] bool, which patches are hidden in I_h
+    hidden: np.ndarray  # [N] bool
 
 
 @lru_cache(maxsize=16)
 def grid_ids(crop: int, cell: int) -> tuple[np.ndarray, int]:
-    """(C×C int32 cell index, number of cells) of a grid of ``cell``-pixel squares from the crop's
+    """(C×C cell index, number of cells) of a grid of ``cell``-pixel squares from the crop's
     top-left corner (the last row/column of cells may be cut by the crop border)."""
     n = -(-crop // cell)
     idx = np.arange(crop) // cell
-    ids = (idx[:, None] * n + idx[None, :]).astype(np.int32)
+    ids = (idx[:, None] * n + idx[None, :]).astype(np.intp)
     ids.flags.writeable = False
     return ids, n * n
 
@@ -73,24 +83,50 @@ def hidden_patches(rng: np.random.Generator, n: int, hide_prob: float, sampling:
     raise ValueError(f"unknown sampling rule {sampling!r}")
 
 
-def complementary_pair(image: np.ndarray, ids: np.ndarray, n: int, hidden: np.ndarray, lambda_mode: str) -> CPPair:
-    """The CP pair of ``image`` (3×C×C) for patch ids ``ids`` (C×C, values 0..n; n marks crop padding)."""
+def visible_mask(ids: np.ndarray, n: int, hidden: np.ndarray, lambda_mode: str) -> PatchMask:
+    """m and λ for patch ids ``ids`` (C×C, values 0..n; n marks crop padding) and hidden patches."""
     visible = np.zeros(n + 1, dtype=bool)  # slot n = padding: never visible in I_h, never hidden
     visible[:n] = ~hidden
     m = visible[ids]
-    mask = m.astype(np.float32)[None]
-    image_h = image * mask
-    image_hbar = image - image_h  # = I·(1−m): exact, since m is 0 or 1 (and I is 0 on padding)
     counts = np.bincount(ids.ravel(), minlength=n + 1)
+    present = counts[:n] > 0
     if lambda_mode == "pixels":
-        n_valid = ids.size - counts[n]
-        lam = float(m.sum()) / n_valid
+        lam = np.count_nonzero(m) / (ids.size - counts[n])
     elif lambda_mode == "patches":
-        present = counts[:n] > 0
-        lam = 1.0 - float(np.count_nonzero(hidden & present)) / np.count_nonzero(present)
+        lam = 1.0 - np.count_nonzero(hidden & present) / np.count_nonzero(present)
     else:
         raise ValueError(f"unknown lambda mode {lambda_mode!r}")
-    return CPPair(image_h, image_hbar, mask, lam, hidden)
+    return PatchMask(m, float(lam), hidden, present)
+
+
+def draw_patch_mask(
+    valid: np.ndarray,
+    slic_ids: np.ndarray | None,
+    n_superpixels: int,
+    rng: np.random.Generator,
+    params: PatchParams,
+) -> PatchMask:
+    """Draw the hidden patches of one sample: superpixels of ``slic_ids`` (C×C, ``n_superpixels`` on
+    padding), or grid cells of a size drawn from ``params.grid_sizes``."""
+    if params.kind == "superpixel":
+        if slic_ids is None:
+            raise ValueError("superpixel patches need the SLIC ids")
+        ids, n = slic_ids, n_superpixels
+    elif params.kind == "grid":
+        cell = params.grid_sizes[int(rng.integers(len(params.grid_sizes)))]
+        grid, n = grid_ids(valid.shape[-1], cell)
+        ids = np.where(valid, grid, n)
+    else:
+        raise ValueError(f"unknown patch kind {params.kind!r}")
+    hidden = hidden_patches(rng, n, params.hide_prob, params.sampling)
+    return visible_mask(ids, n, hidden, params.lambda_mode)
+
+
+def split_image(image, mask):
+    """(I_h, I_hbar) = (I·m, I − I·m) for numpy arrays or torch tensors; I − I·m equals I·(1−m)
+    exactly because m is 0 or 1 (and I is 0 on crop padding)."""
+    image_h = image * mask
+    return image_h, image - image_h
 
 
 def make_cp_pair(
@@ -101,19 +137,9 @@ def make_cp_pair(
     rng: np.random.Generator,
     params: PatchParams,
 ) -> CPPair:
-    """Draw the hidden patches of one sample and build its CP pair.
-
-    ``slic_ids`` (C×C, with ``n_superpixels`` on padding) is used for superpixel patches; grid patches
-    draw their cell size from ``params.grid_sizes``."""
-    if params.kind == "superpixel":
-        if slic_ids is None:
-            raise ValueError("superpixel patches need the SLIC ids")
-        ids, n = slic_ids, n_superpixels
-    elif params.kind == "grid":
-        cell = params.grid_sizes[int(rng.integers(len(params.grid_sizes)))]
-        grid, n = grid_ids(image.shape[-1], cell)
-        ids = np.where(valid, grid, n).astype(np.int32, copy=False)
-    else:
-        raise ValueError(f"unknown patch kind {params.kind!r}")
-    hidden = hidden_patches(rng, n, params.hide_prob, params.sampling)
-    return complementary_pair(image, ids, n, hidden, params.lambda_mode)
+    """The whole CP pair of one 3×C×C image (the loader does the same, with the two products done
+    once per batch in :func:`~cpn_dist.data.train_sample.collate`)."""
+    pm = draw_patch_mask(valid, slic_ids, n_superpixels, rng, params)
+    mask = pm.mask.astype(np.float32)[None]
+    image_h, image_hbar = split_image(image, mask)
+    return CPPair(image_h, image_hbar, mask, pm.lam, pm.hidden)

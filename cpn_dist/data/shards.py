@@ -81,9 +81,9 @@ def encode_png(array: np.ndarray) -> bytes:
 
 def decode_image(data: bytes) -> Image.Image:
     """An RGB PIL image from encoded bytes (fully loaded, so truncation raises here)."""
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        return im.convert("RGB")
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    return im if im.mode == "RGB" else im.convert("RGB")
 
 
 def decode_slic(data: bytes) -> np.ndarray:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from cpn_dist.data.augment import AugmentParams, augment, draw_augmentation
-from cpn_dist.data.cp_pair import PatchParams, make_cp_pair
+from cpn_dist.data.cp_pair import PatchParams, draw_patch_mask, split_image
 from cpn_dist.data.seeding import sample_rngs
 from cpn_dist.data.shards import decode_image, decode_labels, decode_slic, slic_member
 from cpn_dist.errors import CpnError
@@ -62,24 +62,28 @@ class TrainSampleMaker:
             crop, valid, ids = augment(image, slic, draw, self.augment, pad_id=n_superpixels)
         except ValueError as exc:
             raise CpnError(f"{where}: {exc}") from None
-        pair = make_cp_pair(crop, valid, ids, n_superpixels, patch_rng, self.patch)
-        return {
-            "key": key,
-            "image": crop,
-            "image_h": pair.image_h,
-            "image_hbar": pair.image_hbar,
-            "mask": pair.mask,
-            "valid": valid[None],
-            "labels": labels,
-            "lam": np.float32(pair.lam),
-        }
+        patch = draw_patch_mask(valid, ids, n_superpixels, patch_rng, self.patch)
+        # I_h and I_hbar are made per batch in collate: two products on the stacked batch instead of
+        # two more full-size arrays per sample (measured faster; see benchmarks/bench_data.py).
+        return {"key": key, "image": crop, "mask": patch.mask[None], "valid": valid[None],
+                "labels": labels, "lam": np.float32(patch.lam)}  # fmt: skip
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack samples into the training batch (docs/interfaces.md, "Training batch")."""
+    """Stack samples into the training batch (docs/interfaces.md, "Training batch"), making the CP
+    pair I_h = I·m, I_hbar = I·(1−m) on the stacked batch."""
     import torch
 
-    batch: dict[str, Any] = {"key": [s["key"] for s in samples]}
-    for name in BATCH_KEYS[1:]:
-        batch[name] = torch.from_numpy(np.stack([s[name] for s in samples]))
-    return batch
+    image = torch.from_numpy(np.stack([s["image"] for s in samples]))
+    mask = torch.from_numpy(np.stack([s["mask"] for s in samples])).to(torch.float32)
+    image_h, image_hbar = split_image(image, mask)
+    return {
+        "key": [s["key"] for s in samples],
+        "image": image,
+        "image_h": image_h,
+        "image_hbar": image_hbar,
+        "mask": mask,
+        "valid": torch.from_numpy(np.stack([s["valid"] for s in samples])),
+        "labels": torch.from_numpy(np.stack([s["labels"] for s in samples])),
+        "lam": torch.from_numpy(np.stack([s["lam"] for s in samples])),
+    }

@@ -1,0 +1,193 @@
+"""`cpn pack`, `cpn shards verify|info` and the shard reader, on the synthetic VOC."""
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cpn_dist.data.pack import KILL_AFTER_ENV
+from cpn_dist.data.shards import read_shard_samples
+from cpn_dist.data.voc import read_label_png, read_split, read_xml_objects
+from tests.conftest import run_cpn
+
+SEGMENTS = ("20", "50")
+
+
+def pack(voc: Path, out: Path, *extra: str, split: str = "train_aug", check: bool = True):
+    return run_cpn("pack", "--voc-root", str(voc), "--split", split, "--out", str(out),
+                   "--slic-segments", *SEGMENTS, "--shard-size", "10", *extra, check=check)  # fmt: skip
+
+
+def shard_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def packed(synth_voc, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("packed") / "shards"
+    pack(synth_voc, out, "--workers", "2")
+    return out
+
+
+def test_tar_lists_the_documented_members(packed, synth_voc):
+    ids = read_split(synth_voc / "ImageSets/Segmentation/train_aug.txt")
+    names = subprocess.run(["tar", "-tf", str(packed / "train_aug-000000.tar")], capture_output=True, text=True,
+                           check=True).stdout.split()  # fmt: skip
+    expected = [f"{key}.{m}" for key in ids[:10] for m in ("jpg", "cls.json", "slic20.png", "slic50.png", "seg.png")]
+    assert names == expected
+    shards = sorted(p.name for p in packed.glob("*.tar"))
+    assert shards == [f"train_aug-{i:06d}.tar" for i in range(-(-len(ids) // 10))]
+    with tarfile.open(packed / "train_aug-000001.tar") as tar:
+        for info in tar:
+            assert (info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode) == (0, 0, 0, "", "", 0o644)
+    meta = json.loads((packed / "meta.json").read_text())
+    entry = meta["splits"]["train_aug"]
+    assert entry["count"] == len(ids) and sum(s["count"] for s in entry["shards"]) == len(ids)
+    assert entry["members"] == ["jpg", "cls.json", "slic20.png", "slic50.png"] and entry["with_seg"] == len(ids)
+    assert entry["slic"]["segments"] == [20, 50] and entry["slic"]["compactness"] == 10.0
+    assert entry["skipped"] == [] and len(meta["classes"]) == 20
+    assert sum(entry["class_counts"].values()) >= len(ids)
+    assert all(0.0 < v < 1.0 for v in entry["mean_rgb"])
+
+
+def test_verify_and_info_pass_on_a_fresh_pack(packed):
+    proc = run_cpn("shards", "verify", str(packed), check=True)
+    assert "ok train_aug: 32 samples" in proc.stdout and "0 problems" in proc.stdout
+    info = run_cpn("shards", "info", str(packed), check=True).stdout
+    assert "train_aug" in info and "segments [20, 50]" in info and "aeroplane" in info
+
+
+def test_reader_returns_the_source_files(packed, synth_voc):
+    samples = list(read_shard_samples(packed))
+    ids = read_split(synth_voc / "ImageSets/Segmentation/train_aug.txt")
+    assert [s["key"] for s in samples] == ids
+    for s in samples[:5]:
+        key = s["key"]
+        original = np.asarray(Image.open(synth_voc / "JPEGImages" / f"{key}.jpg").convert("RGB"))
+        assert s["image"].dtype == np.uint8 and np.array_equal(s["image"], original)
+        assert np.array_equal(s["seg"], read_label_png(synth_voc / "SegmentationClass" / f"{key}.png"))
+        names = read_xml_objects(synth_voc / "Annotations" / f"{key}.xml")
+        assert s["labels"].dtype == np.float32 and s["labels"].sum() == len(set(names))
+        assert sorted(s["slic"]) == [20, 50]
+        for ids_map in s["slic"].values():
+            assert ids_map.dtype == np.uint16 and ids_map.shape == original.shape[:2]
+            assert np.array_equal(np.unique(ids_map), np.arange(ids_map.max() + 1))  # ids 0..K-1
+    # the jpg member holds the original bytes, untouched
+    with tarfile.open(packed / "train_aug-000000.tar") as tar:
+        data = tar.extractfile(f"{ids[0]}.jpg").read()
+    assert data == (synth_voc / "JPEGImages" / f"{ids[0]}.jpg").read_bytes()
+
+
+def test_killed_pack_resumes_to_the_same_bytes_as_a_clean_pack(packed, synth_voc, tmp_path):
+    out = tmp_path / "shards"
+    args = ["pack", "--voc-root", str(synth_voc), "--split", "train_aug", "--out", str(out),
+            "--slic-segments", *SEGMENTS, "--shard-size", "10", "--workers", "2"]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "cpn_dist", *args], capture_output=True, text=True,
+                          env={**os.environ, KILL_AFTER_ENV: "1"})  # fmt: skip
+    assert proc.returncode == -9  # SIGKILL, in the middle of the second shard
+    assert (out / "train_aug-000000.tar").is_file() and not (out / "train_aug-000001.tar").exists()
+    assert (out / ".train_aug-000001.tar.partial").is_file() and not (out / "meta.json").exists()
+    again = pack(synth_voc, out, "--workers", "2", check=False)  # no --resume: refuses to touch it
+    assert again.returncode == 1 and "--resume" in again.stderr
+    resumed = pack(synth_voc, out, "--resume", "--workers", "1")
+    assert "1 kept by --resume" in resumed.stdout
+    assert not list(out.glob(".*")), "temporary files and the work folder are removed"
+    assert shard_bytes(out) == shard_bytes(packed)  # tars and meta.json, byte for byte
+
+
+def test_repack_is_byte_identical_and_needs_overwrite(packed, synth_voc, tmp_path):
+    out = tmp_path / "shards"
+    shutil.copytree(packed, out)
+    refused = pack(synth_voc, out, check=False)
+    assert refused.returncode == 1 and "--overwrite" in refused.stderr and "Traceback" not in refused.stderr
+    pack(synth_voc, out, "--overwrite", "--workers", "1")
+    assert shard_bytes(out) == shard_bytes(packed)
+    done = pack(synth_voc, out, "--resume")
+    assert "already complete" in done.stdout
+
+
+def test_truncated_jpeg_and_missing_annotation_are_skipped_and_reported(synth_voc, tmp_path):
+    voc = tmp_path / "VOC2012"
+    shutil.copytree(synth_voc, voc)
+    ids = read_split(voc / "ImageSets/Segmentation/train_aug.txt")
+    jpg = voc / "JPEGImages" / f"{ids[3]}.jpg"
+    jpg.write_bytes(jpg.read_bytes()[: jpg.stat().st_size // 2])
+    (voc / "Annotations" / f"{ids[12]}.xml").unlink()
+    out = tmp_path / "shards"
+    proc = pack(voc, out, "--workers", "2")
+    assert "2 skipped image(s)" in proc.stdout
+    assert ids[3] in proc.stdout and "truncated JPEG" in proc.stdout
+    assert ids[12] in proc.stdout and "annotation not found" in proc.stdout
+    entry = json.loads((out / "meta.json").read_text())["splits"]["train_aug"]
+    assert entry["skipped"] == [{"id": ids[3], "reason": "truncated JPEG"},
+                                {"id": ids[12], "reason": "annotation not found"}]  # fmt: skip
+    assert entry["count"] == len(ids) - 2
+    assert [s["count"] for s in entry["shards"]][:2] == [9, 9]
+    keys = [s["key"] for s in read_shard_samples(out)]
+    assert ids[3] not in keys and ids[12] not in keys and len(keys) == len(ids) - 2
+    run_cpn("shards", "verify", str(out), check=True)
+    strict = pack(voc, tmp_path / "strict", "--strict", check=False)
+    assert strict.returncode == 1 and "2 image(s) skipped (--strict)" in strict.stderr
+
+
+def test_missing_inputs_fail_at_once_naming_the_path(synth_voc, tmp_path):
+    proc = pack(tmp_path / "nowhere", tmp_path / "out", check=False)
+    assert proc.returncode == 1 and "nowhere: VOC folder not found" in proc.stderr and "Traceback" not in proc.stderr
+    proc = pack(synth_voc, tmp_path / "out", split="no_such_split", check=False)
+    assert proc.returncode == 1 and "no_such_split.txt: split list not found" in proc.stderr
+    assert not (tmp_path / "out").exists()
+    proc = run_cpn("shards", "verify", str(tmp_path / "nothing"))
+    assert proc.returncode == 1 and "shard folder not found" in proc.stderr
+
+
+def test_labels_file_and_list_file(synth_voc, tmp_path):
+    ids = read_split(synth_voc / "ImageSets/Segmentation/val.txt")[:3]
+    lst = tmp_path / "mine.txt"
+    lst.write_text("".join(f"/JPEGImages/{i}.jpg {i}\n" for i in ids))  # released list style
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({ids[0]: ["cat", "dog"], ids[1]: [0] * 19 + [1], ids[2]: ["person"]}))
+    out = tmp_path / "shards"
+    run_cpn("pack", "--voc-root", str(synth_voc), "--split", str(lst), "--out", str(out), "--slic-segments", "30",
+            "--labels", str(labels), "--workers", "1", check=True)  # fmt: skip
+    samples = list(read_shard_samples(out, split="mine"))
+    assert [s["key"] for s in samples] == ids
+    assert np.flatnonzero(samples[0]["labels"]).tolist() == [7, 11]  # cat, dog
+    assert np.flatnonzero(samples[1]["labels"]).tolist() == [19]
+    assert list(samples[0]["slic"]) == [30]
+
+
+def test_verify_finds_a_damaged_shard(packed, tmp_path):
+    out = tmp_path / "shards"
+    shutil.copytree(packed, out)
+    shard = out / "train_aug-000002.tar"
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(shard, "w", format=tarfile.GNU_FORMAT) as tar:
+        for info, data in members:
+            if info.name.endswith(".slic50.png") and info.name.startswith(members[0][0].name.split(".")[0]):
+                continue  # drop one SLIC map
+            if info.name.endswith(".seg.png") and info.name.startswith(members[-1][0].name.split(".")[0]):
+                img = Image.new("P", (7, 5))  # a mask of the wrong size
+                buf = io.BytesIO()
+                img.save(buf, format="PNG")
+                data = buf.getvalue()
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    proc = run_cpn("shards", "verify", str(out))
+    assert proc.returncode == 1 and "shard verification failed" in proc.stderr
+    assert "missing member slic50.png" in proc.stdout and "seg.png is 7×5" in proc.stdout
+
+
+def test_cli_arguments_are_checked(synth_voc, tmp_path):
+    proc = run_cpn("pack", "--voc-root", str(synth_voc), "--split", "train_aug", "--out", str(tmp_path / "o"),
+                   "--slic-segments", "1")  # fmt: skip
+    assert proc.returncode == 1 and "--slic-segments" in proc.stderr
+    assert os.path.exists(synth_voc)
