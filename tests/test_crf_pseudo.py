@@ -159,3 +159,16 @@ def test_pseudo_crf_needs_images(cams_from_masks, tmp_path):
     cams_dir, _ = cams_from_masks
     proc = run_cpn("pseudo", "--cams", str(cams_dir), "--out", str(tmp_path / "o"), "--beta", "0.3", "--crf")
     assert proc.returncode == 1 and "--voc-root" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_show_writes_a_grid_png(synth_voc, cams_from_masks, tmp_path):
+    cams_dir, names = cams_from_masks
+    out = tmp_path / "grid.png"
+    run_cpn("show", "--cams", str(cams_dir), "--voc-root", str(synth_voc), "--count", "3", "--out", str(out),
+            check=True)  # fmt: skip
+    grid = np.asarray(Image.open(out).convert("RGB"))
+    # 3 rows of panels at 2.2 inches × 100 dpi; columns: image, GT, up to 3 CAMs, pseudo label
+    assert grid.shape[0] == 3 * 220 and grid.shape[1] >= 4 * 260
+    # the VOC colours of the ground truth / pseudo labels appear in the picture
+    colours = {tuple(c) for c in grid.reshape(-1, 3)[:: 7].tolist()}
+    assert (224, 224, 192) in colours  # void border of the ground truth

@@ -1,0 +1,147 @@
+"""``cpn infer``: multi-scale, flipped CAM inference into CAM files (the released format)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cpn_dist.cli import add_command, console
+from cpn_dist.errors import CpnError
+
+
+def register(sub) -> None:
+    p = add_command(
+        sub, "infer", "multi-scale + flip CAM inference into NAME.npy files (the released infer_cam.py format)",
+        "Computes what the released infer_cam.py computes (refined CAM, 4 scales × 2 flips summed, "
+        "released normalisation, labelled classes only) for every image, batching equal-sized inputs. "
+        "Distributed: accelerate launch [--multi_gpu --num_processes N] -m cpn_dist.infer ARGS "
+        "gives each process every N-th image.",
+    )  # fmt: skip
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="weights: ours or the released CPN .pth")
+    p.add_argument("--config", metavar="FILE", help="run config (model.backbone, model.head, data.mean/std)")
+    p.add_argument("--backbone", choices=("resnet38d", "tiny"), help="overrides the config's model.backbone")
+    p.add_argument("--head", choices=("official", "paper", "none"), help="overrides the config's model.head")
+    src = p.add_argument_group("input (one of)")
+    src.add_argument("--voc-root", metavar="DIR", help="VOC root (JPEGImages/, Annotations/)")
+    src.add_argument("--shards", metavar="SRC", help="packed shards: a folder, a .tar or a webdataset pattern")
+    src.add_argument("--split", help="split inside a shard folder (default: its only split)")
+    src.add_argument("--list", metavar="FILE", help="image ids, one per line or the released list format "
+                     "(required with --voc-root; restricts --shards)")  # fmt: skip
+    src.add_argument("--labels", metavar="FILE", help="image labels: released cls_labels.npy or JSON {id: [20 × 0/1]} "
+                     "(default: the VOC XMLs)")  # fmt: skip
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder for NAME.npy")
+    p.add_argument("--scales", default="0.5,1.0,1.5,2.0", help="comma list (default 0.5,1.0,1.5,2.0)")
+    p.add_argument("--no-flip", action="store_true", help="do not add the flipped inputs")
+    p.add_argument("--use", choices=("refined", "cam"), default="refined",
+                   help="refined CAM (released) or the raw CAM")  # fmt: skip
+    p.add_argument("--format", choices=("released", "irn"), default="released",
+                   help="released: {class: H×W}; irn: keys/cam/high_res with IRN's max normalisation")  # fmt: skip
+    p.add_argument("--save-raw", action="store_true", help="also write the unnormalised sum to OUT/raw/NAME.npy")
+    p.add_argument("--batch-size", type=int, default=8, help="most equal-sized inputs per forward (default 8)")
+    p.add_argument("--images-per-step", type=int, default=4, help="images prepared together (default 4)")
+    p.add_argument("--loader-threads", type=int, default=2, help="threads decoding and resizing images (default 2)")
+    p.add_argument("--overwrite", action="store_true", help="redo images whose CAM file exists")
+    p.set_defaults(handler=_run)
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        scales = tuple(float(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise CpnError(f"--scales '{text}': expected a comma list of numbers, e.g. 0.5,1.0,1.5,2.0") from None
+    if not scales or any(not s > 0 for s in scales):
+        raise CpnError(f"--scales '{text}': every scale must be > 0")
+    return scales
+
+
+def _source(args):
+    from cpn_dist.data.inputs import ShardSource, VocSource
+    from cpn_dist.data.voc import read_split
+
+    if bool(args.voc_root) == bool(args.shards):
+        raise CpnError("give exactly one input: --voc-root DIR --list FILE, or --shards SRC")
+    names = read_split(args.list) if args.list else None
+    if args.voc_root:
+        if names is None:
+            raise CpnError("--voc-root needs --list FILE (the image ids to infer)")
+        return VocSource(args.voc_root, names, args.labels)
+    if args.labels:
+        raise CpnError("--labels applies to --voc-root; shards carry their own labels (cls.json)")
+    return ShardSource(args.shards, args.split, names)
+
+
+def _model(args, device):
+    from cpn_dist.config import load_config
+    from cpn_dist.models import build_model, load_weights
+
+    cfg = load_config(args.config)
+    backbone = args.backbone or cfg.model.backbone
+    head = args.head or cfg.model.head
+    model = build_model(backbone, head, dropout=0.0)
+    report = load_weights(model, args.checkpoint)
+    model.to(device).eval()
+    return model, report, cfg
+
+
+def _cpu_only() -> bool:
+    """Whether to run on the CPU. PartialState() on a host without a GPU reports one process even
+    under `accelerate launch --multi_gpu`; with cpu=True it joins the gloo group instead."""
+    import os
+
+    import torch
+
+    return os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
+
+
+def _run(args) -> int:
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    from cpn_dist.infer import InferSettings, infer_samples
+
+    if args.batch_size < 1 or args.images_per_step < 1:
+        raise CpnError("--batch-size and --images-per-step must be >= 1")
+    state = PartialState(cpu=_cpu_only())
+    rank, world = state.process_index, state.num_processes
+    source = _source(args)
+    out = Path(args.out)
+    model, report, cfg = _model(args, state.device)
+    settings = InferSettings(
+        scales=_scales(args.scales), flip=not args.no_flip, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std),
+        use=args.use, batch_size=args.batch_size, fmt=args.format, save_raw=args.save_raw,
+    )  # fmt: skip
+    done = frozenset() if args.overwrite or not out.is_dir() else frozenset(p.stem for p in out.glob("*.npy"))
+    if state.is_main_process:
+        console.print(report.summary(), highlight=False)
+        if done:
+            console.print(f"{len(done)} CAM files already in {out} are kept (--overwrite redoes them)")
+    state.wait_for_everyone()
+    out.mkdir(parents=True, exist_ok=True)
+
+    total = None
+    if getattr(source, "names", None) is not None:
+        mine = source.names[rank::world]
+        total = sum(1 for n in mine if n not in done)
+    with Progress(
+        TextColumn(f"infer (process {rank + 1}/{world})" if world > 1 else "infer"), BarColumn(),
+        MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True, disable=not (console.is_terminal and state.is_main_process),
+    ) as progress:  # fmt: skip
+        task = progress.add_task("images", total=total)
+        samples = source.samples(rank=rank, world=world, skip=done, image=True, labels=True)
+        written = infer_samples(
+            model, samples, out, settings, device=state.device, images_per_step=args.images_per_step,
+            loader_threads=args.loader_threads, on_image=lambda _: progress.advance(task),
+        )  # fmt: skip
+
+    everyone = gather_object([(rank, name) for name in written]) if world > 1 else [(0, n) for n in written]
+    if state.is_main_process:
+        names = [n for _, n in everyone]
+        if len(set(names)) != len(names):  # pragma: no cover - would be a slicing bug
+            raise RuntimeError("an image was written by more than one process")
+        per_rank = [sum(1 for r, _ in everyone if r == k) for k in range(world)]
+        split = f" (per process: {', '.join(map(str, per_rank))})" if world > 1 else ""
+        console.print(f"wrote {len(names)} CAM files to [bold]{out}[/]{split}")
+    state.wait_for_everyone()
+    return 0

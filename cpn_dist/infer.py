@@ -1,0 +1,219 @@
+"""Multi-scale, flipped CAM inference, as the released ``infer_cam.py`` computes it.
+
+Per image (original size H×W, image-level labels y):
+
+1. for each scale s: size = Python ``round(W·s)`` × ``round(H·s)`` (banker's rounding), PIL bicubic
+   resize of the uint8 image, ImageNet normalisation in float64 stored as float32; the flipped
+   input is the width-flip of that normalised array;
+2. the network's refined CAM (or the raw CAM), channels 1..20, already at the input size, is
+   resized to H×W (bilinear, align_corners=False), multiplied by y, and un-flipped;
+3. the 2·|scales| maps are summed in float32 in the released order (s₁, s₁ flipped, s₂, …);
+4. :func:`cpn_dist.cams.normalise_released` (negatives → 0, min/max with the 1e-5 epsilons, arg-min
+   pixels negative, halved); only labelled classes are kept.
+
+Unlike the released script (whose thread pool silently keeps the first 12 inputs), every scale is
+used. Inputs of the same size — the two flips of a scale, and equal-sized images — go through the
+network together in one batch; each class map is only computed for the image's labelled classes.
+Distributed runs (``accelerate launch``) give each process every world-th image.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from cpn_dist.cams import normalise_released, save_cams
+from cpn_dist.data.inputs import Sample
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class InferSettings:
+    scales: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
+    flip: bool = True
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    use: str = "refined"  # "refined" (Ỹ, as released) or "cam" (the raw CAM Y)
+    batch_size: int = 8  # most inputs of one size per forward
+    fmt: str = "released"  # "released" | "irn"
+    save_raw: bool = False  # also write the unnormalised sum under out/raw/
+
+
+def scaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """(width, height) of a scale, with Python's round (half to even) as the released code."""
+    return round(width * scale), round(height * scale)
+
+
+def normalise_image(rgb: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """H×W×3 uint8 → 3×H×W float32: (x/255 − mean)/std computed in float64, as the released Normalize."""
+    x = rgb.astype(np.float64) / 255.0
+    x = (x - np.asarray(mean, dtype=np.float64)) / np.asarray(std, dtype=np.float64)
+    return np.ascontiguousarray(x.astype(np.float32).transpose(2, 0, 1))
+
+
+def scale_inputs(image: Image.Image, settings: InferSettings) -> list[np.ndarray]:
+    """The network inputs of one image in the released order: (scale 1, scale 1 flipped, scale 2, …)."""
+    image = image.convert("RGB")
+    inputs = []
+    for s in settings.scales:
+        size = scaled_size(*image.size, s)
+        if min(size) < 1:
+            raise ValueError(f"scale {s} shrinks a {image.size[0]}×{image.size[1]} image to nothing")
+        arr = normalise_image(np.asarray(image.resize(size, resample=Image.BICUBIC)), settings.mean, settings.std)
+        inputs.append(arr)
+        if settings.flip:
+            inputs.append(np.ascontiguousarray(arr[:, :, ::-1]))
+    return inputs
+
+
+@dataclass
+class _Pending:
+    """One image on its way through the network."""
+
+    sample: Sample
+    inputs: list[np.ndarray]
+    classes: list[int]  # labelled class indices 0..19
+    outputs: dict[int, torch.Tensor] = field(default_factory=dict)  # input index → K×h×w
+
+
+def _prepare(sample: Sample, settings: InferSettings) -> _Pending:
+    labels = np.asarray(sample.labels, dtype=np.float32)
+    classes = [int(c) for c in np.flatnonzero(labels > 1e-5)]
+    inputs = scale_inputs(sample.image, settings) if classes else []
+    return _Pending(sample, inputs, classes)
+
+
+def _forward(model: torch.nn.Module, batch: torch.Tensor, use: str) -> torch.Tensor:
+    cam, refined = model(batch)
+    out = refined if use == "refined" and refined is not None else cam
+    return out[:, 1:].float()
+
+
+def sum_cams(pending: _Pending, settings: InferSettings) -> np.ndarray:
+    """Step 2–3: the float32 sum (K×H×W, labelled classes) over every input of one image."""
+    width, height = pending.sample.image.size
+    labels = torch.as_tensor(np.asarray(pending.sample.labels, dtype=np.float32)[pending.classes])
+    total = None
+    per_scale = 2 if settings.flip else 1
+    for i in range(len(pending.inputs)):
+        out = pending.outputs[i]
+        cam = F.interpolate(out[None], (height, width), mode="bilinear", align_corners=False)[0]
+        cam = cam.cpu() * labels.view(-1, 1, 1)
+        if settings.flip and i % per_scale == 1:
+            cam = torch.flip(cam, dims=(-1,))
+        total = cam.clone() if total is None else total.add_(cam)
+    return total.numpy()
+
+
+def _finish(pending: _Pending, settings: InferSettings, out_dir: Path) -> None:
+    name = pending.sample.name
+    if not pending.classes:
+        save_cams(out_dir / f"{name}.npy", {} if settings.fmt == "released" else _irn({}, [], None))
+        return
+    total = sum_cams(pending, settings)
+    if settings.save_raw:
+        save_cams(out_dir / "raw" / f"{name}.npy", {c: total[k] for k, c in enumerate(pending.classes)})
+    if settings.fmt == "irn":
+        save_cams(out_dir / f"{name}.npy", _irn(pending.sample, pending.classes, total))
+        return
+    norm = normalise_released(total)
+    save_cams(out_dir / f"{name}.npy", {c: norm[k] for k, c in enumerate(pending.classes)})
+
+
+def _irn(sample, classes: list[int], total: np.ndarray | None) -> dict:
+    """IRN's layout (keys / cam / high_res) and normalisation: relu, divided by the per-class max + 1e-5;
+    ``cam`` is the sum resized to IRN's stride-4 grid ⌈H/4⌉×⌈W/4⌉."""
+    if total is None:
+        empty = np.zeros((0, 1, 1), np.float32)
+        return {"keys": np.zeros(0, np.int64), "cam": empty, "high_res": empty}
+    t = torch.from_numpy(total).clamp_min(0)
+    h, w = t.shape[-2:]
+    strided = F.interpolate(t[None], ((h + 3) // 4, (w + 3) // 4), mode="bilinear", align_corners=False)[0]
+
+    def norm(x: torch.Tensor) -> np.ndarray:
+        return (x / (x.amax(dim=(-2, -1), keepdim=True) + 1e-5)).numpy().astype(np.float32)
+
+    return {"keys": np.asarray(classes, dtype=np.int64), "cam": norm(strided), "high_res": norm(t)}
+
+
+def _prefetch(fn: Callable, items: Iterable, workers: int, depth: int) -> Iterator:
+    """``map(fn, items)`` on a thread pool, in order, with at most ``depth`` results in flight."""
+    if workers <= 0:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        queue: deque = deque()
+        for item in items:
+            queue.append(pool.submit(fn, item))
+            if len(queue) >= depth:
+                yield queue.popleft().result()
+        while queue:
+            yield queue.popleft().result()
+
+
+@torch.inference_mode()
+def infer_samples(model: torch.nn.Module, samples: Iterable[Sample], out_dir: str | Path,
+                  settings: InferSettings = InferSettings(), device: torch.device | str = "cpu",
+                  images_per_step: int = 4, loader_threads: int = 2,
+                  on_image: Callable[[str], None] | None = None) -> list[str]:  # fmt: skip
+    """Write one CAM file per sample into ``out_dir``; returns the names written, in order.
+
+    ``images_per_step`` images are prepared together so that equal-sized inputs of different images
+    share a forward; inputs of one size go in batches of at most ``settings.batch_size``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if settings.save_raw:
+        (out_dir / "raw").mkdir(exist_ok=True)
+    model.eval()
+    written: list[str] = []
+    prepared = _prefetch(lambda s: _prepare(s, settings), samples, loader_threads, depth=2 * images_per_step)
+    step: list[_Pending] = []
+    for pending in prepared:
+        step.append(pending)
+        if len(step) == images_per_step:
+            _run_step(model, step, settings, device, out_dir, written, on_image)
+            step = []
+    if step:
+        _run_step(model, step, settings, device, out_dir, written, on_image)
+    return written
+
+
+def _run_step(model, step: list[_Pending], settings: InferSettings, device, out_dir: Path,
+              written: list[str], on_image) -> None:  # fmt: skip
+    by_shape: dict[tuple[int, ...], list[tuple[_Pending, int]]] = {}
+    for p in step:
+        for i, x in enumerate(p.inputs):
+            by_shape.setdefault(x.shape, []).append((p, i))
+    for group in by_shape.values():
+        for start in range(0, len(group), settings.batch_size):
+            part = group[start:start + settings.batch_size]
+            batch = torch.from_numpy(np.stack([p.inputs[i] for p, i in part])).to(device)
+            out = _forward(model, batch, settings.use)
+            for row, (p, i) in enumerate(part):
+                p.outputs[i] = out[row, p.classes]  # only the labelled classes are kept
+    for p in step:
+        _finish(p, settings, out_dir)
+        p.outputs.clear()
+        written.append(p.sample.name)
+        if on_image:
+            on_image(p.sample.name)
+
+
+if __name__ == "__main__":  # `accelerate launch -m cpn_dist.infer ...` runs the `cpn infer` command
+    from cpn_dist.cli import main
+
+    sys.exit(main(["infer", *sys.argv[1:]]))
