@@ -3,13 +3,14 @@ collation of samples into the training batch of docs/interfaces.md."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from cpn_dist.data.augment import AugmentParams, augment, draw_augmentation
-from cpn_dist.data.cp_pair import PatchParams, draw_patch_mask, split_image
+from cpn_dist.data.cp_pair import PatchParams, draw_patch_mask
 from cpn_dist.data.seeding import sample_rngs
 from cpn_dist.data.shards import decode_image, decode_labels, decode_slic, slic_member
 from cpn_dist.errors import CpnError
@@ -69,21 +70,32 @@ class TrainSampleMaker:
                 "labels": labels, "lam": np.float32(patch.lam)}  # fmt: skip
 
 
+def _batch_tensor(shape: tuple[int, ...], dtype):
+    """An empty tensor for a batch; inside a DataLoader worker it is allocated in shared memory, so
+    handing it to the main process copies nothing (what torch's default_collate does)."""
+    import torch
+    from torch.utils.data import get_worker_info
+
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+    return torch.empty(0, dtype=dtype).set_(torch.UntypedStorage._new_shared(nbytes), 0, shape)
+
+
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack samples into the training batch (docs/interfaces.md, "Training batch"), making the CP
     pair I_h = I·m, I_hbar = I·(1−m) on the stacked batch."""
     import torch
 
-    image = torch.from_numpy(np.stack([s["image"] for s in samples]))
-    mask = torch.from_numpy(np.stack([s["mask"] for s in samples])).to(torch.float32)
-    image_h, image_hbar = split_image(image, mask)
-    return {
-        "key": [s["key"] for s in samples],
-        "image": image,
-        "image_h": image_h,
-        "image_hbar": image_hbar,
-        "mask": mask,
-        "valid": torch.from_numpy(np.stack([s["valid"] for s in samples])),
-        "labels": torch.from_numpy(np.stack([s["labels"] for s in samples])),
-        "lam": torch.from_numpy(np.stack([s["lam"] for s in samples])),
-    }
+    n = len(samples)
+    batch: dict[str, Any] = {"key": [s["key"] for s in samples]}
+    for name, dtype in (("image", torch.float32), ("mask", torch.float32), ("valid", torch.bool),
+                        ("labels", torch.float32), ("lam", torch.float32)):  # fmt: skip
+        out = _batch_tensor((n, *samples[0][name].shape), dtype)
+        np.stack([s[name] for s in samples], out=out.numpy())
+        batch[name] = out
+    image, mask = batch["image"], batch["mask"]
+    batch["image_h"] = torch.mul(image, mask, out=_batch_tensor(image.shape, torch.float32))
+    # I − I·m equals I·(1−m) exactly, since m is 0 or 1 (and I is 0 on crop padding)
+    batch["image_hbar"] = torch.sub(image, batch["image_h"], out=_batch_tensor(image.shape, torch.float32))
+    return {name: batch[name] for name in BATCH_KEYS}
