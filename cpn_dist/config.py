@@ -107,6 +107,10 @@ class ModelConfig(_Section):
         "paper", description="CAM refinement head: released PCM+PRCM, the paper's eqs. 7-12, or none (plain CAM)"
     )
     weights: str | None = Field(None, description="initial weights (.pth: released ResNet38 init, released CPN, ours)")
+    dropout: float = Field(
+        1.0, ge=0.0, le=1.0,
+        description="scale of the released dropout rates (0.5 before fc8, 0.3/0.5 in b6/b7); 0 = no dropout",
+    )
 
 
 class LossConfig(_Section):
@@ -119,6 +123,9 @@ class LossConfig(_Section):
     )
     weights: list[float] = Field(
         [1.0, 1.0, 1.0], min_length=3, max_length=3, description="w1, w2, w3 of L_cls, L_tcp, L_cpcr (eq. 17)"
+    )
+    alpha: float = Field(
+        1.0, gt=0.0, le=10.0, description="paper recipe: background exponent, Y^0 = (1 - max_c Y^c)^alpha (eq. 16)"
     )
 
     @model_validator(mode="after")

@@ -1,0 +1,65 @@
+"""``cpn weights``: convert the MXNet ResNet38 ImageNet weights, and check a weights file against a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+
+from cpn_dist.cli import add_command, console
+from cpn_dist.errors import CpnError
+
+
+def register(sub) -> None:
+    p = add_command(sub, "weights", "convert and check model weights (released ResNet38 / CPN, ours)")
+    w_sub = p.add_subparsers(title="actions", metavar="ACTION", dest="action", required=True)
+    conv = add_command(w_sub, "convert", "convert the MXNet ResNet38 ImageNet .params to a PyTorch .pth (no mxnet)")
+    conv.add_argument("params", help="the MXNet file, e.g. ilsvrc-cls_rna-a1_cls1000_ep-0001.params")
+    conv.add_argument("out", help="output .pth (a state dict with the released PyTorch names)")
+    conv.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    conv.set_defaults(handler=_convert)
+    check = add_command(w_sub, "check", "load a weights file into a model and report matched/missing/unexpected keys")
+    check.add_argument("path", help=".pth (released ResNet38 init, released CPN, ours) or MXNet .params")
+    check.add_argument("--backbone", default="resnet38d", choices=["resnet38d", "tiny"])
+    check.add_argument("--head", default="official", choices=["official", "paper", "none"])
+    check.set_defaults(handler=_check)
+
+
+def _convert(args) -> int:
+    import torch
+
+    from cpn_dist.models.mxnet import convert_resnet38_params
+
+    src, out = Path(args.params), Path(args.out)
+    if not src.is_file():
+        raise CpnError(f"{src}: file not found")
+    if out.exists() and not args.overwrite:
+        raise CpnError(f"{out}: exists (use --overwrite to replace it)")
+    state = convert_resnet38_params(src)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(out)
+    n = sum(t.numel() for t in state.values())
+    console.print(f"wrote {out}: {len(state)} tensors, {n:,} values")
+    return 0
+
+
+def _check(args) -> int:
+    import torch
+
+    from cpn_dist.models import build_model
+    from cpn_dist.models.weights import match_state_dict, read_state_dict
+
+    with torch.device("meta"):  # shapes only: no memory for the 100M-parameter ResNet38d
+        model = build_model(args.backbone, args.head)
+    _, report = match_state_dict(read_state_dict(args.path), model, args.path)
+    table = Table(title=f"{args.path} → {args.backbone} + head {args.head}")
+    table.add_column("keys")
+    table.add_column("count", justify="right")
+    table.add_column("examples")
+    table.add_row("loaded", str(len(report.loaded)), ", ".join(report.loaded[:3]))
+    table.add_row("missing (keep their init)", str(len(report.missing)), ", ".join(report.missing[:6]))
+    table.add_row("unexpected (ignored)", str(len(report.unexpected)), ", ".join(report.unexpected[:6]))
+    console.print(table)
+    return 0

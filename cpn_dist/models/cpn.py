@@ -1,0 +1,128 @@
+"""The Complementary Patch Network: backbone → fc8 (CAM) → PCM + PRCM (refined CAM).
+
+``CPNet(x)`` returns ``(cam, refined)``, both N×21×H×W at the input size (bilinear,
+align_corners=True, as the released Net), ``refined`` None for ``head="none"``. The head works on
+the detached CAM and detached backbone features, so gradients of the refined CAM reach only the head
+layers (paper Sec. 4.1). Since BatchNorm is frozen, a forward over the concatenated triplet
+``cat([I, I_h, I_hbar])`` equals three separate forwards (up to dropout masks).
+
+State-dict keys are those of the released ``network.resnet38_CPN.Net``: the backbone's layers are
+registered directly on this module (``conv1a.weight``, ``b4_3.bn_branch2a.running_mean``, …) next to
+``fc8``, ``f8_3``, ``f8_4``, ``f9``, ``f10``, so released checkpoints load, and ours load in the
+released code, without renaming.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cpn_dist.models import head as cpn_head
+
+NUM_CLASSES = 21  # 20 VOC classes + background
+HEADS = ("official", "paper", "none")
+# The layers the released code trains from scratch (lr ×10 / ×20); everything else is backbone.
+NEW_LAYERS = ("fc8", "f8_3", "f8_4", "f9", "f10")
+
+
+def _float32_region(device: torch.device):
+    """A context in which autocast is off, so normalisations and affinities run in float32."""
+    if device.type in ("cpu", "cuda", "xpu", "mps", "hpu"):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+class CPNet(nn.Module):
+    """CAM network with the CPN refinement head (``head``: official, paper or none)."""
+
+    def __init__(self, backbone: nn.Module, head: str = "official", dropout: float = 1.0) -> None:
+        super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if any(True for _ in backbone.parameters(recurse=False)) or any(True for _ in backbone.buffers(recurse=False)):
+            raise ValueError("a backbone must keep its parameters in child modules")
+        self.head = head
+        self.__dict__["backbone"] = backbone  # not a child: its layers are registered below, flat
+        for name, child in backbone.named_children():
+            self.add_module(name, child)
+        channels = backbone.channels
+        self.dropout7 = nn.Dropout2d(0.5 * dropout)
+        self.fc8 = nn.Conv2d(channels["conv6"], NUM_CLASSES, 1, bias=False)
+        nn.init.xavier_uniform_(self.fc8.weight)
+        if head != "none":
+            self.f8_3 = nn.Conv2d(channels["conv4"], 64, 1, bias=False)
+            self.f8_4 = nn.Conv2d(channels["conv5"], 128, 1, bias=False)
+            self.f9 = nn.Conv2d(192 + 3, 192, 1, bias=False)
+            self.f10 = nn.Conv2d(192 + 3, 192, 1, bias=False)
+            nn.init.kaiming_normal_(self.f8_3.weight)
+            nn.init.kaiming_normal_(self.f8_4.weight)
+            nn.init.xavier_uniform_(self.f9.weight, gain=4)
+            nn.init.xavier_uniform_(self.f10.weight, gain=4)
+        self._freeze(backbone.frozen_names)
+
+    # ------------------------------------------------------------------------------------------
+    def _freeze(self, frozen_names: tuple[str, ...]) -> None:
+        for name in frozen_names:
+            for p in getattr(self, name).parameters():
+                p.requires_grad_(False)
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                for p in m.parameters():
+                    p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> CPNet:
+        """Train mode with BatchNorm frozen (eval mode, affine frozen); dropout follows ``mode``."""
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return self
+
+    def parameter_groups(self) -> list[list[nn.Parameter]]:
+        """Trainable parameters as the released ``get_parameter_groups``: [backbone weights, backbone
+        biases, new-layer weights, new-layer biases] (lr ×1, ×2, ×10, ×20; weight decay on weights only).
+        Frozen parameters are in none of them; a group may be empty."""
+        groups: list[list[nn.Parameter]] = [[], [], [], []]
+        new = {id(getattr(self, name)) for name in NEW_LAYERS if hasattr(self, name)}
+        for m in self.modules():
+            if not isinstance(m, nn.Conv2d | nn.GroupNorm):
+                continue
+            offset = 2 if id(m) in new else 0
+            if m.weight is not None and m.weight.requires_grad:
+                groups[offset].append(m.weight)
+            if m.bias is not None and m.bias.requires_grad:
+                groups[offset + 1].append(m.bias)
+        return groups
+
+    # ------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        size = x.shape[-2:]
+        features = self.backbone(x)
+        cam = self.fc8(self.dropout7(features.conv6)).float()
+        refined = None
+        if self.head != "none":
+            refined = self.refine(x, cam, features.conv4, features.conv5)
+            refined = F.interpolate(refined, size, mode="bilinear", align_corners=True)
+        cam = F.interpolate(cam, size, mode="bilinear", align_corners=True)
+        return cam, refined
+
+    def refine(self, x: torch.Tensor, cam: torch.Tensor, conv4: torch.Tensor, conv5: torch.Tensor) -> torch.Tensor:
+        """The refined CAM ``Y_pcm + Y_prcm`` at the CAM resolution, from the raw CAM (N×21×h×w)."""
+        with torch.no_grad():
+            make_input = cpn_head.official_head_input if self.head == "official" else cpn_head.paper_head_input
+            y = make_input(cam.detach().float())
+        with _float32_region(x.device):
+            reduced3 = F.relu(self.f8_3(conv4.detach().float()))
+            reduced4 = F.relu(self.f8_4(conv5.detach().float()))
+            image = F.interpolate(x.float(), y.shape[-2:], mode="bilinear", align_corners=True)
+            features = torch.cat([image, reduced3, reduced4], dim=1)  # X, 195 channels
+            g = self.f9(features)
+            pcm = cpn_head.pixel_correlation(y, g)
+            if self.head == "official":
+                prcm = cpn_head.official_pixel_region(y, features, g, self.f10)
+            else:
+                prcm = cpn_head.paper_pixel_region(y, features, g, self.f10)
+            return pcm + prcm

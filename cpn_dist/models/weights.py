@@ -1,0 +1,128 @@
+"""Loading weights into a CPN model: the released ResNet38 ImageNet initialisation (``.pth`` or the
+original MXNet ``.params``), a released trained CPN ``.pth``, or our own checkpoints.
+
+Accepted files: a plain state dict, or a dict holding one under ``"model"`` / ``"state_dict"``
+(our trainer's checkpoints); ``module.`` (DataParallel/DDP) and ``_orig_mod.`` (torch.compile)
+prefixes are stripped. Keys the model lacks are reported as unexpected and ignored; model keys the file
+lacks keep their initialisation and are reported as missing (``num_batches_tracked`` buffers, absent
+from old PyTorch checkpoints, are not reported). A key whose shape differs is refused with a
+:class:`~cpn_dist.errors.CpnError` naming it; so is a file none of whose keys fit the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cpn_dist.errors import CpnError
+
+log = logging.getLogger(__name__)
+
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_weights` did: keys loaded, model keys left at their init, file keys ignored."""
+
+    path: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        text = f"{self.path}: loaded {len(self.loaded)} tensors"
+        if self.missing:
+            text += f"; {len(self.missing)} model keys not in the file keep their init ({_preview(self.missing)})"
+        if self.unexpected:
+            text += f"; {len(self.unexpected)} file keys not in the model ignored ({_preview(self.unexpected)})"
+        return text
+
+
+def _preview(keys: list[str], n: int = 4) -> str:
+    return ", ".join(keys[:n]) + (", …" if len(keys) > n else "")
+
+
+def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
+    for key in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CpnError(f"{path}: not a state dict (expected a mapping of names to tensors, or one under 'model')")
+    out = {}
+    for name, tensor in obj.items():
+        for prefix in _PREFIXES:
+            if name.startswith(prefix):
+                name = name[len(prefix) :]
+        out[name] = tensor
+    return out
+
+
+def _unreadable(path: Path, exc: Exception) -> CpnError:
+    first_line = (str(exc).strip().splitlines() or [""])[0]
+    return CpnError(f"{path}: cannot read as a PyTorch checkpoint ({type(exc).__name__}: {first_line})")
+
+
+def _load_or_fail(path: Path, weights_only: bool):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as exc:
+        raise _unreadable(path, exc) from None
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict stored in ``path`` (``.pth``/``.pt`` checkpoint, or an MXNet ``.params``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CpnError(f"{path}: weights file not found")
+    if path.suffix == ".params":
+        from cpn_dist.models.mxnet import convert_resnet38_params
+
+        return convert_resnet38_params(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower():
+            raise _unreadable(path, exc) from None
+        # Our trainer's checkpoints may hold non-tensor state (e.g. numpy RNG states).
+        log.warning("%s holds more than tensors; loading it with full unpickling (only load files you trust)", path)
+        obj = _load_or_fail(path, weights_only=False)
+    except Exception as exc:  # a truncated or foreign file
+        raise _unreadable(path, exc) from None
+    return _unwrap(obj, path)
+
+
+def match_state_dict(source: dict[str, torch.Tensor], model: nn.Module, path: str | Path) -> tuple[dict, LoadReport]:
+    """The tensors of ``source`` that fit ``model`` (by name and shape) and the report; nothing is loaded.
+    Works on a model built on the ``meta`` device (shapes only)."""
+    target = model.state_dict()
+    report = LoadReport(str(path))
+    usable = {}
+    for name, tensor in source.items():
+        if name not in target:
+            report.unexpected.append(name)
+            continue
+        if tuple(tensor.shape) != tuple(target[name].shape):
+            raise CpnError(f"{path}: key '{name}' has shape {tuple(tensor.shape)}, "
+                           f"the model expects {tuple(target[name].shape)}")  # fmt: skip
+        usable[name] = tensor
+        report.loaded.append(name)
+    report.missing = [k for k in target if k not in usable and not k.endswith("num_batches_tracked")]
+    if not usable:
+        raise CpnError(f"{path}: none of its {len(source)} keys match the model (e.g. '{next(iter(source))}')")
+    return usable, report
+
+
+def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
+    """Load the tensors of ``path`` whose names are in ``model``; refuse shape mismatches; log and return
+    the report (loaded / missing / unexpected keys)."""
+    usable, report = match_state_dict(read_state_dict(path), model, path)
+    model.load_state_dict(usable, strict=False)
+    log.info(report.summary())
+    return report
