@@ -1,0 +1,1 @@
+"""Slow, literal reference implementations used only by the tests (never imported by the package)."""

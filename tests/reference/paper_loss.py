@@ -1,0 +1,57 @@
+"""A literal, step-by-step statement of the paper's eqs. 13-17 (with the normalisation DESIGN.md gives
+for the paper recipe) and mini-batch OHEM by sorting, for checking cpn_dist.losses."""
+
+from __future__ import annotations
+
+import torch
+
+
+def _soft_margin(scores, y):
+    """Multi-label soft margin: mean over images and classes of -[y log σ(s) + (1-y) log(1-σ(s))]."""
+    p = torch.sigmoid(scores)
+    return -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()
+
+
+def _normalise(a, labels20, alpha):
+    """Y: per image and channel relu, minus min, over range (eps 1e-5); × y⁺; background (1 - max fg)^α."""
+    N, C, H, W = a.shape
+    out = []
+    for i in range(N):
+        chans = []
+        for c in range(C):
+            q = torch.relu(a[i, c])
+            v = torch.relu(q - q.min() - 1e-5) / (q.max() - q.min() + 1e-5)
+            keep = 1.0 if c == 0 else labels20[i, c - 1]
+            chans.append(v * keep)
+        fg = torch.stack(chans[1:])
+        background = (1 - fg.max(dim=0)[0]) ** alpha
+        out.append(torch.cat([background[None], fg]))
+    return torch.stack(out)
+
+
+def _ohem_mean(e, ratio):
+    flat = e.reshape(-1)
+    k = int(flat.numel() * ratio)
+    return torch.sort(flat, descending=True)[0][:k].mean()
+
+
+def paper_loss(cams, refined, labels20, lam, ratio=0.2, alpha=1.0):
+    """(L_all, L_cls, L_tcp, L_cpcr) of eqs. 13-17 with OHEM over the mini-batch, w1 = w2 = w3 = 1."""
+    a_o, a_h, a_hb = cams
+    r_o, r_h, r_hb = refined
+    lam = lam.view(-1, 1, 1, 1)
+    lbar = 1 - lam
+    # eq. 13: GAP scores of the foreground channels
+    l_cls = sum(_soft_margin(a[:, 1:].mean(dim=(2, 3)), labels20) for a in cams) / 3
+    # eq. 16: normalised maps with background
+    y_o, y_h, y_hb = (_normalise(a, labels20, alpha) for a in cams)
+    t_o, t_h, t_hb = (_normalise(r, labels20, alpha) for r in refined)
+    # eq. 14 (the CP pair's raw CAMs are targets: detached)
+    l_tcp = torch.abs(lam * y_h.detach() + lbar * y_hb.detach() - y_o).mean() \
+        + torch.abs(lam * t_h + lbar * t_hb - t_o).mean()
+    # eq. 15 with OHEM on each term
+    e1 = torch.abs((y_o - lam * y_h) - lbar * t_hb)
+    e2 = torch.abs((y_o - lbar * y_hb) - lam * t_h)
+    l_cpcr = _ohem_mean(e1, ratio) + _ohem_mean(e2, ratio)
+    # eq. 17
+    return l_cls + l_tcp + l_cpcr, l_cls, l_tcp, l_cpcr
