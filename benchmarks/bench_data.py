@@ -145,19 +145,20 @@ def main() -> None:
         released = [timed(lambda c=c: released_style_pair(c[0], rng), 1)[0] for c in crops[: args.released_samples]]
         add("released-style pair (SLIC + pixel loop)", released, note="same machine, our re-implementation")
 
+        n_used = (len(crops) // args.micro) * args.micro
+        batches = [torch.from_numpy(np.stack([c[0] for c in crops[i:i + args.micro]]))
+                   for i in range(0, n_used, args.micro)]  # fmt: skip
+
         def loader_pair() -> None:
-            for start in range(0, len(crops) - args.micro + 1, args.micro):
-                part = crops[start:start + args.micro]
+            for b, image in enumerate(batches):
+                part = crops[b * args.micro:(b + 1) * args.micro]
                 masks = [draw_patch_mask(v, ids, k, np.random.default_rng(i), maker.patch).mask[None]
                          for i, (_, v, ids, k) in enumerate(part)]  # fmt: skip
-                image = torch.from_numpy(np.stack([c[0] for c in part]))
                 mask = torch.from_numpy(np.stack(masks)).to(torch.float32)
                 split_image(image, mask)
 
-        n_used = (len(crops) // args.micro) * args.micro
-        add("cp pair (loader: mask per sample, I_h/I_hbar per batch)",
-            [t / n_used for t in timed(loader_pair, args.repeat)],
-            note="incl. stacking the batch")  # fmt: skip
+        add("cp pair (loader path)", [t / n_used for t in timed(loader_pair, args.repeat)],
+            note="per sample: hidden draw, m = visible[ids], λ; per batch: I·m, I − I·m")  # fmt: skip
 
         def numpy_pair() -> None:
             for i, (x, v, ids, k) in enumerate(crops):
@@ -168,17 +169,22 @@ def main() -> None:
             [t / len(raws) for t in timed(lambda: [maker(r) for r in raws], args.repeat)])  # fmt: skip
 
         loader_results = {}
-        for workers in args.workers:
-            cfg.data.workers = workers
-            per = []
-            for epoch in range(args.repeat):
-                loader, steps = build_train_loader(cfg.data, micro_size=args.micro, global_size=args.micro, rank=0,
-                                                   world_size=1, seed=0, epoch=epoch)  # fmt: skip
-                start = time.perf_counter()
-                n = sum(len(b["key"]) for b in loader)
-                per.append((time.perf_counter() - start) / n)
-            add(f"loader, {workers} worker(s), whole epoch", per, note=f"{n} samples/epoch, incl. worker start-up")
-            loader_results[workers] = per
+        for deterministic, workers_list in ((False, args.workers), (True, [1])):
+            for workers in workers_list:
+                cfg.data.workers = workers
+                cfg.data.deterministic = deterministic
+                per = []
+                for epoch in range(args.repeat):
+                    loader, steps = build_train_loader(cfg.data, micro_size=args.micro, global_size=args.micro,
+                                                       rank=0, world_size=1, seed=0, epoch=epoch)  # fmt: skip
+                    start = time.perf_counter()
+                    n = sum(len(b["key"]) for b in loader)
+                    per.append((time.perf_counter() - start) / n)
+                mode = "deterministic" if deterministic else "streaming"
+                add(f"loader ({mode}), {workers} worker(s)", per,
+                    note=f"one epoch of {n} samples, batch {args.micro}, incl. worker start-up")  # fmt: skip
+                if not deterministic:
+                    loader_results[workers] = per
 
     table = Table(title=f"data path at crop {args.crop} — {cpu_model()}, {torch.get_num_threads()} threads")
     for col in ("measure", "best ms", "median ms", "best /s", "median /s", "note"):
@@ -187,7 +193,7 @@ def main() -> None:
         table.add_row(r["measure"], f"{r['best_ms']:.2f}", f"{r['median_ms']:.2f}", f"{r['best_per_s']:.1f}",
                       f"{r['median_per_s']:.1f}", r["note"])  # fmt: skip
     console.print(table)
-    pair = next(r for r in rows if r["measure"].startswith("cp pair (loader"))
+    pair = next(r for r in rows if r["measure"] == "cp pair (loader path)")
     for workers, per in loader_results.items():
         console.print(f"loader with {workers} worker(s): {1 / min(per):.1f} samples/s best = "
                       f"{1 / min(per) / workers:.1f} per worker process")  # fmt: skip

@@ -9,7 +9,9 @@ Two modes (``data.deterministic``):
     read_shard_ranges    stream those ranges out of the tars (local, glob/brace, pipe:, http(s)://)
     seeded_shuffle       shuffle buffer seeded by (seed, epoch, rank, worker)
     skip_resumed         drop the samples of micro-batches already done (start_step > 0)
-    map(make sample)     decode → joint augmentation → CP pair, seeded per sample
+    map(decode)          JPEG, labels, SLIC map
+    map(augment)         joint augmentation of image and SLIC map, seeded per sample
+    map(cp_pair)         CP mask m and λ, seeded per sample
     batched              micro-batches inside the pipeline
     WebLoader(batch_size=None)
 
@@ -109,7 +111,9 @@ def build_train_loader(
         read_shard_ranges(maker.members),
         SeededShuffle(data.shuffle_buffer, seed, epoch, rank, done_batches),
         SkipResumed(micro_size, done_batches),
-        wds.map(maker),
+        wds.map(maker.decode),
+        wds.map(maker.augment_sample),
+        wds.map(maker.cp_pair),
         wds.batched(micro_size, collation_fn=collate, partial=False),
     )
     loader = wds.WebLoader(pipeline, batch_size=None, **common)

@@ -385,6 +385,9 @@ def pack_split(
     n_shards = math.ceil(len(source.ids) / shard_size)
 
     if overwrite:
+        if meta is not None and split in meta["splits"]:  # never leave meta.json naming deleted shards
+            del meta["splits"][split]
+            write_json_atomic(meta_path, meta)
         for path in existing:
             path.unlink()
         shutil.rmtree(work, ignore_errors=True)

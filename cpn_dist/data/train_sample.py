@@ -38,7 +38,8 @@ class TrainSampleMaker:
         base = ("jpg", "cls.json")
         return (*base, slic_member(self.patch.segments)) if self.patch.kind == "superpixel" else base
 
-    def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
+    def decode(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """Stage 1: decode the JPEG, the labels and (superpixel patches) the SLIC map."""
         key = raw["__key__"]
         where = f"{raw.get('__url__', '?')}: sample {key}"
         slic = None
@@ -56,18 +57,38 @@ class TrainSampleMaker:
             raise CpnError(f"{where} has no {exc.args[0]} member") from None
         except (OSError, ValueError) as exc:
             raise CpnError(f"{where} does not decode ({exc})") from None
-        aug_rng, patch_rng = sample_rngs(self.seed, self.epoch, key)
-        draw = draw_augmentation(aug_rng, self.augment, *image.size)
-        n_superpixels = int(slic.max()) + 1 if slic is not None else 0
+        return {"key": key, "where": where, "pil": image, "slic": slic, "labels": labels}
+
+    def augment_sample(self, sample: dict[str, Any]) -> dict[str, Any]:
+        """Stage 2: joint augmentation of the image and its SLIC map, seeded by (seed, epoch, key)."""
+        aug_rng, _ = sample_rngs(self.seed, self.epoch, sample["key"])
+        image, slic = sample.pop("pil"), sample.pop("slic")
+        sample["n_superpixels"] = int(slic.max()) + 1 if slic is not None else 0
         try:
-            crop, valid, ids = augment(image, slic, draw, self.augment, pad_id=n_superpixels)
+            sample["image"], valid, sample["ids"] = augment(
+                image, slic, draw_augmentation(aug_rng, self.augment, *image.size), self.augment,
+                pad_id=sample["n_superpixels"],
+            )  # fmt: skip
         except ValueError as exc:
-            raise CpnError(f"{where}: {exc}") from None
-        patch = draw_patch_mask(valid, ids, n_superpixels, patch_rng, self.patch)
-        # I_h and I_hbar are made per batch in collate: two products on the stacked batch instead of
-        # two more full-size arrays per sample (measured faster; see benchmarks/bench_data.py).
-        return {"key": key, "image": crop, "mask": patch.mask[None], "valid": valid[None],
-                "labels": labels, "lam": np.float32(patch.lam)}  # fmt: skip
+            raise CpnError(f"{sample['where']}: {exc}") from None
+        sample["valid"] = valid[None]
+        return sample
+
+    def cp_pair(self, sample: dict[str, Any]) -> dict[str, Any]:
+        """Stage 3: the CP pair's mask m and λ, seeded by (seed, epoch, key). I_h and I_hbar are made
+        per batch in :func:`collate` (two products on the stacked batch instead of two more
+        full-size arrays per sample; measured faster, see benchmarks/bench_data.py)."""
+        _, patch_rng = sample_rngs(self.seed, self.epoch, sample["key"])
+        pm = draw_patch_mask(sample["valid"][0], sample.pop("ids"), sample.pop("n_superpixels"), patch_rng,
+                             self.patch)  # fmt: skip
+        del sample["where"]
+        sample["mask"] = pm.mask[None]
+        sample["lam"] = np.float32(pm.lam)
+        return sample
+
+    def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """decode → augment → CP pair of one raw sample."""
+        return self.cp_pair(self.augment_sample(self.decode(raw)))
 
 
 def _batch_tensor(shape: tuple[int, ...], dtype):
