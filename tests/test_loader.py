@@ -92,6 +92,14 @@ def test_two_nodes_two_workers_each_sample_at_most_once_with_equal_batch_counts(
         assert sorted(seen) == sorted(s["key"] for s in read_shard_samples(shards))  # every sample once
 
 
+def test_one_shard_over_two_nodes_and_two_workers(shards):
+    data = config(f"{shards}/train_aug-000000.tar", "data.workers=2")  # 7 samples, 4 (rank, worker) slots
+    per_rank = [run(data, rank=r, world_size=2, micro_size=1, global_size=2)[0] for r in range(2)]
+    assert [len(b) for b in per_rank] == [3, 3]
+    seen = keys(per_rank[0]) + keys(per_rank[1])
+    assert len(set(seen)) == 6 and set(seen) < {s["key"] for s in read_shard_samples(shards / "train_aug-000000.tar")}
+
+
 def test_same_seed_same_batches_and_a_new_epoch_reshuffles(shards):
     data = config(shards, "data.workers=2")
     a, _ = run(data)

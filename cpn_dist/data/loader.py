@@ -95,7 +95,7 @@ def build_train_loader(
         if not shards.local:
             remote = next(u for u in shards.urls if "://" in u or u.startswith("pipe:"))
             raise CpnError(f"{remote}: data.deterministic needs local tar shards (random access by offset)")
-        index = TarIndex(shards.urls, maker.members)
+        index = TarIndex.cached(shards.urls, maker.members)
         if len(index) != shards.total:
             raise CpnError(f"{data.shards}: the shards hold {len(index)} samples, meta.json says {shards.total}")
         positions = global_batch_positions(len(index), seed, epoch, global_size, micro_size, rank, world_size,

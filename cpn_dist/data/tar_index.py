@@ -17,6 +17,14 @@ from webdataset.tariterators import base_plus_ext
 from cpn_dist.errors import CpnError
 
 
+def _stat(path: str) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (-1, -1)
+    return (st.st_mtime_ns, st.st_size)
+
+
 class TarIndex:
     """Where every sample's members live: ``keys[i]`` and ``members[i] = {suffix: (shard, offset, size)}``,
     samples in shard order then tar order. File handles are opened lazily per process."""
@@ -73,7 +81,21 @@ class TarIndex:
         state["_fds"] = {}  # descriptors are per process
         return state
 
+    @classmethod
+    def cached(cls, paths: list[str], suffixes: tuple[str, ...] | None = None) -> TarIndex:
+        """The index of ``paths``, built once per process while the files stay unchanged (a trainer
+        builds a loader every epoch)."""
+        stamp = tuple((str(p), *_stat(p)) for p in paths), suffixes
+        index = _CACHE.get(stamp)
+        if index is None:
+            _CACHE.clear()
+            index = _CACHE[stamp] = cls(paths, suffixes)
+        return index
+
     def __del__(self) -> None:
         for fd in getattr(self, "_fds", {}).values():
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+_CACHE: dict[tuple, TarIndex] = {}
