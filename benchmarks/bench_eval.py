@@ -3,7 +3,7 @@
 Data (made once, cached under benchmarks/results/eval_data/): N synthetic 500×375 ground-truth masks
 with 1–3 objects each (class shapes from cpn_dist.data.synth, a 3-pixel void band on every border),
 and one CAM file per image in the released format. The CAMs are made from the masks plus noise: per
-labelled class, the object's mask blurred (σ 12 px) times a smooth random gain field, plus smooth noise, plus a
+labelled class, tanh of the object's mask blurred (σ 12 px) times a smooth random gain field, plus smooth noise, plus a
 false-positive blob; summed over 8 noisy "scale/flip" draws and normalised exactly as the released
 infer_cam.py does (so values lie in about −0.5..0.5 and the best β is inside 0.20..0.59).
 
@@ -84,12 +84,12 @@ def make_image(i: int, seed: int) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         for k, mask in enumerate(masks):
             # CAMs fire on the discriminative part: the mask, blurred, times a smooth random gain
             gain = np.clip(rng.uniform(0.8, 1.4) + 0.5 * _smooth_noise(rng), 0.1, None)
-            response = ndimage.gaussian_filter(mask.astype(np.float32), sigma=12) * gain
+            response = np.tanh(2.5 * ndimage.gaussian_filter(mask.astype(np.float32), sigma=12) * gain)
             response += 0.9 * _smooth_noise(rng)
             total[k] += response.astype(np.float32)
         by, bx = rng.integers(0, H), rng.integers(0, W)  # a false-positive blob for one class
         yy, xx = np.ogrid[0:H, 0:W]
-        total[rng.integers(len(classes))] += 0.5 * np.exp(-((yy - by) ** 2 + (xx - bx) ** 2) / (2 * 30.0**2))
+        total[rng.integers(len(classes))] += 0.8 * np.exp(-((yy - by) ** 2 + (xx - bx) ** 2) / (2 * 30.0**2))
     norm = normalise_released(total)
     return gt, {c: norm[k] for k, c in enumerate(classes)}
 
@@ -105,7 +105,7 @@ def _write(args: tuple[Path, int, int]) -> str:
 
 def prepare(root: Path, n: int, seed: int, workers: int) -> list[str]:
     stamp = root / "stamp.json"
-    want = {"images": n, "seed": seed, "size": [W, H], "version": 1}
+    want = {"images": n, "seed": seed, "size": [W, H], "version": 2}
     names = [f"bench_{i:06d}" for i in range(n)]
     if stamp.is_file() and json.loads(stamp.read_text()) == want:
         return names
