@@ -35,7 +35,8 @@ def register(sub) -> None:
     p.add_argument("--shard-size", type=int, default=1000, help="list entries per shard (default 1000)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
     p.add_argument("--labels", default=None, metavar="FILE",
-                   help="labels instead of the XMLs: JSON {id: [20 × 0/1] or [names]}, or cls_labels.npy")  # fmt: skip
+                   help="labels instead of the XMLs: JSON mapping id to 20 labels (0/1) or to class names, "
+                        "or the released cls_labels.npy")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace this split's existing shards")
     p.add_argument("--resume", action="store_true", help="finish an interrupted pack, keeping its completed shards")
     p.add_argument("--strict", action="store_true", help="exit non-zero when any image was skipped")
