@@ -15,8 +15,9 @@ with few classes the threshold is often 0 (whose elements have zero gradient thr
 
 Global (``ohem_scope: batch``) selection over ``world_size × accumulation`` chunks of a global batch:
 
-1. each rank, for each of its micro-steps, computes :func:`ohem_candidates` (a no-grad pass when
-   accumulating; the same tensors as the grad pass when not);
+1. each rank, for each of its micro-steps, computes :func:`cpn_dist.losses.ohem_candidates` (a
+   no-grad pass when accumulating; the grad pass's outputs when not): a detached float32 copy of the
+   CPCR elements, 2 × N·21·H·W values per micro-step;
 2. :func:`global_ohem_selection` finds the exact k-th largest value of the whole global batch with
    a radix select on the float bit patterns: four ``all_reduce``\\ s of 256-bin histograms (one per
    byte, every CPCR term at once), whatever the batch size — no approximation, no all-gather;

@@ -93,7 +93,7 @@ def test_triplet_batch_equals_three_forwards():
             assert torch.allclose(ref3[k : k + 1], ref, atol=1e-6)
 
 
-def test_channels_last_and_bf16_autocast_are_safe():
+def test_channels_last_and_low_precision_autocast_are_safe():
     torch.manual_seed(0)
     m = build_model("tiny", "official").eval()
     x = _image()
@@ -102,11 +102,12 @@ def test_channels_last_and_bf16_autocast_are_safe():
         m_cl = m.to(memory_format=torch.channels_last)
         cam_cl, ref_cl = m_cl(x.to(memory_format=torch.channels_last))
         assert torch.allclose(cam, cam_cl, atol=1e-5) and torch.allclose(ref, ref_cl, atol=1e-5)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            cam_bf, ref_bf = m(x)
-    assert cam_bf.dtype == ref_bf.dtype == torch.float32  # the head and outputs stay in float32
-    assert torch.isfinite(ref_bf).all()
-    assert (cam_bf - cam).abs().max() < 0.1 * cam.abs().max()
+        for dtype in (torch.bfloat16, torch.float16):
+            with torch.autocast("cpu", dtype=dtype):
+                cam_lp, ref_lp = m(x)
+            assert cam_lp.dtype == ref_lp.dtype == torch.float32  # the head and outputs stay in float32
+            assert torch.isfinite(ref_lp).all()
+            assert (cam_lp - cam).abs().max() < 0.1 * cam.abs().max()
 
 
 def test_triplet_forward_backward_at_64():
