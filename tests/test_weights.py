@@ -149,3 +149,19 @@ def test_cli_convert_and_check(tmp_path):
     assert "missing" in check.stdout and "f9.weight" in check.stdout
     wrong = run_cpn("weights", "check", str(out), "--backbone", "resnet38d")
     assert wrong.returncode == 1 and "has shape" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_safetensors_file_and_checkpoint_folder(tmp_path):
+    from safetensors.torch import save_file
+
+    sd = dict(_tiny_state(5))
+    folder = tmp_path / "step_00000010"
+    folder.mkdir()
+    save_file(sd, folder / "model.safetensors")
+    for path in (folder / "model.safetensors", folder):
+        torch.manual_seed(6)
+        m = build_model("tiny", "official")
+        assert load_weights(m, path).missing == []
+        assert torch.equal(m.f9.weight, sd["f9.weight"])
+    with pytest.raises(CpnError, match="folder without model weights"):
+        load_weights(build_model("tiny", "official"), tmp_path)

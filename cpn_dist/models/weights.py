@@ -2,11 +2,13 @@
 original MXNet ``.params``), a released trained CPN ``.pth``, or our own checkpoints.
 
 Accepted files: a plain state dict, or a dict holding one under ``"model"`` / ``"state_dict"``
-(our trainer's checkpoints); ``module.`` (DataParallel/DDP) and ``_orig_mod.`` (torch.compile)
-prefixes are stripped. Keys the model lacks are reported as unexpected and ignored; model keys the file
-lacks keep their initialisation and are reported as missing (``num_batches_tracked`` buffers, absent
-from old PyTorch checkpoints, are not reported). A key whose shape differs is refused with a
-:class:`~cpn_dist.errors.CpnError` naming it; so is a file none of whose keys fit the model.
+(our trainer's checkpoints), in a PyTorch file or a ``.safetensors`` file, or a checkpoint folder
+holding ``model.safetensors`` (Accelerate's ``save_state``); ``module.`` (DataParallel/DDP) and
+``_orig_mod.`` (torch.compile) prefixes are stripped. Keys the model lacks are reported as
+unexpected and ignored; model keys the file lacks keep their initialisation and are reported as
+missing (``num_batches_tracked`` buffers, absent from old PyTorch checkpoints, are not reported).
+A key whose shape differs is refused with a :class:`~cpn_dist.errors.CpnError` naming it; so is a
+file none of whose keys fit the model.
 """
 
 from __future__ import annotations
@@ -76,15 +78,33 @@ def _load_or_fail(path: Path, weights_only: bool):
         raise _unreadable(path, exc) from None
 
 
+# Model files inside a checkpoint folder (Accelerate's save_state writes model.safetensors).
+_FOLDER_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth")
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict stored in ``path`` (``.pth``/``.pt`` checkpoint, or an MXNet ``.params``)."""
+    """The state dict stored in ``path``: a ``.pth``/``.pt``/``.bin`` checkpoint, a ``.safetensors``
+    file, an MXNet ``.params`` file, or a checkpoint folder holding one of ``model.safetensors``,
+    ``pytorch_model.bin``, ``model.pth``."""
     path = Path(path)
+    if path.is_dir():
+        found = [path / name for name in _FOLDER_FILES if (path / name).is_file()]
+        if not found:
+            raise CpnError(f"{path}: a folder without model weights (looked for {', '.join(_FOLDER_FILES)})")
+        path = found[0]
     if not path.is_file():
         raise CpnError(f"{path}: weights file not found")
     if path.suffix == ".params":
         from cpn_dist.models.mxnet import convert_resnet38_params
 
         return convert_resnet38_params(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return _unwrap(load_file(str(path)), path)
+        except Exception as exc:
+            raise _unreadable(path, exc) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
