@@ -1,0 +1,125 @@
+"""What a training run shows: TensorBoard scalars and image panels (through Accelerate's tracker),
+and a progress bar or plain log lines on the main process."""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+# Dense bf16/fp16 tensor-core peak FLOP/s per device, used for MFU when `log.peak_flops` is unset.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12,
+              "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12}  # fmt: skip
+
+
+def peak_flops_per_device(configured: float | None, device: torch.device) -> float | None:
+    """The configured peak FLOP/s, or a table value for a known GPU, or None (no MFU on CPU)."""
+    if configured:
+        return configured
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak allocated device memory (CUDA) or the process's peak resident set (CPU)."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _colour_map(x: np.ndarray) -> np.ndarray:
+    """A jet-like map of values in [0, 1] to RGB in [0, 1]."""
+    x = np.clip(x, 0.0, 1.0)[..., None]
+    return np.clip(np.concatenate([1.5 - np.abs(4 * x - 3), 1.5 - np.abs(4 * x - 2), 1.5 - np.abs(4 * x - 1)],
+                                  -1), 0, 1)
+
+
+def image_panel(batch: dict, cam: torch.Tensor, refined: torch.Tensor | None, mean, std) -> np.ndarray:
+    """A 3×H×(k·W) uint8 panel for the first image of a micro-batch: I, I_h, I_hbar, then the CAM and
+    the refined CAM of its true classes (max over classes of the max-normalised maps) over I."""
+    mean_t = torch.tensor(mean).view(3, 1, 1)
+    std_t = torch.tensor(std).view(3, 1, 1)
+
+    def rgb(x):
+        return (x.detach().float().cpu() * std_t + mean_t).clamp(0, 1).permute(1, 2, 0).numpy()
+
+    def overlay(maps, base):
+        fg = maps.detach().float().cpu()[1:][batch["labels"][0].cpu() > 0]
+        if fg.numel() == 0:
+            return base
+        fg = torch.relu(fg)
+        fg = fg / fg.flatten(1).amax(1).clamp_min(1e-5).view(-1, 1, 1)
+        return 0.5 * base + 0.5 * _colour_map(fg.amax(0).numpy())
+
+    image = rgb(batch["image"][0])
+    tiles = [image, rgb(batch["image_h"][0]), rgb(batch["image_hbar"][0]), overlay(cam[0], image)]
+    if refined is not None:
+        tiles.append(overlay(refined[0], image))
+    panel = np.concatenate(tiles, axis=1)
+    return (panel * 255).round().astype(np.uint8).transpose(2, 0, 1)
+
+
+class Monitor:
+    """Scalars and images to TensorBoard (main process only), progress to the terminal or log."""
+
+    def __init__(self, accelerator, total_steps: int, start_step: int, log_every: int):
+        self.acc = accelerator
+        self.total = total_steps
+        self.log_every = log_every
+        self.main = accelerator.is_main_process
+        self.progress = None
+        if self.main and sys.stdout.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+            )  # fmt: skip
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=total_steps, completed=start_step, info="")
+        self.t_last = time.perf_counter()
+
+    def writer(self):
+        """The TensorBoard SummaryWriter (main process), or None."""
+        if not self.main:
+            return None
+        try:
+            return self.acc.get_tracker("tensorboard", unwrap=True)
+        except (ValueError, AttributeError):
+            return None
+
+    def step(self, step: int, scalars: dict[str, float]) -> None:
+        """Record optimizer step ``step`` (1-based count of finished steps)."""
+        if not self.main:
+            return
+        if self.progress is not None:
+            loss, speed = scalars.get("loss/total", float("nan")), scalars.get("speed/samples_per_s", 0.0)
+            info = f"loss {loss:.4f}  {speed:.1f} img/s"
+            self.progress.update(self.task, completed=step, info=info)
+        if step % self.log_every == 0 or step == self.total:
+            self.acc.log(scalars, step=step)
+            if self.progress is None:
+                shown = " ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in scalars.items())
+                log.info("step %d/%d %s", step, self.total, shown)
+
+    def image(self, step: int, panel: np.ndarray) -> None:
+        writer = self.writer()
+        if writer is not None:
+            writer.add_image("cp_pair_and_cams", panel, global_step=step)
+
+    def text(self, tag: str, text: str) -> None:
+        writer = self.writer()
+        if writer is not None:
+            writer.add_text(tag, f"```\n{text}\n```")
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
