@@ -193,6 +193,13 @@ class Config(_Section):
     output: OutputConfig = Field(default_factory=OutputConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
+    @model_validator(mode="after")
+    def _baseline_has_no_head(self) -> Config:
+        if self.loss.recipe == "cam" and self.model.head != "none":
+            raise ValueError("loss.recipe: 'cam' trains the plain CAM only and leaves a refinement head "
+                             f"untrained; set model.head: none (got '{self.model.head}')")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="python")
 
@@ -333,7 +340,7 @@ def _describe_error(err: dict[str, Any]) -> str:
         field = re.match(r"^(\w+): (.*)$", msg)  # a section validator naming one of its fields
         if field:
             return f"{key}.{field[1]}: {field[2]}" if key != "<config>" else msg
-        return f"{key}: {msg}"
+        return f"{key}: {msg}" if key != "<config>" else msg
     type_name = kind.split("_")[0]
     if type_name in _TYPE_NAMES and kind.endswith(("_type", "_parsing")):
         return f"{key}: expected {_TYPE_NAMES[type_name]}, got {type(got).__name__} {got!r}"

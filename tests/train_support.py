@@ -47,7 +47,7 @@ def free_port() -> int:
 def launch(args: list[str], timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a command (an `accelerate launch …` or a python script) and fail with its output if it fails."""
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})  # fmt: skip
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "1000", **(env or {})})  # fmt: skip
     if proc.returncode != 0:
         tail = f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{tail}")

@@ -60,7 +60,13 @@ def setup_logging(verbosity: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides may come after options too (`cpn train --config c.yaml --resume latest a.b=1`).
+    if extra and isinstance(getattr(args, "overrides", None), list) and all("=" in a and not a.startswith("-")
+                                                                            for a in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return 0
