@@ -1,0 +1,146 @@
+"""Training-step benchmark: steps/s, samples/s, peak memory and MFU of the CPN step for a config,
+precision and crop, with the triplet run as ONE forward over 3N images (what the trainer does)
+and as three separate forwards (what the released code does).
+
+    .venv/bin/python benchmarks/bench_train.py --config configs/demo.yaml --crop 448 --steps 5
+    .venv/bin/python benchmarks/bench_train.py --config configs/voc_cpn_official.yaml --precision bf16   # on a GPU
+
+The step is the trainer's: ``cpn_dist.train._triplet`` forward, ``cpn_loss_from_config``, backward,
+SGD with the released parameter groups. Inputs are random tensors (no data loading: see
+bench_data.py for the loader). Prints a table and writes benchmarks/results/bench_train.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cpn_dist.config import load_config  # noqa: E402
+from cpn_dist.losses import cpn_loss_from_config  # noqa: E402
+from cpn_dist.models import build_model  # noqa: E402
+from cpn_dist.models.flops import training_step_flops  # noqa: E402
+from cpn_dist.monitor import peak_flops_per_device  # noqa: E402
+from cpn_dist.optim import build_optimizer  # noqa: E402
+from cpn_dist.train import _triplet  # noqa: E402
+
+
+def random_batch(n: int, crop: int, generator: torch.Generator) -> dict:
+    image = torch.randn(n, 3, crop, crop, generator=generator)
+    mask = (torch.rand(n, 1, crop, crop, generator=generator) < 0.5).float()
+    labels = torch.zeros(n, 20)
+    for i in range(n):
+        labels[i, torch.randperm(20, generator=generator)[: 1 + i % 3]] = 1
+    return {"image": image, "image_h": image * mask, "image_hbar": image * (1 - mask), "mask": mask,
+            "labels": labels, "lam": mask.mean((1, 2, 3))}  # fmt: skip
+
+
+def separate(model, batch, device):
+    """The released code's triplet: three forwards."""
+    outs = [model(batch[k].to(device)) for k in ("image", "image_h", "image_hbar")]
+    cams = tuple(o[0].float() for o in outs)
+    refined = tuple(o[1].float() for o in outs) if outs[0][1] is not None else None
+    return cams, refined
+
+
+def time_steps(model, optimizer, forward, batch, cfg, device, precision: str, steps: int, warmup: int):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    times = []
+    for i in range(warmup + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            cams, refined = forward(model, batch, device)
+        terms = cpn_loss_from_config(cams, refined, batch["labels"].to(device), batch["lam"].to(device), cfg.loss)
+        scaler.scale(terms["total"]).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="configs/demo.yaml")
+    p.add_argument("--backbone", choices=["resnet38d", "tiny"], help="override model.backbone")
+    p.add_argument("--crop", type=int, help="override data.crop")
+    p.add_argument("--batch", type=int, help="images per step (default batch.global_size)")
+    p.add_argument("--precision", choices=["no", "bf16", "fp16"], help="override train.precision")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--out", default="benchmarks/results/bench_train.json")
+    args = p.parse_args()
+
+    overrides = [f"model.backbone={args.backbone}"] if args.backbone else []
+    cfg = load_config(args.config, overrides + ["model.dropout=0.0"])
+    crop = args.crop or cfg.data.crop
+    n = args.batch or cfg.batch.global_size
+    precision = args.precision or cfg.train.precision
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    model = build_model(cfg.model.backbone, cfg.model.head, dropout=0.0).to(device).train()
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer, _ = build_optimizer(model.parameter_groups(), cfg.optim)
+    batch = random_batch(n, crop, torch.Generator().manual_seed(0))
+    flops = training_step_flops(model, crop=crop, batch=n, triplet=True)["forward_backward"]
+    peak = peak_flops_per_device(cfg.log.peak_flops, device)
+
+    rows = []
+    for name, forward in (("triplet as one 3N forward", _triplet), ("three separate forwards", separate)):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        times = time_steps(model, optimizer, forward, batch, cfg, device, precision, args.steps, args.warmup)
+        best, median = min(times), statistics.median(times)
+        memory = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+                  else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # fmt: skip
+        rows.append({"variant": name, "step_s_best": best, "step_s_median": median, "steps_per_s": 1 / median,
+                     "samples_per_s": n / median, "peak_memory_bytes": int(memory),
+                     "mfu": (flops / median / peak) if peak else None})  # fmt: skip
+
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    if device.type == "cpu":
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                device_name = line.split(":", 1)[1].strip()
+                break
+    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": device_name,
+              "threads": torch.get_num_threads(), "config": args.config, "backbone": cfg.model.backbone,
+              "head": cfg.model.head, "recipe": cfg.loss.recipe, "crop": crop, "batch": n, "precision": precision,
+              "flops_per_step": flops, "peak_flops": peak, "rows": rows}  # fmt: skip
+    table = Table(title=f"train step: {cfg.model.backbone}/{cfg.model.head}, crop {crop}, batch {n}, "
+                        f"{precision}, {device_name}")  # fmt: skip
+    for col in ("variant", "step s (best / median)", "samples/s", "peak memory", "MFU"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["variant"], f"{r['step_s_best']:.3f} / {r['step_s_median']:.3f}", f"{r['samples_per_s']:.2f}",
+                      f"{r['peak_memory_bytes'] / 2**30:.2f} GiB",
+                      f"{100 * r['mfu']:.1f} %" if r["mfu"] is not None else "n/a (CPU)")  # fmt: skip
+    Console().print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
