@@ -205,6 +205,9 @@ def test_infer_from_shards_equals_infer_from_the_voc_root(synth_voc, tiny_checkp
     run_cpn("infer", *common, "--voc-root", str(synth_voc), "--list", str(lst), "--out", str(tmp_path / "b"),
             check=True)  # fmt: skip
     assert sorted(p.stem for p in (tmp_path / "a").glob("*.npy")) == sorted(names[:5])
+    lst.write_text(f"{names[0]}\n2099_000001\n")  # an id the shards do not hold is named
+    proc = run_cpn("infer", *common, "--shards", str(shards), "--list", str(lst), "--out", str(tmp_path / "a"))
+    assert proc.returncode == 1 and "1 listed image(s) not found, e.g. '2099_000001'" in proc.stderr
     for n in names[:5]:
         a, b = load_cams(tmp_path / "a" / f"{n}.npy"), load_cams(tmp_path / "b" / f"{n}.npy")
         assert sorted(a) == sorted(b) and a

@@ -140,6 +140,11 @@ def _run(args) -> int:
         names = [n for _, n in everyone]
         if len(set(names)) != len(names):  # pragma: no cover - would be a slicing bug
             raise RuntimeError("an image was written by more than one process")
+        wanted = getattr(source, "names", None)
+        missing = sorted(set(wanted) - set(names) - done) if wanted is not None else []
+        if missing:
+            raise CpnError(f"{args.shards or args.voc_root}: {len(missing)} listed image(s) not found, "
+                           f"e.g. '{missing[0]}'")  # fmt: skip
         per_rank = [sum(1 for r, _ in everyone if r == k) for k in range(world)]
         split = f" (per process: {', '.join(map(str, per_rank))})" if world > 1 else ""
         console.print(f"wrote {len(names)} CAM files to [bold]{out}[/]{split}")
