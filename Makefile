@@ -30,6 +30,8 @@ test: lint
 demo: setup
 	$(VENV)/bin/cpn synth-voc --out $(DEMO)/VOC2012 --images 200 --size 160 --overwrite
 	$(VENV)/bin/cpn check-voc $(DEMO)/VOC2012
+	$(VENV)/bin/cpn pack --voc-root $(DEMO)/VOC2012 --split train_aug --out $(DEMO)/shards --slic-segments 50 --overwrite
+	$(VENV)/bin/cpn shards verify $(DEMO)/shards
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .ruff_cache
