@@ -1,0 +1,346 @@
+"""The distributed training loop every stage shares (CPN, AffinityNet, segmentation).
+
+One optimizer step consumes one GLOBAL batch of ``batch.global_size`` images, split over
+``world_size`` processes and ``accumulation`` micro-steps of ``batch.micro_size`` images:
+
+    accumulation = global_size / (micro_size × world_size)
+
+The loop owns everything that is not the model's business: Accelerate (DDP or DeepSpeed, mixed
+precision), SGD with the released four parameter groups and the poly schedule, gradient
+accumulation, non-finite losses, atomic checkpoints and exact resume, pre-emption signals,
+TensorBoard and progress. A :class:`Task` supplies the rest — the model, the data, and the loss of
+one micro-step (which may need a no-grad look at the whole accumulation window first, as CPN's
+global OHEM does).
+
+Every loss term a task returns must be the mean over its micro-batch (or a chunk estimate whose
+mean over equal chunks is the global-batch value): then DDP's mean over ranks and the 1/accumulation
+that ``accelerator.backward`` applies make one optimizer step independent of the split.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from cpn_dist.checkpoint import read_state, resolve_resume, save_checkpoint, save_weights
+from cpn_dist.config import Config, to_yaml
+from cpn_dist.errors import CpnError
+from cpn_dist.monitor import Monitor, peak_flops_per_device, peak_memory_bytes
+from cpn_dist.optim import build_optimizer, set_poly_lr
+
+log = logging.getLogger(__name__)
+
+
+class Task(Protocol):
+    """What a stage gives the training loop."""
+
+    name: str  # TensorBoard project name
+
+    def build_model(self) -> torch.nn.Module:
+        """The model, initialised (weights loaded); it has ``parameter_groups()`` (4 lists)."""
+
+    def loader(self, *, micro_size: int, global_size: int, rank: int, world_size: int, epoch: int,
+               start_step: int) -> tuple[Any, int]:  # fmt: skip
+        """(iterable of this rank's micro-batches from ``start_step`` on, optimizer steps per epoch)."""
+
+    def prepare_window(self, model, window: list[dict], device) -> list | None:
+        """Called before the micro-steps of one optimizer step: per-micro-step context (or None)."""
+
+    def loss(self, model, batch: dict, device, context) -> tuple[dict[str, torch.Tensor], Any]:
+        """The scalar loss terms of one micro-step (``"total"`` is back-propagated) and the outputs."""
+
+    def panel(self, batch: dict, outputs) -> np.ndarray | None:
+        """A 3×H×W uint8 picture of a micro-batch for TensorBoard, or None."""
+
+    def flops_per_step(self, model) -> float | None:
+        """Forward+backward FLOPs of one optimizer step (global batch), for MFU; None if unknown."""
+
+
+def accumulation_steps(global_size: int, micro_size: int, world_size: int) -> int:
+    """global_size / (micro_size × world_size), or a CpnError naming the three numbers."""
+    per_step = micro_size * world_size
+    if global_size % per_step:
+        raise CpnError(
+            f"batch.global_size {global_size} is not a multiple of batch.micro_size {micro_size} × "
+            f"{world_size} processes = {per_step}"
+        )
+    return global_size // per_step
+
+
+def make_accelerator(cfg: Config):
+    """The Accelerator of a run. On a machine without CUDA, `accelerate launch --multi_gpu` gives
+    gloo processes on the CPU (Accelerate needs ``cpu=True`` for that), and DeepSpeed gets a gloo
+    process group (its own default leaves a CPU run with a world of one)."""
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    on_cpu = not torch.cuda.is_available()
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if on_cpu and deepspeed else []
+    return Accelerator(
+        cpu=on_cpu and not deepspeed,
+        mixed_precision=cfg.train.precision,
+        log_with="tensorboard",
+        project_dir=cfg.output.dir,
+        step_scheduler_with_optimizer=False,
+        kwargs_handlers=handlers,
+    )
+
+
+def set_batch_layout(acc, cfg: Config, accumulation: int) -> None:
+    """Give Accelerate — and under DeepSpeed its config, which owns these numbers there — the micro
+    batch, accumulation, global batch and clipping derived from the run config, in this one place."""
+    from accelerate.utils import DistributedType
+
+    acc.gradient_accumulation_steps = accumulation
+    if acc.distributed_type != DistributedType.DEEPSPEED:
+        return
+    plugin = acc.state.deepspeed_plugin
+    ds = plugin.deepspeed_config
+    ours = {"train_micro_batch_size_per_gpu": cfg.batch.micro_size, "gradient_accumulation_steps": accumulation,
+            "train_batch_size": cfg.batch.global_size, "gradient_clipping": cfg.optim.grad_clip or 0.0}
+    for key, value in ours.items():
+        if ds.get(key, "auto") not in ("auto", value):
+            log.warning("DeepSpeed config %s=%s replaced by %s from the run config", key, ds[key], value)
+        ds[key] = value
+    plugin.gradient_accumulation_steps = accumulation
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGUSR1 (cluster pre-emption): finish the step, checkpoint, exit 0."""
+
+    def __init__(self):
+        self.raised = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handler)
+
+    def _handler(self, signum, frame):
+        log.warning("received %s: checkpointing after this step", signal.Signals(signum).name)
+        self.raised = True
+
+
+def run_training(cfg: Config, task: Task, resume: str | None = None) -> Path:
+    """Train ``task`` as configured; returns the final weights ``{output.dir}/model_final.pth``."""
+    from accelerate.utils import DistributedType, set_seed
+
+    # ---- set-up -------------------------------------------------------------------------------
+    acc = make_accelerator(cfg)
+    world_size, rank, device = acc.num_processes, acc.process_index, acc.device
+    micro, global_size = cfg.batch.micro_size, cfg.batch.global_size
+    accumulation = accumulation_steps(global_size, micro, world_size)
+    set_batch_layout(acc, cfg, accumulation)
+    deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
+    out_dir = Path(cfg.output.dir)
+    set_seed(cfg.train.seed)  # the same initial weights on every rank
+
+    model = task.build_model()
+    optimizer, specs = build_optimizer(model.parameter_groups(), cfg.optim)
+    model, optimizer = acc.prepare(model, optimizer)
+    if cfg.train.compile:
+        model = torch.compile(model)
+
+    def loader(epoch: int, start_step: int = 0):
+        return task.loader(micro_size=micro, global_size=global_size, rank=rank, world_size=world_size,
+                           epoch=epoch, start_step=start_step)  # fmt: skip
+
+    _, steps_per_epoch = loader(0)
+    total_steps = steps_per_epoch * cfg.train.epochs
+    if cfg.train.max_steps:
+        total_steps = min(total_steps, cfg.train.max_steps)
+
+    global_step = 0
+    ckpt = resolve_resume(out_dir, resume)
+    if ckpt is not None:
+        acc.load_state(str(ckpt))
+        global_step = read_state(ckpt)["global_step"]
+        log.info("resumed from %s at step %d", ckpt, global_step)
+    start_epoch, start_in_epoch = divmod(global_step, steps_per_epoch)
+
+    acc.init_trackers(task.name, config=_flat_hparams(cfg))
+    monitor = Monitor(acc, total_steps, global_step, cfg.log.every)
+    monitor.text("config", to_yaml(cfg))
+    stop = _StopFlag()
+    flops = task.flops_per_step(acc.unwrap_model(model)) if device.type == "cuda" else None
+    peak = peak_flops_per_device(cfg.log.peak_flops, device)
+    log.info("world %d × micro %d × accumulation %d = global batch %d; %d steps", world_size, micro,
+             accumulation, global_size, total_steps)
+
+    def checkpoint():
+        # A skipped non-finite step leaves the weights untouched; this guards against anything else.
+        if not all(bool(torch.isfinite(p).all()) for p in acc.unwrap_model(model).parameters()):
+            raise CpnError(f"non-finite weights at step {global_step}: not checkpointed")
+        state = {"global_step": global_step, "epoch": global_step // steps_per_epoch,
+                 "steps_per_epoch": steps_per_epoch, "world_size": world_size, "micro_size": micro,
+                 "accumulation": accumulation, "distributed_type": acc.distributed_type.value}
+        save_checkpoint(acc, out_dir, state, cfg.train.keep_last)
+
+    # ---- the step loop ------------------------------------------------------------------------
+    model.train()
+    for epoch in range(start_epoch, cfg.train.epochs):
+        if global_step >= total_steps:
+            break
+        first = start_in_epoch if epoch == start_epoch else 0
+        batches = iter(loader(epoch, first)[0])
+        for _ in range(first, steps_per_epoch):
+            t0 = time.perf_counter()
+            window = [next(batches) for _ in range(accumulation)]
+            t_data = time.perf_counter() - t0
+            lr = set_poly_lr(optimizer, specs, cfg.optim, global_step, total_steps)
+            contexts = task.prepare_window(model, window, device) or [None] * accumulation
+
+            sums, names = None, None
+            for batch, context in zip(window, contexts):
+                with acc.accumulate(model):
+                    terms, outputs = task.loss(model, batch, device, context)
+                    if sums is None:
+                        names = sorted(terms)
+                        sums = torch.zeros(len(names) + 1, device=device)  # + non-finite micro-steps
+                    bad = (~torch.isfinite(terms["total"])).float()
+                    sums += torch.stack([terms[k].detach().float() for k in names] + [bad])
+                    acc.backward(terms["total"])
+                    if acc.sync_gradients:
+                        _optimizer_step(acc, model, optimizer, cfg, sums[-1], world_size, deepspeed)
+            global_step += 1
+            step_time = time.perf_counter() - t0
+
+            # ---- book-keeping: terms averaged over the global batch; non-finite steps ---------
+            stats = _sum_over_ranks(sums, world_size)
+            means = dict(zip(names, (stats[:-1] / (accumulation * world_size)).tolist()))
+            if stats[-1] > 0:
+                shown = " ".join(f"{k}={v:.4g}" for k, v in means.items())
+                msg = f"non-finite loss at step {global_step}: {shown}"
+                if cfg.train.on_nonfinite == "stop":
+                    raise CpnError(msg + " (train.on_nonfinite: stop; no checkpoint written)")
+                log.warning(msg + "; step skipped")
+            scalars = {f"loss/{k}": v for k, v in means.items()}
+            scalars |= {"optim/lr": lr, "speed/samples_per_s": global_size / step_time,
+                        "speed/step_time_s": step_time, "speed/data_wait_fraction": t_data / step_time,
+                        "memory/peak_bytes": float(peak_memory_bytes(device))}  # fmt: skip
+            if flops and peak:
+                scalars["speed/mfu"] = flops / world_size / step_time / peak
+            monitor.step(global_step, scalars)
+            if acc.is_main_process and (global_step % cfg.log.image_every == 0 or global_step == 1):
+                panel = task.panel(window[-1], outputs)
+                if panel is not None:
+                    monitor.image(global_step, panel)
+            stop_now = _any_rank(stop.raised, device, world_size)
+            if global_step % cfg.train.checkpoint_every == 0 or stop_now:
+                checkpoint()
+            if stop_now:
+                monitor.close()
+                _finish_trackers(acc)
+                log.warning("pre-empted: checkpoint at step %d written, exiting", global_step)
+                raise SystemExit(0)
+            if global_step >= total_steps:
+                break
+
+    if global_step % cfg.train.checkpoint_every != 0:
+        checkpoint()
+    final = out_dir / "model_final.pth"
+    state_dict = acc.get_state_dict(model)
+    if acc.is_main_process:
+        save_weights(state_dict, final)
+    acc.wait_for_everyone()
+    monitor.close()
+    _finish_trackers(acc)
+    return final
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+def _optimizer_step(acc, model, optimizer, cfg: Config, bad: torch.Tensor, world_size: int, deepspeed: bool) -> None:
+    """Apply the accumulated gradients, unless a micro-step of any rank had a non-finite loss.
+
+    Under DeepSpeed the engine has already stepped inside ``acc.backward``; it skips a step whose
+    gradients are not finite by itself (its overflow check), so nothing is applied there either."""
+    if deepspeed:
+        return
+    if _sum_over_ranks(bad, world_size).item() == 0:
+        if cfg.optim.grad_clip:
+            acc.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _finish_trackers(acc) -> None:
+    """Flush and close TensorBoard. (Not ``acc.end_training()``: it destroys the process group, and a
+    caller may train again, or evaluate, in the same processes.)"""
+    if acc.is_main_process:
+        for tracker in acc.trackers:
+            tracker.finish()
+
+
+def rng_state(device):
+    """The torch RNG state (CPU and the device's), to replay dropout masks."""
+    return (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def set_rng_state(state, device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def _sum_over_ranks(t: torch.Tensor, world_size: int) -> torch.Tensor:
+    t = t.clone()
+    if world_size > 1:
+        torch.distributed.all_reduce(t)
+    return t
+
+
+def _any_rank(flag: bool, device, world_size: int) -> bool:
+    if world_size == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _flat_hparams(cfg: Config) -> dict:
+    flat = {}
+
+    def walk(d, prefix):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                flat[prefix + k] = v if isinstance(v, int | float | str | bool) else str(v)
+
+    walk(cfg.to_dict(), "")
+    return flat
+
+
+def quiet_libraries() -> None:
+    """Accelerate and DeepSpeed log every checkpoint file at INFO; keep their warnings only."""
+    for name in ("accelerate", "DeepSpeed", "deepspeed", "torch.distributed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run_main(argv: list[str] | None, prog: str, description: str, train_fn) -> int:
+    """The ``python -m cpn_dist.<stage>`` entry point: parse, train, one-line errors, clean exit."""
+    import argparse
+
+    from cpn_dist.config import load_config
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", required=True, help="YAML run config")
+    parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    args = parser.parse_intermixed_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_libraries()
+    try:
+        train_fn(load_config(args.config, args.overrides), resume=args.resume)
+    except CpnError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return 0
