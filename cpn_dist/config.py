@@ -184,6 +184,7 @@ class LogConfig(_Section):
 class Config(_Section):
     """The whole run configuration."""
 
+    stage: Literal["cpn"] = Field("cpn", description="what `cpn train` trains: the CPN classifier")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)

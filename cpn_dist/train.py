@@ -109,9 +109,17 @@ class CPNTask:
         return float(flops["forward_backward"])
 
 
+# The stages `cpn train` can train, by the config's `stage` key: "module:Task class".
+STAGES = {"cpn": "cpn_dist.train:CPNTask"}
+
+
 def train(cfg: Config, resume: str | None = None) -> Path:
-    """Train CPN as configured; returns the path of the final weights ``{output.dir}/model_final.pth``."""
-    return run_training(cfg, CPNTask(cfg), resume=resume)
+    """Train the configured stage; returns the path of the final weights ``{output.dir}/model_final.pth``."""
+    import importlib
+
+    module, _, name = STAGES[cfg.stage].partition(":")
+    task = getattr(importlib.import_module(module), name)(cfg)
+    return run_training(cfg, task, resume=resume)
 
 
 def main(argv: list[str] | None = None) -> int:
