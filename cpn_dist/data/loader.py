@@ -45,7 +45,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from cpn_dist.data.seeding import order_rng
 from cpn_dist.data.shards import ShardSet, resolve_shards
 from cpn_dist.data.tar_index import TarIndex
-from cpn_dist.data.train_sample import TrainSampleMaker, collate
+from cpn_dist.data.train_sample import TrainSampleMaker
 from cpn_dist.errors import CpnError
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ def build_train_loader(
     epoch: int,
     start_step: int = 0,
     deterministic: bool | None = None,
+    maker=None,
 ):
     """-> (iterable of micro-batch dicts, steps_per_epoch)
 
@@ -69,7 +70,9 @@ def build_train_loader(
     dropped); the iterable yields exactly ``(steps_per_epoch - start_step) * accumulation``
     micro-batches on EVERY rank, where ``accumulation = global_size // (micro_size * world_size)``.
     ``start_step`` resumes mid-epoch. ``deterministic=None`` takes ``data.deterministic``.
-    Batches are dicts as in docs/interfaces.md ("Training batch").
+    Batches are dicts as in docs/interfaces.md ("Training batch"). ``maker`` replaces the CPN sample
+    maker (decode → augment → CP pair) with another per-sample callable that has ``members`` and
+    ``collate`` (e.g. :class:`~cpn_dist.data.labelled.LabelledSampleMaker` for image + label map).
     """
     deterministic = data.deterministic if deterministic is None else deterministic
     if micro_size < 1 or world_size < 1 or not 0 <= rank < world_size:
@@ -79,7 +82,7 @@ def build_train_loader(
                        f"= {micro_size} × {world_size}")  # fmt: skip
     accumulation = global_size // (micro_size * world_size)
     shards = resolve_shards(data.shards, data.split, data.meta)
-    if data.patch.kind == "superpixel" and data.patch.segments not in shards.segments:
+    if maker is None and data.patch.kind == "superpixel" and data.patch.segments not in shards.segments:
         raise CpnError(f"data.patch.segments: {data.patch.segments} is not packed in {data.shards} "
                        f"(packed: {', '.join(map(str, shards.segments)) or 'none'})")  # fmt: skip
     steps = shards.total // global_size
@@ -87,7 +90,7 @@ def build_train_loader(
         raise CpnError(f"{data.shards}: {shards.total} samples, fewer than one global batch ({global_size})")
     if not 0 <= start_step <= steps:
         raise ValueError(f"start_step {start_step} outside 0..{steps}")
-    maker = TrainSampleMaker.from_config(data, seed, epoch)
+    maker = maker or TrainSampleMaker.from_config(data, seed, epoch)
     rank_batches = steps * accumulation
     done_batches = start_step * accumulation
     common = dict(num_workers=data.workers, pin_memory=torch.cuda.is_available())
@@ -114,7 +117,7 @@ def build_train_loader(
         wds.map(maker.decode),
         wds.map(maker.augment_sample),
         wds.map(maker.cp_pair),
-        wds.batched(micro_size, collation_fn=collate, partial=False),
+        wds.batched(micro_size, collation_fn=maker.collate, partial=False),
     )
     loader = wds.WebLoader(pipeline, batch_size=None, **common)
     return loader.with_length(rank_batches - done_batches, silent=True), steps
@@ -274,4 +277,4 @@ class MicroBatches(Dataset):
         return len(self.positions)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return collate([self.maker(self.index.raw(int(j))) for j in self.positions[i]])
+        return self.maker.collate([self.maker(self.index.raw(int(j))) for j in self.positions[i]])

@@ -90,6 +90,10 @@ class TrainSampleMaker:
         """decode → augment → CP pair of one raw sample."""
         return self.cp_pair(self.augment_sample(self.decode(raw)))
 
+    @staticmethod
+    def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+        return collate(samples)
+
 
 def _batch_tensor(shape: tuple[int, ...], dtype):
     """An empty tensor for a batch; inside a DataLoader worker it is allocated in shared memory, so

@@ -1,0 +1,93 @@
+"""Training samples of an image and a per-pixel label map: the data of the later stages
+(AffinityNet on affinity labels, the segmentation model on pseudo labels).
+
+Labels live beside the shards, in a folder of PNGs keyed by image id (``{label_dir}/{key}.png``,
+uint8 class indices, 255 = ignore, the size of the original image) — what ``cpn pseudo`` and the
+later stages write. The image comes from the shards. Both go through the same joint augmentation as
+CPN training (random long-side resize, flip, colour jitter on the image, normalise, random crop),
+the label map by nearest neighbour; crop padding is labelled 255 (ignored).
+
+Use it through the training loader: ``build_train_loader(data, ..., maker=LabelledSampleMaker(...))``;
+the batch is ``{"key", "image" N×3×C×C float32, "label" N×C×C int64, "labels" N×20, "valid" N×1×C×C}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from cpn_dist.data.augment import AugmentParams, augment, draw_augmentation
+from cpn_dist.data.seeding import sample_rngs
+from cpn_dist.data.shards import decode_image, decode_labels
+from cpn_dist.data.train_sample import _batch_tensor
+from cpn_dist.data.voc import IGNORE
+from cpn_dist.errors import CpnError
+
+LABELLED_KEYS = ("key", "image", "label", "labels", "valid")
+
+
+def read_label_map(path: Path) -> np.ndarray:
+    """An H×W uint8 label map (palette or 8-bit PNG), or a CpnError naming the file."""
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "L"):
+                raise CpnError(f"{path}: expected a palette or 8-bit label PNG, got mode {im.mode}")
+            return np.array(im, dtype=np.uint8)
+    except FileNotFoundError:
+        raise CpnError(f"{path}: no label map for this image") from None
+    except OSError as exc:
+        raise CpnError(f"{path}: unreadable label map ({exc})") from None
+
+
+@dataclass(frozen=True)
+class LabelledSampleMaker:
+    """Raw shard sample + ``{label_dir}/{key}.png`` → augmented image and label map. Randomness from
+    (seed, epoch, key) only, as for CPN samples."""
+
+    augment: AugmentParams
+    label_dir: str
+    seed: int
+    epoch: int
+
+    @classmethod
+    def from_config(cls, data, label_dir: str | Path, seed: int, epoch: int) -> LabelledSampleMaker:
+        if not Path(label_dir).is_dir():
+            raise CpnError(f"{label_dir}: label folder not found")
+        return cls(AugmentParams.from_config(data), str(label_dir), seed, epoch)
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        return ("jpg", "cls.json")
+
+    def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
+        key = raw["__key__"]
+        try:
+            image = decode_image(raw["jpg"])
+            labels = decode_labels(raw["cls.json"])
+        except (KeyError, OSError, ValueError) as exc:
+            raise CpnError(f"{raw.get('__url__', '?')}: sample {key} does not decode ({exc})") from None
+        path = Path(self.label_dir) / f"{key}.png"
+        label = read_label_map(path)
+        if label.shape != (image.size[1], image.size[0]):
+            raise CpnError(f"{path}: label map is {label.shape[1]}×{label.shape[0]}, "
+                           f"image is {image.size[0]}×{image.size[1]}")  # fmt: skip
+        aug_rng, _ = sample_rngs(self.seed, self.epoch, key)
+        draw = draw_augmentation(aug_rng, self.augment, *image.size)
+        out, valid, ids = augment(image, label, draw, self.augment, pad_id=IGNORE)
+        return {"key": key, "image": out, "label": ids.astype(np.int64), "labels": labels, "valid": valid[None]}
+
+    @staticmethod
+    def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        batch: dict[str, Any] = {"key": [s["key"] for s in samples]}
+        for name, dtype in (("image", torch.float32), ("label", torch.int64), ("labels", torch.float32),
+                            ("valid", torch.bool)):  # fmt: skip
+            out = _batch_tensor((len(samples), *samples[0][name].shape), dtype)
+            np.stack([s[name] for s in samples], out=out.numpy())
+            batch[name] = out
+        return batch
