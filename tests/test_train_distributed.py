@@ -96,3 +96,23 @@ def test_deepspeed_zero2_matches_ddp(runs):
             run = out / f"{recipe}-{scope}-m{micro}"
             assert run_layout(run) == (2, micro, 2 // micro, "DEEPSPEED")
             assert_same_weights(load_final(run), ddp)
+
+
+def test_deepspeed_checkpoint_resumes_exactly(runs):
+    """Under DeepSpeed the checkpoint is the engine's own; resuming from step 2 reproduces step 3."""
+    import shutil
+
+    out = runs["root"] / "ds-resume"
+    base = [ACCELERATE, "launch", "--use_deepspeed", "--zero_stage", "2", "--num_processes", "2", "--num_machines",
+            "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "cpn_dist.train", "--config",
+            str(runs["config"]), f"output.dir={out}", "batch.micro_size=1", "train.checkpoint_every=2"]  # fmt: skip
+    launch([*base[:9], "--main_process_port", str(free_port()), *base[9:]])
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002", "step_00000003"]
+    straight = load_final(out)
+    shutil.rmtree(out / "checkpoints" / "step_00000003")
+    (out / "model_final.pth").unlink()
+    launch([*base[:9], "--main_process_port", str(free_port()), *base[9:], "--resume", "latest"])
+    assert run_layout(out) == (2, 1, 2, "DEEPSPEED")
+    assert_same_weights(load_final(out), straight)
+    # and it equals the DDP run of the same split
+    assert_same_weights(straight, _final(runs, "2x1x2", "official", "image"))

@@ -209,6 +209,11 @@ def test_cli_one_process_with_accumulation_equals_two_processes(tmp_path, shards
             "batch.micro_size=2"])  # fmt: skip
     assert run_layout(one) == (1, 1, 4, "NO") and run_layout(two) == (2, 2, 1, "MULTI_CPU")
     assert_same_weights(load_final(two), load_final(one))
+    # the final weights are a plain state dict that load_weights reads completely
+    from cpn_dist.models import build_model, load_weights
+
+    report = load_weights(build_model("tiny", "official"), one / "model_final.pth")
+    assert not report.missing and not report.unexpected
 
 
 def test_two_nodes_on_loopback_train_together(tmp_path, shards):
