@@ -244,7 +244,8 @@ def run_training(cfg: Config, task: Task, resume: str | None = None) -> Path:
     if global_step % cfg.train.checkpoint_every != 0:
         checkpoint()
     final = out_dir / "model_final.pth"
-    state_dict = acc.get_state_dict(model)
+    # plain keys, as the released code names them (torch.compile adds an "_orig_mod." prefix)
+    state_dict = {k.replace("_orig_mod.", ""): v for k, v in acc.get_state_dict(model).items()}
     if acc.is_main_process:
         save_weights(state_dict, final)
     acc.wait_for_everyone()
