@@ -77,7 +77,7 @@ def test_missing_label_map_names_the_file(shards, synth_voc, tmp_path):
     shutil.copytree(synth_voc / "SegmentationClass", labels)
     victim = sorted(labels.iterdir())[0]
     victim.unlink()
-    with pytest.raises(CpnError, match=f"{victim.name}: no label map"):
+    with pytest.raises(CpnError, match=f"{victim.name}: label PNG not found"):
         # every image of the split is read in one epoch
         _batches(_data(shards), labels, micro=4)
     with pytest.raises(CpnError, match="label folder not found"):

@@ -18,29 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from cpn_dist.data.augment import AugmentParams, augment, draw_augmentation
 from cpn_dist.data.seeding import sample_rngs
 from cpn_dist.data.shards import decode_image, decode_labels
 from cpn_dist.data.train_sample import _batch_tensor
-from cpn_dist.data.voc import IGNORE
+from cpn_dist.data.voc import IGNORE, read_label_png
 from cpn_dist.errors import CpnError
 
 LABELLED_KEYS = ("key", "image", "label", "labels", "valid")
-
-
-def read_label_map(path: Path) -> np.ndarray:
-    """An H×W uint8 label map (palette or 8-bit PNG), or a CpnError naming the file."""
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("P", "L"):
-                raise CpnError(f"{path}: expected a palette or 8-bit label PNG, got mode {im.mode}")
-            return np.array(im, dtype=np.uint8)
-    except FileNotFoundError:
-        raise CpnError(f"{path}: no label map for this image") from None
-    except OSError as exc:
-        raise CpnError(f"{path}: unreadable label map ({exc})") from None
 
 
 @dataclass(frozen=True)
@@ -71,7 +57,7 @@ class LabelledSampleMaker:
         except (KeyError, OSError, ValueError) as exc:
             raise CpnError(f"{raw.get('__url__', '?')}: sample {key} does not decode ({exc})") from None
         path = Path(self.label_dir) / f"{key}.png"
-        label = read_label_map(path)
+        label = read_label_png(path)
         if label.shape != (image.size[1], image.size[0]):
             raise CpnError(f"{path}: label map is {label.shape[1]}×{label.shape[0]}, "
                            f"image is {image.size[0]}×{image.size[1]}")  # fmt: skip
@@ -79,6 +65,17 @@ class LabelledSampleMaker:
         draw = draw_augmentation(aug_rng, self.augment, *image.size)
         out, valid, ids = augment(image, label, draw, self.augment, pad_id=IGNORE)
         return {"key": key, "image": out, "label": ids.astype(np.int64), "labels": labels, "valid": valid[None]}
+
+    # The streaming loader's pipeline stages (decode → augment → CP pair): a labelled sample is made
+    # in the first; the other two pass it on.
+    def decode(self, raw: dict[str, Any]) -> dict[str, Any]:
+        return self(raw)
+
+    @staticmethod
+    def augment_sample(sample: dict[str, Any]) -> dict[str, Any]:
+        return sample
+
+    cp_pair = augment_sample
 
     @staticmethod
     def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
