@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cpn_dist.cams import foreground_max, load_cams
+from cpn_dist.cams import foreground_max, load_cams, released_class_map
 from cpn_dist.data.voc import CLASSES, IGNORE, NUM_CLASSES, read_label_png
 from cpn_dist.errors import CpnError
 
@@ -242,7 +242,8 @@ def default_workers() -> int:
 
 @dataclass
 class SweepResult:
-    """Scores of every β: ``confusion`` n × 255 × 21 (rows ground truth 0..254, columns 0..20)."""
+    """Scores of every β: ``confusion`` n × 255 × 21 (rows ground truth 0..254, columns predictions
+    0..20; scores of label PNGs add a 22nd column counting predictions outside the classes)."""
 
     betas: list[float]
     confusion: np.ndarray
@@ -317,6 +318,4 @@ def score_labels(labels_dir: str | Path, gt: GroundTruth | ShardGroundTruth | st
 
 def direct_confusion(cams: dict[int, np.ndarray], gt: np.ndarray, beta: float) -> np.ndarray:
     """The released evaluator's counting for one image at one β (slow reference for tests)."""
-    from cpn_dist.cams import released_class_map
-
     return label_confusion(released_class_map(cams, beta, gt.shape), gt)[:, :N_LABELS]
