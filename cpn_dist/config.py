@@ -181,10 +181,56 @@ class LogConfig(_Section):
     )
 
 
+class SegmentationCrfConfig(_Section):
+    """The dense CRF after segmentation inference (defaults: DeepLab-v2 on VOC)."""
+
+    enabled: bool = Field(
+        True, description="`cpn pipeline` also writes and scores CRF-refined predictions (`cpn segment`: --crf-out)"
+    )
+    iterations: int = Field(10, ge=1, le=100, description="mean-field iterations")
+    gaussian_sxy: float = Field(1.0, gt=0.0, description="Gaussian (smoothness) kernel: spatial std (pixels)")
+    gaussian_compat: float = Field(3.0, gt=0.0, description="Gaussian kernel weight")
+    bilateral_sxy: float = Field(67.0, gt=0.0, description="bilateral (appearance) kernel: spatial std (pixels)")
+    bilateral_srgb: float = Field(3.0, gt=0.0, description="bilateral kernel: colour std (0..255)")
+    bilateral_compat: float = Field(4.0, gt=0.0, description="bilateral kernel weight")
+
+
+class SegmentationConfig(_Section):
+    """Stage 3 (`stage: segmentation`): DeepLab on the pseudo labels."""
+
+    labels: str = Field(
+        "pseudo/train_aug", description="folder of label PNGs {image id}.png (0..20, 255 = ignore) to train on"
+    )
+    head: Literal["largefov", "aspp"] = Field(
+        "largefov", description="DeepLab head: v1 LargeFOV (3x3 dilated conv, 1x1, classifier) or v2 ASPP"
+    )
+    head_channels: int = Field(1024, ge=1, le=8192, description="LargeFOV: channels of its two hidden layers")
+    head_dropout: float = Field(0.5, ge=0.0, lt=1.0, description="dropout rate inside the head (0 = none)")
+    fov_dilation: int = Field(12, ge=1, le=64, description="LargeFOV: dilation of its 3x3 convolution")
+    aspp_rates: list[int] = Field(
+        [6, 12, 18, 24], min_length=1, max_length=8, description="ASPP: dilations of the parallel 3x3 branches"
+    )
+    test_scales: list[float] = Field(
+        [0.5, 0.75, 1.0, 1.25, 1.5], min_length=1, description="inference: image scales whose softmax is averaged"
+    )
+    test_flip: bool = Field(True, description="inference: add the horizontally flipped input of every scale")
+    crf: SegmentationCrfConfig = Field(default_factory=SegmentationCrfConfig)
+
+    @model_validator(mode="after")
+    def _positive_rates_and_scales(self) -> SegmentationConfig:
+        if any(r < 1 for r in self.aspp_rates):
+            raise ValueError("aspp_rates: every dilation must be >= 1")
+        if any(not s > 0 for s in self.test_scales):
+            raise ValueError("test_scales: every scale must be > 0")
+        return self
+
+
 class Config(_Section):
     """The whole run configuration."""
 
-    stage: Literal["cpn"] = Field("cpn", description="what `cpn train` trains: the CPN classifier")
+    stage: Literal["cpn", "segmentation"] = Field(
+        "cpn", description="what `cpn train` trains: the CPN classifier, or the segmentation model (stage 3)"
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
@@ -193,6 +239,7 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    segmentation: SegmentationConfig = Field(default_factory=SegmentationConfig)
 
     @model_validator(mode="after")
     def _baseline_has_no_head(self) -> Config:

@@ -192,19 +192,28 @@ def infer_samples(model: torch.nn.Module, samples: Iterable[Sample], out_dir: st
     return written
 
 
-def _run_step(model, step: list[_Pending], settings: InferSettings, device, out_dir: Path,
-              written: list[str], on_image) -> None:  # fmt: skip
-    by_shape: dict[tuple[int, ...], list[tuple[_Pending, int]]] = {}
+def forward_by_shape(step: Sequence, forward: Callable[[torch.Tensor], torch.Tensor], batch_size: int, device,
+                     keep: Callable = lambda item, row: row) -> None:  # fmt: skip
+    """Run every input of the images in ``step`` (objects with ``inputs``, a list of 3×h×w arrays, and
+    an ``outputs`` dict) through ``forward``: equal-sized inputs, of any image, go together in batches of
+    at most ``batch_size``; ``item.outputs[i] = keep(item, output row of input i)``."""
+    by_shape: dict[tuple[int, ...], list[tuple[object, int]]] = {}
     for p in step:
         for i, x in enumerate(p.inputs):
             by_shape.setdefault(x.shape, []).append((p, i))
     for group in by_shape.values():
-        for start in range(0, len(group), settings.batch_size):
-            part = group[start:start + settings.batch_size]
+        for start in range(0, len(group), batch_size):
+            part = group[start:start + batch_size]
             batch = torch.from_numpy(np.stack([p.inputs[i] for p, i in part])).to(device)
-            out = _forward(model, batch, settings.use)
+            out = forward(batch)
             for row, (p, i) in enumerate(part):
-                p.outputs[i] = out[row, p.classes]  # only the labelled classes are kept
+                p.outputs[i] = keep(p, out[row])
+
+
+def _run_step(model, step: list[_Pending], settings: InferSettings, device, out_dir: Path,
+              written: list[str], on_image) -> None:  # fmt: skip
+    forward_by_shape(step, lambda batch: _forward(model, batch, settings.use), settings.batch_size, device,
+                     keep=lambda p, row: row[p.classes])  # only the labelled classes are kept
     for p in step:
         _finish(p, settings, out_dir)
         p.outputs.clear()

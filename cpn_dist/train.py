@@ -110,7 +110,10 @@ class CPNTask:
 
 
 # The stages `cpn train` can train, by the config's `stage` key: "module:Task class".
-STAGES = {"cpn": "cpn_dist.train:CPNTask"}
+STAGES = {
+    "cpn": "cpn_dist.train:CPNTask",
+    "segmentation": "cpn_dist.segmentation.task:SegmentationTask",
+}
 
 
 def train(cfg: Config, resume: str | None = None) -> Path:

@@ -1,0 +1,1 @@
+"""Stage 3: DeepLab on the pseudo labels — model, training task, multi-scale inference with CRF."""
