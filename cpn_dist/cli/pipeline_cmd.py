@@ -48,7 +48,7 @@ def _run(args) -> int:
     from cpn_dist.engine import quiet_libraries
     from cpn_dist.pipeline import Pipeline, load_pipeline_config
 
-    logging.getLogger("cpn_dist").setLevel(max(logging.INFO, logging.getLogger().level))
+    logging.getLogger("cpn_dist").setLevel(logging.INFO)
     quiet_libraries()
     pipeline = Pipeline(load_pipeline_config(args.config, args.overrides))
     started: dict[str, float] = {}
