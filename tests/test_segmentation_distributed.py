@@ -61,3 +61,26 @@ def test_training_moved_every_trained_layer(runs, tmp_path):
         assert not torch.allclose(final[key], init[key]), key
     torch.testing.assert_close(final["conv1a.weight"], init["conv1a.weight"])  # frozen
     assert list((runs / "w1" / "m4").rglob("events.out.tfevents.*"))
+
+
+def test_segment_over_two_processes_writes_each_image_once(runs, synth_voc):
+    """`accelerate launch -m cpn_dist.segmentation.infer` on 2 gloo processes: every listed image is
+    written once, the processes share the work, and the maps equal those of one process."""
+    from cpn_dist.data.voc import read_label_png, read_split
+    from tests.conftest import run_cpn
+
+    names = read_split(synth_voc / "ImageSets" / "Segmentation" / "val.txt")
+    common = ["--checkpoint", str(runs / "w1" / "m4" / "model_final.pth"), "--config", str(runs / "seg.yaml"),
+              "--voc-root", str(synth_voc), "--list", str(synth_voc / "ImageSets" / "Segmentation" / "val.txt"),
+              "--scales", "0.75,1.0", "--batch-size", "1", "--images-per-step", "1"]  # fmt: skip
+    two = launch([*accelerate_cpu(2), "-m", "cpn_dist.segmentation.infer", *common, "--out", str(runs / "seg2"),
+                  "--test-server", str(runs / "server2")])  # fmt: skip
+    half = len(names) // 2
+    assert f"segmented {len(names)} images" in two.stdout and f"per process: {half}, {len(names) - half}" in two.stdout
+    run_cpn("segment", *common, "--out", str(runs / "seg1"), check=True)
+    layout = runs / "server2" / "results" / "VOC2012" / "Segmentation" / "comp5_test_cls"
+    assert sorted(p.stem for p in (runs / "seg2").glob("*.png")) == sorted(names)
+    for name in names:
+        one = read_label_png(runs / "seg1" / f"{name}.png")
+        assert (read_label_png(runs / "seg2" / f"{name}.png") == one).all()
+        assert (read_label_png(layout / f"{name}.png") == one).all()
