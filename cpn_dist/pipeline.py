@@ -84,7 +84,9 @@ class RunWeights(_Section):
 
 
 class PackSettings(_Section):
-    segments: list[int] = Field([200], min_length=1, description="SLIC segment counts packed (`cpn pack`)")
+    segments: list[int] = Field(
+        [200], min_length=1, description="SLIC segment counts packed (`cpn pack`), besides the CPN config's"
+    )
     shard_size: int = Field(1000, ge=1, description="samples per shard")
 
 
@@ -197,11 +199,12 @@ class _Dist:
     """The processes of the run (one, or those of `accelerate launch`)."""
 
     def __init__(self):
+        import torch
         from accelerate import PartialState
 
-        from cpn_dist.cli.infer_cmd import _cpu_only
-
-        self.state = PartialState(cpu=_cpu_only())
+        # Without CUDA, PartialState needs cpu=True to join the gloo group of `accelerate launch --multi_gpu`.
+        cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
+        self.state = PartialState(cpu=cpu)
         self.rank, self.world = self.state.process_index, self.state.num_processes
         self.main = self.state.is_main_process
         self.device = self.state.device
@@ -330,7 +333,9 @@ class Pipeline:
         if self.dist.main:
             from cpn_dist.data.pack import pack_split
 
-            pack_split(self.voc, self.cfg.splits.train, self.shards, segments=tuple(self.cfg.pack.segments),
+            patch = self.run_config("cpn").data.patch  # CPN's superpixels must be among those packed
+            segments = set(self.cfg.pack.segments) | ({patch.segments} if patch.kind == "superpixel" else set())
+            pack_split(self.voc, self.cfg.splits.train, self.shards, segments=tuple(sorted(segments)),
                        shard_size=self.cfg.pack.shard_size, workers=self.cfg.workers,
                        overwrite=self.overwrite, resume=not self.overwrite)  # fmt: skip
 

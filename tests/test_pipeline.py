@@ -10,9 +10,17 @@ import yaml
 
 from cpn_dist.errors import CpnError
 from cpn_dist.pipeline import STAGE2, STEPS, Pipeline, load_pipeline_config
-from tests.conftest import ROOT, run_cpn
+from tests.conftest import run_cpn
+from tests.train_support import tiny_config
 
-TINY = ["train.max_steps=2", "data.crop=48", "data.scale_range=[48,64]", "data.workers=0"]
+TINY_SEGMENTATION = {
+    "stage": "segmentation",
+    "data": {"crop": 48, "scale_range": [48, 64], "workers": 0},
+    "model": {"backbone": "tiny", "dropout": 0.0},
+    "segmentation": {"head": "aspp", "aspp_rates": [1, 2], "head_dropout": 0.0, "test_scales": [1.0]},
+    "batch": {"global_size": 4, "micro_size": 4},
+    "train": {"epochs": 1, "max_steps": 2, "checkpoint_every": 100},
+}
 
 
 @pytest.fixture(autouse=True)
@@ -24,14 +32,14 @@ def one_thread():
 
 
 def _config(tmp_path, synth_voc, **extra) -> object:
+    cpn = tiny_config(tmp_path / "cpn.yaml", tmp_path / "unused", train={"max_steps": 2})
+    (tmp_path / "segmentation.yaml").write_text(yaml.safe_dump(TINY_SEGMENTATION))
     cfg = {
         "voc_root": str(synth_voc),
         "work_dir": str(tmp_path / "work"),
         "splits": {"train": "train_aug", "eval": "train", "val": "val", "test": "val"},  # val as a stand-in test
-        "configs": {"cpn": str(ROOT / "configs" / "demo.yaml"), "affinity": None,
-                    "segmentation": str(ROOT / "configs" / "demo_segmentation.yaml")},
-        "overrides": {"cpn": TINY, "segmentation": [*TINY, "segmentation.test_scales=[1.0]"]},
-        "pack": {"segments": [50], "shard_size": 16},
+        "configs": {"cpn": str(cpn), "affinity": None, "segmentation": str(tmp_path / "segmentation.yaml")},
+        "pack": {"segments": [20], "shard_size": 16},
         "cams": {"scales": [1.0], "betas": "0.0:0.6:0.1"},
         "workers": 1,
         **extra,

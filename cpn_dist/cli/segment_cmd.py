@@ -123,7 +123,7 @@ def _run(args) -> int:
                            f"e.g. '{missing[0]}'")  # fmt: skip
         per_rank = [sum(1 for r, _ in everyone if r == k) for k in range(world)]
         split = f" (per process: {', '.join(map(str, per_rank))})" if world > 1 else ""
-        where = ", ".join(str(p.parent) for p in outputs.paths("x"))
+        where = ", ".join(str(d) for d in (outputs.labels, outputs.crf, outputs.final_dir()) if d is not None)
         console.print(f"segmented {len(got)} images into [bold]{where}[/]{split}")
     state.wait_for_everyone()
     return 0
