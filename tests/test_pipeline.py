@@ -159,3 +159,21 @@ def test_cli_prints_the_stage_table(done):
     assert "segmentation + CRF" in proc.stdout and "done before" in proc.stdout
     bad = run_cpn("pipeline", "--config", str(done["config"]), "configs.segmentation=nope.yaml")
     assert bad.returncode != 0 and "configs.segmentation: nope.yaml not found" in bad.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_train_and_infer_together_and_agree_with_one(done, tmp_path):
+    """`accelerate launch -m cpn_dist.pipeline` on 2 gloo processes: both trainings run over the two
+    processes (the global batch of 4 split 2 × 2 and 2 × 1 × 2), inference is shared, and — the data
+    being deterministic and dropout off — the stage scores equal the one-process run's."""
+    from tests.train_support import accelerate_cpu, launch, run_layout
+
+    work = tmp_path / "work2"
+    launch([*accelerate_cpu(2), "-m", "cpn_dist.pipeline", "--config", str(done["config"]), f"work_dir={work}",
+            "overrides.cpn=[batch.micro_size=2]", "overrides.segmentation=[batch.micro_size=1]"])  # fmt: skip
+    assert run_layout(work / "cpn")[:3] == (2, 2, 1) and run_layout(work / "segmentation")[:3] == (2, 1, 2)
+    two = json.loads((work / "summary.json").read_text())["scores"]
+    one = [s.to_json() for s in done["result"].scores]
+    assert [(s["stage"], s["split"]) for s in two] == [(s["stage"], s["split"]) for s in one]
+    for a, b in zip(two, one):
+        assert a["miou"] == pytest.approx(b["miou"], abs=0.01)
