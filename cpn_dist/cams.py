@@ -102,11 +102,53 @@ def foreground_max(cams: dict[int, np.ndarray], shape: tuple[int, int]) -> tuple
     return score.astype(np.float32, copy=False), cls.astype(np.uint8, copy=False)
 
 
-def class_map(cams: dict[int, np.ndarray], beta: float, shape: tuple[int, int]) -> np.ndarray:
+CAM_NORMS = ("max", "none")
+
+
+def normalise_cams(cams: dict[int, np.ndarray], norm: str = "max") -> dict[int, np.ndarray]:
+    """``"max"``: each class map divided by its maximum, as AffinityNet's ``infer_cls.py`` normalises
+    its CAMs (peak 1) — the scale its background exponents α were chosen for. The released CPN format
+    peaks at 0.5, so this doubles it; a map whose maximum is not positive (a labelled class with no
+    response, −0.5 everywhere) is left as it is. ``"none"``: the stored values."""
+    if norm == "none":
+        return cams
+    if norm != "max":
+        raise ValueError(f"CAM normalisation '{norm}': choose from {', '.join(CAM_NORMS)}")
+    out = {}
+    for key, cam in cams.items():
+        peak = float(np.max(cam)) if cam.size else 0.0
+        out[key] = (cam / np.float32(peak)).astype(np.float32) if peak > 1e-5 else cam
+    return out
+
+
+def alpha_background(fg_max: np.ndarray, alpha: float) -> np.ndarray:
+    """AffinityNet's background score ``(1 − max_c CAM_c)^α`` (CPN eq. 16) from the per-pixel
+    foreground maximum (zero-filled, as :func:`foreground_max` gives it; clipped to [0, 1] first, so
+    the released format's negative arg-min pixels score 1, not more). float32 H×W."""
+    return np.power(1.0 - np.clip(fg_max, 0.0, 1.0), alpha).astype(np.float32)
+
+
+def background_score(cams: dict[int, np.ndarray], shape: tuple[int, int], beta: float | None = None,
+                     alpha: float | None = None) -> np.ndarray:  # fmt: skip
+    """The background channel of a CAM dict, H×W float32: the constant ``beta`` (the released
+    evaluator, ``cpn eval``), or ``(1 − max_c CAM_c)^alpha`` (AffinityNet/PSA). Give exactly one."""
+    if (beta is None) == (alpha is None):
+        raise ValueError("give exactly one of beta (constant background) and alpha ((1 - max)^alpha)")
+    if alpha is None:
+        return np.full(shape, beta, dtype=np.float32)
+    return alpha_background(foreground_max(cams, shape)[0], alpha)
+
+
+def class_map(cams: dict[int, np.ndarray], beta: float | None, shape: tuple[int, int],
+              alpha: float | None = None) -> np.ndarray:  # fmt: skip
     """The released evaluator's class map at background score ``beta``: argmax over
-    ``[β, CAM_1 … CAM_20]`` (β compared as float32, as it is stored there). uint8 H×W, 0..20."""
+    ``[β, CAM_1 … CAM_20]`` (β compared as float32, as it is stored there). uint8 H×W, 0..20.
+    With ``alpha`` (and ``beta=None``) the background is ``(1 − max_c CAM_c)^α`` instead."""
+    if (beta is None) == (alpha is None):
+        raise ValueError("give exactly one of beta (constant background) and alpha ((1 - max)^alpha)")
     score, cls = foreground_max(cams, shape)
-    return np.where(score > np.float32(beta), cls, np.uint8(0)).astype(np.uint8)
+    background = np.float32(beta) if alpha is None else alpha_background(score, alpha)
+    return np.where(score > background, cls, np.uint8(0)).astype(np.uint8)
 
 
 def released_class_map(cams: dict[int, np.ndarray], beta: float, shape: tuple[int, int]) -> np.ndarray:

@@ -181,6 +181,39 @@ class LogConfig(_Section):
     )
 
 
+class AffinityConfig(_Section):
+    """Stage 2 (`stage: affinity`): AffinityNet on affinity labels, and the random walk (PSA's defaults)."""
+
+    labels: str = Field(
+        "affinity_labels/train_aug",
+        description="folder of affinity labels {image id}.png (`cpn affinity-labels`: 0 bg, 1..20 class, 255 ignore)",
+    )
+    radius: int = Field(5, ge=2, le=16, description="pairs closer than this many stride-8 cells are trained and walked")
+    low_alpha: float = Field(
+        4.0, gt=0.0, le=1000.0, description="`cpn affinity-labels`: background (1 - max CAM)^alpha of the la map "
+        "(confident foreground)",
+    )
+    high_alpha: float = Field(
+        32.0, gt=0.0, le=1000.0, description="`cpn affinity-labels`: background (1 - max CAM)^alpha of the ha map "
+        "(confident background)",
+    )
+    rw_alpha: float = Field(
+        16.0, gt=0.0, le=1000.0, description="`cpn rw`: background (1 - max CAM)^alpha walked with the CAMs"
+    )
+    rw_beta: float = Field(8.0, gt=0.0, le=100.0, description="`cpn rw`: exponent beta of the affinities (A^beta)")
+    rw_logt: int = Field(8, ge=0, le=16, description="`cpn rw`: the walk takes t = 2^logt steps")
+    cam_norm: Literal["max", "none"] = Field(
+        "max", description="affinity labels and `cpn rw`: divide each CAM by its maximum first (PSA's scale, "
+        "which its alphas assume; released CPN CAMs peak at 0.5), or use the stored values",
+    )
+
+    @model_validator(mode="after")
+    def _ordered_alphas(self) -> AffinityConfig:
+        if not self.low_alpha < self.high_alpha:
+            raise ValueError(f"low_alpha: must be below high_alpha ({self.low_alpha} >= {self.high_alpha})")
+        return self
+
+
 class SegmentationCrfConfig(_Section):
     """The dense CRF after segmentation inference (defaults: DeepLab-v2 on VOC)."""
 
@@ -228,8 +261,10 @@ class SegmentationConfig(_Section):
 class Config(_Section):
     """The whole run configuration."""
 
-    stage: Literal["cpn", "segmentation"] = Field(
-        "cpn", description="what `cpn train` trains: the CPN classifier, or the segmentation model (stage 3)"
+    stage: Literal["cpn", "affinity", "segmentation"] = Field(
+        "cpn",
+        description="what `cpn train` trains: the CPN classifier, AffinityNet (stage 2) or the segmentation model "
+        "(stage 3)",
     )
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -239,6 +274,7 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    affinity: AffinityConfig = Field(default_factory=AffinityConfig)
     segmentation: SegmentationConfig = Field(default_factory=SegmentationConfig)
 
     @model_validator(mode="after")

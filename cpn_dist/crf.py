@@ -1,9 +1,12 @@
 """Dense CRF refinement (Krähenbühl & Koltun's fully connected CRF, through pydensecrf) of
 CAM-derived class probabilities.
 
-The probabilities of an image come from its CAM dict at a background score β: the scores
-``[β, CAM_c for each labelled class c]`` (floored at a small positive value, since released CAMs
-reach −0.5) divided by their per-pixel sum. Only the image's labelled classes and the background
+The probabilities of an image come from its CAM dict and a background score: the scores
+``[bg, CAM_c for each labelled class c]`` (floored at a small positive value, since released CAMs
+reach −0.5) divided by their per-pixel sum, where bg is a constant β or AffinityNet's
+``(1 − max_c CAM_c)^α`` (see :func:`cpn_dist.cams.background_score`). PSA hands the unnormalised
+scores to the CRF; dividing by the per-pixel sum adds the same constant to every label's unary at a
+pixel, which leaves the CRF's posterior unchanged. Only the image's labelled classes and the background
 take part, as in AffinityNet/PSA. The default pairwise terms are the ones AffinityNet (PSA) uses for
 its CRF labels: 10 mean-field iterations, a Gaussian kernel (sxy 3, compat 3) and a bilateral kernel
 (sxy 80, srgb 13, compat 10).
@@ -15,6 +18,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from cpn_dist.cams import background_score
 from cpn_dist.errors import CpnError
 
 SCORE_FLOOR = 1e-5
@@ -39,14 +43,17 @@ class CrfParams:
                 raise CpnError(f"CRF {name.replace('_', ' ')} must be > 0, got {value}")
 
 
-def cam_probabilities(cams: dict[int, np.ndarray], beta: float) -> tuple[np.ndarray, list[int]]:
-    """Class probabilities (K+1)×H×W float32 from a CAM dict at background score ``beta``, and the
-    VOC class index (0 = background, c + 1 for CAM key c) of each channel."""
+def cam_probabilities(cams: dict[int, np.ndarray], beta: float | None = None,
+                      alpha: float | None = None) -> tuple[np.ndarray, list[int]]:  # fmt: skip
+    """Class probabilities (K+1)×H×W float32 from a CAM dict at background score ``beta`` — or, with
+    ``alpha``, AffinityNet's ``(1 − max_c CAM_c)^α`` — and the VOC class index (0 = background, c + 1
+    for CAM key c) of each channel."""
     if not cams:
         raise CpnError("a CAM dict with no classes has no foreground to refine")
     keys = sorted(cams)
     fg = np.stack([np.asarray(cams[k], dtype=np.float32) for k in keys])
-    scores = np.concatenate([np.full((1, *fg.shape[1:]), beta, np.float32), fg])
+    background = background_score(cams, fg.shape[1:], beta, alpha)
+    scores = np.concatenate([background[None], fg])
     scores = np.maximum(scores, np.float32(SCORE_FLOOR))
     return scores / scores.sum(axis=0, keepdims=True), [0] + [k + 1 for k in keys]
 
@@ -72,10 +79,10 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, params: CrfParams = CrfParam
     return np.asarray(q, dtype=np.float32).reshape(n, h, w)
 
 
-def crf_probabilities(image: np.ndarray, cams: dict[int, np.ndarray], beta: float,
-                      params: CrfParams = CrfParams()) -> tuple[np.ndarray, list[int]]:
-    """CRF-refined class probabilities of a CAM dict at ``beta`` (see :func:`cam_probabilities`)."""
-    probs, classes = cam_probabilities(cams, beta)
+def crf_probabilities(image: np.ndarray, cams: dict[int, np.ndarray], beta: float | None,
+                      params: CrfParams = CrfParams(), alpha: float | None = None) -> tuple[np.ndarray, list[int]]:
+    """CRF-refined class probabilities of a CAM dict at ``beta`` or ``alpha`` (see :func:`cam_probabilities`)."""
+    probs, classes = cam_probabilities(cams, beta, alpha)
     return dense_crf(image, probs, params), classes
 
 

@@ -1,12 +1,18 @@
-"""Pseudo labels from CAMs: class maps at a background score β, optionally CRF-refined, optionally
+"""Pseudo labels from CAMs: class maps at a background score, optionally CRF-refined, optionally
 the confident/ignore labels that AffinityNet training uses.
+
+The background score is a constant β (the released evaluator) or AffinityNet's ``(1 − max_c CAM_c)^α``
+(see :func:`cpn_dist.cams.background_score`).
 
 - One β without CRF: the released evaluator's class map (background where β ≥ every class score),
   so a pseudo-label PNG scores exactly what ``cpn eval`` reported at that β.
-- One β with CRF: the most probable class after :func:`cpn_dist.crf.dense_crf`.
-- A pair β_low < β_high (AffinityNet's "low/high background" pair): pixels that are foreground even
-  at β_high keep their class, pixels that are background even at β_low are background, the rest
-  are 255 (ignored) — the rule PSA applies to its la/ha CRF labels.
+- One β (or α) with CRF: the most probable class after :func:`cpn_dist.crf.dense_crf`.
+- Confident labels (:func:`confident_label`) from two maps of one image: a *foreground-confident*
+  map, whose background score is high (a high β, or a low α), and a *background-confident* map, whose
+  background score is low (a low β, or a high α). The rule is PSA's (``VOC12AffDataset``): the
+  foreground-confident map's label where it says foreground; 0 where the background-confident map
+  says background (this wins); 255 (ignore) elsewhere. ``cpn pseudo --betas LOW HIGH`` pairs two β;
+  ``cpn affinity-labels`` pairs two α, as PSA's la/ha CRF maps (α = 4 and 32).
 """
 
 from __future__ import annotations
@@ -29,29 +35,36 @@ from cpn_dist.errors import CpnError
 log = logging.getLogger(__name__)
 
 
-def pseudo_label(cams: dict[int, np.ndarray], beta: float, shape: tuple[int, int],
-                 image: np.ndarray | None = None, crf: CrfParams | None = None) -> np.ndarray:
-    """H×W uint8 class map of a CAM dict at ``beta``; CRF-refined on ``image`` when ``crf`` is given."""
+def pseudo_label(cams: dict[int, np.ndarray], beta: float | None, shape: tuple[int, int],
+                 image: np.ndarray | None = None, crf: CrfParams | None = None,
+                 alpha: float | None = None) -> np.ndarray:  # fmt: skip
+    """H×W uint8 class map of a CAM dict at background score ``beta`` (or ``(1 − max)^alpha`` with
+    ``beta=None``); CRF-refined on ``image`` when ``crf`` is given."""
     if crf is None or not cams:
-        return class_map(cams, beta, shape)
+        return class_map(cams, beta, shape, alpha)
     if image is None:
         raise CpnError("the CRF needs the image")
-    probs, classes = crf_probabilities(image, cams, beta, crf)
+    probs, classes = crf_probabilities(image, cams, beta, crf, alpha)
     return to_label_map(probs, classes)
+
+
+def confident_label(fg_map: np.ndarray, bg_map: np.ndarray) -> np.ndarray:
+    """PSA's confident labels: ``fg_map``'s class where it is foreground, 0 where ``bg_map`` is
+    background (this wins over the first), 255 elsewhere. ``fg_map`` is the map whose background
+    score is high (foreground there is confident), ``bg_map`` the one whose background score is low."""
+    label = fg_map.copy()
+    label[fg_map == 0] = IGNORE
+    label[bg_map == 0] = 0
+    return label
 
 
 def paired_pseudo_label(cams: dict[int, np.ndarray], low: float, high: float, shape: tuple[int, int],
                         image: np.ndarray | None = None, crf: CrfParams | None = None) -> np.ndarray:
     """Confident labels from a β pair: the class at ``high`` where it is foreground, background
-    where ``low`` says background, 255 elsewhere."""
+    where ``low`` says background, 255 elsewhere (:func:`confident_label`)."""
     if not low < high:
         raise CpnError(f"the low β ({low}) must be below the high β ({high})")
-    at_high = pseudo_label(cams, high, shape, image, crf)
-    at_low = pseudo_label(cams, low, shape, image, crf)
-    label = at_high.copy()
-    label[at_high == 0] = IGNORE
-    label[at_low == 0] = 0
-    return label
+    return confident_label(pseudo_label(cams, high, shape, image, crf), pseudo_label(cams, low, shape, image, crf))
 
 
 # --------------------------------------------------------------------------------------------

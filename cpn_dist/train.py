@@ -112,6 +112,7 @@ class CPNTask:
 # The stages `cpn train` can train, by the config's `stage` key: "module:Task class".
 STAGES = {
     "cpn": "cpn_dist.train:CPNTask",
+    "affinity": "cpn_dist.affinity.task:AffinityTask",
     "segmentation": "cpn_dist.segmentation.task:SegmentationTask",
 }
 

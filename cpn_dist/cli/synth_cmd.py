@@ -17,6 +17,9 @@ def register(sub) -> None:
     p.add_argument("--images", type=int, required=True, help="number of images")
     p.add_argument("--size", type=int, default=128, help="long side of every image in pixels (default 128)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--task", choices=("shapes", "parts"), default="shapes",
+                   help="shapes: class-coloured striped shapes (default); parts: a weakly textured body with a "
+                        "small class-coloured marker, plus SegmentationPart/ (1 body, 2 marker)")  # fmt: skip
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     p.set_defaults(handler=_run)
@@ -32,7 +35,8 @@ def _run(args) -> int:
         task = progress.add_task("images", total=args.images)
         root = synthesize_voc(
             args.out, args.images, size=args.size, seed=args.seed, workers=args.workers,
-            overwrite=args.overwrite, on_image=lambda _: progress.advance(task),
+            overwrite=args.overwrite, on_image=lambda _: progress.advance(task), task=args.task,
         )  # fmt: skip
-    console.print(f"wrote {args.images} images (long side {args.size}, seed {args.seed}) to [bold]{root}[/]")
+    console.print(f"wrote {args.images} images (task {args.task}, long side {args.size}, seed {args.seed}) "
+                  f"to [bold]{root}[/]")  # fmt: skip
     return 0

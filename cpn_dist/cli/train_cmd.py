@@ -7,7 +7,8 @@ from cpn_dist.cli import add_command, console
 
 def register(sub) -> None:
     p = add_command(
-        sub, "train", "train CPN on packed shards (one process; use `accelerate launch -m cpn_dist.train` for more)",
+        sub, "train", "train the config's stage (cpn, affinity, …) on packed shards (one process; use "
+        "`accelerate launch -m cpn_dist.train` for more)",
     )  # fmt: skip
     p.add_argument("--config", required=True, help="YAML run config")
     p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")

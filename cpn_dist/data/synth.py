@@ -12,6 +12,10 @@ learnable and CAMs mean something; backgrounds are cluttered with desaturated bl
 Image ``i`` depends only on ``(seed, i)``, so a dataset is byte-identical for a seed whatever its
 size or the number of worker processes. The object classes named in each XML are exactly the
 classes present (outside the void border) in its mask.
+
+``task="parts"`` draws another kind of object instead — a large, weakly and noisily textured body
+with a small, perfectly discriminative marker (see :mod:`cpn_dist.data.synth_parts`) — and also
+writes ``SegmentationPart/{id}.png`` (0 none, 1 body, 2 marker, 255 void; not part of VOC).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ log = logging.getLogger(__name__)
 
 SHAPES = ("ellipse", "box", "diamond", "triangle", "ring", "star")
 JPEG_QUALITY = 92
+TASKS = ("shapes", "parts")  # shapes: the default task; parts: see cpn_dist.data.synth_parts
+PART_FOLDER = "SegmentationPart"
 
 
 @dataclass(frozen=True)
@@ -194,10 +200,16 @@ def annotation_xml(name: str, width: int, height: int, objects: list[SynthObject
     return ET.tostring(root, encoding="utf-8") + b"\n"
 
 
-def _write_one(args: tuple[Path, int, int, int]) -> str:
-    root, index, size, seed = args
+def _write_one(args: tuple[Path, int, int, int, str]) -> str:
+    root, index, size, seed, task = args
     name = image_id(index)
-    rgb, mask, objects = render_image(index, size, seed)
+    if task == "parts":
+        from cpn_dist.data.synth_parts import render_parts_image
+
+        rgb, mask, part_map, objects = render_parts_image(index, size, seed)
+        save_label_png(part_map, root / PART_FOLDER / f"{name}.png")
+    else:
+        rgb, mask, objects = render_image(index, size, seed)
     Image.fromarray(rgb).save(root / "JPEGImages" / f"{name}.jpg", quality=JPEG_QUALITY)
     save_label_png(mask, root / "SegmentationClass" / f"{name}.png")
     (root / "Annotations" / f"{name}.xml").write_bytes(annotation_xml(name, rgb.shape[1], rgb.shape[0], objects))
@@ -212,21 +224,25 @@ def split_of(index: int) -> str:
 
 
 def synthesize_voc(out: str | Path, images: int, size: int = 128, seed: int = 0, workers: int = 1,
-                   overwrite: bool = False, on_image: Callable[[str], None] | None = None) -> Path:
-    """Write a synthetic VOC 2012 folder with ``images`` images; returns its path.
+                   overwrite: bool = False, on_image: Callable[[str], None] | None = None,
+                   task: str = "shapes") -> Path:  # fmt: skip
+    """Write a synthetic VOC 2012 folder with ``images`` images of ``task`` (:data:`TASKS`); returns its path.
 
     ``on_image`` is called with each image id as it is written (for progress display).
     """
     root = Path(out)
+    if task not in TASKS:
+        raise CpnError(f"--task: unknown task '{task}' (choose from {', '.join(TASKS)})")
     if images < 1:
         raise CpnError("--images must be at least 1")
     if size < 32:
         raise CpnError(f"--size must be at least 32 pixels, got {size}")
     if root.exists() and any(root.iterdir()) and not overwrite:
         raise CpnError(f"{root}: folder exists and is not empty (use --overwrite to replace it)")
-    for sub in ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets/Segmentation"):
+    subs = ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets/Segmentation")
+    for sub in subs + ((PART_FOLDER,) if task == "parts" else ()):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    jobs = [(root, i, size, seed) for i in range(images)]
+    jobs = [(root, i, size, seed, task) for i in range(images)]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             for name in pool.map(_write_one, jobs, chunksize=4):
@@ -248,5 +264,5 @@ def synthesize_voc(out: str | Path, images: int, size: int = 128, seed: int = 0,
                 splits["train"].append(image_id(i))
     for split, ids in splits.items():
         (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{n}\n" for n in ids))
-    log.info("wrote %d synthetic VOC images to %s", images, root)
+    log.info("wrote %d synthetic VOC images (task %s) to %s", images, task, root)
     return root

@@ -14,13 +14,13 @@ released code, without renaming.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cpn_dist.models import head as cpn_head
+from cpn_dist.models.base import BackboneNet
+from cpn_dist.models.base import float32_region as _float32_region
 
 NUM_CLASSES = 21  # 20 VOC classes + background
 HEADS = ("official", "paper", "none")
@@ -28,26 +28,16 @@ HEADS = ("official", "paper", "none")
 NEW_LAYERS = ("fc8", "f8_3", "f8_4", "f9", "f10")
 
 
-def _float32_region(device: torch.device):
-    """A context in which autocast is off, so normalisations and affinities run in float32."""
-    if device.type in ("cpu", "cuda", "xpu", "mps", "hpu"):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
-
-
-class CPNet(nn.Module):
+class CPNet(BackboneNet):
     """CAM network with the CPN refinement head (``head``: official, paper or none)."""
 
+    new_layers = NEW_LAYERS
+
     def __init__(self, backbone: nn.Module, head: str = "official", dropout: float = 1.0) -> None:
-        super().__init__()
+        super().__init__(backbone)
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-        if any(True for _ in backbone.parameters(recurse=False)) or any(True for _ in backbone.buffers(recurse=False)):
-            raise ValueError("a backbone must keep its parameters in child modules")
         self.head = head
-        self.__dict__["backbone"] = backbone  # not a child: its layers are registered below, flat
-        for name, child in backbone.named_children():
-            self.add_module(name, child)
         channels = backbone.channels
         self.dropout7 = nn.Dropout2d(0.5 * dropout)
         self.fc8 = nn.Conv2d(channels["conv6"], NUM_CLASSES, 1, bias=False)
@@ -61,41 +51,7 @@ class CPNet(nn.Module):
             nn.init.kaiming_normal_(self.f8_4.weight)
             nn.init.xavier_uniform_(self.f9.weight, gain=4)
             nn.init.xavier_uniform_(self.f10.weight, gain=4)
-        self._freeze(backbone.frozen_names)
-
-    # ------------------------------------------------------------------------------------------
-    def _freeze(self, frozen_names: tuple[str, ...]) -> None:
-        for name in frozen_names:
-            for p in getattr(self, name).parameters():
-                p.requires_grad_(False)
-        for m in self.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                for p in m.parameters():
-                    p.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> CPNet:
-        """Train mode with BatchNorm frozen (eval mode, affine frozen); dropout follows ``mode``."""
-        super().train(mode)
-        for m in self.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-        return self
-
-    def parameter_groups(self) -> list[list[nn.Parameter]]:
-        """Trainable parameters as the released ``get_parameter_groups``: [backbone weights, backbone
-        biases, new-layer weights, new-layer biases] (lr ×1, ×2, ×10, ×20; weight decay on weights only).
-        Frozen parameters are in none of them; a group may be empty."""
-        groups: list[list[nn.Parameter]] = [[], [], [], []]
-        new = {id(getattr(self, name)) for name in NEW_LAYERS if hasattr(self, name)}
-        for m in self.modules():
-            if not isinstance(m, nn.Conv2d | nn.GroupNorm):
-                continue
-            offset = 2 if id(m) in new else 0
-            if m.weight is not None and m.weight.requires_grad:
-                groups[offset].append(m.weight)
-            if m.bias is not None and m.bias.requires_grad:
-                groups[offset + 1].append(m.bias)
-        return groups
+        self.freeze()
 
     # ------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

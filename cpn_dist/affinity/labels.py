@@ -1,0 +1,147 @@
+"""Affinity labels: what AffinityNet trains on, made from CPN's CAMs (PSA's ``infer_cls.py`` la/ha
+CRF maps and the label rule of its ``VOC12AffDataset``).
+
+Per image, two dense-CRF label maps of the CAMs (:func:`cpn_dist.pseudo.pseudo_label`), each with
+AffinityNet's background score ``(1 − max_c CAM_c)^α`` (max over the zero-filled classes, clipped to
+[0, 1]), the CAMs first divided by their maxima (``cam_norm="max"``: PSA's CAMs peak at 1 and its α
+were chosen for that scale; the released CPN format peaks at 0.5):
+
+- the *la* map, low α (default 4): the background score is high, so its foreground is confident;
+- the *ha* map, high α (default 32): the background score is low, so its background is confident;
+
+combined by PSA's rule (:func:`cpn_dist.pseudo.confident_label`): the la map's class where la says
+foreground; 0 where ha says background (this wins); 255 (ignore) elsewhere. ``betas=(low, high)``
+replaces the two α by two constant background scores (IRN's way; ``cpn pseudo --betas`` is the same
+rule).
+
+PSA keeps the two CRF probability maps and combines them after augmentation and 8× average pooling;
+we combine at full resolution and store one palette PNG per image, ``{out}/{image id}.png`` (uint8:
+0 background, 1..20 class, 255 ignore, the size of the image) — the side folder that
+:class:`cpn_dist.data.labelled.LabelledSampleMaker` reads beside the shards. The trainer reduces the
+augmented crop to the stride-8 grid by a block vote (:func:`cpn_dist.affinity.pairs.reduce_labels`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cpn_dist.cams import CAM_NORMS, load_cams, normalise_cams
+from cpn_dist.crf import CrfParams
+from cpn_dist.data.voc import save_label_png
+from cpn_dist.errors import CpnError
+from cpn_dist.pseudo import confident_label, pseudo_label
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AffinityLabelParams:
+    """How the two maps are made: ``alphas`` (low, high) — PSA — or constant ``betas`` (low, high);
+    refined by the dense CRF unless ``crf`` is None."""
+
+    alphas: tuple[float, float] | None = (4.0, 32.0)
+    betas: tuple[float, float] | None = None
+    crf: CrfParams | None = CrfParams()
+    cam_norm: str = "max"  # see cpn_dist.cams.normalise_cams
+
+    @classmethod
+    def from_config(cls, affinity, crf: CrfParams | None = CrfParams()) -> AffinityLabelParams:
+        """PSA's α pair of a run config's ``affinity`` section (``low_alpha``, ``high_alpha``, ``cam_norm``)."""
+        return cls(alphas=(affinity.low_alpha, affinity.high_alpha), crf=crf, cam_norm=affinity.cam_norm)
+
+    def __post_init__(self) -> None:
+        pair = self.alphas if self.betas is None else self.betas
+        if (self.alphas is None) == (self.betas is None) or len(pair) != 2:
+            raise CpnError("affinity labels need exactly one pair: alphas (low, high) or betas (low, high)")
+        if self.cam_norm not in CAM_NORMS:
+            raise CpnError(f"CAM normalisation '{self.cam_norm}': choose from {', '.join(CAM_NORMS)}")
+        if not 0 < pair[0] < pair[1]:
+            which = "α" if self.betas is None else "β"
+            raise CpnError(f"affinity labels: need 0 < low {which} < high {which}, got {pair[0]}, {pair[1]}")
+
+
+def affinity_label(cams: dict[int, np.ndarray], image: np.ndarray, params: AffinityLabelParams) -> np.ndarray:
+    """H×W uint8 affinity label (0 background, 1..20 class, 255 ignore) of one image (H×W×3 uint8)
+    and its CAM dict."""
+    shape = image.shape[:2]
+    cams = normalise_cams(cams, params.cam_norm)
+    if params.betas is None:
+        low, high = params.alphas
+        fg_map = pseudo_label(cams, None, shape, image, params.crf, alpha=low)  # la: confident foreground
+        bg_map = pseudo_label(cams, None, shape, image, params.crf, alpha=high)  # ha: confident background
+    else:
+        low, high = params.betas
+        fg_map = pseudo_label(cams, high, shape, image, params.crf)
+        bg_map = pseudo_label(cams, low, shape, image, params.crf)
+    return confident_label(fg_map, bg_map)
+
+
+def write_label(out_dir: str | Path, name: str, label: np.ndarray) -> None:
+    """``{out_dir}/{name}.png`` (VOC palette), written under a temporary name and renamed."""
+    out = Path(out_dir)
+    tmp = out / f".{name}.tmp.png"  # PIL picks the format from the suffix
+    save_label_png(label, tmp)
+    os.replace(tmp, out / f"{name}.png")
+
+
+def _label_one(cams_dir: str, out_dir: str, name: str, image: np.ndarray, params: AffinityLabelParams) -> str:
+    path = Path(cams_dir) / f"{name}.npy"
+    cams = load_cams(path)
+    if cams and next(iter(cams.values())).shape != image.shape[:2]:
+        shape = next(iter(cams.values())).shape
+        raise CpnError(f"{path}: CAMs are {shape[1]}×{shape[0]}, the image is {image.shape[1]}×{image.shape[0]}")
+    write_label(out_dir, name, affinity_label(cams, image, params))
+    return name
+
+
+def done_names(names: Iterable[str], out_dir: str | Path, overwrite: bool = False) -> frozenset[str]:
+    """The names whose ``{out_dir}/{name}.png`` exists (none with ``overwrite``)."""
+    out = Path(out_dir)
+    return frozenset() if overwrite else frozenset(n for n in names if (out / f"{n}.png").is_file())
+
+
+def write_affinity_labels(source, cams_dir: str | Path, out_dir: str | Path, params: AffinityLabelParams,
+                          names: list[str], workers: int = 1, overwrite: bool = False,
+                          on_image: Callable[[str], None] | None = None) -> list[str]:  # fmt: skip
+    """Write the affinity label of every image of ``names`` (read from ``source``, a
+    :class:`~cpn_dist.data.inputs.VocSource` or :class:`~cpn_dist.data.inputs.ShardSource` restricted to
+    ``names``) into ``out_dir``, with ``workers`` processes; images already done are skipped unless
+    ``overwrite``. Returns the names written; a listed image the source does not hold is a CpnError."""
+    cams_dir, out_dir = str(cams_dir), str(out_dir)
+    if not Path(cams_dir).is_dir():
+        raise CpnError(f"{cams_dir}: CAM folder not found")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    done = done_names(names, out_dir, overwrite)
+    samples = source.samples(skip=done, image=True, labels=False)
+    written: list[str] = []
+
+    def finished(name: str) -> None:
+        written.append(name)
+        if on_image:
+            on_image(name)
+
+    if workers <= 1:
+        for sample in samples:
+            finished(_label_one(cams_dir, out_dir, sample.name, np.asarray(sample.image), params))
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            queue: deque[Future] = deque()
+            for sample in samples:  # images are decoded here, CAMs read and CRFs run in the workers
+                queue.append(pool.submit(_label_one, cams_dir, out_dir, sample.name, np.asarray(sample.image), params))
+                while len(queue) >= 2 * workers:
+                    finished(queue.popleft().result())
+            while queue:
+                finished(queue.popleft().result())
+    missing = sorted(set(names) - done - set(written))
+    if missing:
+        raise CpnError(f"{len(missing)} listed image(s) not found in the image source, e.g. '{missing[0]}'")
+    log.info("wrote %d affinity labels to %s (%d already there)", len(written), out_dir, len(done))
+    return written

@@ -1,0 +1,112 @@
+"""``cpn rw``: AffinityNet's random walk of CAMs into pseudo-label PNGs (VOC palette)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cpn_dist.cli import add_command, console
+from cpn_dist.cli.affinity_cmd import add_image_source_arguments, image_source, stage2_names
+from cpn_dist.errors import CpnError
+
+
+def register(sub) -> None:
+    from cpn_dist.affinity.random_walk import METHODS
+
+    p = add_command(
+        sub, "rw", "random walk of CAMs along AffinityNet's affinities into pseudo-label PNGs",
+        "Per image: AffinityNet affinities within the radius, transition A^beta normalised per column, "
+        "t = 2^logt steps by repeated squaring, applied at stride 8 to the background (1 - max CAM)^alpha "
+        "and the CAMs; upsampled; argmax. Writes OUT/ID.png (VOC palette), which `cpn eval` scores. "
+        "Distributed: accelerate launch [--multi_gpu --num_processes N] -m cpn_dist.affinity.random_walk ARGS "
+        "gives each process every N-th image.",
+    )  # fmt: skip
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="AffinityNet weights (ours or released)")
+    add_image_source_arguments(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder for ID.png")
+    p.add_argument("--config", metavar="FILE",
+                   help="run config: model.backbone, data.mean/std, affinity.radius / rw_alpha / rw_beta / rw_logt")
+    p.add_argument("--backbone", choices=("resnet38d", "tiny"), help="overrides the config's model.backbone")
+    p.add_argument("--alpha", type=float, help="background exponent: (1 - max CAM)^alpha (default 16)")
+    p.add_argument("--beta", type=float, help="affinity exponent: A^beta (default 8)")
+    p.add_argument("--logt", type=int, help="the walk takes 2^logt steps (default 8)")
+    p.add_argument("--radius", type=int, help="affinity radius in stride-8 cells (default 5)")
+    p.add_argument("--method", choices=METHODS, default="auto",
+                   help="dense: repeated squaring of the n×n transition (GPU); sparse: 2^logt sparse steps "
+                        "(CPU, big images); auto: dense on a GPU up to 8192 positions")  # fmt: skip
+    p.add_argument("--cam-norm", choices=("max", "none"),
+                   help="divide each CAM by its maximum first: PSA's scale (default: the config's affinity.cam_norm)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="equal-sized images walked together (default 8 on a GPU, 1 on the CPU)")  # fmt: skip
+    p.add_argument("--save-cams", metavar="DIR",
+                   help="also write the walked class scores as CAM files (released format) for `cpn eval`'s β sweep")
+    p.add_argument("--overwrite", action="store_true", help="redo images whose label exists")
+    p.set_defaults(handler=_run)
+
+
+def _params(args, cfg):
+    """The config's walk (``affinity.*``), with the flags given on the command line instead."""
+    from dataclasses import replace
+
+    from cpn_dist.affinity.random_walk import WalkParams
+
+    names = ("alpha", "beta", "logt", "radius", "cam_norm")
+    flags = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    return replace(WalkParams.from_config(cfg.affinity, args.method), **flags)
+
+
+def _run(args) -> int:
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    from cpn_dist.affinity.random_walk import load_affinity_model, walk_samples
+    from cpn_dist.cli.infer_cmd import _cpu_only
+    from cpn_dist.config import load_config
+
+    cfg = load_config(args.config)
+    params = _params(args, cfg)
+    names = stage2_names(args)
+    state = PartialState(cpu=_cpu_only())
+    rank, world = state.process_index, state.num_processes
+    out = Path(args.out)
+    batch_size = args.batch_size or (8 if state.device.type == "cuda" else 1)
+    if batch_size < 1:
+        raise CpnError("--batch-size must be >= 1")
+    model, report = load_affinity_model(args.checkpoint, args.backbone or cfg.model.backbone, state.device)
+
+    def finished(name: str) -> bool:
+        saved = not args.save_cams or (Path(args.save_cams) / f"{name}.npy").is_file()
+        return saved and (out / f"{name}.png").is_file()
+
+    done = frozenset() if args.overwrite else frozenset(n for n in names if finished(n))
+    if state.is_main_process:
+        console.print(report.summary(), highlight=False)
+        if done:
+            console.print(f"{len(done)} of {len(names)} images already done in {out} (--overwrite redoes them)")
+    state.wait_for_everyone()
+    mine = [n for n in names[rank::world] if n not in done]  # each process reads only its share
+    source = image_source(args, mine)
+    with Progress(
+        TextColumn(f"rw (process {rank + 1}/{world})" if world > 1 else "rw"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=console, transient=True,
+        disable=not (console.is_terminal and state.is_main_process),
+    ) as progress:  # fmt: skip
+        task = progress.add_task("images", total=len(mine))
+        written = walk_samples(
+            model, source.samples(image=True, labels=False), args.cams, out, params, device=state.device,
+            mean=tuple(cfg.data.mean), std=tuple(cfg.data.std), batch_size=batch_size, save_cams_dir=args.save_cams,
+            on_image=lambda _: progress.advance(task),
+        )  # fmt: skip
+    missing = sorted(set(mine) - set(written))
+    everyone = gather_object([(rank, n) for n in written]) if world > 1 else [(0, n) for n in written]
+    lost = gather_object(missing) if world > 1 else missing
+    if state.is_main_process:
+        if lost:
+            raise CpnError(f"{args.shards or args.voc_root}: {len(lost)} listed image(s) not found, e.g. '{lost[0]}'")
+        per_rank = [sum(1 for r, _ in everyone if r == k) for k in range(world)]
+        split = f" (per process: {', '.join(map(str, per_rank))})" if world > 1 else ""
+        console.print(f"wrote {len(everyone)} random-walk labels (α {params.alpha:g}, β {params.beta:g}, "
+                      f"t = 2^{params.logt}, radius {params.radius}) to [bold]{out}[/]{split}")  # fmt: skip
+    state.wait_for_everyone()
+    return 0
