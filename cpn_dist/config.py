@@ -103,8 +103,9 @@ class DataConfig(_Section):
 
 class ModelConfig(_Section):
     backbone: Literal["resnet38d", "tiny"] = Field("resnet38d", description="feature extractor")
-    head: Literal["official", "paper", "none"] = Field(
-        "paper", description="CAM refinement head: released PCM+PRCM, the paper's eqs. 7-12, or none (plain CAM)"
+    head: Literal["official", "paper", "pcm", "none"] = Field(
+        "paper", description="CAM refinement head: released PCM+PRCM, the paper's eqs. 7-12, pcm (the paper's "
+        "PCM without PRCM), or none (plain CAM)"
     )
     weights: str | None = Field(None, description="initial weights (.pth: released ResNet38 init, released CPN, ours)")
     dropout: float = Field(

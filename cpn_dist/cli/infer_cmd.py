@@ -21,7 +21,7 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="weights: ours or the released CPN .pth")
     p.add_argument("--config", metavar="FILE", help="run config (model.backbone, model.head, data.mean/std)")
     p.add_argument("--backbone", choices=("resnet38d", "tiny"), help="overrides the config's model.backbone")
-    p.add_argument("--head", choices=("official", "paper", "none"), help="overrides the config's model.head")
+    p.add_argument("--head", choices=("official", "paper", "pcm", "none"), help="overrides the config's model.head")
     src = p.add_argument_group("input (one of)")
     src.add_argument("--voc-root", metavar="DIR", help="VOC root (JPEGImages/, Annotations/)")
     src.add_argument("--shards", metavar="SRC", help="packed shards: a folder, a .tar or a webdataset pattern")

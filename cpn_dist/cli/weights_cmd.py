@@ -21,7 +21,7 @@ def register(sub) -> None:
     check = add_command(w_sub, "check", "load a weights file into a model and report matched/missing/unexpected keys")
     check.add_argument("path", help=".pth (released ResNet38 init, released CPN, ours) or MXNet .params")
     check.add_argument("--backbone", default="resnet38d", choices=["resnet38d", "tiny"])
-    check.add_argument("--head", default="official", choices=["official", "paper", "none"])
+    check.add_argument("--head", default="official", choices=["official", "paper", "pcm", "none"])
     check.set_defaults(handler=_check)
 
 

@@ -23,13 +23,13 @@ from cpn_dist.models.base import BackboneNet
 from cpn_dist.models.base import float32_region as _float32_region
 
 NUM_CLASSES = 21  # 20 VOC classes + background
-HEADS = ("official", "paper", "none")
+HEADS = ("official", "paper", "pcm", "none")
 # The layers the released code trains from scratch (lr ×10 / ×20); everything else is backbone.
 NEW_LAYERS = ("fc8", "f8_3", "f8_4", "f9", "f10")
 
 
 class CPNet(BackboneNet):
-    """CAM network with the CPN refinement head (``head``: official, paper or none)."""
+    """CAM network with the CPN refinement head (``head``: official, paper, pcm or none)."""
 
     new_layers = NEW_LAYERS
 
@@ -51,6 +51,8 @@ class CPNet(BackboneNet):
             nn.init.kaiming_normal_(self.f8_4.weight)
             nn.init.xavier_uniform_(self.f9.weight, gain=4)
             nn.init.xavier_uniform_(self.f10.weight, gain=4)
+            if head == "pcm":  # PCM only: no PRCM, so no f10 (made and dropped: the other layers' init is unchanged)
+                del self.f10
         self.freeze()
 
     # ------------------------------------------------------------------------------------------
@@ -66,7 +68,8 @@ class CPNet(BackboneNet):
         return cam, refined
 
     def refine(self, x: torch.Tensor, cam: torch.Tensor, conv4: torch.Tensor, conv5: torch.Tensor) -> torch.Tensor:
-        """The refined CAM ``Y_pcm + Y_prcm`` at the CAM resolution, from the raw CAM (N×21×h×w)."""
+        """The refined CAM ``Y_pcm + Y_prcm`` (``Y_pcm`` alone for ``head="pcm"``) at the CAM resolution,
+        from the raw CAM (N×21×h×w)."""
         with torch.no_grad():
             make_input = cpn_head.official_head_input if self.head == "official" else cpn_head.paper_head_input
             y = make_input(cam.detach().float())
@@ -77,6 +80,8 @@ class CPNet(BackboneNet):
             features = torch.cat([image, reduced3, reduced4], dim=1)  # X, 195 channels
             g = self.f9(features)
             pcm = cpn_head.pixel_correlation(y, g)
+            if self.head == "pcm":
+                return pcm
             if self.head == "official":
                 prcm = cpn_head.official_pixel_region(y, features, g, self.f10)
             else:

@@ -5,7 +5,7 @@ Both modules refine a detached, normalised CAM ``Y`` (N×21×h×w) with the feat
 and 128 channels). The refined CAM is ``Y_pcm + Y_prcm`` (paper Fig. 4). Everything here runs in
 float32 whatever the autocast state of the caller.
 
-Two variants exist, selected by ``model.head``:
+The variants, selected by ``model.head``:
 
 ``official`` reproduces the released ``network/resnet38_CPN.py`` forward exactly:
 
@@ -34,6 +34,9 @@ Two variants exist, selected by ``model.head``:
 4. PRCM (eq. 12): ``SoftMax(P_R)`` over the class axis, i.e. for each pixel a distribution over the
    C regions — the pixel-region relation of OCR [40] that the paper follows — where the released code
    normalises over positions.
+
+``pcm`` is the ``paper`` head without PRCM: the refined CAM is ``Y_pcm`` alone (no ``f10``), the
+"+ PCM" rows of the paper's Table 2 (baseline + L_tcp + PCM, + L_cpcr, + OHEM) before PRCM is added.
 """
 
 from __future__ import annotations
