@@ -24,7 +24,7 @@ from cpn_dist.errors import CpnError
 COMMANDS = (
     "config_cmd", "synth_cmd", "voc_cmd", "eval_cmd", "pack_cmd", "shards_cmd", "crf_cmd", "pseudo_cmd",
     "infer_cmd", "show_cmd", "weights_cmd", "train_cmd", "affinity_cmd", "rw_cmd",
-    "segment_cmd", "pipeline_cmd",
+    "segment_cmd", "pipeline_cmd", "demo_cmd",
 )  # fmt: skip
 
 console = Console()

@@ -1,0 +1,309 @@
+"""The built-in demo (``cpn demo``, ``make demo``): CPN against the plain CAM on the synthetic parts task.
+
+Steps, each skipped on a re-run when its output is complete (``overwrite=True`` redoes them all):
+
+1. ``data``: :func:`~cpn_dist.data.synth.synthesize_voc` with ``task="parts"`` into ``OUT/VOC2012``,
+   then :func:`~cpn_dist.data.pack.pack_split` of ``train_aug`` into ``OUT/shards``;
+2. ``init`` and ``warmup``: data-dependent initial weights ``OUT/init.pth`` (:func:`initial_weights`),
+   then the plain CAM trained from them (:func:`warm_up`, ``OUT/runs/warmup``): the shared start of
+   every model, as the paper's models all start from ImageNet weights;
+3. ``train``: one :func:`cpn_dist.train.train` per model (:data:`DEMO_MODELS`: the baseline CAM,
+   hiding as augmentation only, CPN) from the warm-up weights into ``OUT/runs/NAME``;
+4. ``infer``: multi-scale + flip CAMs (:func:`cpn_dist.infer.infer_samples`) of the evaluation
+   split's images into ``OUT/cams/NAME``;
+5. ``eval``: the β sweep (:func:`cpn_dist.evaluate.sweep`) and, at each model's best β, body and
+   marker recall and CAM magnitude (:func:`cpn_dist.parts.part_scores`) into ``OUT/scores/NAME.json``;
+6. ``figure``: image, ground truth and each model's CAM for a few images, ``OUT/demo.png``.
+
+The same functions run the quality ablation (``benchmarks/bench_quality.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cpn_dist.errors import CpnError
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
+# The models of the demo: name → dotted overrides of configs/demo.yaml.
+DEMO_MODELS: dict[str, tuple[str, ...]] = {
+    "baseline": ("loss.recipe=cam", "model.head=none"),  # L_cls on I only, the plain CAM
+    # L_cls on I, I_h and I_hbar. (ohem_ratio 1: there is no CPCR without a head, and the trainer's
+    # global OHEM selection would ask for refined CAMs that head none does not make.)
+    "hiding": ("model.head=none", "loss.weights=[1.0, 0.0, 0.0]", "loss.ohem_ratio=1.0"),
+    "cpn": (),  # the paper's recipe: L_cls + L_tcp + L_cpcr (OHEM), PCM + PRCM
+}
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """What the demo makes and how it scores it."""
+
+    images: int = 1000  # synthetic images (80 % train_aug, of which half is `train`; 20 % val)
+    size: int = 64  # long side of every image
+    data_seed: int = 0
+    segments: int = 30  # SLIC segment count packed (configs/demo.yaml: data.patch.segments)
+    warmup_epochs: int = 12  # the shared plain-CAM start of every model (see warm_up)
+    eval_split: str = "train"  # CAMs are scored on training images, as the paper's Tables 1-4
+    eval_images: int | None = None  # score only the first N images of the split
+    scales: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
+    betas: tuple[float, ...] = tuple(round(0.005 * i, 3) for i in range(0, 121))  # 0.000 … 0.600
+    figure_images: int = 4
+
+
+@dataclass(frozen=True)
+class ModelScores:
+    """One model's scores: the β sweep's best point, its whole curve, and the part scores at the best β."""
+
+    name: str
+    best_beta: float
+    miou: float
+    foreground: float
+    background: float
+    body_recall: float
+    marker_recall: float
+    body_magnitude: float
+    marker_magnitude: float
+    betas: list[float] = field(default_factory=list)
+    curve: list[float] = field(default_factory=list)
+
+    @property
+    def beta_inside(self) -> bool:
+        """Whether the best β lies strictly inside the swept range (not on its edge)."""
+        return min(self.betas) < self.best_beta < max(self.betas)
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, data: dict) -> ModelScores:
+        return cls(**data)
+
+
+# ------------------------------------------------------------------------------------------------
+# steps
+
+
+def make_data(out: Path, settings: DemoSettings, overwrite: bool = False) -> tuple[Path, Path]:
+    """Step 1: the parts task in VOC layout (``out/VOC2012``) and its packed ``train_aug`` (``out/shards``)."""
+    from cpn_dist.data.pack import pack_split
+    from cpn_dist.data.shards import META_NAME
+    from cpn_dist.data.synth import synthesize_voc
+
+    voc, shards = out / "VOC2012", out / "shards"
+    stamp = out / ".data.json"
+    wanted = {"images": settings.images, "size": settings.size, "seed": settings.data_seed,
+              "segments": settings.segments, "task": "parts"}  # fmt: skip
+    if not overwrite and stamp.is_file() and json.loads(stamp.read_text()) == wanted and (shards / META_NAME).is_file():
+        log.info("data: %s and %s are complete", voc, shards)
+        return voc, shards
+    synthesize_voc(voc, settings.images, size=settings.size, seed=settings.data_seed, workers=2, overwrite=True,
+                   task="parts")  # fmt: skip
+    pack_split(voc, "train_aug", shards, segments=(settings.segments,), workers=2, overwrite=True)
+    stamp.write_text(json.dumps(wanted) + "\n")
+    return voc, shards
+
+
+def initial_weights(path: Path, config: str | Path, overrides: Sequence[str], batches: int = 8,
+                    overwrite: bool = False) -> Path:  # fmt: skip
+    """Step 2a: data-dependent initial weights of the tiny model, written to ``path``.
+
+    The tiny backbone's BatchNorms are frozen (as the released code freezes ResNet38's ImageNet
+    statistics) but here they hold their initial values — identity maps — so with PyTorch's default
+    init each block shrinks the signal ~2.5× (the CAM starts near 1e-3) and SGD sits at the label
+    prior for hundreds of steps. These weights are the seeded random init (``train.seed``) with every
+    BatchNorm's running mean and variance measured on ``batches`` micro-batches of training crops:
+    still nothing learnt, but each block's input normalised, as a pre-trained backbone's would be."""
+    import torch
+    from torch import nn
+
+    from cpn_dist.config import load_config
+    from cpn_dist.data import build_train_loader
+    from cpn_dist.models import build_model
+
+    if path.is_file() and not overwrite:
+        return path
+    cfg = load_config(config, list(overrides))
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model.backbone, "paper", dropout=0.0)
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # a cumulative average over the calibration batches
+        bn.train()
+    loader, _ = build_train_loader(cfg.data, micro_size=cfg.batch.micro_size, global_size=cfg.batch.micro_size,
+                                   rank=0, world_size=1, seed=cfg.train.seed, epoch=0)  # fmt: skip
+    with torch.no_grad():
+        for i, batch in enumerate(loader):
+            if i == batches:
+                break
+            model.backbone(batch["image"])
+    for bn in norms:
+        bn.momentum = 0.1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(path)
+    return path
+
+
+def warm_up(out_dir: Path, config: str | Path, overrides: Sequence[str], epochs: int,
+            overwrite: bool = False) -> Path:  # fmt: skip
+    """Step 2b: the shared start of every model — the plain CAM (L_cls on I, no head) trained for
+    ``epochs`` from the initial weights. It plays the part of the paper's ImageNet initialisation (every
+    model of Tables 1-4 starts from the same classifier), learnt here from the same images and
+    image-level labels only. CPN's TCP and CPCR terms act on max-normalised CAMs, whose gradient
+    scales as 1 / (CAM range): from a random start, with CAMs near zero, they dominate L_cls and the
+    CAM collapses (every logit negative, every map zero)."""
+    return train_model(config, (*overrides, "loss.recipe=cam", "model.head=none", f"train.epochs={epochs}"),
+                       out_dir, overwrite)  # fmt: skip
+
+
+def train_model(config: str | Path, overrides: Sequence[str], out_dir: Path, overwrite: bool = False) -> Path:
+    """Step 3: train one model with :func:`cpn_dist.train.train` (``output.dir`` = ``out_dir``); returns
+    its final weights. A finished run (``model_final.pth`` present) is kept unless ``overwrite``."""
+    import shutil
+
+    from cpn_dist.config import load_config
+    from cpn_dist.train import train
+
+    final = out_dir / "model_final.pth"
+    if final.is_file() and not overwrite:
+        log.info("train: %s exists", final)
+        return final
+    if overwrite and out_dir.exists():
+        shutil.rmtree(out_dir)
+    cfg = load_config(config, [*overrides, f"output.dir={out_dir}"])
+    return train(cfg)
+
+
+def infer_cams(weights: Path, config: str | Path, overrides: Sequence[str], voc: Path, names: Sequence[str],
+               out_dir: Path, settings: DemoSettings, overwrite: bool = False) -> Path:  # fmt: skip
+    """Step 4: multi-scale + flip CAM files (released format) of ``names``; refined CAMs for a model
+    with a head, raw CAMs for ``head: none``. Images whose file exists are skipped unless ``overwrite``."""
+    import torch
+
+    from cpn_dist.config import load_config
+    from cpn_dist.data.inputs import VocSource
+    from cpn_dist.infer import InferSettings, infer_samples
+    from cpn_dist.models import build_model, load_weights
+
+    cfg = load_config(config, list(overrides))
+    done = set() if overwrite or not out_dir.is_dir() else {p.stem for p in out_dir.glob("*.npy")}
+    todo = [n for n in names if n not in done]
+    if not todo:
+        return out_dir
+    model = build_model(cfg.model.backbone, cfg.model.head, dropout=0.0)
+    load_weights(model, weights)
+    infer = InferSettings(scales=settings.scales, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std))
+    with torch.inference_mode():
+        infer_samples(model, VocSource(voc, todo).samples(), out_dir, infer, loader_threads=0)
+    return out_dir
+
+
+def score_cams(name: str, cams: Path, voc: Path, names: Sequence[str], betas: Sequence[float]) -> ModelScores:
+    """Step 5: the β sweep over ``betas`` and the part scores at the best β."""
+    from cpn_dist.evaluate import GroundTruth, sweep
+    from cpn_dist.parts import part_scores
+
+    result = sweep(cams, GroundTruth(voc / "SegmentationClass"), list(names), list(betas))
+    best = result.summary()
+    parts = part_scores(cams, voc, names, best["beta"])
+    return ModelScores(
+        name=name, best_beta=float(best["beta"]), miou=best["miou"], foreground=best["foreground"],
+        background=best["background"], body_recall=parts.recall["body"], marker_recall=parts.recall["marker"],
+        body_magnitude=parts.magnitude["body"], marker_magnitude=parts.magnitude["marker"],
+        betas=[float(b) for b in result.betas], curve=[float(m) for m in result.miou],
+    )  # fmt: skip
+
+
+def comparison_figure(voc: Path, cams: dict[str, Path], names: Sequence[str], path: Path) -> Path:
+    """Step 6: one row per image — the image, its ground truth, then each model's CAM of the image's
+    classes (their per-pixel maximum) blended over the image."""
+    from cpn_dist.cams import load_cams
+    from cpn_dist.data.inputs import read_image
+    from cpn_dist.data.voc import read_label_png
+    from cpn_dist.show import _pyplot, colour_labels, heat
+
+    plt = _pyplot()
+    cols = 2 + len(cams)
+    fig, axes = plt.subplots(len(names), cols, figsize=(2.2 * cols, 2.0 * len(names)), dpi=100, squeeze=False)
+    for row, name in enumerate(names):
+        image = np.asarray(read_image(voc / "JPEGImages" / f"{name}.jpg"))
+        panels = [("image", image), ("ground truth", colour_labels(read_label_png(voc / "SegmentationClass"
+                                                                                   / f"{name}.png")))]  # fmt: skip
+        for model, folder in cams.items():
+            maps = load_cams(folder / f"{name}.npy")
+            cam = np.max(np.stack(list(maps.values())), axis=0) if maps else np.zeros(image.shape[:2], np.float32)
+            panels.append((f"{model} CAM", (0.45 * image + 0.55 * heat(cam)).astype(np.uint8)))
+        for ax, (title, picture) in zip(axes[row], panels):
+            ax.imshow(picture)
+            ax.axis("off")
+            if row == 0:
+                ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# the whole demo
+
+
+def eval_names(voc: Path, settings: DemoSettings) -> list[str]:
+    from cpn_dist.data.voc import read_split
+
+    names = read_split(voc / "ImageSets" / "Segmentation" / f"{settings.eval_split}.txt")
+    return names[: settings.eval_images] if settings.eval_images else names
+
+
+def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), config: str | Path = DEMO_CONFIG,
+             models: dict[str, tuple[str, ...]] | None = None, overrides: Sequence[str] = (),
+             overwrite: bool = False,
+             on_step: Callable[[str], None] | None = None) -> dict[str, ModelScores]:  # fmt: skip
+    """Run every step (see the module docstring) into ``out``; returns each model's scores.
+
+    ``models``: name → dotted overrides of ``config`` (default :data:`DEMO_MODELS`); ``overrides``
+    apply to every run, the warm-up included (e.g. ``train.max_steps=2`` for a smoke test)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CpnError(f"{out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    models = DEMO_MODELS if models is None else models
+    step = on_step or (lambda _: None)
+
+    step("data")
+    voc, shards = make_data(out, settings, overwrite)
+    data = (f"data.shards={shards}", f"data.patch.segments={settings.segments}")
+    step("init")
+    init = initial_weights(out / "init.pth", config, (*data, *overrides), overwrite=overwrite)
+    step("train warmup")
+    start = warm_up(out / "runs" / "warmup", config, (*data, f"model.weights={init}", *overrides),
+                    settings.warmup_epochs, overwrite)  # fmt: skip
+    names = eval_names(voc, settings)
+    scores: dict[str, ModelScores] = {}
+    for name, extra in models.items():
+        run_overrides = (*data, f"model.weights={start}", *overrides, *extra)
+        step(f"train {name}")
+        weights = train_model(config, run_overrides, out / "runs" / name, overwrite)
+        step(f"infer {name}")
+        cams = infer_cams(weights, config, run_overrides, voc, names, out / "cams" / name, settings, overwrite)
+        step(f"eval {name}")
+        scores[name] = score_cams(name, cams, voc, names, settings.betas)
+        path = out / "scores" / f"{name}.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(scores[name].to_json(), indent=1) + "\n")
+    step("figure")
+    comparison_figure(voc, {n: out / "cams" / n for n in models}, names[: settings.figure_images], out / "demo.png")
+    return scores

@@ -1,0 +1,81 @@
+"""`cpn demo`'s pieces: part recall on hand-made CAMs, and the whole pipeline on a tiny budget."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from cpn_dist.cams import save_cams
+from cpn_dist.data.synth import synthesize_voc
+from cpn_dist.data.voc import read_label_png, read_split
+from cpn_dist.demo import DemoSettings, run_demo
+from cpn_dist.errors import CpnError
+from cpn_dist.parts import part_scores
+
+
+@pytest.fixture(scope="module")
+def parts_voc(tmp_path_factory):
+    return synthesize_voc(tmp_path_factory.mktemp("parts") / "VOC2012", 6, size=48, seed=1, task="parts")
+
+
+def _names(voc):
+    return read_split(voc / "ImageSets" / "Segmentation" / "train_aug.txt")
+
+
+def _write_cams(voc, out, fill):
+    """CAM files whose map of each labelled class is ``fill(gt == class, part)`` (released scale, peak 0.5)."""
+    out.mkdir()
+    for name in _names(voc):
+        gt = read_label_png(voc / "SegmentationClass" / f"{name}.png")
+        part = read_label_png(voc / "SegmentationPart" / f"{name}.png")
+        classes = set(np.unique(gt).tolist()) - {0, 255}
+        save_cams(out / f"{name}.npy", {c - 1: fill(gt == c, part).astype(np.float32) for c in classes})
+
+
+def test_part_scores_of_hand_made_cams(parts_voc, tmp_path):
+    names = _names(parts_voc)
+    _write_cams(parts_voc, tmp_path / "marker", lambda obj, part: np.where(obj & (part == 2), 0.5, 0.0))
+    only_marker = part_scores(tmp_path / "marker", parts_voc, names, beta=0.1)
+    assert only_marker.recall == {"body": 0.0, "marker": 1.0}
+    assert only_marker.magnitude["marker"] == pytest.approx(1.0) and only_marker.magnitude["body"] == 0.0
+    assert only_marker.pixels["body"] > only_marker.pixels["marker"] > 0
+
+    _write_cams(parts_voc, tmp_path / "whole", lambda obj, part: np.where(obj, np.where(part == 2, 0.5, 0.2), 0.0))
+    whole = part_scores(tmp_path / "whole", parts_voc, names, beta=0.1)
+    assert whole.recall == {"body": 1.0, "marker": 1.0}
+    assert whole.magnitude["body"] == pytest.approx(0.4)
+    above = part_scores(tmp_path / "whole", parts_voc, names, beta=0.3)  # β above the body's score
+    assert above.recall == {"body": 0.0, "marker": 1.0}
+
+    with pytest.raises(CpnError, match="SegmentationPart"):
+        part_scores(tmp_path / "whole", tmp_path, names, beta=0.1)
+
+
+def test_demo_pipeline_on_a_tiny_budget(tmp_path):
+    from cpn_dist.cli.demo_cmd import scores_table
+
+    settings = replace(DemoSettings(), images=20, size=48, eval_images=4, figure_images=2, warmup_epochs=1)
+    out = tmp_path / "demo"
+    tiny = ("train.max_steps=2", "data.workers=0", "data.crop=48", "data.scale_range=[44, 52]")
+    steps = []
+    scores = run_demo(out, settings, overrides=tiny, on_step=steps.append)
+    assert set(scores) == {"baseline", "hiding", "cpn"}
+    assert steps[:3] == ["data", "init", "train warmup"] and steps[-1] == "figure"
+    for name, s in scores.items():
+        assert 0.0 <= s.miou <= 1.0 and 0.0 <= s.foreground <= 1.0 and 0.0 <= s.background <= 1.0
+        assert 0.0 <= s.body_recall <= 1.0 and 0.0 <= s.marker_recall <= 1.0
+        assert 0.0 <= s.body_magnitude <= 1.0 and 0.0 <= s.marker_magnitude <= 1.0
+        assert s.best_beta in s.betas and len(s.curve) == len(settings.betas) and max(s.curve) == s.miou
+        assert json.loads((out / "scores" / f"{name}.json").read_text())["miou"] == s.miou
+        assert len(list((out / "cams" / name).glob("*.npy"))) == 4
+        assert (out / "runs" / name / "model_final.pth").is_file()
+    png = (out / "demo.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) < 1_000_000
+    assert scores_table(scores).row_count == 3
+
+    # a re-run keeps every finished step: nothing is retrained
+    stamp = (out / "runs" / "cpn" / "model_final.pth").stat().st_mtime_ns
+    again = run_demo(out, settings, overrides=tiny)
+    assert (out / "runs" / "cpn" / "model_final.pth").stat().st_mtime_ns == stamp
+    assert again["cpn"].miou == scores["cpn"].miou
