@@ -86,12 +86,6 @@ def pair_affinities(embedding: torch.Tensor, radius: int) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
-def feature_size(size: int) -> int:
-    """Side of the stride-8 feature map of an input side: three stride-2 3×3 convolutions with
-    padding 1, i.e. ⌈size / 8⌉."""
-    return -(-size // STRIDE)
-
-
 def reduce_labels(label: torch.Tensor, stride: int = STRIDE) -> torch.Tensor:
     """N×H×W labels (0..20, 255) → N×⌈H/s⌉×⌈W/s⌉: each grid cell takes the most frequent value of its
     s×s block (255 counted as a value, ties to the lower label, so a class beats ignore). Blocks past
