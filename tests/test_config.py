@@ -6,7 +6,9 @@ import yaml
 from cpn_dist.config import Config, ConfigError, all_keys, load_config, to_yaml
 from tests.conftest import ROOT, run_cpn
 
-CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+# configs/pipeline_*.yaml are `cpn pipeline` configs; every other file is a run config
+PIPELINE_CONFIGS = sorted((ROOT / "configs").glob("pipeline_*.yaml"))
+CONFIGS = sorted(set((ROOT / "configs").glob("*.yaml")) - set(PIPELINE_CONFIGS))
 
 
 def test_shipped_configs_exist_and_validate():
@@ -14,6 +16,16 @@ def test_shipped_configs_exist_and_validate():
     assert {"voc_cpn_paper.yaml", "voc_cpn_official.yaml", "voc_baseline.yaml", "demo.yaml"} <= names
     for path in CONFIGS:
         assert isinstance(load_config(path), Config)
+
+
+def test_shipped_pipeline_configs_validate_and_name_shipped_run_configs():
+    from cpn_dist.pipeline import load_pipeline_config
+
+    assert {p.name for p in PIPELINE_CONFIGS} >= {"pipeline_demo.yaml", "pipeline_voc.yaml"}
+    for path in PIPELINE_CONFIGS:
+        cfg = load_pipeline_config(path)
+        for run_config in (cfg.configs.cpn, cfg.configs.affinity, cfg.configs.segmentation):
+            assert run_config is None or isinstance(load_config(ROOT / run_config), Config), run_config
 
 
 def test_paper_config_holds_the_papers_settings():
