@@ -64,8 +64,8 @@ def _run(args) -> int:
     scores = run_demo(Path(args.out), settings, config=args.config or DEMO_CONFIG, overrides=args.overrides,
                       overwrite=args.overwrite, on_step=on_step)  # fmt: skip
     console.print(scores_table(scores))
-    console.print(f"β swept over {settings.betas[0]:.3f} … {settings.betas[-1]:.3f} (step "
-                  f"{settings.betas[1] - settings.betas[0]:.3f}). Body / marker rec.: share of the part's pixels "
+    console.print(f"β swept over {len(settings.betas)} values, {settings.betas[0]:.3f} … {settings.betas[-1]:.3f}"
+                  " (finer below 0.005). Body / marker rec.: share of the part's pixels "
                   "labelled with the object's class at the best β. Body / marker CAM: mean CAM of the object's "
                   "class on the part, relative to its peak.")  # fmt: skip
     console.print(f"figure: [bold]{Path(args.out) / 'demo.png'}[/]; wall time {time.perf_counter() - started:.0f} s")
