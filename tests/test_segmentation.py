@@ -217,6 +217,41 @@ def test_test_server_layout_is_exact_and_reruns_skip(perfect, tmp_path):
     assert "3 images already segmented are kept" in again.stdout
 
 
+_CRF_POOL_AFTER_TORCH = """
+import sys
+from pathlib import Path
+import torch
+from cpn_dist.config import load_config
+from cpn_dist.crf import CrfParams
+from cpn_dist.data.inputs import VocSource
+from cpn_dist.models import load_weights
+from cpn_dist.segmentation.infer import Outputs, SegmentSettings, segment_samples
+from cpn_dist.segmentation.model import model_from_config
+voc, config, weights, out = (Path(a) for a in sys.argv[1:5])
+torch.set_num_threads(2)
+torch.ones(2048, 2048).mul(2).sum()  # the intra-op thread pool runs before the CRF workers are forked
+model = model_from_config(load_config(config), dropout=False)
+load_weights(model, weights)
+names = (voc / "ImageSets" / "Segmentation" / "val.txt").read_text().split()[:4]
+settings = SegmentSettings(scales=(1.0,), crf=CrfParams(iterations=2))
+segment_samples(model, VocSource(voc, names).samples(labels=False), Outputs(out / "plain", out / "crf"),
+                settings, images_per_step=2, crf_workers=2)
+print(len(list((out / "crf").glob("*.png"))))
+"""
+
+
+def test_crf_workers_forked_after_torch_threads_do_not_hang(perfect, tmp_path):
+    """The pipeline's `segment` step once hung here: its forked CRF workers ran a torch op."""
+    import subprocess
+    import sys
+
+    args = [str(perfect[k]) for k in ("voc", "config_path", "weights")] + [str(tmp_path)]
+    proc = subprocess.run([sys.executable, "-c", _CRF_POOL_AFTER_TORCH, *args], capture_output=True, text=True,
+                          timeout=180)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-1] == "4"
+
+
 def test_labelled_samples_stream_too(perfect):
     """The streaming loader (data.deterministic: false) carries image + label map like the deterministic one."""
     from cpn_dist.data import build_train_loader

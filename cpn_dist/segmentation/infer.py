@@ -98,9 +98,12 @@ def mean_probabilities(outputs: list[torch.Tensor], size: tuple[int, int], flip:
 
 
 def to_labels(probs: torch.Tensor | np.ndarray) -> np.ndarray:
-    """H×W uint8 class map: the most probable class of every pixel."""
-    probs = torch.as_tensor(probs)
-    return probs.argmax(0).to(torch.uint8).numpy()
+    """H×W uint8 class map: the most probable class of every pixel (the first one on ties).
+
+    numpy, not torch: the CRF workers run this in processes forked from one whose intra-op thread pool
+    is running, and a torch op in such a child can deadlock on the pool's inherited locks."""
+    probs = probs.numpy() if isinstance(probs, torch.Tensor) else np.asarray(probs)
+    return probs.argmax(0).astype(np.uint8)
 
 
 def _save(label: np.ndarray, path: Path) -> None:
