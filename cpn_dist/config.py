@@ -182,6 +182,24 @@ class LogConfig(_Section):
     )
 
 
+class CrfConfig(_Section):
+    """A dense CRF's settings (defaults: AffinityNet/PSA's, for ~500-pixel VOC images)."""
+
+    iterations: int = Field(10, ge=1, le=100, description="mean-field iterations")
+    gaussian_sxy: float = Field(3.0, gt=0.0, description="Gaussian (smoothness) kernel: spatial std (pixels)")
+    gaussian_compat: float = Field(3.0, gt=0.0, description="Gaussian kernel weight")
+    bilateral_sxy: float = Field(80.0, gt=0.0, description="bilateral (appearance) kernel: spatial std (pixels)")
+    bilateral_srgb: float = Field(13.0, gt=0.0, description="bilateral kernel: colour std (0..255)")
+    bilateral_compat: float = Field(10.0, gt=0.0, description="bilateral kernel weight")
+
+    def params(self):
+        """These settings as :class:`cpn_dist.crf.CrfParams`."""
+        from cpn_dist.crf import CrfParams
+
+        return CrfParams(self.iterations, self.gaussian_sxy, self.gaussian_compat, self.bilateral_sxy,
+                         self.bilateral_srgb, self.bilateral_compat)  # fmt: skip
+
+
 class AffinityConfig(_Section):
     """Stage 2 (`stage: affinity`): AffinityNet on affinity labels, and the random walk (PSA's defaults)."""
 
@@ -207,6 +225,7 @@ class AffinityConfig(_Section):
         "max", description="affinity labels and `cpn rw`: divide each CAM by its maximum first (PSA's scale, "
         "which its alphas assume; released CPN CAMs peak at 0.5), or use the stored values",
     )
+    crf: CrfConfig = Field(default_factory=CrfConfig, description="the dense CRF of the affinity labels (PSA's)")
 
     @model_validator(mode="after")
     def _ordered_alphas(self) -> AffinityConfig:
@@ -215,7 +234,7 @@ class AffinityConfig(_Section):
         return self
 
 
-class SegmentationCrfConfig(_Section):
+class SegmentationCrfConfig(CrfConfig):
     """The dense CRF after segmentation inference (defaults: DeepLab-v2 on VOC)."""
 
     enabled: bool = Field(

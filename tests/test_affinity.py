@@ -306,7 +306,17 @@ def test_affinity_configs_hold_psas_settings_and_alphas_are_checked():
     assert (c.optim.lr, c.optim.weight_decay, c.affinity.radius) == (0.1, 5e-4, 5)
     assert (c.affinity.low_alpha, c.affinity.high_alpha, c.affinity.rw_alpha) == (4, 32, 16)
     assert (c.affinity.rw_beta, c.affinity.rw_logt) == (8, 8)
-    assert load_config(ROOT / "configs" / "demo_affinity.yaml").model.backbone == "tiny"
+    from cpn_dist.affinity.labels import AffinityLabelParams
+    from cpn_dist.crf import CrfParams
+
+    assert AffinityLabelParams.from_config(c.affinity).crf == CrfParams()  # PSA's CRF
+    assert AffinityLabelParams.from_config(c.affinity, crf=False).crf is None
+    demo = load_config(ROOT / "configs" / "demo_affinity.yaml")
+    assert demo.model.backbone == "tiny"
+    scaled = AffinityLabelParams.from_config(demo.affinity).crf  # the kernels scaled to 64-pixel images
+    assert (scaled.gaussian_sxy, scaled.bilateral_sxy, scaled.bilateral_srgb) == (0.384, 10.24, 13.0)
+    with pytest.raises(ConfigError, match="affinity.crf.iterations"):
+        load_config(None, ["affinity.crf.iterations=0"])
     with pytest.raises(ConfigError, match="affinity.low_alpha: must be below high_alpha"):
         load_config(None, ["affinity.low_alpha=40"])
     with pytest.raises(ConfigError, match="affinity.radius"):
@@ -349,3 +359,21 @@ def test_cams_are_brought_to_psas_scale_before_the_alpha_background():
     np.testing.assert_allclose(bg, [[0.0, 0.5**16, 1.0]], rtol=1e-6)  # negative maxima clip to 1
     with pytest.raises(ValueError):
         normalise_cams(cams, "l2")
+
+
+def test_affinity_label_crf_flags_default_to_the_config():
+    import argparse
+    from dataclasses import replace
+
+    from cpn_dist.cli.crf_cmd import add_crf_arguments, crf_params
+    from cpn_dist.crf import CrfParams
+
+    p = argparse.ArgumentParser()
+    add_crf_arguments(p, from_config="affinity.crf")
+    base = CrfParams(gaussian_sxy=0.5, bilateral_sxy=9.0)
+    assert crf_params(p.parse_args([]), base) == base
+    assert crf_params(p.parse_args(["--crf-bilateral-sxy", "20"]), base) == replace(base, bilateral_sxy=20.0)
+    plain = argparse.ArgumentParser()
+    add_crf_arguments(plain)  # `cpn crf`, `cpn pseudo`: PSA's values are the flags' defaults
+    assert crf_params(plain.parse_args([])) == CrfParams()
+    assert crf_params(plain.parse_args(["--crf-iterations", "3"])) == replace(CrfParams(), iterations=3)

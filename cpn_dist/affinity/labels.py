@@ -53,9 +53,11 @@ class AffinityLabelParams:
     cam_norm: str = "max"  # see cpn_dist.cams.normalise_cams
 
     @classmethod
-    def from_config(cls, affinity, crf: CrfParams | None = CrfParams()) -> AffinityLabelParams:
-        """PSA's α pair of a run config's ``affinity`` section (``low_alpha``, ``high_alpha``, ``cam_norm``)."""
-        return cls(alphas=(affinity.low_alpha, affinity.high_alpha), crf=crf, cam_norm=affinity.cam_norm)
+    def from_config(cls, affinity, crf: bool = True) -> AffinityLabelParams:
+        """PSA's α pair of a run config's ``affinity`` section (``low_alpha``, ``high_alpha``, ``cam_norm``)
+        and its CRF (``affinity.crf.*``; none with ``crf=False``)."""
+        return cls(alphas=(affinity.low_alpha, affinity.high_alpha), crf=affinity.crf.params() if crf else None,
+                   cam_norm=affinity.cam_norm)  # fmt: skip
 
     def __post_init__(self) -> None:
         pair = self.alphas if self.betas is None else self.betas

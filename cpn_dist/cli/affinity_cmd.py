@@ -62,7 +62,7 @@ def register(sub) -> None:
                    help="divide each CAM by its maximum first: PSA's scale (default: the config's affinity.cam_norm)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: CPU count, at most 8)")
     p.add_argument("--overwrite", action="store_true", help="redo images whose label exists")
-    add_crf_arguments(p)
+    add_crf_arguments(p, from_config="affinity.crf")
     p.set_defaults(handler=_run)
 
 
@@ -75,7 +75,7 @@ def _run(args) -> int:
     cfg = load_config(args.config).affinity
     alphas = None if args.betas else tuple(args.alphas or (cfg.low_alpha, cfg.high_alpha))
     params = AffinityLabelParams(alphas=alphas, betas=tuple(args.betas) if args.betas else None,
-                                 crf=None if args.no_crf else crf_params(args),
+                                 crf=None if args.no_crf else crf_params(args, cfg.crf.params()),
                                  cam_norm=args.cam_norm or cfg.cam_norm)  # fmt: skip
     names = stage2_names(args)
     source = image_source(args, names)

@@ -10,28 +10,31 @@ from cpn_dist.cli import add_command, console
 from cpn_dist.errors import CpnError
 
 
-def add_crf_arguments(p, title: str = "dense CRF (defaults: AffinityNet/PSA)") -> None:
+def add_crf_arguments(p, title: str = "dense CRF (defaults: AffinityNet/PSA)", from_config: str | None = None) -> None:
+    """The ``--crf-*`` flags. ``from_config``: the config section whose values are their defaults
+    (named in the help; :func:`crf_params` then takes its ``base`` from there)."""
+    from dataclasses import fields
+
     from cpn_dist.crf import CrfParams
 
     d = CrfParams()
     g = p.add_argument_group(title)
-    g.add_argument("--crf-iterations", type=int, default=d.iterations, help=f"mean-field iterations ({d.iterations})")
-    g.add_argument("--crf-gaussian-sxy", type=float, default=d.gaussian_sxy, help=f"({d.gaussian_sxy})")
-    g.add_argument("--crf-gaussian-compat", type=float, default=d.gaussian_compat, help=f"({d.gaussian_compat})")
-    g.add_argument("--crf-bilateral-sxy", type=float, default=d.bilateral_sxy, help=f"({d.bilateral_sxy})")
-    g.add_argument("--crf-bilateral-srgb", type=float, default=d.bilateral_srgb, help=f"({d.bilateral_srgb})")
-    g.add_argument("--crf-bilateral-compat", type=float, default=d.bilateral_compat,
-                   help=f"({d.bilateral_compat})")  # fmt: skip
+    for f in fields(CrfParams):
+        default = getattr(d, f.name)
+        shown = f"{from_config}.{f.name}, PSA: {default}" if from_config else str(default)
+        g.add_argument(f"--crf-{f.name.replace('_', '-')}", dest=f"crf_{f.name}", type=type(default),
+                       default=None if from_config else default,
+                       help=("mean-field iterations " if f.name == "iterations" else "") + f"({shown})")  # fmt: skip
 
 
-def crf_params(args):
+def crf_params(args, base=None):
+    """The CRF settings of the ``--crf-*`` flags; flags left unset take ``base``'s values."""
+    from dataclasses import fields, replace
+
     from cpn_dist.crf import CrfParams
 
-    return CrfParams(
-        iterations=args.crf_iterations, gaussian_sxy=args.crf_gaussian_sxy, gaussian_compat=args.crf_gaussian_compat,
-        bilateral_sxy=args.crf_bilateral_sxy, bilateral_srgb=args.crf_bilateral_srgb,
-        bilateral_compat=args.crf_bilateral_compat,
-    )  # fmt: skip
+    given = {f.name: getattr(args, f"crf_{f.name}") for f in fields(CrfParams)}
+    return replace(base or CrfParams(), **{k: v for k, v in given.items() if v is not None})
 
 
 def add_folder_arguments(p) -> None:

@@ -74,13 +74,8 @@ class Outputs:
 def segment_settings(cfg, **overrides) -> SegmentSettings:
     """Settings of a run config (``segmentation.test_scales``, ``test_flip``, ``crf.*``, ``data.mean/std``)."""
     seg = cfg.segmentation
-    crf = None
-    if seg.crf.enabled:
-        c = seg.crf
-        crf = CrfParams(c.iterations, c.gaussian_sxy, c.gaussian_compat, c.bilateral_sxy, c.bilateral_srgb,
-                        c.bilateral_compat)  # fmt: skip
     values = dict(scales=tuple(seg.test_scales), flip=seg.test_flip, mean=tuple(cfg.data.mean),
-                  std=tuple(cfg.data.std), crf=crf)  # fmt: skip
+                  std=tuple(cfg.data.std), crf=seg.crf.params() if seg.crf.enabled else None)  # fmt: skip
     values.update(overrides)
     return SegmentSettings(**values)
 
