@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -30,6 +29,7 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_model  # benchmarks/machine.py
 from rich.console import Console
 from rich.table import Table
 
@@ -37,14 +37,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RELEASED_SECONDS = 0.38  # the measurement of the released per-sample CP code on this CPU
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def timed(fn, repeat: int) -> list[float]:

@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from machine import cpu_model  # benchmarks/machine.py
 from rich.console import Console
 from rich.table import Table
 
@@ -36,11 +37,6 @@ from cpn_dist.models import build_model
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def prepare(root: Path, n: int, size: int) -> list[str]:

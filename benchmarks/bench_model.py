@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from machine import cpu_model  # benchmarks/machine.py
 from rich.console import Console
 from rich.table import Table
 
@@ -30,16 +30,6 @@ sys.path.insert(0, str(ROOT))
 from cpn_dist.losses import cpn_loss  # noqa: E402
 from cpn_dist.models import build_model, count_parameters  # noqa: E402
 from cpn_dist.models.flops import training_step_flops  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _triplet_inputs(n: int, crop: int, seed: int = 0):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import sys
@@ -28,6 +27,8 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 from cpn_dist.config import load_config  # noqa: E402
 from cpn_dist.losses import cpn_loss_from_config  # noqa: E402
@@ -118,12 +119,7 @@ def main() -> None:
                      "samples_per_s": n / median, "peak_memory_bytes": int(memory),
                      "mfu": (flops / median / peak) if peak else None})  # fmt: skip
 
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    if device.type == "cpu":
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                device_name = line.split(":", 1)[1].strip()
-                break
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": device_name,
               "threads": torch.get_num_threads(), "config": args.config, "backbone": cfg.model.backbone,
               "head": cfg.model.head, "recipe": cfg.loss.recipe, "crop": crop, "batch": n, "precision": precision,

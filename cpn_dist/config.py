@@ -240,9 +240,8 @@ class SegmentationCrfConfig(CrfConfig):
     enabled: bool = Field(
         True, description="`cpn pipeline` also writes and scores CRF-refined predictions (`cpn segment`: --crf-out)"
     )
-    iterations: int = Field(10, ge=1, le=100, description="mean-field iterations")
+    # DeepLab-v2's kernels where they differ from PSA's (iterations 10 and Gaussian weight 3 are shared)
     gaussian_sxy: float = Field(1.0, gt=0.0, description="Gaussian (smoothness) kernel: spatial std (pixels)")
-    gaussian_compat: float = Field(3.0, gt=0.0, description="Gaussian kernel weight")
     bilateral_sxy: float = Field(67.0, gt=0.0, description="bilateral (appearance) kernel: spatial std (pixels)")
     bilateral_srgb: float = Field(3.0, gt=0.0, description="bilateral kernel: colour std (0..255)")
     bilateral_compat: float = Field(4.0, gt=0.0, description="bilateral kernel weight")
