@@ -128,11 +128,22 @@ class LossConfig(_Section):
     alpha: float = Field(
         1.0, gt=0.0, le=10.0, description="paper recipe: background exponent, Y^0 = (1 - max_c Y^c)^alpha (eq. 16)"
     )
+    cpcr_stop_gradient: bool = Field(
+        True, description="paper recipe: L_cpcr sends no gradient into the raw CAMs Y_o, Y_h, Y_hbar, only into the "
+        "refined CAMs (Sec. 3.1's stop-gradient, SEAM's ECR, the released code); false = eq. 15 read literally",
+    )
+    tcp_background: bool = Field(
+        True, description="paper recipe: L_tcp averages over the background channel of eq. 16 too (21 channels); "
+        "false = the 20 foreground channels, as the released code",
+    )
 
     @model_validator(mode="after")
     def _non_negative_weights(self) -> LossConfig:
         if any(w < 0 for w in self.weights):
             raise ValueError("weights: every loss weight must be >= 0")
+        if self.recipe == "official" and not (self.cpcr_stop_gradient and self.tcp_background):
+            raise ValueError("recipe: 'official' reproduces the released loss block; cpcr_stop_gradient and "
+                             "tcp_background apply to recipe 'paper' only")
         return self
 
 

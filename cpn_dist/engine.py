@@ -182,6 +182,8 @@ def run_training(cfg: Config, task: Task, resume: str | None = None) -> Path:
         save_checkpoint(acc, out_dir, state, cfg.train.keep_last)
 
     # ---- the step loop ------------------------------------------------------------------------
+    run_sums: dict[str, float] = {}
+    run_steps = 0
     model.train()
     for epoch in range(start_epoch, cfg.train.epochs):
         if global_step >= total_steps:
@@ -219,7 +221,10 @@ def run_training(cfg: Config, task: Task, resume: str | None = None) -> Path:
                 if cfg.train.on_nonfinite == "stop":
                     raise CpnError(msg + " (train.on_nonfinite: stop; no checkpoint written)")
                 log.warning(msg + "; step skipped")
-            scalars = {f"loss/{k}": v for k, v in means.items()}
+            for k, v in means.items():  # run totals for train_summary.json
+                run_sums[k] = run_sums.get(k, 0.0) + v
+            run_steps += 1
+            scalars = {k if "/" in k else f"loss/{k}": v for k, v in means.items()}  # "ohem/…": diagnostics
             scalars |= {"optim/lr": lr, "speed/samples_per_s": global_size / step_time,
                         "speed/step_time_s": step_time, "speed/data_wait_fraction": t_data / step_time,
                         "memory/peak_bytes": float(peak_memory_bytes(device))}  # fmt: skip
@@ -248,6 +253,7 @@ def run_training(cfg: Config, task: Task, resume: str | None = None) -> Path:
     state_dict = {k.replace("_orig_mod.", ""): v for k, v in acc.get_state_dict(model).items()}
     if acc.is_main_process:
         save_weights(state_dict, final)
+        _write_summary(out_dir / SUMMARY_NAME, global_step, run_steps, run_sums)
     acc.wait_for_everyone()
     monitor.close()
     _finish_trackers(acc)
@@ -255,6 +261,19 @@ def run_training(cfg: Config, task: Task, resume: str | None = None) -> Path:
 
 
 # ---- helpers ------------------------------------------------------------------------------------
+SUMMARY_NAME = "train_summary.json"
+
+
+def _write_summary(path: Path, global_step: int, steps: int, sums: dict[str, float]) -> None:
+    """``{output.dir}/train_summary.json``: the mean of every loss term and diagnostic over the optimizer
+    steps this process ran (after a resume: the steps since it), e.g. ``ohem/discards_nonzero`` = the
+    share of steps in which OHEM left out a non-zero CPCR element."""
+    import json
+
+    means = {k: v / steps for k, v in sums.items()} if steps else {}
+    path.write_text(json.dumps({"global_step": global_step, "steps_averaged": steps, "means": means}, indent=1) + "\n")
+
+
 def _optimizer_step(acc, model, optimizer, cfg: Config, bad: torch.Tensor, world_size: int, deepspeed: bool) -> None:
     """Apply the accumulated gradients, unless a micro-step of any rank had a non-finite loss.
 

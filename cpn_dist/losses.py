@@ -12,10 +12,16 @@
 * Y_b = maxnorm(A_b)·y⁺ on the foreground channels, background ``(1 − max_c Y_b^c)^α`` (eq. 16);
   Ỹ_b likewise from R_b;
 * L_tcp (eq. 14) = mean|λY_h + λ̄Y_hbar − Y_o| (Y_h, Y_hbar detached) + mean|λỸ_h + λ̄Ỹ_hbar − Ỹ_o|,
-  means over all 21 channels;
-* L_cpcr (eq. 15): elements e1 = |(Y_o − λY_h) − λ̄Ỹ_hbar|, e2 = |(Y_o − λ̄Y_hbar) − λỸ_h| (nothing
-  detached, as eq. 15 is written); OHEM keeps the top ``ohem_ratio`` of *each* term separately
-  (k of e1 and k of e2, like the released ``ohem(e1) + ohem(e2)``) and L_cpcr = mean(top e1) + mean(top e2);
+  means over all 21 channels (``tcp_background=False``: over the 20 foreground channels, as the
+  released code averages);
+* L_cpcr (eq. 15): elements e1 = |(Y_o − λY_h) − λ̄Ỹ_hbar|, e2 = |(Y_o − λ̄Y_hbar) − λỸ_h|. By default
+  (``cpcr_stop_gradient=True``) the raw-CAM side Y_o, Y_h, Y_hbar is detached, so L_cpcr trains only the
+  refinement head: the paper stops the gradient of the CP pair's CAMs (Sec. 3.1, under eq. 6), builds
+  CPCR "similarly with [35]" (SEAM, whose equivariant cross regularisation detaches the CAM side), and
+  the released code detaches Â in its CPCR. ``cpcr_stop_gradient=False`` is eq. 15 read literally
+  (nothing detached): two more λ-weighted pulls on Y_o, which OHEM then concentrates. OHEM keeps the
+  top ``ohem_ratio`` of *each* term separately (k of e1 and k of e2, like the released
+  ``ohem(e1) + ohem(e2)``) and L_cpcr = mean(top e1) + mean(top e2);
 * L = w1·L_cls + w2·L_tcp + w3·L_cpcr (eq. 17).
 
 ``recipe="official"`` — the released ``train_cpn.py`` loss block:
@@ -150,8 +156,9 @@ def _official_maps(cams, refined, labels_bg, lam):
     return a_hat, r_hat
 
 
-def _paper_cpcr(ys, rs, lam):
-    (y_o, y_h, y_hb), (_, r_h, r_hb) = ys, rs
+def _paper_cpcr(ys, rs, lam, stop_gradient: bool = True):
+    (_, r_h, r_hb) = rs
+    y_o, y_h, y_hb = (y.detach() for y in ys) if stop_gradient else ys
     return (torch.abs((y_o - lam * y_h) - (1 - lam) * r_hb),
             torch.abs((y_o - (1 - lam) * y_hb) - lam * r_h))  # fmt: skip
 
@@ -164,7 +171,8 @@ def _official_cpcr(a_hat, r_hat):
 
 def cpcr_elements(cams: Triplet, refined: Triplet, labels: torch.Tensor, lam: torch.Tensor,
                   recipe: str = "paper", alpha: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """The two CPCR element tensors (e1, e2), each N×21×H×W, of ``recipe`` (paper eq. 15 or released)."""
+    """The two CPCR element tensors (e1, e2), each N×21×H×W, of ``recipe`` (paper eq. 15 or released),
+    with the paper recipe's default stop-gradient (the values do not depend on it)."""
     cams, refined, _, labels_bg, lam = _prepare(cams, refined, labels, lam)
     if recipe == "paper":
         return _paper_cpcr(*_paper_maps(cams, refined, labels_bg, alpha), lam)
@@ -182,31 +190,40 @@ def ohem_candidates(cams: Triplet, refined: Triplet | None, labels: torch.Tensor
 
 
 def _ohem_mean(elements: torch.Tensor, ratio: float, scope: str, selection: TermSelection | None,
-               chunks: int) -> torch.Tensor:  # fmt: skip
+               chunks: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """OHEM's mean of one CPCR term, and whether the selection leaves out a non-zero element (0-d float,
+    1 or 0; no host sync): with few labels most elements are exactly 0, and then the top 20 % keeps every
+    non-zero element and OHEM only rescales the term."""
     n = elements.shape[0]
     if selection is not None:
         weights = selection_weights(elements, selection.threshold, selection.tie_weight)
-        return chunks * (elements * weights).sum() / selection.k
+        discards = elements.new_tensor(float(selection.nonzero > selection.k))
+        return chunks * (elements * weights).sum() / selection.k, discards
     if scope == "image":
         rows = elements.reshape(n, -1)
         k = ohem_k(ratio, rows.shape[1])
-        return topk_sum_rows(rows, k).sum() / (n * k)
+        discards = ((rows != 0).sum(dim=1) > k).any().float()
+        return topk_sum_rows(rows, k).sum() / (n * k), discards
     flat = elements.reshape(1, -1)
     k = ohem_k(ratio, flat.shape[1])
-    return topk_sum_rows(flat, k).sum() / k
+    return topk_sum_rows(flat, k).sum() / k, ((flat != 0).sum() > k).float()
 
 
 def cpn_loss(cams: Triplet | torch.Tensor, refined: Triplet | None, labels: torch.Tensor, lam: torch.Tensor | None,
              recipe: str = "paper", ohem_ratio: float = 0.2, ohem_scope: str = "batch",
              weights: Sequence[float] = (1.0, 1.0, 1.0), alpha: float = 1.0,
-             ohem: OhemSelection | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
-    """The CPN loss of one (micro-)batch: ``{"total", "cls", "tcp", "cpcr"}`` scalar float32 tensors.
+             ohem: OhemSelection | None = None, cpcr_stop_gradient: bool = True,
+             tcp_background: bool = True) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The CPN loss of one (micro-)batch: ``{"total", "cls", "tcp", "cpcr"}`` scalar float32 tensors, and
+    with a CPCR term ``"ohem/discards_nonzero"`` (1 when OHEM leaves out a non-zero CPCR element, else 0;
+    a diagnostic, not part of the total).
 
     ``cams``/``refined``: (o, h, hbar) tuples of N×21×H×W raw model outputs at the input size
     (``refined`` None for ``head: none``); ``labels`` N×20 in {0, 1}; ``lam`` N (λ of I_h).
     ``ohem``: a global selection from :func:`global_ohem_selection` (``ohem_scope="batch"`` only); the
     returned ``cpcr`` is then ``selection.chunks × (sum of this micro-batch's selected elements) / k``.
-    See the module docstring for each recipe's terms.
+    ``cpcr_stop_gradient`` and ``tcp_background`` apply to the paper recipe (see the module docstring
+    for each recipe's terms).
     """
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
@@ -227,11 +244,13 @@ def cpn_loss(cams: Triplet | torch.Tensor, refined: Triplet | None, labels: torc
     cls = sum(classification_loss(a, labels) for a in cams) / 3
     if recipe == "paper":
         ys, rs = _paper_maps(cams, refined, labels_bg, alpha)
-        y_o, y_h, y_hb = ys
+        first = 0 if tcp_background else 1  # eq. 16's background channel, or the foreground only
+        y_o, y_h, y_hb = (y[:, first:] for y in ys)
         tcp = torch.abs(lam * y_h.detach() + (1 - lam) * y_hb.detach() - y_o).mean()
         if rs is not None:
-            tcp = tcp + torch.abs(lam * rs[1] + (1 - lam) * rs[2] - rs[0]).mean()
-            elements = _paper_cpcr(ys, rs, lam)
+            r_o, r_h, r_hb = (r[:, first:] for r in rs)
+            tcp = tcp + torch.abs(lam * r_h + (1 - lam) * r_hb - r_o).mean()
+            elements = _paper_cpcr(ys, rs, lam, cpcr_stop_gradient)
     else:
         if refined is not None:
             cls = cls + sum(min_pooling_loss(r, labels_bg) for r in refined) / 3
@@ -244,17 +263,18 @@ def cpn_loss(cams: Triplet | torch.Tensor, refined: Triplet | None, labels: torc
             elements = _official_cpcr(a_hat, r_hat)
 
     if refined is None:
-        cpcr = cls.new_zeros(())
-    else:
-        picks = ohem.terms if ohem is not None else (None,) * len(elements)
-        chunks = ohem.chunks if ohem is not None else 1
-        cpcr = sum(_ohem_mean(e, ohem_ratio, ohem_scope, s, chunks) for e, s in zip(elements, picks))
+        zero = cls.new_zeros(())
+        return {"total": w_cls * cls + w_tcp * tcp, "cls": cls, "tcp": tcp, "cpcr": zero}
+    picks = ohem.terms if ohem is not None else (None,) * len(elements)
+    chunks = ohem.chunks if ohem is not None else 1
+    means, discards = zip(*(_ohem_mean(e, ohem_ratio, ohem_scope, s, chunks) for e, s in zip(elements, picks)))
+    cpcr = sum(means)
     total = w_cls * cls + w_tcp * tcp + w_cpcr * cpcr
-    return {"total": total, "cls": cls, "tcp": tcp, "cpcr": cpcr}
+    return {"total": total, "cls": cls, "tcp": tcp, "cpcr": cpcr, "ohem/discards_nonzero": torch.stack(discards).max()}
 
 
 def cpn_loss_from_config(cams, refined, labels, lam, cfg, ohem: OhemSelection | None = None) -> dict[str, torch.Tensor]:
     """:func:`cpn_loss` with the recipe, OHEM and weights of a :class:`~cpn_dist.config.LossConfig`."""
     return cpn_loss(cams, refined, labels, lam, recipe=cfg.recipe, ohem_ratio=cfg.ohem_ratio,
-                    ohem_scope=cfg.ohem_scope, weights=tuple(cfg.weights), alpha=getattr(cfg, "alpha", 1.0),
-                    ohem=ohem)  # fmt: skip
+                    ohem_scope=cfg.ohem_scope, weights=tuple(cfg.weights), alpha=cfg.alpha, ohem=ohem,
+                    cpcr_stop_gradient=cfg.cpcr_stop_gradient, tcp_background=cfg.tcp_background)  # fmt: skip

@@ -55,12 +55,14 @@ class OhemCandidates:
 @dataclass(frozen=True)
 class TermSelection:
     """The exact top-k of one CPCR term: ``threshold`` = the k-th largest value (0-d float32 tensor),
-    ``above`` / ``equal`` = how many elements are > / == it."""
+    ``above`` / ``equal`` = how many elements are > / == it; ``nonzero`` = how many elements of the
+    global batch are non-zero (OHEM leaves a non-zero element out when ``nonzero > k``)."""
 
     threshold: torch.Tensor
     above: int
     equal: int
     k: int
+    nonzero: int = 0
 
     @property
     def tie_weight(self) -> float:
@@ -170,13 +172,15 @@ def global_ohem_selection(candidates: Sequence[OhemCandidates], ratio: float, gr
         raise ValueError("global_ohem_selection needs at least one micro-step's candidates")
     device = candidates[0].values[0].device
     terms = len(candidates[0].values)
-    sizes = _all_reduce(torch.tensor([sum(c.numel for c in candidates), len(candidates)], device=device), group)
-    numel, chunks = (int(v) for v in sizes.tolist())
+    nonzero = [sum((c.values[t] != 0).sum() for c in candidates) for t in range(terms)]
+    sizes = torch.stack([torch.tensor(sum(c.numel for c in candidates), device=device),
+                         torch.tensor(len(candidates), device=device), *nonzero])  # fmt: skip
+    numel, chunks, *nonzero = (int(v) for v in _all_reduce(sizes, group).tolist())
     k = ohem_k(ratio, numel)
     keys = [[_order_keys(c.values[t]) for c in candidates] for t in range(terms)]
     found = _radix_select(keys, [k] * terms, group, device)
     selections = tuple(
-        TermSelection(threshold=_key_to_float(key).to(device), above=above, equal=equal, k=k)
-        for key, above, equal in found
+        TermSelection(threshold=_key_to_float(key).to(device), above=above, equal=equal, k=k, nonzero=nz)
+        for (key, above, equal), nz in zip(found, nonzero)
     )
     return OhemSelection(selections, chunks)

@@ -41,17 +41,57 @@ def test_official_recipe_equals_the_released_loss_block(seed):
         assert (g_ours - g_ref).abs().max() < 1e-6
 
 
-@pytest.mark.parametrize(("seed", "alpha"), [(0, 1.0), (1, 1.0), (2, 2.0)])
-def test_paper_recipe_equals_eqs_13_to_17(seed, alpha):
+@pytest.mark.parametrize(("seed", "alpha", "stop_gradient", "tcp_background"),
+                         [(0, 1.0, True, True), (1, 1.0, True, False), (2, 2.0, True, True),
+                          (0, 1.0, False, True), (1, 2.0, False, False)])  # fmt: skip
+def test_paper_recipe_equals_eqs_13_to_17(seed, alpha, stop_gradient, tcp_background):
     six, labels, lam = _inputs(seed)
     cams, refined = tuple(six[0::2]), tuple(six[1::2])
-    ours = cpn_loss(cams, refined, labels, lam, recipe="paper", ohem_scope="batch", alpha=alpha)
-    ref = paper_loss(cams, refined, labels, lam, ratio=0.2, alpha=alpha)
+    ours = cpn_loss(cams, refined, labels, lam, recipe="paper", ohem_scope="batch", alpha=alpha,
+                    cpcr_stop_gradient=stop_gradient, tcp_background=tcp_background)  # fmt: skip
+    ref = paper_loss(cams, refined, labels, lam, ratio=0.2, alpha=alpha, stop_gradient=stop_gradient,
+                     tcp_background=tcp_background)  # fmt: skip
     for key, value in zip(("total", "cls", "tcp", "cpcr"), ref):
         assert abs(ours[key].item() - value.item()) < 1e-6, key
     for g_ours, g_ref in zip(_grads(ours["total"], six), _grads(ref[0], six)):
         assert g_ref.abs().max() > 1e-5
-        assert (g_ours - g_ref).abs().max() < 1e-6
+        assert (g_ours - g_ref).abs().max() < 1e-6, (stop_gradient, tcp_background)
+
+
+@pytest.mark.parametrize("scope", ["batch", "image"])
+def test_paper_cpcr_sends_no_gradient_into_the_raw_cams_unless_read_literally(scope):
+    six, labels, lam = _inputs(0)
+    cams, refined = tuple(six[0::2]), tuple(six[1::2])
+    for stop_gradient in (True, False):
+        out = cpn_loss(cams, refined, labels, lam, recipe="paper", ohem_scope=scope, cpcr_stop_gradient=stop_gradient)
+        raw = torch.autograd.grad(out["cpcr"], cams, allow_unused=True, retain_graph=True)
+        refined_grads = torch.autograd.grad(out["cpcr"], refined[1:])
+        assert all(g.abs().max() > 1e-5 for g in refined_grads)  # Ỹ_h, Ỹ_hbar are trained either way
+        if stop_gradient:
+            assert all(g is None or bool((g == 0).all()) for g in raw)
+        else:
+            assert all(g is not None and g.abs().max() > 1e-5 for g in raw)
+
+
+def test_official_recipe_refuses_the_paper_only_switches():
+    with pytest.raises(ValueError, match="'paper' only"):
+        LossConfig(recipe="official", cpcr_stop_gradient=False)
+    with pytest.raises(ValueError, match="'paper' only"):
+        LossConfig(recipe="official", tcp_background=False)
+
+
+def test_ohem_discard_diagnostic_says_whether_a_non_zero_element_is_left_out():
+    six, labels, lam = _inputs(0)
+    cams, refined = tuple(six[0::2]), tuple(six[1::2])
+    e1, e2 = cpcr_elements(cams, refined, labels, lam, recipe="paper")
+    nonzero = max(int((e != 0).sum()) for e in (e1, e2))
+    share = nonzero / e1.numel()  # ≈ (1 + labels per image) / 21 of the elements can be non-zero
+    for ratio in (share / 2, min(1.0, share * 1.5), 1.0):
+        out = cpn_loss(cams, refined, labels, lam, recipe="paper", ohem_ratio=ratio)
+        k = int(e1.numel() * ratio)
+        assert out["ohem/discards_nonzero"].item() == float(nonzero > k)
+    assert cpn_loss(cams, refined, labels, lam, recipe="paper", ohem_ratio=share / 2)["ohem/discards_nonzero"] == 1
+    assert cpn_loss(cams, refined, labels, lam, recipe="paper", ohem_ratio=1.0)["ohem/discards_nonzero"] == 0
 
 
 def test_cam_recipe_is_the_classification_of_the_original_image():

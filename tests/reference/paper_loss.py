@@ -35,8 +35,10 @@ def _ohem_mean(e, ratio):
     return torch.sort(flat, descending=True)[0][:k].mean()
 
 
-def paper_loss(cams, refined, labels20, lam, ratio=0.2, alpha=1.0):
-    """(L_all, L_cls, L_tcp, L_cpcr) of eqs. 13-17 with OHEM over the mini-batch, w1 = w2 = w3 = 1."""
+def paper_loss(cams, refined, labels20, lam, ratio=0.2, alpha=1.0, stop_gradient=True, tcp_background=True):
+    """(L_all, L_cls, L_tcp, L_cpcr) of eqs. 13-17 with OHEM over the mini-batch, w1 = w2 = w3 = 1.
+    ``stop_gradient``: the raw CAMs enter eq. 15 detached; ``tcp_background``: eq. 14 over all 21 channels
+    (else the 20 foreground channels)."""
     a_o, a_h, a_hb = cams
     r_o, r_h, r_hb = refined
     lam = lam.view(-1, 1, 1, 1)
@@ -47,9 +49,12 @@ def paper_loss(cams, refined, labels20, lam, ratio=0.2, alpha=1.0):
     y_o, y_h, y_hb = (_normalise(a, labels20, alpha) for a in cams)
     t_o, t_h, t_hb = (_normalise(r, labels20, alpha) for r in refined)
     # eq. 14 (the CP pair's raw CAMs are targets: detached)
-    l_tcp = torch.abs(lam * y_h.detach() + lbar * y_hb.detach() - y_o).mean() \
-        + torch.abs(lam * t_h + lbar * t_hb - t_o).mean()
+    c = 0 if tcp_background else 1
+    l_tcp = torch.abs(lam * y_h[:, c:].detach() + lbar * y_hb[:, c:].detach() - y_o[:, c:]).mean() \
+        + torch.abs(lam * t_h[:, c:] + lbar * t_hb[:, c:] - t_o[:, c:]).mean()
     # eq. 15 with OHEM on each term
+    if stop_gradient:
+        y_o, y_h, y_hb = y_o.detach(), y_h.detach(), y_hb.detach()
     e1 = torch.abs((y_o - lam * y_h) - lbar * t_hb)
     e2 = torch.abs((y_o - lbar * y_hb) - lam * t_h)
     l_cpcr = _ohem_mean(e1, ratio) + _ohem_mean(e2, ratio)
