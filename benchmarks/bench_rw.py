@@ -131,8 +131,8 @@ def main() -> None:
     times: dict[str, float] = {}
 
     # ---- stage 1: the demo's data, warm-up and CPN; CAMs of every train_aug image --------------------
-    voc, shards = timed(times, "data", make_data, out, settings)
-    data = (f"data.shards={shards}", f"data.patch.segments={settings.segments}")
+    demo_data = timed(times, "data", make_data, out, settings)
+    voc, data = demo_data.voc, demo_data.overrides(settings)
     train_aug = read_split(voc / "ImageSets" / "Segmentation" / "train_aug.txt")
     names = eval_names(voc, settings)
     if args.cams == "cpn":

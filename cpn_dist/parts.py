@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from cpn_dist.cams import class_map, load_cams
 from cpn_dist.data.synth import PART_FOLDER
@@ -81,3 +82,121 @@ def part_scores(cams_dir: str | Path, voc_root: str | Path, names: Sequence[str]
     recall = {p: hits[p] / total[p] if total[p] else 0.0 for p in PARTS}
     magnitude = {p: mass[p] / total[p] if total[p] else 0.0 for p in PARTS}
     return PartScores(float(beta), recall, magnitude, total)
+
+
+# ------------------------------------------------------------------------------------------------
+# CPN's premise on a parts task
+
+
+@dataclass(frozen=True)
+class PremiseScores:
+    """How often the marker-less branch of a CP pair still finds the object (paper eq. 4, Fig. 1).
+
+    Over CP pairs of whole images and each object in them whose marker lies (≥ 90 % of its pixels) in
+    one branch's hidden patches: ``share`` = the fraction whose marker-less branch has a positive raw
+    CAM of the object's class somewhere on the object's visible body (body pixels more than
+    :data:`MARKER_RING` pixels from the marker, which JPEG's chroma bleeds into); ``body_lift`` = the mean, over
+    those pairs, of the marker-less branch's max-normalised CAM on the visible body (what TCP's target
+    offers the body). ``skipped`` objects had their marker split between the two branches."""
+
+    share: float
+    body_lift: float
+    pairs: int
+    skipped: int
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+MARKER_RING = 2  # body pixels this close to the marker carry its colour (JPEG chroma subsampling)
+
+
+def _patch_ids(rgb: np.ndarray, size: int, patch, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """Patch ids of an image placed top-left on a size×size canvas (padding = id n, as the loader)."""
+    from cpn_dist.data.cp_pair import grid_ids
+    from cpn_dist.data.pack import superpixels
+
+    h, w = rgb.shape[:2]
+    if patch.kind == "superpixel":
+        ids = np.full((size, size), 0, np.intp)
+        sp = superpixels(rgb, patch.segments, 10.0).astype(np.intp)
+        n = int(sp.max()) + 1
+        ids[:] = n
+        ids[:h, :w] = sp
+        return ids, n
+    cell = patch.grid_sizes[int(rng.integers(len(patch.grid_sizes)))]
+    grid, n = grid_ids(size, cell)
+    ids = np.full((size, size), n, np.intp)
+    ids[:h, :w] = grid[:h, :w]
+    return ids, n
+
+
+def premise_share(model, voc_root: str | Path, names: Sequence[str], patch, mean: Sequence[float],
+                  std: Sequence[float], seed: int = 0, batch: int = 16) -> PremiseScores:  # fmt: skip
+    """CPN's premise on a parts task, measured with ``model``'s raw CAM (see :class:`PremiseScores`).
+
+    Each image gets one CP pair drawn as in training (``patch``: a :class:`~cpn_dist.data.cp_pair.PatchParams`;
+    superpixels from SLIC of the whole image with the packed compactness 10) with the generator
+    ``(seed, image index)``; no other augmentation."""
+    import torch
+
+    from cpn_dist.data.cp_pair import hidden_patches, visible_mask
+    from cpn_dist.data.inputs import read_image
+    from cpn_dist.infer import normalise_image
+
+    voc_root = Path(voc_root)
+    part_dir = voc_root / PART_FOLDER
+    if not part_dir.is_dir():
+        raise CpnError(f"{part_dir}: no part maps (make the data with `cpn synth-voc --task parts-reliable`)")
+    items = []
+    for index, name in enumerate(names):
+        rgb = np.asarray(read_image(voc_root / "JPEGImages" / f"{name}.jpg"))
+        gt = read_label_png(voc_root / "SegmentationClass" / f"{name}.png")
+        parts = read_label_png(part_dir / f"{name}.png")
+        items.append((index, rgb, gt, parts))
+    size = max(max(rgb.shape[:2]) for _, rgb, _, _ in items)
+    found = lifted = 0.0
+    pairs = skipped = 0
+    model.eval()
+    for start in range(0, len(items), batch):
+        chunk = items[start:start + batch]
+        inputs, masks = [], []
+        for index, rgb, _, _ in chunk:
+            rng = np.random.default_rng([seed, index])
+            ids, n = _patch_ids(rgb, size, patch, rng)
+            pm = visible_mask(ids, n, hidden_patches(rng, n, patch.hide_prob, patch.sampling), patch.lambda_mode)
+            image = np.zeros((3, size, size), np.float32)
+            h, w = rgb.shape[:2]
+            image[:, :h, :w] = normalise_image(rgb, mean, std)
+            m = pm.mask.astype(np.float32)
+            inputs += [image * m, image - image * m]
+            masks.append(pm.mask)
+        with torch.inference_mode():
+            cams = model(torch.from_numpy(np.stack(inputs)))[0].float().numpy()
+        for j, (_, rgb, gt, parts) in enumerate(chunk):
+            h, w = rgb.shape[:2]
+            visible = masks[j][:h, :w]
+            for cls in set(np.unique(gt).tolist()) - {0, IGNORE}:
+                marker = (gt == cls) & (parts == PART_MARKER)
+                if not marker.any():  # an object without a marker (parts-reliable): nothing to hide
+                    continue
+                hidden_in_h = 1.0 - visible[marker].mean()
+                if hidden_in_h >= 0.9:
+                    branch, seen = 0, visible  # I_h hides the marker
+                elif hidden_in_h <= 0.1:
+                    branch, seen = 1, ~visible  # I_hbar hides it
+                else:
+                    skipped += 1
+                    continue
+                near = ndimage.binary_dilation(marker, iterations=MARKER_RING)
+                body = (gt == cls) & (parts == PART_BODY) & seen & ~near
+                if not body.any():
+                    skipped += 1
+                    continue
+                cam = cams[2 * j + branch, cls, :h, :w]
+                q = np.maximum(cams[2 * j + branch, cls], 0)
+                norm = np.maximum(q[:h, :w] - q.min() - 1e-5, 0) / (q.max() - q.min() + 1e-5)
+                pairs += 1
+                found += float((cam[body] > 0).any())
+                lifted += float(norm[body].mean())
+    return PremiseScores(found / pairs if pairs else 0.0, lifted / pairs if pairs else 0.0, pairs, skipped)

@@ -79,3 +79,67 @@ def test_demo_pipeline_on_a_tiny_budget(tmp_path):
     again = run_demo(out, settings, overrides=tiny)
     assert (out / "runs" / "cpn" / "model_final.pth").stat().st_mtime_ns == stamp
     assert again["cpn"].miou == scores["cpn"].miou
+
+
+VOC_PALETTE = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0, 0, 0, 128, 128, 0, 128, 0, 128, 128, 128, 128, 128,
+               64, 0, 0, 192, 0, 0, 64, 128, 0, 192, 128, 0, 64, 0, 128]  # fmt: skip
+
+
+def _handmade_voc(root, n=12):
+    """A VOC 2012 layout folder written here with PIL only (not by cpn synth-voc): a red disc is a 'cat'
+    (class 8), a blue box a 'dog' (class 12), on grey noise; train.txt and val.txt, no train_aug."""
+    from PIL import Image, ImageDraw
+
+    for sub in ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / sub).mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    names = [f"hand_{i:03d}" for i in range(n)]
+    for i, name in enumerate(names):
+        w, h = 56, 44
+        img = Image.fromarray(rng.integers(90, 140, (h, w, 3), dtype=np.uint8))
+        mask = Image.new("P", (w, h), 0)
+        mask.putpalette(VOC_PALETTE + [0] * (768 - len(VOC_PALETTE)))
+        objects = []
+        for cls, name_cls, colour, shape in ((8, "cat", (200, 40, 40), "disc"), (12, "dog", (40, 40, 200), "box")):
+            if (i + cls) % 3 == 0 and objects:
+                continue
+            x0, y0 = int(rng.integers(2, w - 24)), int(rng.integers(2, h - 22))
+            box = (x0, y0, x0 + 20, y0 + 18)
+            for target, fill in ((ImageDraw.Draw(img), colour), (ImageDraw.Draw(mask), cls)):
+                (target.ellipse if shape == "disc" else target.rectangle)(box, fill=fill)
+            objects.append(f"<object><name>{name_cls}</name><bndbox><xmin>{box[0] + 1}</xmin><ymin>{box[1] + 1}"
+                           f"</ymin><xmax>{box[2] + 1}</xmax><ymax>{box[3] + 1}</ymax></bndbox></object>")  # fmt: skip
+        img.save(root / "JPEGImages" / f"{name}.jpg", quality=95)
+        mask.save(root / "SegmentationClass" / f"{name}.png")
+        (root / "Annotations" / f"{name}.xml").write_text(
+            f"<annotation><filename>{name}.jpg</filename><size><width>{w}</width><height>{h}</height>"
+            f"<depth>3</depth></size>{''.join(objects)}</annotation>")  # fmt: skip
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(names[:9]) + "\n")
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(names[9:]) + "\n")
+    return root
+
+
+def test_demo_on_a_voc_folder_it_did_not_make_writes_results_json(tmp_path):
+    from tests.conftest import run_cpn
+
+    voc = _handmade_voc(tmp_path / "handmade")
+    out = tmp_path / "out"
+    proc = run_cpn("demo", "--voc-root", str(voc), "--out", str(out), "--eval-images", "4", "train.max_steps=2",
+                   "data.workers=0", "data.crop=48", "data.scale_range=[44, 52]", check=True)  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["models"]) == {"baseline", "hiding", "cpn"}
+    for row in results["models"].values():
+        assert 0.0 <= row["miou"] <= 100.0 and 0.0 <= row["foreground"] <= 100.0
+        assert row["best_beta"] in DemoSettings().betas
+        assert row["body_recall"] is None and row["premise"] is None  # no SegmentationPart/: no part columns
+    assert results["data"]["train_split"] == "train" and results["data"]["synthetic_task"] is None
+    assert results["data"]["eval_images"] == 4 and not (out / "VOC2012").exists()
+    assert "body rec." not in proc.stdout and "mIoU" in proc.stdout
+    scored = sorted(p.stem for p in (out / "cams" / "cpn").glob("*.npy"))
+    assert scored == [f"hand_{i:03d}" for i in range(4)]  # the first images of train.txt
+
+
+def test_demo_refuses_a_folder_that_is_not_voc(tmp_path):
+    (tmp_path / "JPEGImages").mkdir()
+    with pytest.raises(CpnError, match="Annotations"):
+        run_demo(tmp_path / "out", voc_root=tmp_path)

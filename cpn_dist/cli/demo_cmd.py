@@ -11,14 +11,21 @@ from cpn_dist.cli import add_command, console
 
 def register(sub) -> None:
     p = add_command(
-        sub, "demo", "train the plain CAM and CPN on the synthetic parts task and compare their CAMs",
-        "Synthetic parts task (a weakly textured body with a small class-coloured marker) → pack → train the "
-        "baseline CAM (L_cls only, no head) and CPN (tiny backbone, CPU) → multi-scale CAMs → β sweep → a "
-        "table (mIoU, fg/bg IoU, best β, body and marker recall, CAM magnitude) and OUT/demo.png. "
+        sub, "demo", "train the plain CAM and CPN on a synthetic parts task (or a VOC folder), compare their CAMs",
+        "Synthetic parts task (a weakly textured body with a small class-coloured marker) or --voc-root DIR → "
+        "pack → train the baseline CAM (L_cls only, no head), hiding as augmentation and CPN from one shared "
+        "start → multi-scale CAMs → β sweep → a table (mIoU, fg/bg IoU, best β; on a parts task body and "
+        "marker recall, CAM magnitude and CPN's premise), OUT/results.json and OUT/demo.png. "
         "Finished steps are kept on a re-run.",
     )  # fmt: skip
     p.add_argument("--out", default="demo", help="output folder (default demo/)")
     p.add_argument("--config", default=None, help="run config of the models (default configs/demo.yaml)")
+    p.add_argument("--voc-root", default=None,
+                   help="a VOC 2012 layout folder (JPEGImages/, Annotations/, SegmentationClass/, "
+                        "ImageSets/Segmentation/) to use instead of synthetic data: trains on train_aug when "
+                        "listed, else train; scores CAMs on train")  # fmt: skip
+    p.add_argument("--task", default=None, choices=("parts", "parts-reliable"),
+                   help="the synthetic task (default parts-reliable); ignored with --voc-root")
     p.add_argument("--images", type=int, default=None, help="synthetic images (default 1000)")
     p.add_argument("--eval-images", type=int, default=None, help="score only the first N images of the split")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -27,15 +34,25 @@ def register(sub) -> None:
     p.set_defaults(handler=_run)
 
 
-def scores_table(scores: dict, title: str = "CAM quality on the parts task") -> Table:
-    """The comparison table of :func:`cpn_dist.demo.run_demo`'s scores (percentages)."""
-    table = Table("model", "mIoU", "fg IoU", "bg IoU", "best β", "body rec.", "marker rec.", "body CAM",
-                  "marker CAM", title=title + " (IoU and recall in %)")  # fmt: skip
+def scores_table(scores: dict, title: str = "CAM quality") -> Table:
+    """The comparison table of :func:`cpn_dist.demo.run_demo`'s scores (percentages); the part columns
+    only when the data has part maps."""
+    parts = any(s.body_recall is not None for s in scores.values())
+    columns = ["model", "mIoU", "fg IoU", "bg IoU", "best β"]
+    if parts:
+        columns += ["body rec.", "marker rec.", "body CAM", "marker CAM", "premise sp / grid"]
+    table = Table(*columns, title=title + " (IoU and recall in %)")
     for s in scores.values():
         edge = "" if s.beta_inside else " (edge)"
-        table.add_row(s.name, f"{s.miou * 100:.1f}", f"{s.foreground * 100:.1f}", f"{s.background * 100:.1f}",
-                      f"{s.best_beta:.3f}{edge}", f"{s.body_recall * 100:.1f}", f"{s.marker_recall * 100:.1f}",
-                      f"{s.body_magnitude:.2f}", f"{s.marker_magnitude:.2f}")  # fmt: skip
+        row = [s.name, f"{s.miou * 100:.1f}", f"{s.foreground * 100:.1f}", f"{s.background * 100:.1f}",
+               f"{s.best_beta:.3f}{edge}"]  # fmt: skip
+        if parts:
+            premise = s.premise or {}
+            shares = " / ".join(f"{premise[k]['share'] * 100:.0f} %" if k in premise else "—"
+                                for k in ("superpixel", "grid"))  # fmt: skip
+            row += [f"{s.body_recall * 100:.1f}", f"{s.marker_recall * 100:.1f}", f"{s.body_magnitude:.2f}",
+                    f"{s.marker_magnitude:.2f}", shares]  # fmt: skip
+        table.add_row(*row)
     return table
 
 
@@ -52,6 +69,8 @@ def _run(args) -> int:
         torch.set_num_threads(args.threads)
     quiet_libraries()
     settings = DemoSettings()
+    if args.task:
+        settings = replace(settings, task=args.task)
     if args.images:
         settings = replace(settings, images=args.images)
     if args.eval_images:
@@ -62,11 +81,16 @@ def _run(args) -> int:
         console.print(f"[dim]{time.perf_counter() - started:6.0f} s[/]  {name}")
 
     scores = run_demo(Path(args.out), settings, config=args.config or DEMO_CONFIG, overrides=args.overrides,
-                      overwrite=args.overwrite, on_step=on_step)  # fmt: skip
+                      overwrite=args.overwrite, on_step=on_step, voc_root=args.voc_root)  # fmt: skip
     console.print(scores_table(scores))
     console.print(f"β swept over {len(settings.betas)} values, {settings.betas[0]:.3f} … {settings.betas[-1]:.3f}"
-                  " (finer below 0.005). Body / marker rec.: share of the part's pixels "
-                  "labelled with the object's class at the best β. Body / marker CAM: mean CAM of the object's "
-                  "class on the part, relative to its peak.")  # fmt: skip
-    console.print(f"figure: [bold]{Path(args.out) / 'demo.png'}[/]; wall time {time.perf_counter() - started:.0f} s")
+                  " (finer below 0.005).")  # fmt: skip
+    if any(s.body_recall is not None for s in scores.values()):
+        console.print("Body / marker rec.: share of the part's pixels labelled with the object's class at the best "
+                      "β. Body / marker CAM: mean CAM of the object's class on the part, relative to its peak. "
+                      "Premise: share of CP pairs whose marker-less branch still has a positive raw CAM on the "
+                      "object's body (superpixel / grid patches).")  # fmt: skip
+    out = Path(args.out)
+    console.print(f"results: [bold]{out / 'results.json'}[/], figure: [bold]{out / 'demo.png'}[/]; "
+                  f"wall time {time.perf_counter() - started:.0f} s")  # fmt: skip
     return 0

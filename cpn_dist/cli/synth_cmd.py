@@ -17,9 +17,10 @@ def register(sub) -> None:
     p.add_argument("--images", type=int, required=True, help="number of images")
     p.add_argument("--size", type=int, default=128, help="long side of every image in pixels (default 128)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--task", choices=("shapes", "parts"), default="shapes",
-                   help="shapes: class-coloured striped shapes (default); parts: a weakly textured body with a "
-                        "small class-coloured marker, plus SegmentationPart/ (1 body, 2 marker)")  # fmt: skip
+    p.add_argument("--task", choices=("shapes", "parts", "parts-reliable"), default="shapes",
+                   help="shapes: class-coloured striped shapes (default); parts: a weakly, noisily textured body "
+                        "with a small class-coloured marker, plus SegmentationPart/ (1 body, 2 marker); "
+                        "parts-reliable: the same with a reliable body texture (CPN's premise holds)")  # fmt: skip
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     p.set_defaults(handler=_run)

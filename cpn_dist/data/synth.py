@@ -13,9 +13,9 @@ Image ``i`` depends only on ``(seed, i)``, so a dataset is byte-identical for a 
 size or the number of worker processes. The object classes named in each XML are exactly the
 classes present (outside the void border) in its mask.
 
-``task="parts"`` draws another kind of object instead — a large, weakly and noisily textured body
-with a small, perfectly discriminative marker (see :mod:`cpn_dist.data.synth_parts`) — and also
-writes ``SegmentationPart/{id}.png`` (0 none, 1 body, 2 marker, 255 void; not part of VOC).
+``task="parts"`` (and ``"parts-reliable"``) draws another kind of object instead — a large, weakly
+textured body with a small, perfectly discriminative marker (see :mod:`cpn_dist.data.synth_parts`) — and
+also writes ``SegmentationPart/{id}.png`` (0 none, 1 body, 2 marker, 255 void; not part of VOC).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 SHAPES = ("ellipse", "box", "diamond", "triangle", "ring", "star")
 JPEG_QUALITY = 92
-TASKS = ("shapes", "parts")  # shapes: the default task; parts: see cpn_dist.data.synth_parts
+# shapes: the default task; parts, parts-reliable: see cpn_dist.data.synth_parts
+TASKS = ("shapes", "parts", "parts-reliable")
 PART_FOLDER = "SegmentationPart"
 
 
@@ -203,10 +204,10 @@ def annotation_xml(name: str, width: int, height: int, objects: list[SynthObject
 def _write_one(args: tuple[Path, int, int, int, str]) -> str:
     root, index, size, seed, task = args
     name = image_id(index)
-    if task == "parts":
+    if task.startswith("parts"):
         from cpn_dist.data.synth_parts import render_parts_image
 
-        rgb, mask, part_map, objects = render_parts_image(index, size, seed)
+        rgb, mask, part_map, objects = render_parts_image(index, size, seed, task=task)
         save_label_png(part_map, root / PART_FOLDER / f"{name}.png")
     else:
         rgb, mask, objects = render_image(index, size, seed)
@@ -240,7 +241,7 @@ def synthesize_voc(out: str | Path, images: int, size: int = 128, seed: int = 0,
     if root.exists() and any(root.iterdir()) and not overwrite:
         raise CpnError(f"{root}: folder exists and is not empty (use --overwrite to replace it)")
     subs = ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets/Segmentation")
-    for sub in subs + ((PART_FOLDER,) if task == "parts" else ()):
+    for sub in subs + ((PART_FOLDER,) if task.startswith("parts") else ()):
         (root / sub).mkdir(parents=True, exist_ok=True)
     jobs = [(root, i, size, seed, task) for i in range(images)]
     if workers > 1:

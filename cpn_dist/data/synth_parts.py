@@ -15,6 +15,15 @@ I_hbar and forces the body cue to be learnt. Each object is
   is saturated), inside the body (away from its edge) and never occluded — a perfectly
   discriminative part.
 
+Two variants (:data:`PART_STYLES`), each a ``--task`` of ``cpn synth-voc``:
+
+* ``parts`` — the body cue is unreliable: 30 % of bodies wear another class's stripes. A classifier
+  learns the marker and little else, so with the marker hidden it no longer finds the object: CPN's
+  premise (eq. 4, Fig. 1: the branch whose discriminative part is hidden still finds the object) fails;
+* ``parts-reliable`` — every body wears its own class's stripes, at a lower contrast than ``parts``:
+  the body cue is reliable but weaker and slower to learn than the marker, so a plain CAM still
+  under-covers the body, while the marker-less branch of a CP pair still finds the object.
+
 Backgrounds are the cluttered, desaturated ones of the default task; 1-2 objects per image. The
 ground-truth mask covers the whole object (body and marker) with its class. Beside the VOC folders
 the task writes ``SegmentationPart/{id}.png`` (not part of VOC): 0 = not an object, 1 = body,
@@ -25,6 +34,7 @@ marker recall (:mod:`cpn_dist.parts`).
 from __future__ import annotations
 
 import colorsys
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -41,6 +51,24 @@ STRIPE_AMPLITUDE = (10.0, 16.0)  # grey levels either side of the body's base gr
 PART_NONE, PART_BODY, PART_MARKER = 0, 1, 2
 
 
+@dataclass(frozen=True)
+class PartStyle:
+    """What distinguishes the parts tasks: how often a body wears another class's stripes, the stripes'
+    contrast (grey levels either side of the base grey), the random stream of the images, and the
+    probability that an object shows its marker at all."""
+
+    texture_noise: float
+    stripe_amplitude: tuple[float, float]
+    stream: int
+    marker_prob: float = 1.0
+
+
+PART_STYLES = {
+    "parts": PartStyle(TEXTURE_NOISE, STRIPE_AMPLITUDE, stream=1),
+    "parts-reliable": PartStyle(0.0, (6.0, 10.0), stream=2),
+}
+
+
 def marker_colour(cls: int) -> np.ndarray:
     """The saturated RGB (0..255 float) of a class's marker: 20 hues at full saturation."""
     return np.array(colorsys.hsv_to_rgb(cls / NUM_CLASSES, 1.0, 1.0)) * 255.0
@@ -51,18 +79,18 @@ def stripe_code(cls: int) -> tuple[float, float]:
     return np.pi * (cls % STRIPE_ANGLES) / STRIPE_ANGLES, STRIPE_PERIODS[cls // STRIPE_ANGLES]
 
 
-def texture_class(cls: int, present: list[int], rng: np.random.Generator) -> int:
-    """The class whose stripes a body of class ``cls`` wears: its own, or with probability
-    :data:`TEXTURE_NOISE` a class that is not in the image (``present``)."""
-    if rng.random() < TEXTURE_NOISE:
+def texture_class(cls: int, present: list[int], rng: np.random.Generator, noise: float = TEXTURE_NOISE) -> int:
+    """The class whose stripes a body of class ``cls`` wears: its own, or with probability ``noise`` a
+    class that is not in the image (``present``)."""
+    if rng.random() < noise:
         others = [c for c in range(NUM_CLASSES) if c not in present]
         return int(others[int(rng.integers(len(others)))])
     return cls
 
 
 def _draw_part_object(canvas: np.ndarray, labels: np.ndarray, parts: np.ndarray, ids: np.ndarray, obj_id: int,
-                      cls: int, present: list[int], margin: int,
-                      rng: np.random.Generator) -> np.ndarray | None:  # fmt: skip
+                      cls: int, present: list[int], margin: int, rng: np.random.Generator,
+                      style: PartStyle) -> np.ndarray | None:  # fmt: skip
     """Paint one object (body, then marker) of class ``cls``; returns the marker's mask (None when the
     body has no room for a marker ``margin`` pixels from its edge)."""
     from cpn_dist.data.synth import shape_mask
@@ -83,11 +111,11 @@ def _draw_part_object(canvas: np.ndarray, labels: np.ndarray, parts: np.ndarray,
     body = shape_mask(kind, u, v)
 
     # Body: neutral grey, low-contrast stripes in the (possibly wrong) class's angle and period.
-    angle, period = stripe_code(texture_class(cls, present, rng))
+    angle, period = stripe_code(texture_class(cls, present, rng, style.texture_noise))
     phase = rng.uniform(0, 2 * np.pi)
     stripes = np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / (period * short) + phase)
     grey = rng.uniform(90, 170) + rng.uniform(-10, 10, 3)
-    colour = grey + rng.uniform(*STRIPE_AMPLITUDE) * stripes[..., None]
+    colour = grey + rng.uniform(*style.stripe_amplitude) * stripes[..., None]
     canvas[body] = colour[body]
     labels[body] = cls + 1
     parts[body] = PART_BODY
@@ -99,6 +127,8 @@ def _draw_part_object(canvas: np.ndarray, labels: np.ndarray, parts: np.ndarray,
     centres = np.flatnonzero(depth >= r_marker + margin)
     if centres.size == 0:
         return None
+    if style.marker_prob < 1.0 and rng.random() >= style.marker_prob:
+        return np.zeros_like(body)  # this object shows no marker: only its body names its class
     centre = int(centres[int(rng.integers(centres.size))])
     my, mx = divmod(centre, w)
     marker = np.hypot(xx - mx, yy - my) <= r_marker
@@ -108,7 +138,7 @@ def _draw_part_object(canvas: np.ndarray, labels: np.ndarray, parts: np.ndarray,
 
 
 def _place_objects(background: np.ndarray, classes: list[int], width: int, rng: np.random.Generator,
-                   tries: int = 20) -> tuple[np.ndarray, ...] | None:  # fmt: skip
+                   style: PartStyle, tries: int = 20) -> tuple[np.ndarray, ...] | None:  # fmt: skip
     """Draw the objects one by one: (canvas, labels, parts, ids), or None when one cannot be placed.
 
     Object k is drawn on copies and kept when its marker fits, it stays clear of the earlier markers'
@@ -121,7 +151,7 @@ def _place_objects(background: np.ndarray, classes: list[int], width: int, rng: 
     for k, cls in enumerate(classes, start=1):
         for _ in range(tries):
             trial = tuple(a.copy() for a in state)
-            marker = _draw_part_object(*trial, k, cls, classes, 2 * width + 2, rng)
+            marker = _draw_part_object(*trial, k, cls, classes, 2 * width + 2, rng, style)
             if marker is None:
                 continue
             grown = ndimage.binary_dilation(trial[3] == k, iterations=width)
@@ -138,12 +168,13 @@ def _place_objects(background: np.ndarray, classes: list[int], width: int, rng: 
     return state
 
 
-def render_parts_image(index: int, size: int, seed: int, max_tries: int = 50):
-    """Render image ``index`` of the parts task: returns (rgb uint8 H×W×3, class mask uint8 H×W with
-    void, part map uint8 H×W with void, objects). Depends only on (seed, index)."""
+def render_parts_image(index: int, size: int, seed: int, max_tries: int = 50, task: str = "parts"):
+    """Render image ``index`` of a parts task (:data:`PART_STYLES`): returns (rgb uint8 H×W×3, class mask
+    uint8 H×W with void, part map uint8 H×W with void, objects). Depends only on (task, seed, index)."""
     from cpn_dist.data.synth import SynthObject, _background, void_border
 
-    rng = np.random.default_rng([seed, index, 1])  # a stream of its own: not the default task's images
+    style = PART_STYLES[task]
+    rng = np.random.default_rng([seed, index, style.stream])  # a stream of its own per task
     long_side, short_side = size, max(16, int(round(size * rng.uniform(0.75, 1.0))))
     h, w = (short_side, long_side) if rng.random() < 0.7 else (long_side, short_side)
     width = max(1, int(round(min(h, w) / 100)))
@@ -151,7 +182,7 @@ def render_parts_image(index: int, size: int, seed: int, max_tries: int = 50):
     n_objects = int(rng.integers(1, 3))
     classes = [int(c) for c in rng.choice(NUM_CLASSES, size=n_objects, replace=False)]
     for _ in range(max_tries):
-        placed = _place_objects(background, classes, width, rng)
+        placed = _place_objects(background, classes, width, rng, style)
         if placed is not None:
             break
     else:  # pragma: no cover - would need an absurdly small image
