@@ -131,6 +131,14 @@ def test_train_step_gives_finite_gradients():
     assert m._conv_stem.weight.grad is None
 
 
+def test_flops_count_depthwise_backward_by_its_groups():
+    from cpn_dist.models.flops import training_step_flops
+
+    f = training_step_flops(backbone="efficientnet_lite0", head="paper", crop=64, batch=1)
+    # torch's own rule counts ~47× the forward here (each depthwise weight gradient × its channels)
+    assert 2 * f["forward"] < f["forward_backward"] < 3 * f["forward"]
+
+
 def test_imagenet_weights_are_a_user_error_elsewhere(monkeypatch):
     with pytest.raises(CpnError, match="only for backbone efficientnet_lite0"):
         load_weights(build_model("tiny", "none"), "imagenet")
