@@ -102,12 +102,18 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    backbone: Literal["resnet38d", "tiny"] = Field("resnet38d", description="feature extractor")
+    backbone: Literal["resnet38d", "efficientnet_lite0", "tiny"] = Field(
+        "resnet38d", description="feature extractor: resnet38d (the paper's), efficientnet_lite0 (ImageNet weights "
+        "packaged: model.weights=imagenet; its input normalisation is mean 0.498, std 0.502), tiny (tests, demo)"
+    )
     head: Literal["official", "paper", "pcm", "none"] = Field(
         "paper", description="CAM refinement head: released PCM+PRCM, the paper's eqs. 7-12, pcm (the paper's "
         "PCM without PRCM), or none (plain CAM)"
     )
-    weights: str | None = Field(None, description="initial weights (.pth: released ResNet38 init, released CPN, ours)")
+    weights: str | None = Field(
+        None, description="initial weights (.pth: released ResNet38 init, released CPN, ours; imagenet: the packaged "
+        "ImageNet weights of efficientnet_lite0)"
+    )
     dropout: float = Field(
         1.0, ge=0.0, le=1.0,
         description="scale of the released dropout rates (0.5 before fc8, 0.3/0.5 in b6/b7); 0 = no dropout",

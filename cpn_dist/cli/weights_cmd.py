@@ -19,8 +19,9 @@ def register(sub) -> None:
     conv.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     conv.set_defaults(handler=_convert)
     check = add_command(w_sub, "check", "load a weights file into a model and report matched/missing/unexpected keys")
-    check.add_argument("path", help=".pth (released ResNet38 init, released CPN, ours) or MXNet .params")
-    check.add_argument("--backbone", default="resnet38d", choices=["resnet38d", "tiny"])
+    check.add_argument("path", help=".pth (released ResNet38 init, released CPN, ours), MXNet .params, or imagenet "
+                       "(the packaged weights of efficientnet_lite0)")
+    check.add_argument("--backbone", default="resnet38d", choices=["resnet38d", "efficientnet_lite0", "tiny"])
     check.add_argument("--head", default="official", choices=["official", "paper", "pcm", "none"])
     check.set_defaults(handler=_check)
 
@@ -49,11 +50,12 @@ def _check(args) -> int:
     import torch
 
     from cpn_dist.models import build_model
-    from cpn_dist.models.weights import match_state_dict, read_state_dict
+    from cpn_dist.models.weights import match_state_dict, read_state_dict, resolve_weights
 
     with torch.device("meta"):  # shapes only: no memory for the 100M-parameter ResNet38d
         model = build_model(args.backbone, args.head)
-    _, report = match_state_dict(read_state_dict(args.path), model, args.path)
+    path = resolve_weights(args.path, args.backbone)
+    _, report = match_state_dict(read_state_dict(path), model, path)
     table = Table(title=f"{args.path} → {args.backbone} + head {args.head}")
     table.add_column("keys")
     table.add_column("count", justify="right")

@@ -1,4 +1,4 @@
-"""Models: the ResNet38d (or tiny) backbone with the CPN head, and weight loading.
+"""Models: the ResNet38d (or EfficientNet-Lite0, or tiny) backbone with the CPN head, and weight loading.
 
 ``build_model(backbone, head, dropout)`` returns a :class:`~cpn_dist.models.cpn.CPNet`;
 ``load_weights(model, path)`` fills it from the released or our own weights.
@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from cpn_dist.errors import CpnError
 from cpn_dist.models.cpn import HEADS, NUM_CLASSES, CPNet
+from cpn_dist.models.efficientnet import EfficientNetLite0
 from cpn_dist.models.resnet38d import ResNet38d
 from cpn_dist.models.tiny import TinyBackbone
-from cpn_dist.models.weights import LoadReport, load_weights, read_state_dict
+from cpn_dist.models.weights import LoadReport, load_weights, read_state_dict, resolve_weights
 
-BACKBONES = {"resnet38d": ResNet38d, "tiny": TinyBackbone}
+BACKBONES = {"resnet38d": ResNet38d, "efficientnet_lite0": EfficientNetLite0, "tiny": TinyBackbone}
 
 __all__ = [
     "BACKBONES",
@@ -24,6 +25,7 @@ __all__ = [
     "count_parameters",
     "load_weights",
     "read_state_dict",
+    "resolve_weights",
 ]
 
 

@@ -41,8 +41,8 @@ class BackboneNet(nn.Module):
 
     def freeze(self) -> None:
         """No gradients for the backbone's frozen stem and for every BatchNorm."""
-        for name in self.backbone.frozen_names:
-            for p in getattr(self, name).parameters():
+        for name in self.backbone.frozen_names:  # a child's name, or a dotted path (``_blocks.0``)
+            for p in self.get_submodule(name).parameters():
                 p.requires_grad_(False)
         for m in self.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):

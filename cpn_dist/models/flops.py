@@ -4,17 +4,28 @@ The count is made on a replica built on the ``meta`` device (no memory, no compu
 is instant and leaves the caller's model alone. It covers the matrix work FlopCounterMode knows
 (convolutions, matmuls: > 99 % of the step); elementwise ops, interpolation and the loss are not
 counted. Backward counts only what autograd computes: no weight gradients for the frozen layers
-(conv1a, b2*, BatchNorm) and none into the backbone from the refinement head.
+(conv1a, b2*, BatchNorm) and none into the backbone from the refinement head. A convolution's
+backward counts, for each gradient it computes (input, weight), its forward's FLOPs: PyTorch's own
+rule ignores ``groups`` for the weight gradient, which over-counts a depthwise convolution
+(EfficientNet-Lite0's) by its channel count.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+
+
+def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                         _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:  # fmt: skip
+    """FLOPs of ``aten.convolution_backward``: the forward's 2·MACs for each of the input and weight
+    gradients it computes (``w_shape`` already holds in_channels / groups)."""
+    return conv_flop_count(x_shape, w_shape, grad_out_shape, transposed) * (bool(output_mask[0]) + bool(output_mask[1]))
 
 
 def _count(fn) -> int:
-    with FlopCounterMode(display=False) as counter:
+    mapping = {torch.ops.aten.convolution_backward: _conv_backward_flops}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         fn()
     return int(counter.get_total_flops())
 

