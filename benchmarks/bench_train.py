@@ -36,7 +36,7 @@ from cpn_dist.models import build_model  # noqa: E402
 from cpn_dist.models.flops import training_step_flops  # noqa: E402
 from cpn_dist.monitor import peak_flops_per_device  # noqa: E402
 from cpn_dist.optim import build_optimizer  # noqa: E402
-from cpn_dist.train import _triplet  # noqa: E402
+from cpn_dist.train import _triplet, triplet_input  # noqa: E402
 
 
 def random_batch(n: int, crop: int, generator: torch.Generator) -> dict:
@@ -45,13 +45,12 @@ def random_batch(n: int, crop: int, generator: torch.Generator) -> dict:
     labels = torch.zeros(n, 20)
     for i in range(n):
         labels[i, torch.randperm(20, generator=generator)[: 1 + i % 3]] = 1
-    return {"image": image, "image_h": image * mask, "image_hbar": image * (1 - mask), "mask": mask,
-            "labels": labels, "lam": mask.mean((1, 2, 3))}  # fmt: skip
+    return {"image": image, "mask": mask, "labels": labels, "lam": mask.mean((1, 2, 3))}
 
 
 def separate(model, batch, device):
     """The released code's triplet: three forwards."""
-    outs = [model(batch[k].to(device)) for k in ("image", "image_h", "image_hbar")]
+    outs = [model(x) for x in triplet_input(batch, device).chunk(3)]
     cams = tuple(o[0].float() for o in outs)
     refined = tuple(o[1].float() for o in outs) if outs[0][1] is not None else None
     return cams, refined

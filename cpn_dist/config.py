@@ -142,6 +142,11 @@ class LossConfig(_Section):
         True, description="paper recipe: L_tcp averages over the background channel of eq. 16 too (21 channels); "
         "false = the 20 foreground channels, as the released code",
     )
+    global_ohem_pass: Literal["auto", "full"] = Field(
+        "auto", description="global OHEM with gradient accumulation: auto = when L_cpcr trains only the head, "
+        "each micro-step backpropagates L_cls + L_tcp at once and the head alone is re-run for L_cpcr after the "
+        "selection (~1 % extra FLOPs); full = a no-grad forward over the window first (+36 %, the literal recipe's)",
+    )
 
     @model_validator(mode="after")
     def _non_negative_weights(self) -> LossConfig:
@@ -185,6 +190,9 @@ class TrainConfig(_Section):
         "skip", description="a non-finite loss: skip that optimizer step (and report it), or stop the run"
     )
     compile: bool = Field(False, description="wrap the model in torch.compile")
+    channels_last: bool | Literal["auto"] = Field(
+        "auto", description="channels-last memory format for the model and its inputs (auto: on CUDA, off on CPU)"
+    )
 
 
 class OutputConfig(_Section):

@@ -78,6 +78,7 @@ __all__ = [
     "OhemSelection",
     "TermSelection",
     "cpcr_elements",
+    "cpcr_loss",
     "cpn_loss",
     "cpn_loss_from_config",
     "global_ohem_selection",
@@ -213,7 +214,7 @@ def cpn_loss(cams: Triplet | torch.Tensor, refined: Triplet | None, labels: torc
              recipe: str = "paper", ohem_ratio: float = 0.2, ohem_scope: str = "batch",
              weights: Sequence[float] = (1.0, 1.0, 1.0), alpha: float = 1.0,
              ohem: OhemSelection | None = None, cpcr_stop_gradient: bool = True,
-             tcp_background: bool = True) -> dict[str, torch.Tensor]:  # fmt: skip
+             tcp_background: bool = True, with_cpcr: bool = True) -> dict[str, torch.Tensor]:  # fmt: skip
     """The CPN loss of one (micro-)batch: ``{"total", "cls", "tcp", "cpcr"}`` scalar float32 tensors, and
     with a CPCR term ``"ohem/discards_nonzero"`` (1 when OHEM leaves out a non-zero CPCR element, else 0;
     a diagnostic, not part of the total).
@@ -223,7 +224,8 @@ def cpn_loss(cams: Triplet | torch.Tensor, refined: Triplet | None, labels: torc
     ``ohem``: a global selection from :func:`global_ohem_selection` (``ohem_scope="batch"`` only); the
     returned ``cpcr`` is then ``selection.chunks × (sum of this micro-batch's selected elements) / k``.
     ``cpcr_stop_gradient`` and ``tcp_background`` apply to the paper recipe (see the module docstring
-    for each recipe's terms).
+    for each recipe's terms). ``with_cpcr=False`` leaves L_cpcr out (returned as 0): the trainer adds it
+    later with :func:`cpcr_loss` once the global OHEM selection is known.
     """
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
@@ -250,7 +252,7 @@ def cpn_loss(cams: Triplet | torch.Tensor, refined: Triplet | None, labels: torc
         if rs is not None:
             r_o, r_h, r_hb = (r[:, first:] for r in rs)
             tcp = tcp + torch.abs(lam * r_h + (1 - lam) * r_hb - r_o).mean()
-            elements = _paper_cpcr(ys, rs, lam, cpcr_stop_gradient)
+            elements = _paper_cpcr(ys, rs, lam, cpcr_stop_gradient) if with_cpcr else None
     else:
         if refined is not None:
             cls = cls + sum(min_pooling_loss(r, labels_bg) for r in refined) / 3
@@ -260,21 +262,40 @@ def cpn_loss(cams: Triplet | torch.Tensor, refined: Triplet | None, labels: torc
         if r_hat is not None:
             r_o, r_h, r_hb = (r[:, 1:] for r in r_hat)
             tcp = tcp + torch.abs(r_o - r_h - r_hb).mean()
-            elements = _official_cpcr(a_hat, r_hat)
+            elements = _official_cpcr(a_hat, r_hat) if with_cpcr else None
 
+    zero = cls.new_zeros(())
     if refined is None:
-        zero = cls.new_zeros(())
         return {"total": w_cls * cls + w_tcp * tcp, "cls": cls, "tcp": tcp, "cpcr": zero}
+    cpcr, discards = (zero, zero) if elements is None else _cpcr_ohem(elements, ohem_ratio, ohem_scope, ohem)
+    total = w_cls * cls + w_tcp * tcp + w_cpcr * cpcr
+    return {"total": total, "cls": cls, "tcp": tcp, "cpcr": cpcr, "ohem/discards_nonzero": discards}
+
+
+def _cpcr_ohem(elements, ohem_ratio: float, ohem_scope: str, ohem: OhemSelection | None):
+    """L_cpcr = the sum of OHEM's means of the CPCR terms, and the discard diagnostic (max over terms)."""
     picks = ohem.terms if ohem is not None else (None,) * len(elements)
     chunks = ohem.chunks if ohem is not None else 1
     means, discards = zip(*(_ohem_mean(e, ohem_ratio, ohem_scope, s, chunks) for e, s in zip(elements, picks)))
-    cpcr = sum(means)
-    total = w_cls * cls + w_tcp * tcp + w_cpcr * cpcr
-    return {"total": total, "cls": cls, "tcp": tcp, "cpcr": cpcr, "ohem/discards_nonzero": torch.stack(discards).max()}
+    return sum(means), torch.stack(discards).max()
 
 
-def cpn_loss_from_config(cams, refined, labels, lam, cfg, ohem: OhemSelection | None = None) -> dict[str, torch.Tensor]:
+def cpcr_loss(cams: Triplet, refined: Triplet, labels: torch.Tensor, lam: torch.Tensor, cfg,
+              ohem: OhemSelection | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """L_cpcr alone (eq. 15 with OHEM, or the released CPCR), unweighted, with a
+    :class:`~cpn_dist.config.LossConfig`'s settings: ``(cpcr, discards)`` as :func:`cpn_loss` computes them."""
+    cams, refined, _, labels_bg, lam = _prepare(cams, refined, labels, lam)
+    if cfg.recipe == "paper":
+        elements = _paper_cpcr(*_paper_maps(cams, refined, labels_bg, cfg.alpha), lam, cfg.cpcr_stop_gradient)
+    else:
+        elements = _official_cpcr(*_official_maps(cams, refined, labels_bg, lam))
+    return _cpcr_ohem(elements, cfg.ohem_ratio, cfg.ohem_scope, ohem)
+
+
+def cpn_loss_from_config(cams, refined, labels, lam, cfg, ohem: OhemSelection | None = None,
+                         with_cpcr: bool = True) -> dict[str, torch.Tensor]:  # fmt: skip
     """:func:`cpn_loss` with the recipe, OHEM and weights of a :class:`~cpn_dist.config.LossConfig`."""
     return cpn_loss(cams, refined, labels, lam, recipe=cfg.recipe, ohem_ratio=cfg.ohem_ratio,
                     ohem_scope=cfg.ohem_scope, weights=tuple(cfg.weights), alpha=cfg.alpha, ohem=ohem,
-                    cpcr_stop_gradient=cfg.cpcr_stop_gradient, tcp_background=cfg.tcp_background)  # fmt: skip
+                    cpcr_stop_gradient=cfg.cpcr_stop_gradient, tcp_background=cfg.tcp_background,
+                    with_cpcr=with_cpcr)  # fmt: skip

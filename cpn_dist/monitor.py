@@ -59,8 +59,11 @@ def image_panel(batch: dict, cam: torch.Tensor, refined: torch.Tensor | None, me
         fg = fg / fg.flatten(1).amax(1).clamp_min(1e-5).view(-1, 1, 1)
         return 0.5 * base + 0.5 * _colour_map(fg.amax(0).numpy())
 
+    from cpn_dist.data.cp_pair import split_image
+
+    image_h, image_hbar = split_image(batch["image"][0], batch["mask"][0])
     image = rgb(batch["image"][0])
-    tiles = [image, rgb(batch["image_h"][0]), rgb(batch["image_hbar"][0]), overlay(cam[0], image)]
+    tiles = [image, rgb(image_h), rgb(image_hbar), overlay(cam[0], image)]
     if refined is not None:
         tiles.append(overlay(refined[0], image))
     panel = np.concatenate(tiles, axis=1)

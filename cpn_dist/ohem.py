@@ -20,7 +20,8 @@ Global (``ohem_scope: batch``) selection over ``world_size × accumulation`` chu
    CPCR elements, 2 × N·21·H·W values per micro-step;
 2. :func:`global_ohem_selection` finds the exact k-th largest value of the whole global batch with
    a radix select on the float bit patterns: four ``all_reduce``\\ s of 256-bin histograms (one per
-   byte, every CPCR term at once), whatever the batch size — no approximation, no all-gather;
+   byte, every CPCR term at once), whatever the batch size — no approximation, no all-gather. It runs
+   on the device without a host sync and brings the result to the host in one transfer at the end;
 3. each micro-step's :func:`cpn_dist.losses.cpn_loss` call takes the selection (``ohem=``) and
    returns its *chunk estimate* ``chunks × (sum of its selected elements) / k``.
 
@@ -95,10 +96,11 @@ def selection_weights(elements: torch.Tensor, threshold: torch.Tensor, tie_weigh
 
 
 def topk_rows(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row of ``rows`` (R×n): the k-th largest value and the tie weight of the threshold rule."""
+    """Per row of ``rows`` (R×n): the k-th largest value and the tie weight of the threshold rule.
+    The threshold is the smallest of ``torch.topk``'s k values (one radix-select kernel over all rows on
+    CUDA; faster than ``kthvalue`` on CPU too), so no per-row work is launched."""
     with torch.no_grad():
-        n = rows.shape[1]
-        threshold = torch.kthvalue(rows, n - k + 1, dim=1, keepdim=True)[0]
+        threshold = torch.topk(rows, k, dim=1, sorted=False)[0].amin(dim=1, keepdim=True)
         above = (rows > threshold).sum(dim=1, keepdim=True)
         equal = (rows == threshold).sum(dim=1, keepdim=True)
         return threshold, (k - above).to(rows.dtype) / equal.to(rows.dtype)
@@ -136,29 +138,39 @@ def _all_reduce(t: torch.Tensor, group) -> torch.Tensor:
     return t
 
 
-def _radix_select(keys: list[list[torch.Tensor]], ks: list[int], group, device) -> list[tuple[int, int, int]]:
+def _byte_counts(byte: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """256-bin counts of ``byte`` (int64 0..255) where ``keep`` (all when None), without a host sync:
+    ``scatter_add_`` (CUDA's ``bincount`` reads its maximum back to size its output)."""
+    ones = torch.ones_like(byte) if keep is None else keep.to(torch.int64)
+    return torch.zeros(256, dtype=torch.int64, device=byte.device).scatter_add_(0, byte.reshape(-1), ones.reshape(-1))
+
+
+def _radix_select(keys: list[list[torch.Tensor]], need: torch.Tensor, group) -> tuple[torch.Tensor, ...]:
     """Exact k-th largest key of each term over every chunk on every rank: 4 all-reduces of T×256 counts,
-    one byte of the key per pass, most significant first. Returns (key, above, equal) per term."""
-    terms = len(ks)
-    prefix, need, above, equal = [0] * terms, list(ks), [0] * terms, [0] * terms
+    one byte of the key per pass, most significant first, entirely on the keys' device (no host sync).
+    ``need``: k per term (int64, T). Returns (key, above, equal) per term as int64 tensors of length T."""
+    terms = len(keys)
+    need = need.clone()
+    prefix = torch.zeros_like(need)
+    above = torch.zeros_like(need)
+    equal = torch.zeros_like(need)
     for shift in (24, 16, 8, 0):
-        hist = torch.zeros(terms, 256, dtype=torch.int64, device=device)
-        for t in range(terms):
-            for chunk in keys[t]:
-                if shift != 24:  # keep the keys whose higher bytes equal the prefix found so far
-                    chunk = chunk[(chunk >> (shift + 8)) == (prefix[t] >> (shift + 8))]
-                hist[t] += torch.bincount((chunk >> shift) & 255, minlength=256)
-        counts = _all_reduce(hist, group).tolist()
-        for t in range(terms):
-            seen, byte = 0, 255
-            while seen + counts[t][byte] < need[t]:  # walk down from the largest bin
-                seen += counts[t][byte]
-                byte -= 1
-            above[t] += seen
-            need[t] -= seen
-            prefix[t] |= byte << shift
-            equal[t] = counts[t][byte]
-    return list(zip(prefix, above, equal))
+        hist = torch.stack([
+            sum(_byte_counts((chunk >> shift) & 255,
+                             None if shift == 24 else (chunk >> (shift + 8)) == (prefix[t] >> (shift + 8)))
+                for chunk in keys[t])
+            for t in range(terms)
+        ])  # fmt: skip
+        hist = _all_reduce(hist, group)
+        from_top = hist.flip(1).cumsum(1)  # from_top[t, j]: keys in the bins 255 - j … 255
+        j = (from_top < need[:, None]).sum(1)  # bins above the one that holds the need-th largest key
+        seen = torch.where(j > 0, from_top.gather(1, (j - 1).clamp_min(0)[:, None])[:, 0], torch.zeros_like(j))
+        byte = 255 - j
+        above += seen
+        need -= seen
+        prefix |= byte << shift
+        equal = hist.gather(1, byte[:, None])[:, 0]
+    return prefix, above, equal
 
 
 def global_ohem_selection(candidates: Sequence[OhemCandidates], ratio: float, group=None) -> OhemSelection:
@@ -166,21 +178,26 @@ def global_ohem_selection(candidates: Sequence[OhemCandidates], ratio: float, gr
 
     ``candidates``: this rank's micro-steps (one :class:`OhemCandidates` each). Collective: every rank
     of ``group`` (default: the world; no process group = one process) must call it with the same
-    number of terms. ``k = int(ratio × global element count)`` per term.
+    number of terms. ``k = int(ratio × global element count)`` per term. Everything runs on the
+    candidates' device; the result comes to the host in one transfer at the end.
     """
     if not candidates:
         raise ValueError("global_ohem_selection needs at least one micro-step's candidates")
     device = candidates[0].values[0].device
     terms = len(candidates[0].values)
-    nonzero = [sum((c.values[t] != 0).sum() for c in candidates) for t in range(terms)]
-    sizes = torch.stack([torch.tensor(sum(c.numel for c in candidates), device=device),
-                         torch.tensor(len(candidates), device=device), *nonzero])  # fmt: skip
-    numel, chunks, *nonzero = (int(v) for v in _all_reduce(sizes, group).tolist())
-    k = ohem_k(ratio, numel)
+    counts = [torch.tensor(sum(c.numel for c in candidates), device=device),
+              torch.tensor(len(candidates), device=device)]  # fmt: skip
+    counts += [sum((c.values[t] != 0).sum() for c in candidates) for t in range(terms)]
+    numel, chunks, *nonzero = _all_reduce(torch.stack(counts), group)
+    # k = int(numel × ratio) in float64, as ohem_k computes it on the host, clamped to 1 … numel
+    k = torch.minimum(torch.maximum((numel.double() * ratio).floor().long(), torch.ones_like(numel)), numel)
     keys = [[_order_keys(c.values[t]) for c in candidates] for t in range(terms)]
-    found = _radix_select(keys, [k] * terms, group, device)
+    found = _radix_select(keys, k.expand(terms), group)
+    k, chunks, *flat = torch.cat([torch.stack([k, chunks]), *found, torch.stack(nonzero)]).tolist()  # one transfer
+    key, above, equal, nonzero = (flat[i * terms:(i + 1) * terms] for i in range(4))
     selections = tuple(
-        TermSelection(threshold=_key_to_float(key).to(device), above=above, equal=equal, k=k, nonzero=nz)
-        for (key, above, equal), nz in zip(found, nonzero)
-    )
+        TermSelection(threshold=_key_to_float(key[t]).to(device), above=above[t], equal=equal[t], k=k,
+                      nonzero=nonzero[t])
+        for t in range(terms)
+    )  # fmt: skip
     return OhemSelection(selections, chunks)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cpn_dist.config import load_config
+from cpn_dist.data.cp_pair import split_image
 from cpn_dist.data.loader import batches_done, build_train_loader, sample_ranges, worker_batches
 from cpn_dist.data.pack import pack_split
 from cpn_dist.data.shards import read_shard_samples
@@ -58,8 +59,7 @@ def test_batch_has_the_documented_shapes_and_dtypes(shards):
     b = batches[0]
     assert list(b) == list(BATCH_KEYS)
     assert isinstance(b["key"], list) and len(b["key"]) == 4
-    for name in ("image", "image_h", "image_hbar"):
-        assert b[name].dtype == torch.float32 and b[name].shape == (4, 3, CROP, CROP)
+    assert b["image"].dtype == torch.float32 and b["image"].shape == (4, 3, CROP, CROP)
     assert b["mask"].dtype == torch.float32 and b["mask"].shape == (4, 1, CROP, CROP)
     assert b["valid"].dtype == torch.bool and b["valid"].shape == (4, 1, CROP, CROP)
     assert b["labels"].dtype == torch.float32 and b["labels"].shape == (4, 20)
@@ -68,8 +68,9 @@ def test_batch_has_the_documented_shapes_and_dtypes(shards):
     for b in batches:
         valid = b["valid"].expand_as(b["image"])
         assert torch.all(b["mask"][~b["valid"]] == 0)  # padding is never visible in I_h
-        assert torch.equal((b["image_h"] + b["image_hbar"])[valid], b["image"][valid])
-        assert torch.all(b["image"][~valid] == 0) and torch.all(b["image_hbar"][~valid] == 0)
+        image_h, image_hbar = split_image(b["image"], b["mask"])  # as the training step makes them
+        assert torch.equal((image_h + image_hbar)[valid], b["image"][valid])
+        assert torch.all(b["image"][~valid] == 0) and torch.all(image_hbar[~valid] == 0)
         lam = b["mask"].sum((1, 2, 3)) / b["valid"].sum((1, 2, 3))  # λ = visible valid-pixel fraction
         assert torch.allclose(b["lam"], lam)
         for key, y in zip(b["key"], b["labels"]):
@@ -147,7 +148,8 @@ def test_deterministic_mode_global_batches_do_not_depend_on_the_layout(shards):
     by_key = {b["key"][0]: b for b in streamed}
     first = runs[0][0]
     for i, key in enumerate(first["key"]):
-        assert torch.equal(first["image_h"][i], by_key[key]["image_h"][0])
+        assert torch.equal(first["image"][i], by_key[key]["image"][0])
+        assert torch.equal(first["mask"][i], by_key[key]["mask"][0])
 
 
 @pytest.fixture

@@ -25,8 +25,15 @@ COMBOS = [(r, s) for r in ("paper", "official") for s in ("batch", "image")]
 HARNESS = "tests/harness_train.py"
 
 
-def _variants(micro: int, combos=COMBOS) -> list[str]:
-    return [f"{r}-{s}-m{micro}:loss.recipe={r},loss.ohem_scope={s},batch.micro_size={micro}" for r, s in combos]
+BATCH_COMBOS = [(r, "batch") for r in ("paper", "official")]
+
+
+def _variants(micro: int, combos=COMBOS, full: bool = False) -> list[str]:
+    """Harness variants; ``full``: the global OHEM window by a no-grad forward first (today's path before
+    the head-only window), named ``…-full``."""
+    tail, extra = ("-full", ",loss.global_ohem_pass=full") if full else ("", "")
+    return [f"{r}-{s}-m{micro}{tail}:loss.recipe={r},loss.ohem_scope={s},batch.micro_size={micro}{extra}"
+            for r, s in combos]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +47,11 @@ def runs(shards, tmp_path_factory):
     root = tmp_path_factory.mktemp("splits")
     config = tiny_config(root / "tiny.yaml", shards)
     one = root / "world1"
-    launch([sys.executable, HARNESS, str(config), str(one), *_variants(4), *_variants(1)])  # 1×4×1, 1×1×4
+    launch([sys.executable, HARNESS, str(config), str(one), *_variants(4), *_variants(1),
+            *_variants(1, BATCH_COMBOS, full=True)])  # 1×4×1, 1×1×4  # fmt: skip
     two = root / "world2"
-    launch([*accelerate_cpu(2), HARNESS, str(config), str(two), *_variants(2), *_variants(1)])  # 2×2×1, 2×1×2
+    launch([*accelerate_cpu(2), HARNESS, str(config), str(two), *_variants(2), *_variants(1),
+            *_variants(1, BATCH_COMBOS, full=True)])  # 2×2×1, 2×1×2  # fmt: skip
     return {"1x4x1": (one, 4), "1x1x4": (one, 1), "2x2x1": (two, 2), "2x1x2": (two, 1), "config": config,
             "root": root}  # fmt: skip
 
@@ -69,6 +78,16 @@ def test_every_split_gives_the_same_parameters(runs, recipe, scope):
     reference = _final(runs, "1x4x1", recipe, scope)
     for split in ("1x1x4", "2x2x1", "2x1x2"):
         assert_same_weights(_final(runs, split, recipe, scope), reference)
+
+
+@pytest.mark.parametrize("recipe", ["paper", "official"])
+@pytest.mark.parametrize("split", ["1x1x4", "2x1x2"])
+def test_head_only_window_equals_the_full_no_grad_pass(runs, recipe, split):
+    """Global OHEM with accumulation: backpropagating L_cls + L_tcp per micro-step and re-running only the
+    head for L_cpcr after the selection gives the weights of the no-grad pass over the window."""
+    folder, micro = runs[split]
+    full = load_final(folder / f"{recipe}-batch-m{micro}-full")
+    assert_same_weights(load_final(folder / f"{recipe}-batch-m{micro}"), full)
 
 
 def test_training_moved_the_weights_and_recipes_differ(runs):

@@ -15,7 +15,7 @@ from cpn_dist.data.seeding import sample_rngs
 from cpn_dist.data.shards import decode_image, decode_labels, decode_slic, slic_member
 from cpn_dist.errors import CpnError
 
-BATCH_KEYS = ("key", "image", "image_h", "image_hbar", "mask", "valid", "labels", "lam")
+BATCH_KEYS = ("key", "image", "mask", "valid", "labels", "lam")
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,8 @@ class TrainSampleMaker:
 
     def cp_pair(self, sample: dict[str, Any]) -> dict[str, Any]:
         """Stage 3: the CP pair's mask m and λ, seeded by (seed, epoch, key). I_h and I_hbar are made
-        per batch in :func:`collate` (two products on the stacked batch instead of two more
-        full-size arrays per sample; measured faster, see benchmarks/bench_data.py)."""
+        from the image and m where the model runs (:func:`cpn_dist.data.cp_pair.split_image`, in the
+        training step on the device): a third of the bytes to move, and no work in the workers."""
         _, patch_rng = sample_rngs(self.seed, self.epoch, sample["key"])
         pm = draw_patch_mask(sample["valid"][0], sample.pop("ids"), sample.pop("n_superpixels"), patch_rng,
                              self.patch)  # fmt: skip
@@ -108,8 +108,8 @@ def _batch_tensor(shape: tuple[int, ...], dtype):
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack samples into the training batch (docs/interfaces.md, "Training batch"), making the CP
-    pair I_h = I·m, I_hbar = I·(1−m) on the stacked batch."""
+    """Stack samples into the training batch (docs/interfaces.md, "Training batch"): the image and the
+    CP pair's mask m; I_h = I·m and I_hbar = I − I·m are made where the model runs."""
     import torch
 
     n = len(samples)
@@ -119,8 +119,4 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         out = _batch_tensor((n, *samples[0][name].shape), dtype)
         np.stack([s[name] for s in samples], out=out.numpy())
         batch[name] = out
-    image, mask = batch["image"], batch["mask"]
-    batch["image_h"] = torch.mul(image, mask, out=_batch_tensor(image.shape, torch.float32))
-    # I − I·m equals I·(1−m) exactly, since m is 0 or 1 (and I is 0 on crop padding)
-    batch["image_hbar"] = torch.sub(image, batch["image_h"], out=_batch_tensor(image.shape, torch.float32))
     return {name: batch[name] for name in BATCH_KEYS}

@@ -14,6 +14,8 @@ released code, without renaming.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -56,34 +58,59 @@ class CPNet(BackboneNet):
         self.freeze()
 
     # ------------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, keep_head_inputs: bool = False):
+        """``(cam, refined)`` at the input size; with ``keep_head_inputs`` also the head's detached inputs
+        (:class:`HeadInputs`), from which :meth:`refine_from` recomputes ``refined`` exactly."""
         size = x.shape[-2:]
+        x = x.to(self.fc8.weight.dtype)  # DeepSpeed bf16/fp16 casts the weights, not the inputs
         features = self.backbone(x)
         cam = self.fc8(self.dropout7(features.conv6)).float()
-        refined = None
+        refined = inputs = None
         if self.head != "none":
-            refined = self.refine(x, cam, features.conv4, features.conv5)
-            refined = F.interpolate(refined, size, mode="bilinear", align_corners=True)
+            image = F.interpolate(x.detach().float(), cam.shape[-2:], mode="bilinear", align_corners=True)
+            inputs = HeadInputs(image, cam.detach(), features.conv4.detach(), features.conv5.detach(), tuple(size))
+            refined = self.refine_from(inputs)
         cam = F.interpolate(cam, size, mode="bilinear", align_corners=True)
-        return cam, refined
+        return (cam, refined, inputs) if keep_head_inputs else (cam, refined)
 
-    def refine(self, x: torch.Tensor, cam: torch.Tensor, conv4: torch.Tensor, conv5: torch.Tensor) -> torch.Tensor:
+    def refine_from(self, inputs: HeadInputs) -> torch.Tensor:
+        """The refined CAM at the input size from the head's (detached) inputs: the head's whole forward."""
+        refined = self.refine(inputs.image, inputs.cam, inputs.conv4, inputs.conv5)
+        return F.interpolate(refined, inputs.size, mode="bilinear", align_corners=True)
+
+    def refine(self, image: torch.Tensor, cam: torch.Tensor, conv4: torch.Tensor, conv5: torch.Tensor) -> torch.Tensor:
         """The refined CAM ``Y_pcm + Y_prcm`` (``Y_pcm`` alone for ``head="pcm"``) at the CAM resolution,
-        from the raw CAM (N×21×h×w)."""
+        from the input image resized to the CAM grid and the raw CAM (N×21×h×w). Runs in float32 whatever
+        the autocast state or the weights' dtype (DeepSpeed's bf16 weights are cast, not the inputs)."""
         with torch.no_grad():
             make_input = cpn_head.official_head_input if self.head == "official" else cpn_head.paper_head_input
             y = make_input(cam.detach().float())
-        with _float32_region(x.device):
-            reduced3 = F.relu(self.f8_3(conv4.detach().float()))
-            reduced4 = F.relu(self.f8_4(conv5.detach().float()))
-            image = F.interpolate(x.float(), y.shape[-2:], mode="bilinear", align_corners=True)
-            features = torch.cat([image, reduced3, reduced4], dim=1)  # X, 195 channels
-            g = self.f9(features)
+        with _float32_region(image.device):
+            reduced3 = F.relu(_fp32(self.f8_3)(conv4.detach().float()))
+            reduced4 = F.relu(_fp32(self.f8_4)(conv5.detach().float()))
+            features = torch.cat([image.float(), reduced3, reduced4], dim=1)  # X, 195 channels
+            g = _fp32(self.f9)(features)
             pcm = cpn_head.pixel_correlation(y, g)
             if self.head == "pcm":
                 return pcm
             if self.head == "official":
-                prcm = cpn_head.official_pixel_region(y, features, g, self.f10)
+                prcm = cpn_head.official_pixel_region(y, features, g, _fp32(self.f10))
             else:
-                prcm = cpn_head.paper_pixel_region(y, features, g, self.f10)
+                prcm = cpn_head.paper_pixel_region(y, features, g, _fp32(self.f10))
             return pcm + prcm
+
+
+class HeadInputs(NamedTuple):
+    """What the refinement head reads, all detached: the input image resized to the CAM grid (N×3×h×w),
+    the raw CAM (N×21×h×w), the two backbone taps, and the input size to upsample the result to."""
+
+    image: torch.Tensor
+    cam: torch.Tensor
+    conv4: torch.Tensor
+    conv5: torch.Tensor
+    size: tuple[int, int]
+
+
+def _fp32(conv: nn.Conv2d):
+    """A bias-free 1×1 head convolution applied in float32 (its weight cast if it is bf16/fp16)."""
+    return lambda t: F.conv2d(t, conv.weight.float())

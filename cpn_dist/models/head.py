@@ -73,8 +73,13 @@ def pixel_correlation(cam: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     n, c, h, w = cam.shape
     g = g.flatten(2)
     g = g / (torch.linalg.vector_norm(g, dim=1, keepdim=True) + EPS)
-    affinity = F.relu(torch.bmm(g.transpose(1, 2), g))
-    affinity = affinity / (affinity.sum(dim=1, keepdim=True) + EPS)
+    affinity = torch.bmm(g.transpose(1, 2), g)  # (h·w)² per image: 552 MB for a 1000×750 input at stride 8
+    if torch.is_grad_enabled() and (affinity.requires_grad or cam.requires_grad):
+        affinity = F.relu(affinity)
+        affinity = affinity / (affinity.sum(dim=1, keepdim=True) + EPS)
+    else:  # inference: in place, so that one affinity is alive, not two
+        affinity.relu_()
+        affinity.div_(affinity.sum(dim=1, keepdim=True).add_(EPS))
     return torch.bmm(cam.flatten(2), affinity).reshape(n, c, h, w)
 
 
