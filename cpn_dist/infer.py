@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cpn_dist.cams import normalise_released, save_cams
+from cpn_dist.cams import save_cams
 from cpn_dist.data.inputs import Sample
+from cpn_dist.devices import autocast, to_device
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class InferSettings:
     batch_size: int = 8  # most inputs of one size per forward
     fmt: str = "released"  # "released" | "irn"
     save_raw: bool = False  # also write the unnormalised sum under out/raw/
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast of the network; the sums stay float32)
 
 
 def scaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
@@ -97,26 +99,39 @@ def _prepare(sample: Sample, settings: InferSettings) -> _Pending:
     return _Pending(sample, inputs, classes)
 
 
-def _forward(model: torch.nn.Module, batch: torch.Tensor, use: str) -> torch.Tensor:
-    cam, refined = model(batch)
+def _forward(model: torch.nn.Module, batch: torch.Tensor, use: str, precision: str = "fp32") -> torch.Tensor:
+    with autocast(batch.device, precision):
+        cam, refined = model(batch)
     out = refined if use == "refined" and refined is not None else cam
     return out[:, 1:].float()
 
 
-def sum_cams(pending: _Pending, settings: InferSettings) -> np.ndarray:
-    """Step 2–3: the float32 sum (K×H×W, labelled classes) over every input of one image."""
+def sum_cams(pending: _Pending, settings: InferSettings) -> torch.Tensor:
+    """Step 2–3: the float32 sum (K×H×W, labelled classes) over every input of one image, on the device
+    the outputs are on."""
     width, height = pending.sample.image.size
-    labels = torch.as_tensor(np.asarray(pending.sample.labels, dtype=np.float32)[pending.classes])
+    first = pending.outputs[0]
+    labels = torch.as_tensor(np.asarray(pending.sample.labels, dtype=np.float32)[pending.classes]).to(first.device)
     total = None
     per_scale = 2 if settings.flip else 1
     for i in range(len(pending.inputs)):
         out = pending.outputs[i]
         cam = F.interpolate(out[None], (height, width), mode="bilinear", align_corners=False)[0]
-        cam = cam.cpu() * labels.view(-1, 1, 1)
+        cam = cam * labels.view(-1, 1, 1)
         if settings.flip and i % per_scale == 1:
             cam = torch.flip(cam, dims=(-1,))
-        total = cam.clone() if total is None else total.add_(cam)
-    return total.numpy()
+        total = cam if total is None else total.add_(cam)
+    return total
+
+
+def normalise_released_torch(total: torch.Tensor) -> torch.Tensor:
+    """:func:`cpn_dist.cams.normalise_released` in torch (on any device), bit-identical in float32."""
+    x = total.float().clamp_min(0)
+    high = x.amax(dim=(-2, -1), keepdim=True)
+    low = x.amin(dim=(-2, -1), keepdim=True)
+    eps = torch.tensor(1e-5, dtype=torch.float32, device=x.device)
+    x = torch.where(x < low + eps, torch.zeros_like(x), x)
+    return ((x - low - eps) / (high - low + eps)) / 2
 
 
 def _finish(pending: _Pending, settings: InferSettings, out_dir: Path) -> None:
@@ -125,12 +140,14 @@ def _finish(pending: _Pending, settings: InferSettings, out_dir: Path) -> None:
         save_cams(out_dir / f"{name}.npy", {} if settings.fmt == "released" else _irn({}, [], None))
         return
     total = sum_cams(pending, settings)
-    if settings.save_raw:
-        save_cams(out_dir / "raw" / f"{name}.npy", {c: total[k] for k, c in enumerate(pending.classes)})
-    if settings.fmt == "irn":
-        save_cams(out_dir / f"{name}.npy", _irn(pending.sample, pending.classes, total))
-        return
-    norm = normalise_released(total)
+    if settings.save_raw or settings.fmt == "irn":
+        raw = total.cpu().numpy()
+        if settings.save_raw:
+            save_cams(out_dir / "raw" / f"{name}.npy", {c: raw[k] for k, c in enumerate(pending.classes)})
+        if settings.fmt == "irn":
+            save_cams(out_dir / f"{name}.npy", _irn(pending.sample, pending.classes, raw))
+            return
+    norm = normalise_released_torch(total).cpu().numpy()  # one copy to the host per image
     save_cams(out_dir / f"{name}.npy", {c: norm[k] for k, c in enumerate(pending.classes)})
 
 
@@ -204,7 +221,7 @@ def forward_by_shape(step: Sequence, forward: Callable[[torch.Tensor], torch.Ten
     for group in by_shape.values():
         for start in range(0, len(group), batch_size):
             part = group[start:start + batch_size]
-            batch = torch.from_numpy(np.stack([p.inputs[i] for p, i in part])).to(device)
+            batch = to_device(np.stack([p.inputs[i] for p, i in part]), device)
             out = forward(batch)
             for row, (p, i) in enumerate(part):
                 p.outputs[i] = keep(p, out[row])
@@ -212,8 +229,8 @@ def forward_by_shape(step: Sequence, forward: Callable[[torch.Tensor], torch.Ten
 
 def _run_step(model, step: list[_Pending], settings: InferSettings, device, out_dir: Path,
               written: list[str], on_image) -> None:  # fmt: skip
-    forward_by_shape(step, lambda batch: _forward(model, batch, settings.use), settings.batch_size, device,
-                     keep=lambda p, row: row[p.classes])  # only the labelled classes are kept
+    forward_by_shape(step, lambda batch: _forward(model, batch, settings.use, settings.precision), settings.batch_size,
+                     device, keep=lambda p, row: row[p.classes])  # only the labelled classes are kept
     for p in step:
         _finish(p, settings, out_dir)
         p.outputs.clear()

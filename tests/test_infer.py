@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cpn_dist.cams import load_cams
+from cpn_dist.data.inputs import Sample
 from cpn_dist.data.voc import labels_from_names, read_split, read_xml_objects
 from cpn_dist.infer import InferSettings, infer_samples, scaled_size
 from tests.conftest import ROOT, run_cpn
@@ -213,3 +214,38 @@ def test_infer_from_shards_equals_infer_from_the_voc_root(synth_voc, tiny_checkp
         assert sorted(a) == sorted(b) and a
         for c in a:
             np.testing.assert_allclose(a[c], b[c], rtol=0, atol=1e-5)
+
+
+def test_torch_normalisation_is_bit_identical_to_the_released_numpy_one():
+    from cpn_dist.cams import normalise_released
+    from cpn_dist.infer import normalise_released_torch
+
+    g = torch.Generator().manual_seed(3)
+    total = torch.randn(4, 37, 29, generator=g) * 3
+    total[1] = 0  # a class whose sum is all zero: −0.5 everywhere
+    total[2, :5] = total[2].min()  # ties at the minimum
+    expected = normalise_released(total.numpy())
+    got = normalise_released_torch(total).numpy()
+    assert np.array_equal(got, expected)
+    assert np.all(got[1] == -0.5)
+
+
+def test_bf16_inference_is_close_to_fp32_and_fp16_is_refused_on_cpu(tmp_path):
+    from cpn_dist.devices import autocast
+    from cpn_dist.infer import InferSettings, infer_samples
+    from cpn_dist.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny", "paper", dropout=0.0).eval()
+    rng = np.random.default_rng(0)
+    sample = Sample("x", Image.fromarray(rng.integers(0, 255, (40, 52, 3), dtype=np.uint8)),
+                    np.eye(20, dtype=np.float32)[3], None)  # fmt: skip
+    maps = {}
+    for precision in ("fp32", "bf16"):
+        infer_samples(model, [sample], tmp_path / precision, InferSettings(scales=(1.0,), precision=precision),
+                      loader_threads=0)  # fmt: skip
+        maps[precision] = np.load(tmp_path / precision / "x.npy", allow_pickle=True).item()[3]
+    assert maps["fp32"].shape == maps["bf16"].shape == (40, 52)
+    assert np.abs(maps["fp32"] - maps["bf16"]).max() < 0.05  # both in the released [−0.5, 0.5] scale
+    with pytest.raises(ValueError, match="fp16"):
+        autocast("cpu", "fp16")

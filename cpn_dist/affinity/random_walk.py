@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from cpn_dist.affinity.pairs import STRIDE, pair_affinities, pair_index
 from cpn_dist.cams import CAM_NORMS, alpha_background, foreground_max, load_cams, normalise_cams, save_cams
 from cpn_dist.data.inputs import Sample
+from cpn_dist.devices import autocast, to_device
 from cpn_dist.errors import CpnError
 
 log = logging.getLogger(__name__)
@@ -205,7 +206,7 @@ def _prepare(sample: Sample, cams_dir: Path, params: WalkParams, mean, std) -> _
 def _finish(item: _Item, walked: torch.Tensor, out_dir: Path, save_cams_dir: Path | None) -> None:
     from cpn_dist.affinity.labels import write_label
 
-    up = upsample_walked(walked.cpu(), item.shape)
+    up = upsample_walked(walked, item.shape).cpu()  # upsampled on the device: one copy per image
     label = np.asarray(item.classes, dtype=np.uint8)[up.argmax(dim=0).numpy()]
     write_label(out_dir, item.sample.name, label)
     if save_cams_dir is not None:
@@ -228,12 +229,13 @@ def load_affinity_model(checkpoint: str | Path, backbone: str = "resnet38d", dev
 def walk_samples(model: torch.nn.Module, samples: Iterable[Sample], cams_dir: str | Path, out_dir: str | Path,
                  params: WalkParams = WalkParams(), *, device: torch.device | str = "cpu",
                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), batch_size: int = 1,
-                 save_cams_dir: str | Path | None = None,
+                 save_cams_dir: str | Path | None = None, precision: str = "fp32",
                  on_image: Callable[[str], None] | None = None) -> list[str]:  # fmt: skip
     """Write the random-walk label (``{out_dir}/{name}.png``, VOC palette) of every sample, reading
     its CAMs from ``{cams_dir}/{name}.npy``; with ``save_cams_dir`` also the walked class scores in the
     released CAM format. Consecutive images of the same padded size go through the network, and the
-    dense walk, together (at most ``batch_size``). Returns the names written, in order."""
+    dense walk, together (at most ``batch_size``). ``precision`` autocasts AffinityNet (the walk itself
+    runs in float32). Returns the names written, in order."""
     cams_dir, out_dir = Path(cams_dir), Path(out_dir)
     if not cams_dir.is_dir():
         raise CpnError(f"{cams_dir}: CAM folder not found")
@@ -249,14 +251,16 @@ def walk_samples(model: torch.nn.Module, samples: Iterable[Sample], cams_dir: st
     def flush() -> None:
         if not group:
             return
-        x = torch.from_numpy(np.stack([it.image for it in group])).to(device)
-        embedding = model(x)
+        x = to_device(np.stack([it.image for it in group]), device)
+        with autocast(device, precision):
+            embedding = model(x)
+        embedding = embedding.float()
         h, w = embedding.shape[-2:]
         aff = pair_affinities(embedding, params.radius)
         k = max(it.scores.shape[0] for it in group)
         scores = torch.zeros(len(group), k, h * w, device=device)
         for row, it in enumerate(group):
-            scores[row, : it.scores.shape[0]] = it.scores.reshape(it.scores.shape[0], -1).to(device)
+            scores[row, : it.scores.shape[0]] = to_device(it.scores.reshape(it.scores.shape[0], -1), device)
         walked = random_walk(scores, aff, h, w, params).view(len(group), k, h, w)
         for row, it in enumerate(group):
             _finish(it, walked[row, : it.scores.shape[0]], out_dir, save_cams_dir)

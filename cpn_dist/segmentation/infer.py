@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from cpn_dist.crf import CrfParams, dense_crf
 from cpn_dist.data.inputs import Sample
 from cpn_dist.data.voc import save_label_png
+from cpn_dist.devices import autocast
 from cpn_dist.infer import IMAGENET_MEAN, IMAGENET_STD, _prefetch, forward_by_shape, scale_inputs
 
 SERVER_LAYOUT = Path("results") / "VOC2012" / "Segmentation" / "comp5_test_cls"
@@ -48,6 +49,7 @@ class SegmentSettings:
     std: tuple[float, float, float] = IMAGENET_STD
     batch_size: int = 8  # most inputs of one size per forward
     crf: CrfParams | None = None  # None: no CRF
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast of the network (probabilities stay float32)
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,7 @@ class _CrfRunner:
 def _finish(item: _Image, settings: SegmentSettings, outputs: Outputs, crf: _CrfRunner) -> None:
     width, height = item.sample.image.size
     probs = mean_probabilities([item.outputs[i] for i in range(len(item.inputs))], (height, width), settings.flip)
+    probs = probs.cpu()  # averaged on the device: one copy to the host per image
     name = item.sample.name
     if outputs.labels is not None:
         _save(to_labels(probs), outputs.labels / f"{name}.png")
@@ -183,7 +186,8 @@ def segment_samples(model: torch.nn.Module, samples: Iterable[Sample], outputs: 
         return _Image(sample, scale_inputs(sample.image, settings))
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
-        return model.score(batch).float().cpu()
+        with autocast(batch.device, settings.precision):
+            return model.score(batch).float()
 
     crf = _CrfRunner(crf_workers if settings.crf is not None else 0)
     try:
