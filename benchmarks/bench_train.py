@@ -104,7 +104,7 @@ def main() -> None:
     optimizer, _ = build_optimizer(model.parameter_groups(), cfg.optim)
     batch = random_batch(n, crop, torch.Generator().manual_seed(0))
     flops = training_step_flops(model, crop=crop, batch=n, triplet=True)["forward_backward"]
-    peak = peak_flops_per_device(cfg.log.peak_flops, device)
+    peak = peak_flops_per_device(cfg.log.peak_flops, device, precision)
 
     rows = []
     for name, forward in (("triplet as one 3N forward", _triplet), ("three separate forwards", separate)):

@@ -13,19 +13,42 @@ import torch
 
 log = logging.getLogger(__name__)
 
-# Dense bf16/fp16 tensor-core peak FLOP/s per device, used for MFU when `log.peak_flops` is unset.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12,
-              "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12}  # fmt: skip
+# Dense peak FLOP/s per device from the vendors' data sheets (no sparsity), used for MFU when
+# `log.peak_flops` is unset: (bf16/fp16 tensor cores, tf32 tensor cores, fp32 without tensor cores).
+# Matched in order against torch.cuda.get_device_name(): "NVIDIA H100 PCIe" before the SXM part
+# ("NVIDIA H100 80GB HBM3"), and the H200 (SXM) has the H100 SXM's compute.
+PEAK_FLOPS = {
+    "H100 PCIe": (756e12, 378e12, 51.2e12),
+    "H100 NVL": (835e12, 417.5e12, 60e12),
+    "H100": (989.5e12, 494.7e12, 66.9e12),
+    "H200": (989.5e12, 494.7e12, 66.9e12),
+    "A100": (312e12, 156e12, 19.5e12),
+    "L40S": (362e12, 183e12, 91.6e12),
+    "A10": (125e12, 62.5e12, 31.2e12),
+    "RTX 4090": (165.2e12, 82.6e12, 82.6e12),
+    "RTX 3090": (71e12, 35.6e12, 35.6e12),
+    "V100": (125e12, None, 15.7e12),
+}
 
 
-def peak_flops_per_device(configured: float | None, device: torch.device) -> float | None:
-    """The configured peak FLOP/s, or a table value for a known GPU, or None (no MFU on CPU)."""
+def peak_flops_per_device(configured: float | None, device: torch.device, precision: str = "bf16") -> float | None:
+    """The configured peak FLOP/s, or the table's peak for a known GPU in the precision in use, or None
+    (no MFU on CPU). ``precision``: the run's ``train.precision`` (bf16 / fp16: the 16-bit tensor-core
+    peak; ``no``: the tf32 tensor-core peak when cuDNN or matmuls may use tf32 — cuDNN's default for
+    convolutions — else the plain fp32 peak)."""
     if configured:
         return configured
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+    peaks = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+    if peaks is None:
+        return None
+    half, tf32, fp32 = peaks
+    if precision in ("bf16", "fp16"):
+        return half
+    uses_tf32 = torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32
+    return tf32 if uses_tf32 and tf32 else fp32
 
 
 def peak_memory_bytes(device: torch.device) -> int:
