@@ -47,8 +47,12 @@ def peak_flops_per_device(configured: float | None, device: torch.device, precis
     half, tf32, fp32 = peaks
     if precision in ("bf16", "fp16"):
         return half
-    uses_tf32 = torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32
-    return tf32 if uses_tf32 and tf32 else fp32
+    return tf32 if tf32_enabled() and tf32 else fp32
+
+
+def tf32_enabled() -> bool:
+    """Whether fp32 convolutions or matmuls may run on tf32 tensor cores (cuDNN allows it by default)."""
+    return bool(torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32)
 
 
 def peak_memory_bytes(device: torch.device) -> int:

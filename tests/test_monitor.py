@@ -22,8 +22,7 @@ def test_peak_of_the_precision_in_use(monkeypatch, name, precision, peak):
 
 def test_plain_fp32_peak_without_tf32_and_the_configured_peak_wins(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 PCIe")
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False, raising=False)  # a __getattr__ property
+    monkeypatch.setattr(monitor, "tf32_enabled", lambda: False)
     assert monitor.peak_flops_per_device(None, torch.device("cuda"), "no") == 51.2e12
     assert monitor.peak_flops_per_device(123e12, torch.device("cuda"), "no") == 123e12
     assert monitor.peak_flops_per_device(None, torch.device("cpu"), "bf16") is None
