@@ -1,9 +1,13 @@
 """Training-step benchmark: steps/s, samples/s, peak memory and MFU of the CPN step for a config,
 precision and crop, with the triplet run as ONE forward over 3N images (what the trainer does)
-and as three separate forwards (what the released code does).
+and as three separate forwards (what the released code does); and (``--accumulation A``) the cost of
+global OHEM over A accumulation micro-steps on each path: the head-only window (``global_ohem_pass:
+auto``) against the no-grad pass over the window (``full``), in FLOPs counted by FlopCounterMode and in
+time, relative to the same A micro-steps without OHEM.
 
     .venv/bin/python benchmarks/bench_train.py --config configs/demo.yaml --crop 448 --steps 5
     .venv/bin/python benchmarks/bench_train.py --config configs/voc_cpn_official.yaml --precision bf16   # on a GPU
+    .venv/bin/python benchmarks/bench_train.py --config configs/demo.yaml --accumulation 4 --batch 4
 
 The step is the trainer's: ``cpn_dist.train._triplet`` forward, ``cpn_loss_from_config``, backward,
 SGD with the released parameter groups. Inputs are random tensors (no data loading: see
@@ -27,6 +31,7 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
@@ -78,6 +83,68 @@ def time_steps(model, optimizer, forward, batch, cfg, device, precision: str, st
     return times
 
 
+def accumulation_paths(args, cfg, crop: int, n: int, device) -> list[dict]:
+    """One optimizer step of A micro-steps of n/A images with global OHEM on each path, against the same
+    micro-steps without a global selection (OHEM per image: no extra pass); FLOPs and seconds."""
+    from device_check import make_step
+    from torch.utils.flop_counter import FlopCounterMode
+
+    a = args.accumulation
+    micro = n // a
+    batches = [random_batch(micro, crop, torch.Generator().manual_seed(i)) for i in range(a)]
+    rows = []
+    for name, overrides in (("no global OHEM (per-image OHEM): the reference", ["loss.ohem_scope=image"]),
+                            ("head-only window (global_ohem_pass: auto)", ["loss.global_ohem_pass=auto"]),
+                            ("no-grad pass over the window (global_ohem_pass: full)", ["loss.global_ohem_pass=full"])):
+        run_cfg = load_config(args.config, [f"model.backbone={cfg.model.backbone}", "model.dropout=0.0",
+                                            f"data.crop={crop}", f"batch.global_size={n}", f"batch.micro_size={micro}",
+                                            "loss.recipe=paper", "model.head=paper", "loss.ohem_scope=batch",
+                                            *overrides])  # fmt: skip
+        step, _ = make_step(run_cfg, device, "no", False)
+        step(batches)  # warm-up
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step(batches)
+        times = time_steps_plain(step, batches, device, args.steps)
+        rows.append({"path": name, "flops": counter.get_total_flops(), "step_s_median": statistics.median(times),
+                     "step_s_best": min(times)})  # fmt: skip
+    from cpn_dist.models.flops import global_ohem_window_flops
+
+    counted = {}
+    for backbone, at_crop in ((cfg.model.backbone, crop), ("resnet38d", 448)):
+        f = global_ohem_window_flops(backbone, "paper", crop=at_crop, micro=micro, accumulation=a)
+        counted[f"{backbone}@{at_crop}"] = {k: v / f["step"] for k, v in f.items() if k != "step"}
+        Console().print(f"{backbone}, crop {at_crop}, {a} micro-steps of {micro}: extra FLOPs over the window's "
+                        f"forward + backward (meta-device count): full pass {100 * f['full'] / f['step']:.1f} %, "
+                        f"head-only {100 * f['head_only'] / f['step']:.2f} %")  # fmt: skip
+    rows.append({"meta_device_counts": counted})
+    base = rows[0]
+    table = Table(title=f"global OHEM over {a} micro-steps of {micro} ({cfg.model.backbone}, crop {crop})")
+    for col in ("path", "FLOPs per step", "extra FLOPs", "step s (best / median)", "extra time"):
+        table.add_column(col)
+    for r in rows[:-1]:
+        r["extra_flops"] = r["flops"] / base["flops"] - 1
+        r["extra_time"] = r["step_s_median"] / base["step_s_median"] - 1
+        times = f"{r['step_s_best']:.3f} / {r['step_s_median']:.3f}"
+        table.add_row(r["path"], f"{r['flops'] / 1e9:.2f} GFLOP", f"{100 * r['extra_flops']:+.1f} %", times,
+                      f"{100 * r['extra_time']:+.1f} %")  # fmt: skip
+    Console().print(table)
+    return rows
+
+
+def time_steps_plain(step, batches, device, steps: int) -> list[float]:
+    times = []
+    for _ in range(steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step(batches)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="configs/demo.yaml")
@@ -88,6 +155,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--accumulation", type=int, default=0, help="also compare the global-OHEM paths over A micro-steps")
     p.add_argument("--out", default="benchmarks/results/bench_train.json")
     args = p.parse_args()
 
@@ -132,6 +200,8 @@ def main() -> None:
                       f"{r['peak_memory_bytes'] / 2**30:.2f} GiB",
                       f"{100 * r['mfu']:.1f} %" if r["mfu"] is not None else "n/a (CPU)")  # fmt: skip
     Console().print(table)
+    if args.accumulation > 1:
+        result["accumulation_paths"] = accumulation_paths(args, cfg, crop, n, device)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

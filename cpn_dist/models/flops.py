@@ -57,3 +57,27 @@ def training_step_flops(model=None, *, backbone: str | None = None, head: str | 
         loss.backward()
 
     return {"forward": _count(forward), "forward_backward": _count(forward_backward), "images": images}
+
+
+def global_ohem_window_flops(backbone: str, head: str, *, crop: int = 448, micro: int = 1,
+                             accumulation: int = 4) -> dict[str, int]:  # fmt: skip
+    """What global OHEM over an accumulation window of ``accumulation`` micro-steps of ``micro`` images
+    (triplets) adds to the window's forward + backward (``"step"``): ``"full"`` — the no-grad forward of
+    every micro-step first (``global_ohem_pass: full``); ``"head_only"`` — the head's forward + backward
+    re-run for every micro-step but the last (``global_ohem_pass: auto``). Counted on the ``meta``
+    device like :func:`training_step_flops`."""
+    from cpn_dist.models import build_model
+
+    step = training_step_flops(backbone=backbone, head=head, crop=crop, batch=micro)
+    with torch.device("meta"):
+        replica = build_model(backbone, head, dropout=0.0).train()
+    x = torch.empty(3 * micro, 3, crop, crop, device="meta")
+    with torch.no_grad():
+        _, _, inputs = replica(x, keep_head_inputs=True)
+
+    def head_forward_backward():
+        replica.refine_from(inputs).sum().backward()
+
+    head = _count(head_forward_backward)
+    return {"step": accumulation * step["forward_backward"], "full": accumulation * step["forward"],
+            "head_only": (accumulation - 1) * head}
