@@ -112,5 +112,8 @@ class HeadInputs(NamedTuple):
 
 
 def _fp32(conv: nn.Conv2d):
-    """A bias-free 1×1 head convolution applied in float32 (its weight cast if it is bf16/fp16)."""
+    """A bias-free 1×1 head convolution applied in float32: the module itself, or with DeepSpeed's bf16/fp16
+    weights a float32 copy of its weight (the gradient flows back to it through the cast)."""
+    if conv.weight.dtype == torch.float32:
+        return conv
     return lambda t: F.conv2d(t, conv.weight.float())
