@@ -18,7 +18,7 @@ def register(sub) -> None:
         "Finished steps are kept on a re-run.",
     )  # fmt: skip
     p.add_argument("--out", default="demo", help="output folder (default demo/)")
-    p.add_argument("--config", default=None, help="run config of the models (default configs/demo.yaml)")
+    p.add_argument("--config", default=None, help="run config of the models: a path or a packaged name (default demo)")
     p.add_argument("--images", type=int, default=None, help="synthetic images (default 1000)")
     p.add_argument("--eval-images", type=int, default=None, help="score only the first N images of the split")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
