@@ -71,6 +71,7 @@ from cpn_dist.pipeline_steps import (
     step_settings,
     write_json,
 )
+from cpn_dist.runlock import lock_on_main, share_from_main
 from cpn_dist.yaml_io import find_config, packaged_config_names
 
 log = logging.getLogger(__name__)
@@ -175,8 +176,6 @@ class Pipeline(LaterSteps):
         for name in [*(only or ()), *skip, *([redo] if redo else [])]:
             if name not in STEPS:
                 raise CpnError(f"unknown step '{name}' (steps: {', '.join(STEPS)})")
-        from cpn_dist.runlock import lock_on_main
-
         started = time.perf_counter()
         self.dist = _Dist()
         lock = lock_on_main(self.work, "work_dir", self.dist.main, self.dist.world)
@@ -215,6 +214,7 @@ class Pipeline(LaterSteps):
                     why = []
                 else:
                     why = stale_reasons(old["settings"], settings)
+                why = share_from_main(why, self.dist.world)  # one decision for every process
                 if not why:
                     ids[name] = old.get("id")
                     reports.append(StepReport(name, "done before", scores=self._old_scores(name)))
@@ -229,7 +229,7 @@ class Pipeline(LaterSteps):
             scores = getattr(self, f"step_{name}")() or []
             self.dist.barrier()
             seconds = time.perf_counter() - t0
-            ids[name] = uuid.uuid4().hex if self.dist.main else None
+            ids[name] = share_from_main(uuid.uuid4().hex, self.dist.world)
             if self.dist.main:
                 write_json(self._stamp(name), {"step": name, "seconds": seconds, "id": ids[name],
                                                "settings": settings, "scores": [s.to_json() for s in scores]})
