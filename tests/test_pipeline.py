@@ -217,3 +217,18 @@ def test_a_bad_beta_sweep_fails_when_the_config_is_read(done):
 
     with pytest.raises(ConfigError, match=r"cams.betas: '0.2:0.6:oops' expected START:STOP:STEP"):
         load_pipeline_config(done["config"], ["cams.betas=0.2:0.6:oops"])
+
+
+def test_the_issues_settings_changes_make_their_steps_stale(done):
+    """A CPN max_steps change stales train_cpn; new CAM scales stale cams; a log setting stales nothing."""
+    from cpn_dist.pipeline_steps import stale_reasons, step_settings
+
+    def changes(step, *overrides):
+        before = step_settings(Pipeline(load_pipeline_config(done["config"])), step)
+        return stale_reasons(before, step_settings(Pipeline(load_pipeline_config(done["config"], overrides)), step))
+
+    assert changes("train_cpn", "overrides.cpn=[train.max_steps=3]") == ["train.max_steps: 2 → 3"]
+    assert changes("cams", "cams.scales=[1.0, 2.0]") == ["cams.scales: [1.0] → [1.0, 2.0]"]
+    assert changes("train_cpn", "overrides.cpn=[log.every=5, data.workers=1]") == []
+    assert changes("segment", 'overrides.segmentation=["segmentation.test_scales=[0.5]"]') == [
+        "segmentation.test_scales: [1.0] → [0.5]"]
