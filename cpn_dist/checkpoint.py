@@ -2,7 +2,8 @@
 
 A checkpoint is a folder ``{output.dir}/checkpoints/step_{N:08d}/`` holding Accelerate's
 ``save_state`` (model, optimizer, gradient scaler, every process's RNG states; a DeepSpeed engine
-checkpoint under DeepSpeed) plus ``trainer_state.json`` (global step, epoch and position in it).
+checkpoint under DeepSpeed) plus ``trainer_state.json`` (global step, epoch and position in it, the
+batch layout, and the resolved run config that a resume is checked against).
 It is written under a temporary name and renamed only when every process has finished writing, so
 a process killed mid-write never leaves a folder that looks complete, and never replaces the last
 good checkpoint. Checkpoints live on a filesystem shared by all nodes (as on any cluster).
@@ -87,10 +88,13 @@ def save_checkpoint(accelerator, output_dir: str | Path, state: dict, keep_last:
     return final
 
 
-def save_weights(state_dict: dict, path: str | Path) -> None:
-    """Save a plain state dict (loadable by ``cpn_dist.models.load_weights``) atomically."""
+def save_weights(state_dict: dict, path: str | Path, metadata: dict | None = None) -> None:
+    """Save weights atomically, loadable by ``cpn_dist.models.load_weights``: a plain state dict, or with
+    ``metadata`` ``{"model": state dict, "cpn_dist": metadata}`` (a self-describing file: stage,
+    backbone, head, resolved config; the released scripts read ``torch.load(path)["model"]``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}")
-    torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, tmp)
+    weights = {k: v.detach().cpu() for k, v in state_dict.items()}
+    torch.save(weights if metadata is None else {"model": weights, "cpn_dist": metadata}, tmp)
     os.replace(tmp, path)

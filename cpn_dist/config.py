@@ -1,6 +1,7 @@
 """Run configuration: a typed, validated tree of plain data.
 
-A run is described by one YAML file (see ``configs/``) plus dotted command-line overrides
+A run is described by one YAML file (a path, or the name of a packaged config: ``cpn_dist/configs/``,
+linked as ``configs/`` in the repository) plus dotted command-line overrides
 (``optim.lr=0.02 data.crop=320``). Every key is declared below with its type, default and range;
 an unknown key, a wrong type or an out-of-range value is a :class:`~cpn_dist.errors.ConfigError`
 whose message names the dotted key (and, for a typo, the nearest valid key).
@@ -15,16 +16,19 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from cpn_dist.config_base import _Section
+from cpn_dist.config_stages import AffinityConfig, CrfConfig, SegmentationConfig, SegmentationCrfConfig
 from cpn_dist.errors import ConfigError
+from cpn_dist.yaml_io import dump_yaml, find_config, parse_yaml
 
-
-class _Section(BaseModel):
-    """A config section: unknown keys are errors, values are checked without silent coercion."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+__all__ = [
+    "AffinityConfig", "BatchConfig", "Config", "ConfigError", "CrfConfig", "DataConfig", "LogConfig", "LossConfig",
+    "ModelConfig", "OptimConfig", "OutputConfig", "PatchConfig", "SegmentationConfig", "SegmentationCrfConfig",
+    "TrainConfig", "all_keys", "apply_override", "key_docs", "load_config", "parse_yaml", "suggest_key", "to_yaml",
+    "validate",
+]  # fmt: skip
 
 
 class PatchConfig(_Section):
@@ -94,6 +98,9 @@ class DataConfig(_Section):
         lo, hi = self.scale_range
         if not 0 < lo <= hi:
             raise ValueError(f"scale_range: need 0 < low <= high, got [{lo}, {hi}]")
+        if self.crop > hi:  # every image is resized to a long side <= hi: each crop would be mostly padding
+            raise ValueError(f"crop: {self.crop} is larger than every training image (data.scale_range resizes "
+                             f"the long side to at most {hi} pixels); lower data.crop or raise data.scale_range")
         if any(s <= 0 for s in self.std):
             raise ValueError("std: every value must be > 0")
         if any(j < 0 for j in self.color_jitter) or self.color_jitter[3] > 0.5:
@@ -207,101 +214,6 @@ class LogConfig(_Section):
     )
 
 
-class CrfConfig(_Section):
-    """A dense CRF's settings (defaults: AffinityNet/PSA's, for ~500-pixel VOC images)."""
-
-    iterations: int = Field(10, ge=1, le=100, description="mean-field iterations")
-    gaussian_sxy: float = Field(3.0, gt=0.0, description="Gaussian (smoothness) kernel: spatial std (pixels)")
-    gaussian_compat: float = Field(3.0, gt=0.0, description="Gaussian kernel weight")
-    bilateral_sxy: float = Field(80.0, gt=0.0, description="bilateral (appearance) kernel: spatial std (pixels)")
-    bilateral_srgb: float = Field(13.0, gt=0.0, description="bilateral kernel: colour std (0..255)")
-    bilateral_compat: float = Field(10.0, gt=0.0, description="bilateral kernel weight")
-
-    def params(self):
-        """These settings as :class:`cpn_dist.crf.CrfParams`."""
-        from cpn_dist.crf import CrfParams
-
-        return CrfParams(self.iterations, self.gaussian_sxy, self.gaussian_compat, self.bilateral_sxy,
-                         self.bilateral_srgb, self.bilateral_compat)  # fmt: skip
-
-
-class AffinityConfig(_Section):
-    """Stage 2 (`stage: affinity`): AffinityNet on affinity labels, and the random walk (PSA's defaults)."""
-
-    labels: str = Field(
-        "affinity_labels/train_aug",
-        description="folder of affinity labels {image id}.png (`cpn affinity-labels`: 0 bg, 1..20 class, 255 ignore)",
-    )
-    radius: int = Field(5, ge=2, le=16, description="pairs closer than this many stride-8 cells are trained and walked")
-    low_alpha: float = Field(
-        4.0, gt=0.0, le=1000.0, description="`cpn affinity-labels`: background (1 - max CAM)^alpha of the la map "
-        "(confident foreground)",
-    )
-    high_alpha: float = Field(
-        32.0, gt=0.0, le=1000.0, description="`cpn affinity-labels`: background (1 - max CAM)^alpha of the ha map "
-        "(confident background)",
-    )
-    rw_alpha: float = Field(
-        16.0, gt=0.0, le=1000.0, description="`cpn rw`: background (1 - max CAM)^alpha walked with the CAMs"
-    )
-    rw_beta: float = Field(8.0, gt=0.0, le=100.0, description="`cpn rw`: exponent beta of the affinities (A^beta)")
-    rw_logt: int = Field(8, ge=0, le=16, description="`cpn rw`: the walk takes t = 2^logt steps")
-    cam_norm: Literal["max", "none"] = Field(
-        "max", description="affinity labels and `cpn rw`: divide each CAM by its maximum first (PSA's scale, "
-        "which its alphas assume; released CPN CAMs peak at 0.5), or use the stored values",
-    )
-    crf: CrfConfig = Field(default_factory=CrfConfig, description="the dense CRF of the affinity labels (PSA's)")
-
-    @model_validator(mode="after")
-    def _ordered_alphas(self) -> AffinityConfig:
-        if not self.low_alpha < self.high_alpha:
-            raise ValueError(f"low_alpha: must be below high_alpha ({self.low_alpha} >= {self.high_alpha})")
-        return self
-
-
-class SegmentationCrfConfig(CrfConfig):
-    """The dense CRF after segmentation inference (defaults: DeepLab-v2 on VOC)."""
-
-    enabled: bool = Field(
-        True, description="`cpn pipeline` also writes and scores CRF-refined predictions (`cpn segment`: --crf-out)"
-    )
-    # DeepLab-v2's kernels where they differ from PSA's (iterations 10 and Gaussian weight 3 are shared)
-    gaussian_sxy: float = Field(1.0, gt=0.0, description="Gaussian (smoothness) kernel: spatial std (pixels)")
-    bilateral_sxy: float = Field(67.0, gt=0.0, description="bilateral (appearance) kernel: spatial std (pixels)")
-    bilateral_srgb: float = Field(3.0, gt=0.0, description="bilateral kernel: colour std (0..255)")
-    bilateral_compat: float = Field(4.0, gt=0.0, description="bilateral kernel weight")
-
-
-class SegmentationConfig(_Section):
-    """Stage 3 (`stage: segmentation`): DeepLab on the pseudo labels."""
-
-    labels: str = Field(
-        "pseudo/train_aug", description="folder of label PNGs {image id}.png (0..20, 255 = ignore) to train on"
-    )
-    head: Literal["largefov", "aspp"] = Field(
-        "largefov", description="DeepLab head: v1 LargeFOV (3x3 dilated conv, 1x1, classifier) or v2 ASPP"
-    )
-    head_channels: int = Field(1024, ge=1, le=8192, description="LargeFOV: channels of its two hidden layers")
-    head_dropout: float = Field(0.5, ge=0.0, lt=1.0, description="dropout rate inside the head (0 = none)")
-    fov_dilation: int = Field(12, ge=1, le=64, description="LargeFOV: dilation of its 3x3 convolution")
-    aspp_rates: list[int] = Field(
-        [6, 12, 18, 24], min_length=1, max_length=8, description="ASPP: dilations of the parallel 3x3 branches"
-    )
-    test_scales: list[float] = Field(
-        [0.5, 0.75, 1.0, 1.25, 1.5], min_length=1, description="inference: image scales whose softmax is averaged"
-    )
-    test_flip: bool = Field(True, description="inference: add the horizontally flipped input of every scale")
-    crf: SegmentationCrfConfig = Field(default_factory=SegmentationCrfConfig)
-
-    @model_validator(mode="after")
-    def _positive_rates_and_scales(self) -> SegmentationConfig:
-        if any(r < 1 for r in self.aspp_rates):
-            raise ValueError("aspp_rates: every dilation must be >= 1")
-        if any(not s > 0 for s in self.test_scales):
-            raise ValueError("test_scales: every scale must be > 0")
-        return self
-
-
 class Config(_Section):
     """The whole run configuration."""
 
@@ -330,38 +242,6 @@ class Config(_Section):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="python")
-
-
-# --------------------------------------------------------------------------------------------
-# YAML: PyYAML follows YAML 1.1, where `5e-4` (no dot) is a string. Configs are full of such
-# numbers, so resolve them as floats the way YAML 1.2 and every user expects.
-class _Loader(yaml.SafeLoader):
-    pass
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+][0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
-def parse_yaml(text: str, source: str = "<string>") -> Any:
-    """Parse YAML text with float-friendly resolution; a syntax error names ``source``."""
-    try:
-        return yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark is not None else source
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{where}: invalid YAML ({problem})") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -509,15 +389,14 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML config (or start from defaults when ``path`` is None), apply dotted overrides,
-    and validate. Raises :class:`ConfigError` with a one-line message on any problem."""
+    """Read a YAML config (a path, or a packaged config's name: see :func:`cpn_dist.yaml_io.find_config`;
+    defaults when ``path`` is None), apply dotted overrides, and validate. Raises :class:`ConfigError`
+    with a one-line message on any problem."""
     raw: dict[str, Any] = {}
     source = "config"
     if path is not None:
-        p = Path(path)
+        p = find_config(path)
         source = str(p)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
         raw = parse_yaml(p.read_text(), source=source)
         if raw is None:
             raw = {}
@@ -530,13 +409,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def to_yaml(config: Config) -> str:
     """The fully resolved config as YAML (defaults filled in), loadable by :func:`load_config`."""
-    return yaml.dump(config.to_dict(), Dumper=_Dumper, sort_keys=False, width=100)
-
-
-class _Dumper(yaml.SafeDumper):
-    """Block style for sections, flow style for lists (``crop: 448``, ``weights: [1.0, 1.0, 1.0]``)."""
-
-
-_Dumper.add_representer(
-    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True)
-)
+    return dump_yaml(config.to_dict())

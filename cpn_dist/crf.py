@@ -14,33 +14,15 @@ its CRF labels: 10 mean-field iterations, a Gaussian kernel (sxy 3, compat 3) an
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 
 from cpn_dist.cams import background_score
+from cpn_dist.crf_params import CrfParams
 from cpn_dist.errors import CpnError
 
+__all__ = ["CrfParams", "cam_probabilities", "crf_dict", "crf_probabilities", "dense_crf", "to_label_map"]
+
 SCORE_FLOOR = 1e-5
-
-
-@dataclass(frozen=True)
-class CrfParams:
-    """Dense CRF settings (defaults: AffinityNet/PSA)."""
-
-    iterations: int = 10
-    gaussian_sxy: float = 3.0
-    gaussian_compat: float = 3.0
-    bilateral_sxy: float = 80.0
-    bilateral_srgb: float = 13.0
-    bilateral_compat: float = 10.0
-
-    def __post_init__(self) -> None:
-        if self.iterations < 1:
-            raise CpnError(f"CRF iterations must be >= 1, got {self.iterations}")
-        for name, value in asdict(self).items():
-            if name != "iterations" and not value > 0:
-                raise CpnError(f"CRF {name.replace('_', ' ')} must be > 0, got {value}")
 
 
 def cam_probabilities(cams: dict[int, np.ndarray], beta: float | None = None,

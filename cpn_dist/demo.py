@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 
 from cpn_dist.errors import CpnError
+from cpn_dist.yaml_io import PACKAGED_CONFIGS
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
+DEMO_CONFIG = PACKAGED_CONFIGS / "demo.yaml"  # shipped with the package: found from any folder
 # The models of the demo: name → dotted overrides of configs/demo.yaml.
 DEMO_MODELS: dict[str, tuple[str, ...]] = {
     "baseline": ("loss.recipe=cam", "model.head=none"),  # L_cls on I only, the plain CAM

@@ -7,8 +7,10 @@ One optimizer step consumes one GLOBAL batch of ``batch.global_size`` images, sp
 
 The loop owns everything that is not the model's business: Accelerate (DDP or DeepSpeed, mixed
 precision), SGD with the released four parameter groups and the poly schedule, gradient
-accumulation, non-finite losses, atomic checkpoints and exact resume, pre-emption signals,
-TensorBoard and progress. A :class:`Task` supplies the rest — the model, the data, and the loss of
+accumulation, non-finite losses, atomic checkpoints and exact resume, pre-emption signals and Ctrl-C
+(:mod:`cpn_dist.stop_signals`), TensorBoard and progress, one run per ``output.dir``
+(:mod:`cpn_dist.runlock`) and how a run starts there — fresh, resumed automatically, or refused
+(:mod:`cpn_dist.run_start`). A :class:`Task` supplies the rest — the model, the data, and the loss of
 one micro-step (which may need a no-grad look at the whole accumulation window first, as CPN's
 global OHEM does).
 
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,11 +30,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from cpn_dist.checkpoint import read_state, resolve_resume, save_checkpoint, save_weights
+from cpn_dist.checkpoint import read_state, save_checkpoint, save_weights
 from cpn_dist.config import Config, to_yaml
 from cpn_dist.errors import CpnError
 from cpn_dist.monitor import Monitor, peak_flops_per_device, peak_memory_bytes
 from cpn_dist.optim import build_optimizer, set_poly_lr
+from cpn_dist.stop_signals import StopFlag
 
 log = logging.getLogger(__name__)
 
@@ -113,25 +115,30 @@ def set_batch_layout(acc, cfg: Config, accumulation: int) -> None:
     plugin.gradient_accumulation_steps = accumulation
 
 
-class _StopFlag:
-    """Set by SIGTERM/SIGUSR1 (cluster pre-emption): finish the step, checkpoint, exit 0."""
+def run_training(cfg: Config, task: Task, resume: str | None = None, restart: bool = False) -> Path:
+    """Train ``task`` as configured; returns the final weights ``{output.dir}/model_final.pth``.
 
-    def __init__(self):
-        self.raised = False
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handler)
+    The main process holds the lock of ``output.dir`` for the whole run. ``resume`` ('latest' or a
+    checkpoint folder) and ``restart`` (delete the folder's checkpoints first) decide how the run starts
+    there, with the checkpoints it holds: see :func:`cpn_dist.run_start.plan_start`."""
+    from cpn_dist.run_start import start_checkpoint
+    from cpn_dist.runlock import lock_on_main
 
-    def _handler(self, signum, frame):
-        log.warning("received %s: checkpointing after this step", signal.Signals(signum).name)
-        self.raised = True
+    acc = make_accelerator(cfg)
+    lock = lock_on_main(cfg.output.dir, "output.dir", acc.is_main_process, acc.num_processes)
+    try:
+        checkpoint = start_checkpoint(acc, cfg, resume, restart)
+        with StopFlag() as stop:
+            return _train(acc, cfg, task, checkpoint, stop)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
-def run_training(cfg: Config, task: Task, resume: str | None = None) -> Path:
-    """Train ``task`` as configured; returns the final weights ``{output.dir}/model_final.pth``."""
+def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> Path:
     from accelerate.utils import DistributedType, set_seed
 
     # ---- set-up -------------------------------------------------------------------------------
-    acc = make_accelerator(cfg)
     world_size, rank, device = acc.num_processes, acc.process_index, acc.device
     micro, global_size = cfg.batch.micro_size, cfg.batch.global_size
     accumulation = accumulation_steps(global_size, micro, world_size)
@@ -156,17 +163,16 @@ def run_training(cfg: Config, task: Task, resume: str | None = None) -> Path:
         total_steps = min(total_steps, cfg.train.max_steps)
 
     global_step = 0
-    ckpt = resolve_resume(out_dir, resume)
     if ckpt is not None:
         acc.load_state(str(ckpt))
         global_step = read_state(ckpt)["global_step"]
         log.info("resumed from %s at step %d", ckpt, global_step)
     start_epoch, start_in_epoch = divmod(global_step, steps_per_epoch)
+    resumed_step = global_step
 
     acc.init_trackers(task.name, config=_flat_hparams(cfg))
     monitor = Monitor(acc, total_steps, global_step, cfg.log.every)
     monitor.text("config", to_yaml(cfg))
-    stop = _StopFlag()
     flops = task.flops_per_step(acc.unwrap_model(model)) if device.type == "cuda" else None
     peak = peak_flops_per_device(cfg.log.peak_flops, device)
     log.info("world %d × micro %d × accumulation %d = global batch %d; %d steps", world_size, micro,
@@ -178,7 +184,8 @@ def run_training(cfg: Config, task: Task, resume: str | None = None) -> Path:
             raise CpnError(f"non-finite weights at step {global_step}: not checkpointed")
         state = {"global_step": global_step, "epoch": global_step // steps_per_epoch,
                  "steps_per_epoch": steps_per_epoch, "world_size": world_size, "micro_size": micro,
-                 "accumulation": accumulation, "distributed_type": acc.distributed_type.value}
+                 "accumulation": accumulation, "distributed_type": acc.distributed_type.value,
+                 "config": cfg.to_dict()}  # what a resume compares against (cpn_dist.run_start)
         save_checkpoint(acc, out_dir, state, cfg.train.keep_last)
 
     # ---- the step loop ------------------------------------------------------------------------
@@ -241,18 +248,21 @@ def run_training(cfg: Config, task: Task, resume: str | None = None) -> Path:
             if stop_now:
                 monitor.close()
                 _finish_trackers(acc)
-                log.warning("pre-empted: checkpoint at step %d written, exiting", global_step)
-                raise SystemExit(0)
+                log.warning("%s: checkpoint at step %d written in %s; run the same command again to continue "
+                            "from it", "interrupted" if stop.interrupted else "pre-empted", global_step, out_dir)
+                raise SystemExit(130 if stop.interrupted else 0)
             if global_step >= total_steps:
                 break
 
-    if global_step % cfg.train.checkpoint_every != 0:
+    if global_step % cfg.train.checkpoint_every != 0 and global_step != resumed_step:
         checkpoint()
     final = out_dir / "model_final.pth"
     # plain keys, as the released code names them (torch.compile adds an "_orig_mod." prefix)
     state_dict = {k.replace("_orig_mod.", ""): v for k, v in acc.get_state_dict(model).items()}
     if acc.is_main_process:
-        save_weights(state_dict, final)
+        from cpn_dist.run_start import weights_metadata
+
+        save_weights(state_dict, final, metadata=weights_metadata(cfg))
         _write_summary(out_dir / SUMMARY_NAME, global_step, run_steps, run_sums)
     acc.wait_for_everyone()
     monitor.close()
@@ -337,9 +347,17 @@ def _flat_hparams(cfg: Config) -> dict:
 
 
 def quiet_libraries() -> None:
-    """Accelerate and DeepSpeed log every checkpoint file at INFO; keep their warnings only."""
+    """Accelerate and DeepSpeed log every checkpoint file at INFO; keep their warnings only, minus those
+    that say nothing to our user (DeepSpeed's "Setting accelerator to CPU" on every CPU run)."""
     for name in ("accelerate", "DeepSpeed", "deepspeed", "torch.distributed"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    deepspeed = logging.getLogger("DeepSpeed")
+    if _unhelpful not in deepspeed.filters:
+        deepspeed.addFilter(_unhelpful)
+
+
+def _unhelpful(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Setting accelerator to CPU")
 
 
 def run_main(argv: list[str] | None, prog: str, description: str, train_fn) -> int:
@@ -351,15 +369,21 @@ def run_main(argv: list[str] | None, prog: str, description: str, train_fn) -> i
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", required=True, help="YAML run config")
     parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
+    parser.add_argument("--restart", action="store_true",
+                        help="delete output.dir's checkpoints and final weights and train from step 0")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_libraries()
     try:
-        train_fn(load_config(args.config, args.overrides), resume=args.resume)
+        train_fn(load_config(args.config, args.overrides), resume=args.resume, restart=args.restart)
     except CpnError as exc:
-        log.error("%s", exc)
+        if not getattr(exc, "shown_by_main", False):
+            log.error("%s", exc)
         return exc.exit_code
+    except KeyboardInterrupt:
+        log.error("stopped at once (a second Ctrl-C): no checkpoint of the current step")
+        return 130
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -21,13 +21,16 @@ Steps, in order (each one a call into the library, nothing shells out to ``cpn``
 ``eval_segmentation``  scores with and without CRF
 ==================  ===========================================================================
 
-Resuming: a finished step leaves a stamp ``{work_dir}/steps/NAME.json`` (with its scores) and is
-skipped on the next run; an interrupted step resumes where it stopped — training from its latest
-checkpoint, inference and label steps image by image. ``redo`` reruns a step and every step after it
-(their outputs are overwritten); ``skip``/``only`` leave steps out (their outputs, or configured
-``weights``, must then exist for the steps that need them). Under ``accelerate launch -m
+Resuming: a finished step leaves a stamp ``{work_dir}/steps/NAME.json`` (its scores and the settings and
+inputs it depended on, :mod:`cpn_dist.pipeline_steps`) and is skipped on the next run — unless those
+settings changed since: then it and every later step run again, and the log says which and why. An
+interrupted step resumes where it stopped — training from its latest checkpoint, inference and label
+steps image by image. ``redo`` reruns a step and every step after it (their outputs are overwritten);
+``skip``/``only`` leave steps out (their outputs, or configured ``weights``, must then exist for the
+steps that need them). Under ``accelerate launch -m
 cpn_dist.pipeline`` training is distributed, inference steps give each process every world-th image,
-and the CPU steps (packing, scoring, CRF labels) run on the main process while the others wait.
+and the CPU steps (packing, scoring, CRF labels) run on the main process while the others wait. One
+pipeline per ``work_dir``: the main process holds its lock (:mod:`cpn_dist.runlock`) for the run.
 """
 
 from __future__ import annotations
@@ -37,158 +40,41 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
-
-from cpn_dist.config import ConfigError, _describe_error, _Section, load_config, parse_yaml
+from cpn_dist.config import ConfigError, load_config
 from cpn_dist.errors import CpnError
+from cpn_dist.pipeline_config import (  # noqa: F401  (the pipeline config's names, importable from here)
+    CamSettings,
+    PackSettings,
+    PipelineConfig,
+    PseudoSettings,
+    RunConfigs,
+    RunOverrides,
+    RunWeights,
+    SplitsConfig,
+    load_pipeline_config,
+)
+from cpn_dist.pipeline_stages import LaterSteps
+from cpn_dist.pipeline_steps import (
+    STAGE2,
+    STEPS,
+    PipelineResult,
+    StageScore,
+    StepReport,
+    other_run,
+    read_stamp,
+    stage_score,
+    stale_reasons,
+    step_settings,
+    write_json,
+)
+from cpn_dist.runlock import lock_on_main, share_from_main
+from cpn_dist.yaml_io import find_config, packaged_config_names
 
 log = logging.getLogger(__name__)
-
-STEPS = ("pack", "train_cpn", "cams", "eval_cams", "pseudo", "affinity_labels", "train_affinity", "rw", "eval_rw",
-         "train_segmentation", "segment", "eval_segmentation")  # fmt: skip
-STAGE2 = ("affinity_labels", "train_affinity", "rw", "eval_rw")
-
-
-# --------------------------------------------------------------------------------------------
-# the pipeline config
-
-
-class SplitsConfig(_Section):
-    train: str = Field("train_aug", description="images CPN, AffinityNet and DeepLab train on (and get pseudo labels)")
-    eval: str = Field("train", description="images the pseudo labels are scored on (the paper: VOC train)")
-    val: str = Field("val", description="images the segmentation model is scored on")
-    test: str | None = Field(None, description="images segmented into the VOC test-server layout (no ground truth)")
-
-
-class RunConfigs(_Section):
-    cpn: str = Field("configs/voc_cpn_paper.yaml", description="run config of stage 1 (`stage: cpn`)")
-    affinity: str | None = Field(None, description="run config of stage 2 (`stage: affinity`); null: no stage 2")
-    segmentation: str = Field("configs/voc_segmentation.yaml", description="run config of stage 3")
-
-
-class RunOverrides(_Section):
-    cpn: list[str] = Field([], description="dotted overrides of the CPN run config")
-    affinity: list[str] = Field([], description="dotted overrides of the affinity run config")
-    segmentation: list[str] = Field([], description="dotted overrides of the segmentation run config")
-
-
-class RunWeights(_Section):
-    cpn: str | None = Field(None, description="trained CPN weights to use instead of `train_cpn` (e.g. CPN.pth)")
-    affinity: str | None = Field(None, description="trained AffinityNet weights instead of `train_affinity`")
-    segmentation: str | None = Field(None, description="trained segmentation weights instead of `train_segmentation`")
-
-
-class PackSettings(_Section):
-    segments: list[int] = Field(
-        [200], min_length=1, description="SLIC segment counts packed (`cpn pack`), besides the CPN config's"
-    )
-    shard_size: int = Field(1000, ge=1, description="samples per shard")
-
-
-class CamSettings(_Section):
-    scales: list[float] = Field([0.5, 1.0, 1.5, 2.0], min_length=1, description="CAM inference scales (+ flips)")
-    betas: str = Field("0.20:0.60:0.01", description="β sweep of `eval_cams` (START:STOP:STEP or a comma list)")
-
-
-class PseudoSettings(_Section):
-    beta: float | None = Field(None, description="background score of the CAM pseudo labels; null: the best β")
-    crf: bool = Field(False, description="refine the CAM pseudo labels with the dense CRF (PSA's settings)")
-
-
-class PipelineConfig(_Section):
-    """``cpn pipeline --config FILE``: where the data is, which run config each stage uses, what to run."""
-
-    voc_root: str = Field(description="VOC folder: JPEGImages/, SegmentationClass/, ImageSets/Segmentation/")
-    work_dir: str = Field("runs/pipeline", description="every step writes under this folder")
-    shards: str | None = Field(None, description="packed shards of the training split; null: {work_dir}/shards")
-    splits: SplitsConfig = Field(default_factory=SplitsConfig)
-    configs: RunConfigs = Field(default_factory=RunConfigs)
-    overrides: RunOverrides = Field(default_factory=RunOverrides)
-    weights: RunWeights = Field(default_factory=RunWeights)
-    pack: PackSettings = Field(default_factory=PackSettings)
-    cams: CamSettings = Field(default_factory=CamSettings)
-    pseudo: PseudoSettings = Field(default_factory=PseudoSettings)
-    segmentation_labels: str = Field(
-        "auto", description="what DeepLab trains on: rw, cam (the CAM pseudo labels), or auto (rw with stage 2)"
-    )
-    workers: int = Field(2, ge=1, le=256, description="processes of the CPU steps (scoring, CRF, labels)")
-    skip: list[str] = Field([], description="steps not to run")
-
-    @model_validator(mode="after")
-    def _known_names(self) -> PipelineConfig:
-        unknown = [s for s in self.skip if s not in STEPS]
-        if unknown:
-            raise ValueError(f"skip: unknown step '{unknown[0]}' (steps: {', '.join(STEPS)})")
-        if self.segmentation_labels not in ("auto", "rw", "cam"):
-            raise ValueError(f"segmentation_labels: expected auto, rw or cam, got '{self.segmentation_labels}'")
-        if self.segmentation_labels == "rw" and self.configs.affinity is None:
-            raise ValueError("segmentation_labels: 'rw' needs configs.affinity (stage 2)")
-        return self
-
-
-def load_pipeline_config(path: str | Path, overrides: Sequence[str] = ()) -> PipelineConfig:
-    """Read and validate a pipeline config; relative paths in it are relative to the working directory.
-    Errors are one line naming the file and the dotted key."""
-    from cpn_dist.config import apply_override
-
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: pipeline config not found")
-    raw = parse_yaml(p.read_text(), source=str(p)) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping")
-    for override in overrides:
-        apply_override(raw, override)
-    try:
-        return PipelineConfig.model_validate(raw)
-    except ValidationError as exc:
-        lines = [_describe_error(e) for e in exc.errors()]
-        raise ConfigError(f"{p}: " + "; ".join(dict.fromkeys(lines))) from None
-
-
-# --------------------------------------------------------------------------------------------
-# results
-
-
-@dataclass
-class StageScore:
-    """One row of the summary: which labels, scored on which split."""
-
-    stage: str
-    split: str
-    images: int
-    miou: float
-    background: float
-    foreground: float
-    note: str = ""
-
-    def to_json(self) -> dict:
-        return dict(self.__dict__)
-
-
-@dataclass
-class StepReport:
-    name: str
-    status: str  # "ran", "done before", "skipped", "not configured"
-    seconds: float = 0.0
-    scores: list[StageScore] = field(default_factory=list)
-
-
-@dataclass
-class PipelineResult:
-    steps: list[StepReport]
-    scores: list[StageScore]
-    seconds: float
-
-    def to_json(self) -> dict:
-        return {"seconds": self.seconds, "steps": [{"name": s.name, "status": s.status, "seconds": s.seconds}
-                                                   for s in self.steps],
-                "scores": [s.to_json() for s in self.scores]}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,7 +99,7 @@ class _Dist:
         self.state.wait_for_everyone()
 
 
-class Pipeline:
+class Pipeline(LaterSteps):
     """The steps of one pipeline config; :meth:`run` runs them."""
 
     def __init__(self, cfg: PipelineConfig):
@@ -224,8 +110,11 @@ class Pipeline:
         self.gt = self.voc / "SegmentationClass"
         for name in ("cpn", "segmentation") + (("affinity",) if cfg.configs.affinity else ()):
             path = getattr(cfg.configs, name)
-            if not Path(path).is_file():
-                raise CpnError(f"configs.{name}: {path} not found")
+            try:
+                find_config(path)
+            except ConfigError:
+                names = ", ".join(n.removesuffix(".yaml") for n in packaged_config_names())
+                raise CpnError(f"configs.{name}: {path} not found (packaged configs, by name: {names})") from None
         self._check_precision()
         self.overwrite = False
         self.dist: _Dist | None = None
@@ -243,10 +132,20 @@ class Pipeline:
             raise CpnError(f"train.precision differs between the run configs ({shown}); one pipeline process "
                            f"trains every stage with one precision")  # fmt: skip
 
+    def train_config(self, stage: str):
+        """The run config of a training step: the stage's config with the pipeline's data and outputs."""
+        extra = {"cpn": [], "affinity": [f"affinity.labels={self.work / 'affinity_labels'}"],
+                 "segmentation": [f"segmentation.labels={self.segmentation_labels()}"]}[stage]  # fmt: skip
+        return self.run_config(stage, [f"data.shards={self.shards}", f"data.split={self.cfg.splits.train}", *extra,
+                                       f"output.dir={self.work / stage}"])  # fmt: skip
+
+    def list_path(self, split: str) -> Path:
+        return self.voc / "ImageSets" / "Segmentation" / f"{split}.txt"
+
     def names(self, split: str) -> list[str]:
         from cpn_dist.data.voc import read_split
 
-        return read_split(self.voc / "ImageSets" / "Segmentation" / f"{split}.txt")
+        return read_split(self.list_path(split))
 
     def weights(self, stage: str) -> Path:
         given = getattr(self.cfg.weights, stage)
@@ -279,42 +178,67 @@ class Pipeline:
                 raise CpnError(f"unknown step '{name}' (steps: {', '.join(STEPS)})")
         started = time.perf_counter()
         self.dist = _Dist()
+        lock = lock_on_main(self.work, "work_dir", self.dist.main, self.dist.world)
+        try:
+            return self._run(only, skip, redo, on_step, started)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run(self, only, skip, redo, on_step, started) -> PipelineResult:
         if self.dist.main:
-            self.work.mkdir(parents=True, exist_ok=True)
-            (self.work / "steps").mkdir(exist_ok=True)
+            (self.work / "steps").mkdir(parents=True, exist_ok=True)
         self.dist.barrier()
         skipped = set(skip) | set(self.cfg.skip)
         first_redo = STEPS.index(redo) if redo else len(STEPS)
         tell = on_step or (lambda name, event: None)
         reports: list[StepReport] = []
+        ids: dict[str, str | None] = {}  # the stamp id of every earlier step: part of each step's settings
         for index, name in enumerate(STEPS):
             if name in STAGE2 and not self.stage2:
                 reports.append(StepReport(name, "not configured"))
                 tell(name, "not configured")
                 continue
+            old = read_stamp(self._stamp(name))
             if (only is not None and name not in only) or name in skipped or self._given(name):
+                ids[name] = (old or {}).get("id")
                 reports.append(StepReport(name, "skipped", scores=self._old_scores(name)))
                 tell(name, "skipped")
                 continue
             self.overwrite = index >= first_redo
-            stamp = self._stamp(name)
-            if stamp.is_file() and not self.overwrite:
-                reports.append(StepReport(name, "done before", scores=self._old_scores(name)))
-                tell(name, "done before")
-                continue
+            settings = {**step_settings(self, name), "after": dict(ids)}
+            if old is not None and not self.overwrite:
+                if "settings" not in old:
+                    log.warning("%s: its stamp records no settings (an older cpn-dist): reused; --redo %s reruns "
+                                "it", name, name)  # fmt: skip
+                    why = []
+                else:
+                    why = stale_reasons(old["settings"], settings)
+                why = share_from_main(why, self.dist.world)  # one decision for every process
+                if not why:
+                    ids[name] = old.get("id")
+                    reports.append(StepReport(name, "done before", scores=self._old_scores(name)))
+                    tell(name, "done before")
+                    continue
+                log.warning("%s: settings changed since it ran (%s): it and every later step run again", name,
+                            "; ".join(why))  # fmt: skip
+                tell(name, "stale: " + "; ".join(why))
+                first_redo, self.overwrite = index, True
             tell(name, "start")
             t0 = time.perf_counter()
             scores = getattr(self, f"step_{name}")() or []
             self.dist.barrier()
             seconds = time.perf_counter() - t0
+            ids[name] = share_from_main(uuid.uuid4().hex, self.dist.world)
             if self.dist.main:
-                _write_json(stamp, {"step": name, "seconds": seconds, "scores": [s.to_json() for s in scores]})
+                write_json(self._stamp(name), {"step": name, "seconds": seconds, "id": ids[name],
+                                               "settings": settings, "scores": [s.to_json() for s in scores]})
             self.dist.barrier()
             reports.append(StepReport(name, "ran", seconds, scores))
             tell(name, "ran")
         result = PipelineResult(reports, [s for r in reports for s in r.scores], time.perf_counter() - started)
         if self.dist.main:
-            _write_json(self.work / "summary.json", result.to_json())
+            write_json(self.work / "summary.json", result.to_json())
         return result
 
     def _given(self, name: str) -> bool:
@@ -339,22 +263,22 @@ class Pipeline:
                        shard_size=self.cfg.pack.shard_size, workers=self.cfg.workers,
                        overwrite=self.overwrite, resume=not self.overwrite)  # fmt: skip
 
-    def _train(self, stage: str, extra: Sequence[str]) -> None:
-        from cpn_dist.checkpoint import complete_checkpoints
+    def _train(self, stage: str) -> None:
+        """Train ``stage`` into ``work/stage``: resumed from its checkpoints when they are of this config,
+        started afresh when they are not (or when the step reruns)."""
         from cpn_dist.train import train
 
         out = self.work / stage
-        if self.overwrite and self.dist.main and out.exists():
+        cfg = self.train_config(stage)
+        if self.dist.main and out.exists() and (self.overwrite or other_run(out, cfg)):
             shutil.rmtree(out)
         self.dist.barrier()
         if (out / "model_final.pth").is_file():
             return
-        cfg = self.run_config(stage, [f"data.shards={self.shards}", f"data.split={self.cfg.splits.train}", *extra,
-                                      f"output.dir={out}"])  # fmt: skip
-        train(cfg, resume="latest" if complete_checkpoints(out) else None)
+        train(cfg)
 
     def step_train_cpn(self):
-        self._train("cpn", [])
+        self._train("cpn")
 
     def _slice(self, names: Sequence[str], done: Callable[[str], bool]):
         """This process's share of the images not done yet, as samples of the VOC folder."""
@@ -389,10 +313,14 @@ class Pipeline:
 
         names = self.names(self.cfg.splits.eval)
         result = sweep(self.work / "cams", self.gt, names, parse_betas(self.cfg.cams.betas), workers=self.cfg.workers)
-        _write_json(self.work / "scores" / "cams.json", result.to_json())
+        write_json(self.work / "scores" / "cams.json", result.to_json())
         best = result.summary()
-        edge = " (on the edge of the sweep)" if best["beta"] in (result.betas[0], result.betas[-1]) else ""
-        return [_score("CAM", self.cfg.splits.eval, len(names), best, f"best β {best['beta']:.2f}{edge}")]
+        edge = ""
+        if len(result.betas) > 1 and best["beta"] in (min(result.betas), max(result.betas)):
+            edge = " (on the edge of the sweep)"
+            log.warning("eval_cams: the best β %g lies on the edge of the sweep (cams.betas %s): a better one may lie "
+                        "outside; widen cams.betas", best["beta"], self.cfg.cams.betas)  # fmt: skip
+        return [stage_score("CAM", self.cfg.splits.eval, len(names), best, f"best β {best['beta']:.2f}{edge}")]
 
     def best_beta(self) -> float:
         if self.cfg.pseudo.beta is not None:
@@ -424,102 +352,8 @@ class Pipeline:
         names = self.names(split)
         result = score_labels(folder, self.gt, names, workers=self.cfg.workers)
         key = stage.lower().replace(" + ", "_").replace(" ", "_")
-        _write_json(self.work / "scores" / f"{key}_{split}.json", result.to_json())
-        return _score(stage, split, len(names), result.summary(), note)
-
-    def step_affinity_labels(self):
-        if not self.dist.main:
-            return
-        from cpn_dist.affinity.labels import AffinityLabelParams, write_affinity_labels
-        from cpn_dist.data.inputs import VocSource
-
-        cfg = self.run_config("affinity")
-        names = self.names(self.cfg.splits.train)
-        write_affinity_labels(VocSource(self.voc, names), self.work / "cams", self.work / "affinity_labels",
-                              AffinityLabelParams.from_config(cfg.affinity), names, workers=self.cfg.workers,
-                              overwrite=self.overwrite)  # fmt: skip
-
-    def step_train_affinity(self):
-        self._train("affinity", [f"affinity.labels={self.work / 'affinity_labels'}"])
-
-    def step_rw(self):
-        from cpn_dist.affinity.random_walk import WalkParams, load_affinity_model, walk_samples
-
-        cfg = self.run_config("affinity")
-        out = self.work / "rw"
-        names = self.names(self.cfg.splits.train)
-        source = self._slice(names, lambda n: (out / f"{n}.png").is_file())
-        model, _ = load_affinity_model(self.weights("affinity"), cfg.model.backbone, self.dist.device)
-        walk_samples(model, source.samples(self.dist.rank, self.dist.world, labels=False), self.work / "cams", out,
-                     WalkParams.from_config(cfg.affinity), device=self.dist.device, mean=tuple(cfg.data.mean),
-                     std=tuple(cfg.data.std))  # fmt: skip
-
-    def step_eval_rw(self):
-        if not self.dist.main:
-            return []
-        return [self._score_labels("RW", self.work / "rw", self.cfg.splits.eval)]
-
-    def step_train_segmentation(self):
-        labels = self.segmentation_labels()
-        if not labels.is_dir():
-            raise CpnError(f"{labels}: no pseudo labels to train the segmentation model on")
-        self._train("segmentation", [f"segmentation.labels={labels}"])
-
-    def _segment_splits(self) -> list[tuple[str, bool]]:
-        """(split, has ground truth) of the segment step: val, the evaluation split, and test."""
-        splits = [(self.cfg.splits.val, True)]
-        if self.cfg.splits.eval != self.cfg.splits.val:
-            splits.append((self.cfg.splits.eval, True))
-        if self.cfg.splits.test:
-            splits.append((self.cfg.splits.test, False))
-        return splits
-
-    def step_segment(self):
-        from cpn_dist.models import load_weights
-        from cpn_dist.segmentation.infer import Outputs, segment_samples, segment_settings
-        from cpn_dist.segmentation.model import model_from_config
-
-        cfg = self.run_config("segmentation")
-        settings = segment_settings(cfg)
-        model = model_from_config(cfg, dropout=False)
-        load_weights(model, self.weights("segmentation"))
-        model.to(self.dist.device)
-        crf = settings.crf is not None
-        for split, scored in self._segment_splits():
-            base = self.work / "segmentation_out"
-            if scored:
-                outputs = Outputs(base / split, base / f"{split}_crf" if crf else None)
-            else:
-                outputs = Outputs(None, None, self.work / "test_server")
-            source = self._slice(self.names(split), outputs.done)
-            segment_samples(model, source.samples(self.dist.rank, self.dist.world, labels=False), outputs, settings,
-                            device=self.dist.device, crf_workers=self.cfg.workers if crf else 0)  # fmt: skip
-
-    def step_eval_segmentation(self):
-        if not self.dist.main:
-            return []
-        crf = self.run_config("segmentation").segmentation.crf.enabled
-        base = self.work / "segmentation_out"
-        scores = []
-        for split, scored in self._segment_splits():
-            if not scored:
-                continue
-            scores.append(self._score_labels("segmentation", base / split, split))
-            if crf:
-                scores.append(self._score_labels("segmentation + CRF", base / f"{split}_crf", split))
-        return scores
-
-
-def _score(stage: str, split: str, images: int, summary: dict, note: str = "") -> StageScore:
-    return StageScore(stage, split, images, summary["miou"], summary["background"], summary["foreground"], note)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
-
+        write_json(self.work / "scores" / f"{key}_{split}.json", result.to_json())
+        return stage_score(stage, split, len(names), result.summary(), note)
 
 def run_pipeline(cfg: PipelineConfig, **kwargs) -> PipelineResult:
     """Run the pipeline of ``cfg`` (see :meth:`Pipeline.run` for the arguments)."""

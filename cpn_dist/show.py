@@ -42,6 +42,7 @@ def sweep_plot(betas: Sequence[float], miou: Sequence[float], path: str | Path, 
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
     return path
@@ -92,6 +93,7 @@ def image_grid(rows: Sequence[GridRow], path: str | Path, max_cams: int = 3) -> 
                 ax.set_title(title, fontsize=8)
     fig.tight_layout()
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
     return path

@@ -204,13 +204,15 @@ STAGES = {
 }
 
 
-def train(cfg: Config, resume: str | None = None) -> Path:
-    """Train the configured stage; returns the path of the final weights ``{output.dir}/model_final.pth``."""
+def train(cfg: Config, resume: str | None = None, restart: bool = False) -> Path:
+    """Train the configured stage; returns the path of the final weights ``{output.dir}/model_final.pth``.
+    A folder holding checkpoints of the same config resumes from them; ``resume``/``restart``: see
+    :func:`cpn_dist.run_start.plan_start`."""
     import importlib
 
     module, _, name = STAGES[cfg.stage].partition(":")
     task = getattr(importlib.import_module(module), name)(cfg)
-    return run_training(cfg, task, resume=resume)
+    return run_training(cfg, task, resume=resume, restart=restart)
 
 
 def main(argv: list[str] | None = None) -> int:

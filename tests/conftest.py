@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,3 +24,18 @@ def synth_voc(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("voc") / "VOC2012"
     run_cpn("synth-voc", "--out", str(out), "--images", "40", "--seed", "3", check=True)
     return out
+
+
+def cams_from_ground_truth(voc: Path, split: str, out: Path, inside: float = 0.5, outside: float = 0.3) -> list[str]:
+    """CAM files whose class maps are ``inside`` on the class's ground-truth pixels and ``outside`` elsewhere:
+    every β in [outside, inside) labels them perfectly."""
+    from cpn_dist.cams import save_cams
+    from cpn_dist.data.voc import read_label_png, read_split
+
+    names = read_split(voc / "ImageSets" / "Segmentation" / f"{split}.txt")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        gt = read_label_png(voc / "SegmentationClass" / f"{name}.png")
+        classes = sorted(set(np.unique(gt).tolist()) - {0, 255})
+        save_cams(out / f"{name}.npy", {c - 1: np.where(gt == c, inside, outside).astype(np.float32) for c in classes})
+    return names

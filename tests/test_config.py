@@ -25,7 +25,7 @@ def test_shipped_pipeline_configs_validate_and_name_shipped_run_configs():
     for path in PIPELINE_CONFIGS:
         cfg = load_pipeline_config(path)
         for run_config in (cfg.configs.cpn, cfg.configs.affinity, cfg.configs.segmentation):
-            assert run_config is None or isinstance(load_config(ROOT / run_config), Config), run_config
+            assert run_config is None or isinstance(load_config(run_config), Config), run_config
 
 
 def test_paper_config_holds_the_papers_settings():
@@ -150,3 +150,38 @@ def test_config_keys_lists_every_key():
 def test_every_shipped_config_is_resolvable_by_the_cli():
     for path in CONFIGS:
         run_cpn("config", "show", str(Path("configs") / path.name), check=True)
+
+
+def test_yaml_12_booleans_keep_no_yes_on_off_strings(tmp_path):
+    assert load_config(ROOT / "configs" / "voc_cpn_paper.yaml", ["train.precision=no"]).train.precision == "no"
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  precision: no\n  compile: true\ndata:\n  deterministic: False\n")
+    c = load_config(p)
+    assert (c.train.precision, c.train.compile, c.data.deterministic) == ("no", True, False)
+    with pytest.raises(ConfigError, match="data.deterministic: expected true or false, got str 'yes'"):
+        load_config(None, ["data.deterministic=yes"])
+    proc = run_cpn("config", "show", "configs/voc_cpn_paper.yaml", "train.precision=no", check=True)
+    assert yaml.safe_load(proc.stdout)["train"]["precision"] == "no"
+
+
+def test_a_crop_larger_than_every_image_is_refused_when_the_config_is_read():
+    with pytest.raises(ConfigError) as info:
+        load_config(ROOT / "configs" / "voc_cpn_paper.yaml", ["data.crop=1024"])
+    assert "data.crop: 1024 is larger than every training image" in str(info.value)
+    assert "at most 768 pixels" in str(info.value)
+    c = load_config(ROOT / "configs" / "voc_cpn_paper.yaml", ["data.crop=1024", "data.scale_range=[1024, 1400]"])
+    assert c.data.crop == 1024
+
+
+def test_packaged_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    from cpn_dist.yaml_io import PACKAGED_CONFIGS
+
+    assert (ROOT / "configs").resolve() == PACKAGED_CONFIGS  # the repository's configs/ is the package's
+    by_path = load_config(ROOT / "configs" / "demo.yaml")
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    for name in ("demo", "demo.yaml", "configs/demo.yaml"):
+        assert load_config(name) == by_path, name
+    with pytest.raises(ConfigError, match=r"nope: config file not found \(packaged configs, usable by name: .*demo"):
+        load_config("nope")
+    proc = run_cpn("config", "show", "voc_cpn_paper", cwd=tmp_path, check=True)
+    assert yaml.safe_load(proc.stdout)["model"]["backbone"] == "resnet38d"

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,12 +164,12 @@ def test_distributed_infer_writes_each_image_exactly_once(synth_voc, tiny_checkp
     lst = tmp_path / "list.txt"
     lst.write_text("".join(f"{n}\n" for n in names))
     out = tmp_path / "cams"
-    cmd = [str(ROOT / ".venv" / "bin" / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
            "-m", "cpn_dist.infer", "--checkpoint", str(tiny_checkpoint), "--backbone", "tiny", "--head", "official",
            "--voc-root", str(synth_voc), "--list", str(lst), "--out", str(out), "--scales", "0.5,1.0"]  # fmt: skip
     if not os.path.exists(cmd[0]):
-        cmd[0:1] = [sys.executable, "-m", "accelerate.commands.launch"]
+        cmd[0:2] = [sys.executable, "-m", "accelerate.commands.launch"]
     env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -191,3 +191,22 @@ def test_cli_arguments_are_checked(synth_voc, tmp_path):
                    "--slic-segments", "1")  # fmt: skip
     assert proc.returncode == 1 and "--slic-segments" in proc.stderr
     assert os.path.exists(synth_voc)
+
+
+def test_skip_reasons_are_deterministic_and_an_empty_file_is_called_empty(synth_voc, tmp_path):
+    voc = tmp_path / "VOC2012"
+    shutil.copytree(synth_voc, voc)
+    ids = read_split(voc / "ImageSets/Segmentation/train_aug.txt")
+    (voc / "JPEGImages" / f"{ids[1]}.jpg").write_bytes(b"")
+    (voc / "JPEGImages" / f"{ids[2]}.jpg").write_bytes(b"not an image at all")
+    (voc / "Annotations" / f"{ids[4]}.xml").write_bytes(b"")
+    metas = []
+    for run in ("a", "b"):
+        pack(voc, tmp_path / run, "--workers", "2")
+        metas.append((tmp_path / run / "meta.json").read_text())
+    skipped = {s["id"]: s["reason"] for s in json.loads(metas[0])["splits"]["train_aug"]["skipped"]}
+    assert skipped[ids[1]] == "empty file"
+    assert skipped[ids[2]] == "unreadable JPEG (cannot identify image file)"
+    assert skipped[ids[4]] == "empty annotation file"
+    assert metas[0].replace(str(tmp_path / "a"), "OUT") == metas[1].replace(str(tmp_path / "b"), "OUT")
+    assert "0x" not in metas[0]

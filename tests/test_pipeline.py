@@ -177,3 +177,58 @@ def test_two_processes_train_and_infer_together_and_agree_with_one(done, tmp_pat
     assert [(s["stage"], s["split"]) for s in two] == [(s["stage"], s["split"]) for s in one]
     for a, b in zip(two, one):
         assert a["miou"] == pytest.approx(b["miou"], abs=0.01)
+
+
+def test_a_changed_setting_reruns_the_stale_step_and_every_later_one(done, tmp_path, caplog):
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(done["work"], work)
+    moved = Pipeline(load_pipeline_config(done["config"], [f"work_dir={work}"])).run()
+    assert set(_statuses(moved).values()) == {"done before", "not configured"}  # a moved work folder stays valid
+    changed = [f"work_dir={work}", "cams.betas=0.3,0.4"]
+    with caplog.at_level(logging.WARNING, logger="cpn_dist"):
+        result = Pipeline(load_pipeline_config(done["config"], changed)).run()
+    statuses = _statuses(result)
+    later = [s for s in STEPS[STEPS.index("eval_cams"):] if s not in STAGE2]
+    assert [statuses[s] for s in ("pack", "train_cpn", "cams")] == ["done before"] * 3
+    assert all(statuses[s] == "ran" for s in later), statuses
+    assert "eval_cams: settings changed since it ran (cams.betas: 0.0:0.6:0.1 → 0.3,0.4)" in caplog.text
+    assert "lies on the edge of the sweep" in caplog.text  # two βs: the best is on an edge
+    assert json.loads((work / "scores" / "cams.json").read_text())["betas"] == [0.3, 0.4]
+    again = Pipeline(load_pipeline_config(done["config"], changed)).run()
+    assert set(_statuses(again).values()) == {"done before", "not configured"}
+
+
+def test_a_second_pipeline_into_one_work_dir_fails_fast(done):
+    import os
+
+    from cpn_dist.runlock import DirLock
+
+    before = _mtimes(done["work"] / "steps")
+    holder = rf"in use by another run \(pid {os.getpid()} on"
+    with DirLock(done["work"], "work_dir"), pytest.raises(CpnError, match=holder):
+        Pipeline(load_pipeline_config(done["config"])).run()
+    assert _mtimes(done["work"] / "steps") == before
+
+
+def test_a_bad_beta_sweep_fails_when_the_config_is_read(done):
+    from cpn_dist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"cams.betas: '0.2:0.6:oops' expected START:STOP:STEP"):
+        load_pipeline_config(done["config"], ["cams.betas=0.2:0.6:oops"])
+
+
+def test_the_issues_settings_changes_make_their_steps_stale(done):
+    """A CPN max_steps change stales train_cpn; new CAM scales stale cams; a log setting stales nothing."""
+    from cpn_dist.pipeline_steps import stale_reasons, step_settings
+
+    def changes(step, *overrides):
+        before = step_settings(Pipeline(load_pipeline_config(done["config"])), step)
+        return stale_reasons(before, step_settings(Pipeline(load_pipeline_config(done["config"], overrides)), step))
+
+    assert changes("train_cpn", "overrides.cpn=[train.max_steps=3]") == ["train.max_steps: 2 → 3"]
+    assert changes("cams", "cams.scales=[1.0, 2.0]") == ["cams.scales: [1.0] → [1.0, 2.0]"]
+    assert changes("train_cpn", "overrides.cpn=[log.every=5, data.workers=1]") == []
+    assert changes("segment", 'overrides.segmentation=["segmentation.test_scales=[0.5]"]') == [
+        "segmentation.test_scales: [1.0] → [0.5]"]

@@ -60,7 +60,10 @@ def accelerate_cpu(num_processes: int, *extra: str) -> list[str]:
 
 
 def load_final(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "model_final.pth", map_location="cpu", weights_only=True)
+    """The state dict of a run's model_final.pth (which also records the model: cpn_dist.models.weights)."""
+    from cpn_dist.models.weights import read_state_dict
+
+    return read_state_dict(run_dir / "model_final.pth")
 
 
 def run_layout(run_dir: Path) -> tuple[int, int, int, str]:

@@ -7,3 +7,7 @@
 - :mod:`~cpn_dist.affinity.task`: the ``stage: affinity`` task of the shared trainer (``cpn train``);
 - :mod:`~cpn_dist.affinity.random_walk`: the random walk into pseudo labels (``cpn rw``).
 """
+
+# The random walk's ways of computing T^(2^logt) (here, not in random_walk.py, so that `cpn rw --help`
+# can list them without importing torch).
+METHODS = ("auto", "dense", "sparse")

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cpn_dist.affinity import METHODS  # auto, dense, sparse
 from cpn_dist.affinity.pairs import STRIDE, pair_affinities, pair_index
 from cpn_dist.cams import CAM_NORMS, alpha_background, foreground_max, load_cams, normalise_cams, save_cams
 from cpn_dist.data.inputs import Sample
@@ -52,7 +53,6 @@ from cpn_dist.errors import CpnError
 
 log = logging.getLogger(__name__)
 
-METHODS = ("auto", "dense", "sparse")
 DENSE_LIMIT = 8192  # most positions for `auto` to pick the dense method (a 256 MiB float32 matrix)
 
 

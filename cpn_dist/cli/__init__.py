@@ -1,7 +1,9 @@
 """The ``cpn`` command line: one entry point, one module per subcommand.
 
 Each module in :data:`COMMANDS` has ``register(subparsers)``, which adds its parser and sets
-``handler``. Handlers import heavy libraries (torch, accelerate) lazily so ``cpn --help`` is quick.
+``handler``. Registering imports no torch, and neither do ``cpn --version``, ``--help`` and the
+commands that run no model (eval, pseudo, crf, show, pack, shards, check-voc, synth-voc, config):
+handlers import heavy libraries (torch, accelerate) lazily, where a model runs (tests check it).
 A :class:`~cpn_dist.errors.CpnError` is shown as one red line and a non-zero exit code; anything
 else is a bug and keeps its traceback.
 """
@@ -13,10 +15,6 @@ import importlib
 import logging
 import sys
 
-from rich.console import Console
-from rich.logging import RichHandler
-from rich_argparse import RichHelpFormatter
-
 from cpn_dist import __version__
 from cpn_dist.errors import CpnError
 
@@ -27,11 +25,27 @@ COMMANDS = (
     "segment_cmd", "pipeline_cmd", "demo_cmd",
 )  # fmt: skip
 
-console = Console()
-err_console = Console(stderr=True)
+
+
+def _console(name: str):
+    if "console" not in globals():
+        from rich.console import Console
+
+        globals().update(console=Console(), err_console=Console(stderr=True))
+    return globals()[name]
+
+
+def __getattr__(name: str):
+    """``console`` (stdout) and ``err_console`` (stderr), the rich consoles of every command, made on
+    first use: ``cpn --version`` never imports rich."""
+    if name in ("console", "err_console"):
+        return _console(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from rich_argparse import RichHelpFormatter
+
     parser = argparse.ArgumentParser(
         prog="cpn",
         description="Complementary Patch Network (ICCV 2021) for weakly supervised semantic "
@@ -46,20 +60,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_command(sub, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
-    """Add a subcommand parser with the shared rich formatter."""
-    return sub.add_parser(name, help=help, description=description or help, formatter_class=RichHelpFormatter)
+def add_command(sub, name: str, help: str, description: str | None = None,
+                epilog: str | None = None) -> argparse.ArgumentParser:  # fmt: skip
+    """Add a subcommand parser with the shared rich formatter (``epilog``: examples, kept as written)."""
+    from rich_argparse import RawDescriptionRichHelpFormatter, RichHelpFormatter
+
+    if epilog is None:
+        return sub.add_parser(name, help=help, description=description or help, formatter_class=RichHelpFormatter)
+    return sub.add_parser(name, help=help, description=description or help, epilog=epilog,
+                          formatter_class=RawDescriptionRichHelpFormatter)  # fmt: skip
+
+
+def output_file(path: str | None, flag: str):
+    """The output file of ``flag`` with its folder created, checked before any work is done (None: none)."""
+    from pathlib import Path
+
+    if path is None:
+        return None
+    out = Path(path)
+    if out.is_dir():
+        raise CpnError(f"{flag} {out}: is a folder; give a file name")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise CpnError(f"{flag} {out}: {out.parent} exists and is not a folder") from None
+    return out
+
+
+def check_beta(value: float | None, flag: str) -> None:
+    """A background score β must be a finite number >= 0 (CAMs are >= 0 where they matter)."""
+    import math
+
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise CpnError(f"{flag} {value:g}: a background score β must be a number >= 0 (e.g. 0.3)")
 
 
 def setup_logging(verbosity: int) -> None:
+    from rich.logging import RichHandler
+
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     logging.basicConfig(
         level=level, format="%(message)s", datefmt="[%X]",
-        handlers=[RichHandler(console=err_console, show_path=verbosity > 1, rich_tracebacks=False)],
+        handlers=[RichHandler(console=_console("err_console"), show_path=verbosity > 1, rich_tracebacks=False)],
     )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv == ["--version"]:  # answered before any subcommand module is imported
+        print(f"cpn-dist {__version__}")
+        return 0
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # KEY=VALUE overrides may come after options too (`cpn train --config c.yaml --resume latest a.b=1`).
@@ -75,10 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except CpnError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        _console("err_console").print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]")
+        _console("err_console").print("[yellow]interrupted[/]")
         return 130
 
 

@@ -15,7 +15,7 @@ def add_crf_arguments(p, title: str = "dense CRF (defaults: AffinityNet/PSA)", f
     (named in the help; :func:`crf_params` then takes its ``base`` from there)."""
     from dataclasses import fields
 
-    from cpn_dist.crf import CrfParams
+    from cpn_dist.crf_params import CrfParams
 
     d = CrfParams()
     g = p.add_argument_group(title)
@@ -31,7 +31,7 @@ def crf_params(args, base=None):
     """The CRF settings of the ``--crf-*`` flags; flags left unset take ``base``'s values."""
     from dataclasses import fields, replace
 
-    from cpn_dist.crf import CrfParams
+    from cpn_dist.crf_params import CrfParams
 
     given = {f.name: getattr(args, f"crf_{f.name}") for f in fields(CrfParams)}
     return replace(base or CrfParams(), **{k: v for k, v in given.items() if v is not None})
@@ -89,8 +89,10 @@ def register(sub) -> None:
 
 
 def _run(args) -> int:
+    from cpn_dist.cli import check_beta
     from cpn_dist.pseudo import Job
 
+    check_beta(args.beta, "--beta")
     names = image_names(args)
     if not names:
         raise CpnError(f"{args.list or args.cams}: no images to refine")

@@ -19,7 +19,7 @@ def register(sub) -> None:
         "Finished steps are kept on a re-run.",
     )  # fmt: skip
     p.add_argument("--out", default="demo", help="output folder (default demo/)")
-    p.add_argument("--config", default=None, help="run config of the models (default configs/demo.yaml)")
+    p.add_argument("--config", default=None, help="run config of the models: a path or a packaged name (default demo)")
     p.add_argument("--voc-root", default=None,
                    help="a VOC 2012 layout folder (JPEGImages/, Annotations/, SegmentationClass/, "
                         "ImageSets/Segmentation/) to use instead of synthetic data: trains on train_aug when "

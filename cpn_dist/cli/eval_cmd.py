@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cpn_dist.cli import add_command, console
+from cpn_dist.cli import add_command, console, output_file
 from cpn_dist.errors import CpnError
+
+log = logging.getLogger("cpn_dist.eval")
 
 
 def register(sub) -> None:
@@ -47,10 +50,13 @@ def _run(args) -> int:
     names = read_split(args.list)
     if not names:
         raise CpnError(f"{args.list}: the list holds no image ids")
+    json_path = output_file(args.json, "--json")  # folders made (and checked) before the work
+    plot = output_file(args.plot or (str(Path(args.json).with_suffix(".png")) if args.json else None), "--plot")
     folder = Path(args.cams)
     if not folder.is_dir():
         raise CpnError(f"{folder}: prediction folder not found")
     kind = _prediction_kind(folder, names[0])
+    betas = parse_betas(args.betas) if kind == "cams" else None
     workers = args.workers or default_workers()
     gt = ground_truth(args.gt, args.split)
     with Progress(
@@ -60,7 +66,6 @@ def _run(args) -> int:
         task = progress.add_task("images", total=len(names))
         advance = lambda n: progress.advance(task, n)  # noqa: E731
         if kind == "cams":
-            betas = parse_betas(args.betas)
             result = sweep(folder, gt, names, betas, workers=workers, on_images=advance)
         else:
             result = score_labels(folder, gt, names, workers=workers, on_images=advance)
@@ -82,14 +87,16 @@ def _run(args) -> int:
             row = [x for pair in cells[i:i + 4] for x in pair]
             curve.add_row(*row, *([""] * (8 - len(row))))
         console.print(curve)
+        if best["beta"] in (min(result.betas), max(result.betas)):
+            log.warning("the best β %g lies on the edge of the sweep (%s): a better one may lie outside; widen "
+                        "--betas", best["beta"], args.betas)  # fmt: skip
 
     data = result.to_json()
     if kind == "labels":
         data["betas"], data["best"]["beta"] = [None], None
-    if args.json:
-        Path(args.json).write_text(json.dumps(data, indent=1) + "\n")
-        console.print(f"scores written to [bold]{args.json}[/]")
-    plot = args.plot or (str(Path(args.json).with_suffix(".png")) if args.json else None)
+    if json_path:
+        json_path.write_text(json.dumps(data, indent=1) + "\n")
+        console.print(f"scores written to [bold]{json_path}[/]")
     if plot and kind == "cams":
         sweep_plot(result.betas, result.miou, plot, title=f"mIoU against β ({len(names)} images)")
         console.print(f"plot written to [bold]{plot}[/]")

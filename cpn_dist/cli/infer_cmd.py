@@ -19,9 +19,13 @@ def register(sub) -> None:
         "gives each process every N-th image.",
     )  # fmt: skip
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="weights: ours or the released CPN .pth")
-    p.add_argument("--config", metavar="FILE", help="run config (model.backbone, model.head, data.mean/std)")
-    p.add_argument("--backbone", choices=("resnet38d", "tiny"), help="overrides the config's model.backbone")
-    p.add_argument("--head", choices=("official", "paper", "pcm", "none"), help="overrides the config's model.head")
+    p.add_argument("--config", metavar="FILE",
+                   help="run config (model.backbone, model.head, data.mean/std); default: the one our weights "
+                        "record (released weights: the defaults)")  # fmt: skip
+    p.add_argument("--backbone", choices=("resnet38d", "tiny"),
+                   help="for weights that record no model (released ones): overrides the config's model.backbone")
+    p.add_argument("--head", choices=("official", "paper", "pcm", "none"),
+                   help="for weights that record no model (released ones): overrides the config's model.head")
     src = p.add_argument_group("input (one of)")
     src.add_argument("--voc-root", metavar="DIR", help="VOC root (JPEGImages/, Annotations/)")
     src.add_argument("--shards", metavar="SRC", help="packed shards: a folder, a .tar or a webdataset pattern")
@@ -62,6 +66,8 @@ def _source(args):
     if bool(args.voc_root) == bool(args.shards):
         raise CpnError("give exactly one input: --voc-root DIR --list FILE, or --shards SRC")
     names = read_split(args.list) if args.list else None
+    if names is not None and not names:
+        raise CpnError(f"{args.list}: the list holds no image ids (nothing to infer)")
     if args.voc_root:
         if names is None:
             raise CpnError("--voc-root needs --list FILE (the image ids to infer)")
@@ -72,14 +78,17 @@ def _source(args):
 
 
 def _model(args, device):
-    from cpn_dist.config import load_config
-    from cpn_dist.models import build_model, load_weights
+    """The CPN of ``--checkpoint``: the model its weights record, or (released weights) the one of
+    ``--config`` and ``--backbone``/``--head``."""
+    from cpn_dist.models import build_model
+    from cpn_dist.models.weights import read_weights
+    from cpn_dist.weights_config import load_checked, weights_config
 
-    cfg = load_config(args.config)
-    backbone = args.backbone or cfg.model.backbone
-    head = args.head or cfg.model.head
-    model = build_model(backbone, head, dropout=0.0)
-    report = load_weights(model, args.checkpoint)
+    state, meta = read_weights(args.checkpoint)
+    flags = {"model.backbone": ("--backbone", args.backbone), "model.head": ("--head", args.head)}
+    cfg = weights_config(args.checkpoint, meta, "cpn", args.config, flags)
+    model = build_model(cfg.model.backbone, cfg.model.head, dropout=0.0)
+    report = load_checked(model, state, args.checkpoint, meta, cfg, "cpn", "--backbone/--head (or --config)")
     model.to(device).eval()
     return model, report, cfg
 

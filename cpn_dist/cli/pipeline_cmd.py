@@ -11,7 +11,7 @@ from cpn_dist.cli import add_command, console
 
 
 def register(sub) -> None:
-    from cpn_dist.pipeline import STEPS
+    from cpn_dist.pipeline_steps import STEPS  # no pydantic, no torch: `cpn --help` stays quick
 
     p = add_command(
         sub, "pipeline", "run every step from a VOC folder to the scored segmentation model (resumable, skippable)",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cpn_dist.cli import add_command
+from cpn_dist.cli import add_command, check_beta
 from cpn_dist.cli.crf_cmd import add_crf_arguments, add_folder_arguments, crf_params, image_names, run_with_progress
 from cpn_dist.errors import CpnError
 
@@ -27,10 +27,12 @@ def register(sub) -> None:
 def _run(args) -> int:
     from cpn_dist.pseudo import Job
 
+    betas = (args.beta,) if args.beta is not None else tuple(args.betas)
+    for beta in betas:
+        check_beta(beta, "--beta" if args.beta is not None else "--betas")
     names = image_names(args)
     if not names:
         raise CpnError(f"{args.list or args.cams}: no images to label")
-    betas = (args.beta,) if args.beta is not None else tuple(args.betas)
     if len(betas) == 2 and not betas[0] < betas[1]:
         raise CpnError(f"--betas {betas[0]} {betas[1]}: LOW must be below HIGH")
     if args.crf and not args.voc_root:

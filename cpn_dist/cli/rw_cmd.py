@@ -12,7 +12,7 @@ from cpn_dist.errors import CpnError
 
 
 def register(sub) -> None:
-    from cpn_dist.affinity.random_walk import METHODS
+    from cpn_dist.affinity import METHODS
 
     p = add_command(
         sub, "rw", "random walk of CAMs along AffinityNet's affinities into pseudo-label PNGs",
@@ -26,8 +26,10 @@ def register(sub) -> None:
     add_image_source_arguments(p)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder for ID.png")
     p.add_argument("--config", metavar="FILE",
-                   help="run config: model.backbone, data.mean/std, affinity.radius / rw_alpha / rw_beta / rw_logt")
-    p.add_argument("--backbone", choices=("resnet38d", "tiny"), help="overrides the config's model.backbone")
+                   help="run config: model.backbone, data.mean/std, affinity.radius / rw_alpha / rw_beta / rw_logt "
+                        "(default: the one our weights record; released weights: the defaults)")  # fmt: skip
+    p.add_argument("--backbone", choices=("resnet38d", "tiny"),
+                   help="for weights that record no model (PSA's): overrides the config's model.backbone")
     p.add_argument("--alpha", type=float, help="background exponent: (1 - max CAM)^alpha (default 16)")
     p.add_argument("--beta", type=float, help="affinity exponent: A^beta (default 8)")
     p.add_argument("--logt", type=int, help="the walk takes 2^logt steps (default 8)")
@@ -60,11 +62,15 @@ def _run(args) -> int:
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    from cpn_dist.affinity.random_walk import load_affinity_model, walk_samples
+    from cpn_dist.affinity.model import build_affinity_model
+    from cpn_dist.affinity.random_walk import walk_samples
     from cpn_dist.cli.infer_cmd import _cpu_only
-    from cpn_dist.config import load_config
+    from cpn_dist.models.weights import read_weights
+    from cpn_dist.weights_config import load_checked, weights_config
 
-    cfg = load_config(args.config)
+    weights, meta = read_weights(args.checkpoint)
+    flags = {"model.backbone": ("--backbone", args.backbone)}
+    cfg = weights_config(args.checkpoint, meta, "affinity", args.config, flags)
     params = _params(args, cfg)
     names = stage2_names(args)
     state = PartialState(cpu=_cpu_only())
@@ -73,7 +79,9 @@ def _run(args) -> int:
     batch_size = args.batch_size or (8 if state.device.type == "cuda" else 1)
     if batch_size < 1:
         raise CpnError("--batch-size must be >= 1")
-    model, report = load_affinity_model(args.checkpoint, args.backbone or cfg.model.backbone, state.device)
+    model = build_affinity_model(cfg.model.backbone, dropout=0.0)
+    report = load_checked(model, weights, args.checkpoint, meta, cfg, "affinity", "--backbone (or --config)")
+    model.to(state.device).eval()
 
     def finished(name: str) -> bool:
         saved = not args.save_cams or (Path(args.save_cams) / f"{name}.npy").is_file()

@@ -21,8 +21,9 @@ def register(sub) -> None:
         "gives each process every N-th image.",
     )  # fmt: skip
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="weights of a `stage: segmentation` run")
-    p.add_argument("--config", required=True, metavar="FILE",
-                   help="its run config (model.backbone, segmentation.*, data.mean/std)")  # fmt: skip
+    p.add_argument("--config", metavar="FILE",
+                   help="run config (model.backbone, segmentation.*, data.mean/std); default: the one the weights "
+                        "record (needed for weights that record none)")  # fmt: skip
     src = p.add_argument_group("input (one of)")
     src.add_argument("--voc-root", metavar="DIR", help="VOC root (JPEGImages/)")
     src.add_argument("--shards", metavar="SRC", help="packed shards: a folder, a .tar or a webdataset pattern")
@@ -52,12 +53,23 @@ def _outputs(args):
                    Path(args.test_server) if args.test_server else None)  # fmt: skip
 
 
-def _model(args, cfg, device):
-    from cpn_dist.models import load_weights
+def _config(args):
+    """The run config: the one the weights record, or ``--config`` (which must agree with it)."""
+    from cpn_dist.models.weights import read_weights
+    from cpn_dist.weights_config import weights_config
+
+    state, meta = read_weights(args.checkpoint)
+    if meta is None and args.config is None:
+        raise CpnError(f"{args.checkpoint}: records no model (an older run?); give its --config")
+    return weights_config(args.checkpoint, meta, "segmentation", args.config), state, meta
+
+
+def _model(args, cfg, state, meta, device):
     from cpn_dist.segmentation.model import model_from_config
+    from cpn_dist.weights_config import load_checked
 
     model = model_from_config(cfg, dropout=False)
-    report = load_weights(model, args.checkpoint)
+    report = load_checked(model, state, args.checkpoint, meta, cfg, "segmentation", "the --config")
     if report.missing:
         raise CpnError(f"{args.checkpoint}: not a segmentation checkpoint for this config "
                        f"({len(report.missing)} model keys missing, e.g. '{report.missing[0]}')")  # fmt: skip
@@ -69,13 +81,12 @@ def _run(args) -> int:
     from accelerate.utils import gather_object
 
     from cpn_dist.cli.infer_cmd import _cpu_only, _scales, _source
-    from cpn_dist.config import load_config
     from cpn_dist.segmentation.infer import segment_samples, segment_settings
 
     if args.batch_size < 1 or args.images_per_step < 1 or args.crf_workers < 0:
         raise CpnError("--batch-size and --images-per-step must be >= 1, --crf-workers >= 0")
-    cfg = load_config(args.config)
     outputs = _outputs(args)
+    cfg, weights, meta = _config(args)
     overrides = {"flip": cfg.segmentation.test_flip and not args.no_flip, "batch_size": args.batch_size}
     if args.scales:
         overrides["scales"] = _scales(args.scales)
@@ -83,11 +94,11 @@ def _run(args) -> int:
     if args.crf_out is None:
         settings = segment_settings(cfg, **overrides, crf=None)
     elif settings.crf is None:
-        raise CpnError(f"--crf-out: {args.config} sets segmentation.crf.enabled: false")
+        raise CpnError(f"--crf-out: {args.config or args.checkpoint} sets segmentation.crf.enabled: false")
     state = PartialState(cpu=_cpu_only())
     rank, world = state.process_index, state.num_processes
     source = _source(args)
-    model, report = _model(args, cfg, state.device)
+    model, report = _model(args, cfg, weights, meta, state.device)
     names = getattr(source, "names", None)
     done = frozenset()
     if not args.overwrite and names is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cpn_dist.cli import add_command, console
+from cpn_dist.cli import add_command, check_beta, console, output_file
 from cpn_dist.errors import CpnError
 
 
@@ -36,6 +36,8 @@ def _run(args) -> int:
 
     if args.count < 1:
         raise CpnError("--count must be >= 1")
+    check_beta(args.beta, "--beta")
+    out_file = output_file(args.out, "--out")
     names = image_names(args)
     if not names:
         raise CpnError(f"{args.list or args.cams}: no images to show")
@@ -55,6 +57,6 @@ def _run(args) -> int:
         else:
             pseudo = pseudo_label(cams, args.beta, image.shape[:2])
         rows.append(GridRow(name, image, gt, cams, pseudo))
-    out = image_grid(rows, args.out, max_cams=args.max_cams)
+    out = image_grid(rows, out_file, max_cams=args.max_cams)
     console.print(f"grid of {len(rows)} images written to [bold]{out}[/]")
     return 0

@@ -21,8 +21,10 @@ def register(sub) -> None:
     check = add_command(w_sub, "check", "load a weights file into a model and report matched/missing/unexpected keys")
     check.add_argument("path", help=".pth (released ResNet38 init, released CPN, ours), MXNet .params, or imagenet "
                        "(the packaged weights of efficientnet_lite0)")
-    check.add_argument("--backbone", default="resnet38d", choices=["resnet38d", "efficientnet_lite0", "tiny"])
-    check.add_argument("--head", default="official", choices=["official", "paper", "pcm", "none"])
+    check.add_argument("--backbone", choices=["resnet38d", "efficientnet_lite0", "tiny"],
+                       help="model to check against (default: the one our weights record; else resnet38d)")
+    check.add_argument("--head", choices=["official", "paper", "pcm", "none"],
+                       help="CPN head (default: the one our weights record; else official)")
     check.set_defaults(handler=_check)
 
 
@@ -49,14 +51,24 @@ def _convert(args) -> int:
 def _check(args) -> int:
     import torch
 
-    from cpn_dist.models import build_model
-    from cpn_dist.models.weights import match_state_dict, read_state_dict, resolve_weights
+    from cpn_dist.models.weights import match_state_dict, read_weights, resolve_weights
+    from cpn_dist.weights_config import built_as, weights_config
 
+    state, meta = read_weights(resolve_weights(args.path, args.backbone or "resnet38d"))
+    stage = meta.get("stage", "cpn") if meta else "cpn"
+    flags = {"model.backbone": ("--backbone", args.backbone), "model.head": ("--head", args.head)}
+    if meta is None:  # released weights: the released model unless told otherwise
+        flags = {"model.backbone": ("--backbone", args.backbone or "resnet38d"),
+                 "model.head": ("--head", args.head or "official")}  # fmt: skip
+    elif stage != "cpn" and args.head:
+        raise CpnError(f"--head: {args.path} holds {stage} weights, which have no CPN head")
+    cfg = weights_config(args.path, meta, stage, None, flags if stage == "cpn" else {"model.backbone": flags[
+        "model.backbone"]})  # fmt: skip
     with torch.device("meta"):  # shapes only: no memory for the 100M-parameter ResNet38d
-        model = build_model(args.backbone, args.head)
-    path = resolve_weights(args.path, args.backbone)
-    _, report = match_state_dict(read_state_dict(path), model, path)
-    table = Table(title=f"{args.path} → {args.backbone} + head {args.head}")
+        model = _build(cfg)
+    _, report = match_state_dict(state, model, args.path)
+    recorded = " (as the file records)" if meta else ""
+    table = Table(title=f"{args.path} → {built_as(cfg, stage)}{recorded}")
     table.add_column("keys")
     table.add_column("count", justify="right")
     table.add_column("examples")
@@ -65,3 +77,18 @@ def _check(args) -> int:
     table.add_row("unexpected (ignored)", str(len(report.unexpected)), ", ".join(report.unexpected[:6]))
     console.print(table)
     return 0
+
+
+def _build(cfg):
+    """The model of a run config's stage."""
+    if cfg.stage == "affinity":
+        from cpn_dist.affinity.model import build_affinity_model
+
+        return build_affinity_model(cfg.model.backbone)
+    if cfg.stage == "segmentation":
+        from cpn_dist.segmentation.model import model_from_config
+
+        return model_from_config(cfg)
+    from cpn_dist.models import build_model
+
+    return build_model(cfg.model.backbone, cfg.model.head)

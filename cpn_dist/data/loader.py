@@ -43,7 +43,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from cpn_dist.data.seeding import order_rng
-from cpn_dist.data.shards import ShardSet, resolve_shards
+from cpn_dist.data.shards import ShardSet, resolve_shards, unreadable_shard
 from cpn_dist.data.tar_index import TarIndex
 from cpn_dist.data.train_sample import TrainSampleMaker
 from cpn_dist.errors import CpnError
@@ -93,7 +93,7 @@ def build_train_loader(
     maker = maker or TrainSampleMaker.from_config(data, seed, epoch)
     rank_batches = steps * accumulation
     done_batches = start_step * accumulation
-    common = dict(num_workers=data.workers, pin_memory=torch.cuda.is_available())
+    common = dict(num_workers=data.workers, pin_memory=torch.cuda.is_available(), worker_init_fn=_worker_init)
     if deterministic:
         if not shards.local:
             remote = next(u for u in shards.urls if "://" in u or u.startswith("pipe:"))
@@ -121,6 +121,14 @@ def build_train_loader(
     )
     loader = wds.WebLoader(pipeline, batch_size=None, **common)
     return loader.with_length(rank_batches - done_batches, silent=True), steps
+
+
+def _worker_init(_: int) -> None:
+    """Loader workers ignore Ctrl-C: the terminal sends it to the whole process group, and the main
+    process finishes its step and checkpoints (cpn_dist.stop_signals) before the workers are shut down."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,13 +218,13 @@ def read_shard_ranges(members: tuple[str, ...]):
             except CpnError:
                 raise
             except Exception as exc:
-                raise CpnError(f"{url}: unreadable shard ({exc.args[0] if exc.args else exc})") from None
+                raise unreadable_shard(url, exc) from None
             finally:
                 for s in streams:
                     with contextlib.suppress(Exception):  # a pipe closed early exits with SIGPIPE: expected
                         s["stream"].close()
             if got != take:
-                raise CpnError(f"{url}: has {skip + got} samples, meta.json promised at least {skip + take}")
+                raise unreadable_shard(url, f"{skip + got} samples, meta.json promised at least {skip + take}")
 
     return stage
 

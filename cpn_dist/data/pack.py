@@ -48,7 +48,7 @@ from cpn_dist.data.shards import (
     write_json_atomic,
 )
 from cpn_dist.data.voc import CLASSES, IGNORE, NUM_CLASSES, labels_from_names, read_split, read_xml_objects
-from cpn_dist.errors import CpnError
+from cpn_dist.errors import CpnError, without_addresses
 
 log = logging.getLogger(__name__)
 
@@ -201,9 +201,10 @@ def prepare_sample(task: _Task) -> Prepared:
             fmt = im.format
             im.load()
             image = np.asarray(im.convert("RGB"))
-    except OSError as exc:
-        reason = str(exc)
-        out.skipped = "truncated JPEG" if "truncated" in reason else f"unreadable JPEG ({reason})"
+    except OSError as exc:  # no object addresses in reasons: two packs of one input write the same meta.json
+        reason = without_addresses(str(exc))
+        out.skipped = "empty file" if not data else "truncated JPEG" if "truncated" in reason else \
+            f"unreadable JPEG ({reason})"
         return out
     if fmt != "JPEG":
         out.skipped = f"not a JPEG ({fmt})"
@@ -225,7 +226,8 @@ def prepare_sample(task: _Task) -> Prepared:
                     raise OSError(f"mode {m.mode}, expected a palette or 8-bit PNG")
                 seg = np.array(m, dtype=np.uint8)
         except OSError as exc:
-            out.skipped = f"unreadable mask ({exc})"
+            empty = not task.mask.stat().st_size
+            out.skipped = "empty mask file" if empty else f"unreadable mask ({without_addresses(str(exc))})"
             return out
         if seg.shape != image.shape[:2]:
             out.skipped = f"mask is {seg.shape[1]}×{seg.shape[0]}, image is {image.shape[1]}×{image.shape[0]}"
@@ -260,10 +262,7 @@ def prepare_sample(task: _Task) -> Prepared:
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.size = size
-    info.mtime = 0
-    info.mode = 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
+    info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = 0, 0o644, 0, 0, "", ""
     info.type = tarfile.REGTYPE
     return info
 

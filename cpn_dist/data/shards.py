@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from cpn_dist.data.voc import CLASSES, NUM_CLASSES
-from cpn_dist.errors import CpnError
+from cpn_dist.errors import CpnError, without_addresses
 
 META_NAME = "meta.json"
 FORMAT = "cpn-shards"
@@ -262,22 +262,72 @@ def _expand(spec: str) -> list[str]:
 # Reading samples
 
 
+def unreadable_shard(url: str, problem: object, hint: bool = True) -> CpnError:
+    """The one-line error of a shard that does not read (truncated, corrupt, unreachable): it names the
+    shard and, with ``hint``, how to find the others like it and repair the split."""
+    if isinstance(problem, BaseException):
+        problem = problem.args[0] if problem.args else problem
+    msg = f"{url}: unreadable shard ({without_addresses(str(problem))})"
+    if hint and not is_remote(url):
+        msg += (f"; `cpn shards verify {Path(url).parent}` checks every shard, and `cpn pack … --overwrite` "
+                "re-packs the split")  # fmt: skip
+    return CpnError(msg)
+
+
 def iter_raw_samples(
-    urls: Iterable[str], select: Callable[[str], bool] | None = None
+    urls: Iterable[str], select: Callable[[str], bool] | None = None, hint: bool = True
 ) -> Iterator[dict[str, Any]]:
     """Raw webdataset samples (``__key__``, ``__url__`` and member bytes by suffix) of the given shards,
-    in tar order. ``select`` filters member file names before their bytes are kept."""
-    from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
-
+    in tar order. ``select`` filters member file names before their bytes are kept; ``hint``: errors
+    suggest `cpn shards verify` (see :func:`unreadable_shard`). Local shards are read with ``tarfile``
+    (no webdataset, hence no torch: ``cpn shards verify`` and ``cpn eval`` stay light), others through
+    webdataset's openers; both group members into samples the same way."""
     for url in urls:
         if not is_remote(url) and not Path(url).is_file():
             raise CpnError(f"{url}: shard not found")
-        streams = url_opener([dict(url=url)])
-        files = tar_file_expander(streams, select_files=select)
         try:
-            yield from group_by_keys(files)
+            if is_remote(url):
+                from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
+
+                yield from group_by_keys(tar_file_expander(url_opener([dict(url=url)]), select_files=select))
+            else:
+                yield from _local_samples(url, select)
         except Exception as exc:  # tarfile/gopen errors on a corrupt or unreachable shard
-            raise CpnError(f"{url}: unreadable shard ({exc.args[0] if exc.args else exc})") from None
+            raise unreadable_shard(url, exc, hint) from None
+
+
+def split_member_name(name: str) -> tuple[str | None, str | None]:
+    """(sample key, suffix) of a member name, as webdataset splits it: the key ends at the first dot of
+    the base name (``a/2007_000032.slic200.png`` → ``a/2007_000032``, ``slic200.png``)."""
+    match = re.match(r"^((?:.*/|)[^.]+)[.]([^/]*)$", name)
+    return (match[1], match[2]) if match else (None, None)
+
+
+def _local_samples(path: str, select: Callable[[str], bool] | None) -> Iterator[dict[str, Any]]:
+    """webdataset's ``group_by_keys(tar_file_expander(...))`` of one local tar: regular members in file
+    order (``__…__`` meta files skipped), grouped by key, suffixes lower-cased, a repeated member an error."""
+    import tarfile
+
+    sample: dict[str, Any] | None = None
+    with open(path, "rb") as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
+        for info in tar:
+            name = info.name
+            if not info.isreg() or re.match(r"__[^/]*__($|/)", name) or (select is not None and not select(name)):
+                continue
+            key, suffix = split_member_name(name)
+            data = tar.extractfile(info).read()
+            if key is None:
+                continue
+            suffix = suffix.lower()
+            if sample is None or key != sample["__key__"]:
+                if sample is not None:
+                    yield sample
+                sample = {"__key__": key, "__url__": path}
+            if suffix in sample:
+                raise ValueError(f"{name}: duplicate file name in tar file")
+            sample[suffix] = data
+    if sample is not None:
+        yield sample
 
 
 def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:

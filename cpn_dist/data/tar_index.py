@@ -12,8 +12,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from webdataset.tariterators import base_plus_ext
-
+from cpn_dist.data.shards import split_member_name, unreadable_shard
 from cpn_dist.errors import CpnError
 
 
@@ -46,7 +45,7 @@ class TarIndex:
                 for info in tar:
                     if not info.isreg():
                         continue
-                    key, suffix = base_plus_ext(info.name)
+                    key, suffix = split_member_name(info.name)
                     if key is None:
                         continue
                     suffix = suffix.lower()
@@ -57,7 +56,7 @@ class TarIndex:
                     if suffixes is None or suffix in suffixes:
                         self.members[-1][suffix] = (info.offset_data, info.size)
         except (tarfile.TarError, OSError) as exc:
-            raise CpnError(f"{path}: unreadable shard ({exc})") from None
+            raise unreadable_shard(path, exc) from None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -72,7 +71,7 @@ class TarIndex:
         for suffix, (offset, size) in self.members[i].items():
             data = os.pread(fd, size, offset)
             if len(data) != size:
-                raise CpnError(f"{self.paths[shard]}: truncated at sample {self.keys[i]}")
+                raise unreadable_shard(self.paths[shard], f"truncated at sample {self.keys[i]}")
             sample[suffix] = data
         return sample
 

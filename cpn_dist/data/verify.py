@@ -51,7 +51,7 @@ def verify_split(folder: Path, split: str, entry: dict, progress: Callable[[int]
             continue
         count = 0
         try:
-            for raw in iter_raw_samples([str(path)]):
+            for raw in iter_raw_samples([str(path)], hint=False):
                 count += 1
                 _check_sample(raw, shard["name"], required, allowed, segments, check)
                 key = raw["__key__"]

@@ -65,6 +65,8 @@ def read_label_png(path: str | Path) -> np.ndarray:
 def read_xml_objects(path: str | Path) -> list[str]:
     """Object class names listed in a VOC annotation XML, in file order."""
     try:
+        if Path(path).stat().st_size == 0:
+            raise CpnError(f"{path}: empty annotation file")
         root = ET.parse(path).getroot()
     except FileNotFoundError:
         raise CpnError(f"{path}: annotation not found") from None

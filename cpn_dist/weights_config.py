@@ -1,0 +1,84 @@
+"""Which model a weights file needs: from what the file records, or from the user's flags.
+
+Our ``model_final.pth`` and checkpoint folders record their stage, backbone, head and resolved run
+config (:func:`cpn_dist.models.weights.read_weights`). ``cpn infer``, ``segment``, ``rw`` and
+``weights check`` build the model from that record when no model flag is given; a flag or a
+``--config`` that contradicts it is an error naming both values. Files that record nothing (released
+weights, runs of older versions) are built from ``--config`` (or the defaults) and the flags, as
+before; a shape mismatch then says which model was built and which flags choose another.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cpn_dist.errors import CpnError
+
+# The keys that define the model of each stage (and the input normalisation it was trained with).
+MODEL_KEYS = {
+    "cpn": ("model.backbone", "model.head", "data.mean", "data.std"),
+    "affinity": ("model.backbone", "data.mean", "data.std"),
+    "segmentation": ("model.backbone", "segmentation.head", "segmentation.head_channels",
+                     "segmentation.fov_dilation", "segmentation.aspp_rates", "data.mean", "data.std"),
+}  # fmt: skip
+KIND = {"cpn": "a CPN (stage: cpn)", "affinity": "an AffinityNet (stage: affinity)",
+        "segmentation": "a segmentation model (stage: segmentation)"}  # fmt: skip
+
+
+def _get(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree.get(part, {}) if isinstance(tree, dict) else {}
+    return tree
+
+
+def weights_config(path: str | Path, meta: dict | None, stage: str, config: str | None = None,
+                   flags: dict[str, tuple[str, object]] | None = None):  # fmt: skip
+    """The run config to build the model of weights file ``path`` (with metadata ``meta``) from, for a
+    command that needs a model of ``stage``. ``flags``: ``{dotted key: (flag name, value or None)}``,
+    e.g. ``{"model.head": ("--head", "paper")}``."""
+    from cpn_dist.config import apply_override, load_config, validate
+
+    flags = {k: v for k, v in (flags or {}).items() if v[1] is not None}
+    if meta is None or not isinstance(meta.get("config"), dict):
+        cfg = load_config(config)
+        raw = cfg.to_dict()
+        for key, (_, value) in flags.items():
+            apply_override(raw, f"{key}={value}")
+        return validate(raw, source=str(config or "defaults"))
+    recorded = meta["config"]
+    if meta.get("stage", recorded.get("stage")) != stage:
+        raise CpnError(f"{path}: the weights of {KIND.get(meta.get('stage'), meta.get('stage'))}; this command needs "
+                       f"{KIND[stage]}")  # fmt: skip
+    for key, (flag, value) in flags.items():
+        if _get(recorded, key) != value:
+            raise CpnError(f"{flag} {value} contradicts {path}, whose model has {key} {_get(recorded, key)!r} "
+                           f"(leave {flag} out: the weights say which model they need)")  # fmt: skip
+    if config is None:
+        return validate(recorded, source=f"{path} (its recorded config)")
+    cfg = load_config(config)
+    given = cfg.to_dict()
+    differ = [f"{k}: {_get(given, k)!r} there, {_get(recorded, k)!r} in the weights" for k in MODEL_KEYS[stage]
+              if _get(given, k) != _get(recorded, k)]  # fmt: skip
+    if differ:
+        raise CpnError(f"--config {config} contradicts {path} ({'; '.join(differ)}); leave --config out to use "
+                       "the config the weights record")  # fmt: skip
+    return cfg
+
+
+def built_as(cfg, stage: str) -> str:
+    """A short description of the model built from ``cfg``, for messages."""
+    return ", ".join(f"{k} {_get(cfg.to_dict(), k)}" for k in MODEL_KEYS[stage] if not k.startswith("data."))
+
+
+def load_checked(model, state: dict, path: str | Path, meta: dict | None, cfg, stage: str, hint: str):
+    """Load ``state`` (read from ``path``) into ``model``; a shape mismatch in weights that record no model
+    says which model was built and which flags (``hint``) choose another."""
+    from cpn_dist.models.weights import load_state
+
+    try:
+        return load_state(model, state, path)
+    except CpnError as exc:
+        if meta is not None:
+            raise
+        raise CpnError(f"{exc}. The model was built as {built_as(cfg, stage)}: give {hint} the weights were "
+                       "trained with") from None
