@@ -81,11 +81,15 @@ def make_accelerator(cfg: Config):
     gloo processes on the CPU (Accelerate needs ``cpu=True`` for that), and DeepSpeed gets a gloo
     process group (its own default leaves a CPU run with a world of one)."""
     from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     on_cpu = not torch.cuda.is_available()
-    handlers = [InitProcessGroupKwargs(backend="gloo")] if on_cpu and deepspeed else []
+    check_precision(cfg.train.precision, deepspeed, on_cpu)
+    # BatchNorm is frozen, so there are no buffers to broadcast; gradients live in DDP's buckets (no copy)
+    handlers = [DistributedDataParallelKwargs(broadcast_buffers=False, gradient_as_bucket_view=True)]
+    if on_cpu and deepspeed:
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
     return Accelerator(
         cpu=on_cpu and not deepspeed,
         mixed_precision=cfg.train.precision,
@@ -94,6 +98,16 @@ def make_accelerator(cfg: Config):
         step_scheduler_with_optimizer=False,
         kwargs_handlers=handlers,
     )
+
+
+def check_precision(precision: str, deepspeed: bool, on_cpu: bool) -> None:
+    """Refuse, in one line before anything starts, a precision the launcher cannot train in. Every
+    combination trains on a GPU; on the CPU fp16 does not (PyTorch has no fp16 autocast worth the name
+    there and DeepSpeed's CPU accelerator no fp16), while bf16 does under DDP and DeepSpeed alike."""
+    if precision == "fp16" and on_cpu:
+        launcher = "DeepSpeed" if deepspeed else "DDP / one process"
+        raise CpnError(f"train.precision: fp16 needs a GPU ({launcher} on the CPU has no fp16 training); "
+                       "use bf16 or no")  # fmt: skip
 
 
 def set_batch_layout(acc, cfg: Config, accumulation: int) -> None:
@@ -148,8 +162,16 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
     set_seed(cfg.train.seed)  # the same initial weights on every rank
 
     model = task.build_model()
+    channels_last = cfg.train.channels_last if cfg.train.channels_last != "auto" else device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    task.channels_last = channels_last  # the task lays its inputs out the same way
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crop: let cuDNN pick the fastest kernels once
     optimizer, specs = build_optimizer(model.parameter_groups(), cfg.optim)
     model, optimizer = acc.prepare(model, optimizer)
+    if deepspeed:
+        _buffers_like_weights(acc.unwrap_model(model))
     if cfg.train.compile:
         model = torch.compile(model)
 
@@ -174,7 +196,7 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
     monitor = Monitor(acc, total_steps, global_step, cfg.log.every)
     monitor.text("config", to_yaml(cfg))
     flops = task.flops_per_step(acc.unwrap_model(model)) if device.type == "cuda" else None
-    peak = peak_flops_per_device(cfg.log.peak_flops, device)
+    peak = peak_flops_per_device(cfg.log.peak_flops, device, cfg.train.precision)
     log.info("world %d × micro %d × accumulation %d = global batch %d; %d steps", world_size, micro,
              accumulation, global_size, total_steps)
 
@@ -196,7 +218,7 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
         if global_step >= total_steps:
             break
         first = start_in_epoch if epoch == start_epoch else 0
-        batches = iter(loader(epoch, first)[0])
+        batches = prefetch_to_device(iter(loader(epoch, first)[0]), device)
         for _ in range(first, steps_per_epoch):
             t0 = time.perf_counter()
             window = [next(batches) for _ in range(accumulation)]
@@ -210,39 +232,47 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
                     terms, outputs = task.loss(model, batch, device, context)
                     if sums is None:
                         names = sorted(terms)
-                        sums = torch.zeros(len(names) + 1, device=device)  # + non-finite micro-steps
+                        sums = torch.zeros(len(names) + 2, device=device)  # + non-finite micro-steps, stop flag
                     bad = (~torch.isfinite(terms["total"])).float()
-                    sums += torch.stack([terms[k].detach().float() for k in names] + [bad])
+                    sums[:-1] += torch.stack([terms[k].detach().float() for k in names] + [bad])
                     acc.backward(terms["total"])
-                    if acc.sync_gradients:
-                        _optimizer_step(acc, model, optimizer, cfg, sums[-1], world_size, deepspeed)
+            # The step's statistics — loss terms, non-finite micro-steps, the stop flag — summed over the
+            # ranks in ONE all-reduce and read once: the only host sync of a step (the skip decision
+            # needs it before the optimizer steps).
+            sums[-1] = float(stop.raised)
+            stats = _sum_over_ranks(sums, world_size).tolist()
+            finite, stop_now = stats[-2] == 0, stats[-1] > 0
+            if not deepspeed:  # DeepSpeed stepped inside acc.backward (its fp16 overflow check skips)
+                if finite:
+                    if cfg.optim.grad_clip:
+                        acc.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
             global_step += 1
             step_time = time.perf_counter() - t0
 
             # ---- book-keeping: terms averaged over the global batch; non-finite steps ---------
-            stats = _sum_over_ranks(sums, world_size)
-            means = dict(zip(names, (stats[:-1] / (accumulation * world_size)).tolist()))
-            if stats[-1] > 0:
+            means = {k: v / (accumulation * world_size) for k, v in zip(names, stats[:-2])}
+            if not finite:
                 shown = " ".join(f"{k}={v:.4g}" for k, v in means.items())
                 msg = f"non-finite loss at step {global_step}: {shown}"
                 if cfg.train.on_nonfinite == "stop":
                     raise CpnError(msg + " (train.on_nonfinite: stop; no checkpoint written)")
                 log.warning(msg + "; step skipped")
-            for k, v in means.items():  # run totals for train_summary.json
-                run_sums[k] = run_sums.get(k, 0.0) + v
-            run_steps += 1
             scalars = {k if "/" in k else f"loss/{k}": v for k, v in means.items()}  # "ohem/…": diagnostics
             scalars |= {"optim/lr": lr, "speed/samples_per_s": global_size / step_time,
                         "speed/step_time_s": step_time, "speed/data_wait_fraction": t_data / step_time,
                         "memory/peak_bytes": float(peak_memory_bytes(device))}  # fmt: skip
             if flops and peak:
                 scalars["speed/mfu"] = flops / world_size / step_time / peak
+            for k, v in scalars.items():  # run totals for train_summary.json
+                run_sums[k] = run_sums.get(k, 0.0) + v
+            run_steps += 1
             monitor.step(global_step, scalars)
             if acc.is_main_process and (global_step % cfg.log.image_every == 0 or global_step == 1):
                 panel = task.panel(window[-1], outputs)
                 if panel is not None:
                     monitor.image(global_step, panel)
-            stop_now = _any_rank(stop.raised, device, world_size)
             if global_step % cfg.train.checkpoint_every == 0 or stop_now:
                 checkpoint()
             if stop_now:
@@ -275,27 +305,14 @@ SUMMARY_NAME = "train_summary.json"
 
 
 def _write_summary(path: Path, global_step: int, steps: int, sums: dict[str, float]) -> None:
-    """``{output.dir}/train_summary.json``: the mean of every loss term and diagnostic over the optimizer
-    steps this process ran (after a resume: the steps since it), e.g. ``ohem/discards_nonzero`` = the
-    share of steps in which OHEM left out a non-zero CPCR element."""
+    """``{output.dir}/train_summary.json``: the mean of every logged scalar (loss terms, diagnostics,
+    speed) over the optimizer steps this process ran (after a resume: the steps since it), e.g.
+    ``ohem/discards_nonzero`` = the share of steps in which OHEM left out a non-zero CPCR element,
+    ``speed/data_wait_fraction`` = the share of a step spent waiting for the loader."""
     import json
 
     means = {k: v / steps for k, v in sums.items()} if steps else {}
     path.write_text(json.dumps({"global_step": global_step, "steps_averaged": steps, "means": means}, indent=1) + "\n")
-
-
-def _optimizer_step(acc, model, optimizer, cfg: Config, bad: torch.Tensor, world_size: int, deepspeed: bool) -> None:
-    """Apply the accumulated gradients, unless a micro-step of any rank had a non-finite loss.
-
-    Under DeepSpeed the engine has already stepped inside ``acc.backward``; it skips a step whose
-    gradients are not finite by itself (its overflow check), so nothing is applied there either."""
-    if deepspeed:
-        return
-    if _sum_over_ranks(bad, world_size).item() == 0:
-        if cfg.optim.grad_clip:
-            acc.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
 
 
 def _finish_trackers(acc) -> None:
@@ -317,19 +334,54 @@ def set_rng_state(state, device) -> None:
         torch.cuda.set_rng_state(state[1], device)
 
 
+def _buffers_like_weights(model: torch.nn.Module) -> None:
+    """DeepSpeed's bf16/fp16 casts the parameters but not the buffers: give the frozen BatchNorms' running
+    statistics their parameters' dtype, as batch_norm needs on the CPU."""
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and weight is not None:
+            for name, buffer in module.named_buffers(recurse=False):
+                if buffer.is_floating_point() and buffer.dtype != weight.dtype:
+                    setattr(module, name, buffer.to(weight.dtype))
+
+
+def prefetch_to_device(batches, device):
+    """The micro-batches of ``batches`` with their tensors already on ``device``: on CUDA each batch is
+    copied one ahead on a side stream (from the loader's pinned memory, ``non_blocking``), so the copy
+    overlaps the current step's compute; elsewhere the batches pass through unchanged."""
+    if device.type != "cuda":
+        yield from batches
+        return
+    stream = torch.cuda.Stream(device)
+
+    def send(batch):
+        with torch.cuda.stream(stream):
+            return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    upcoming = None
+    for batch in batches:
+        ready, upcoming = upcoming, send(batch)
+        if ready is not None:
+            yield _claim(ready, stream)
+    if upcoming is not None:
+        yield _claim(upcoming, stream)
+
+
+def _claim(batch: dict, stream) -> dict:
+    """Make the current stream wait for a prefetched batch's copies, and tell the allocator it uses them."""
+    current = torch.cuda.current_stream()
+    current.wait_stream(stream)
+    for v in batch.values():
+        if isinstance(v, torch.Tensor):
+            v.record_stream(current)
+    return batch
+
+
 def _sum_over_ranks(t: torch.Tensor, world_size: int) -> torch.Tensor:
     t = t.clone()
     if world_size > 1:
         torch.distributed.all_reduce(t)
     return t
-
-
-def _any_rank(flag: bool, device, world_size: int) -> bool:
-    if world_size == 1:
-        return flag
-    t = torch.tensor([float(flag)], device=device)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return bool(t.item())
 
 
 def _flat_hparams(cfg: Config) -> dict:

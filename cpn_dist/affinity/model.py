@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cpn_dist.errors import CpnError
-from cpn_dist.models.base import BackboneNet, float32_region
+from cpn_dist.models.base import BackboneNet, as_weight_dtype, float32_conv, float32_region
 
 EMBEDDING = 448  # 64 + 128 + 256
 
@@ -43,11 +43,12 @@ class AffinityNet(BackboneNet):
         self.freeze()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.backbone(x)
+        features = self.backbone(as_weight_dtype(self, x))
         with float32_region(x.device):
-            reduced = [F.elu(self.f8_3(features.conv4.float())), F.elu(self.f8_4(features.conv5.float())),
-                       F.elu(self.f8_5(features.conv6.float()))]  # fmt: skip
-            return F.elu(self.f9(torch.cat(reduced, dim=1)))
+            reduced = [F.elu(float32_conv(self.f8_3)(features.conv4.float())),
+                       F.elu(float32_conv(self.f8_4)(features.conv5.float())),
+                       F.elu(float32_conv(self.f8_5)(features.conv6.float()))]  # fmt: skip
+            return F.elu(float32_conv(self.f9)(torch.cat(reduced, dim=1)))
 
 
 def build_affinity_model(backbone: str = "resnet38d", dropout: float = 1.0) -> AffinityNet:

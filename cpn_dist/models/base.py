@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -21,6 +22,21 @@ def float32_region(device: torch.device):
     if device.type in ("cpu", "cuda", "xpu", "mps", "hpu"):
         return torch.autocast(device_type=device.type, enabled=False)
     return contextlib.nullcontext()
+
+
+def float32_conv(conv: nn.Conv2d):
+    """``conv`` applied in float32: the module itself, or — with DeepSpeed's bf16/fp16 weights — the
+    convolution with a float32 copy of its weight and bias (the gradient flows back through the cast)."""
+    if conv.weight.dtype == torch.float32:
+        return conv
+    bias = None if conv.bias is None else conv.bias.float()
+    return lambda t: F.conv2d(t, conv.weight.float(), bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def as_weight_dtype(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the dtype of ``module``'s weights: DeepSpeed's bf16/fp16 casts the weights, not the inputs
+    (under autocast the weights stay float32 and ``x`` is left as it is)."""
+    return x.to(next(module.parameters()).dtype)
 
 
 class BackboneNet(nn.Module):

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cpn_dist.models import head as cpn_head
-from cpn_dist.models.base import BackboneNet
+from cpn_dist.models.base import BackboneNet, as_weight_dtype, float32_conv
 from cpn_dist.models.base import float32_region as _float32_region
 
 NUM_CLASSES = 21  # 20 VOC classes + background
@@ -62,7 +62,7 @@ class CPNet(BackboneNet):
         """``(cam, refined)`` at the input size; with ``keep_head_inputs`` also the head's detached inputs
         (:class:`HeadInputs`), from which :meth:`refine_from` recomputes ``refined`` exactly."""
         size = x.shape[-2:]
-        x = x.to(self.fc8.weight.dtype)  # DeepSpeed bf16/fp16 casts the weights, not the inputs
+        x = as_weight_dtype(self, x)
         features = self.backbone(x)
         cam = self.fc8(self.dropout7(features.conv6)).float()
         refined = inputs = None
@@ -86,17 +86,17 @@ class CPNet(BackboneNet):
             make_input = cpn_head.official_head_input if self.head == "official" else cpn_head.paper_head_input
             y = make_input(cam.detach().float())
         with _float32_region(image.device):
-            reduced3 = F.relu(_fp32(self.f8_3)(conv4.detach().float()))
-            reduced4 = F.relu(_fp32(self.f8_4)(conv5.detach().float()))
+            reduced3 = F.relu(float32_conv(self.f8_3)(conv4.detach().float()))
+            reduced4 = F.relu(float32_conv(self.f8_4)(conv5.detach().float()))
             features = torch.cat([image.float(), reduced3, reduced4], dim=1)  # X, 195 channels
-            g = _fp32(self.f9)(features)
+            g = float32_conv(self.f9)(features)
             pcm = cpn_head.pixel_correlation(y, g)
             if self.head == "pcm":
                 return pcm
             if self.head == "official":
-                prcm = cpn_head.official_pixel_region(y, features, g, _fp32(self.f10))
+                prcm = cpn_head.official_pixel_region(y, features, g, float32_conv(self.f10))
             else:
-                prcm = cpn_head.paper_pixel_region(y, features, g, _fp32(self.f10))
+                prcm = cpn_head.paper_pixel_region(y, features, g, float32_conv(self.f10))
             return pcm + prcm
 
 
@@ -109,11 +109,3 @@ class HeadInputs(NamedTuple):
     conv4: torch.Tensor
     conv5: torch.Tensor
     size: tuple[int, int]
-
-
-def _fp32(conv: nn.Conv2d):
-    """A bias-free 1×1 head convolution applied in float32: the module itself, or with DeepSpeed's bf16/fp16
-    weights a float32 copy of its weight (the gradient flows back to it through the cast)."""
-    if conv.weight.dtype == torch.float32:
-        return conv
-    return lambda t: F.conv2d(t, conv.weight.float())

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cpn_dist.errors import CpnError
+from cpn_dist.models.base import as_weight_dtype
 
 NUM_CLASSES = 21
 SEG_HEADS = ("largefov", "aspp")
@@ -127,7 +128,7 @@ class SegNet(nn.Module):
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores at output stride 8, N×21×h×w, float32."""
-        return self.seg_head(self.backbone(x).conv6).float()
+        return self.seg_head(self.backbone(as_weight_dtype(self, x)).conv6).float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(self.score(x), x.shape[-2:], mode="bilinear", align_corners=False)
