@@ -159,3 +159,27 @@ def released_class_map(cams: dict[int, np.ndarray], beta: float, shape: tuple[in
         tensor[key + 1] = value
     tensor[0] = beta
     return np.argmax(tensor, axis=0).astype(np.uint8)
+
+
+def image_independence(cams_dir: str | Path, names: list[str], size: int = 32) -> float:
+    """How much the CAMs of different images look alike: the mean Pearson correlation, over pairs of
+    different images, of each image's CAM (the per-pixel maximum over its classes) resized to
+    ``size``×``size``. Object CAMs at varying places score near 0 (≈ 0.1 from the central bias of the
+    synthetic tasks); a CAM that has collapsed to one image-independent pattern (a ramp, bands) scores
+    near 1. Images without a labelled class are left out."""
+    from PIL import Image
+
+    maps = []
+    for name in names:
+        cams = load_cams(Path(cams_dir) / f"{name}.npy")
+        if cams:
+            m = np.max(np.stack(list(cams.values())), axis=0).astype(np.float32)
+            maps.append(np.asarray(Image.fromarray(m).resize((size, size), Image.BILINEAR)).ravel())
+    if len(maps) < 2:
+        raise CpnError(f"{cams_dir}: fewer than two CAM files with a class to compare")
+    z = np.stack(maps).astype(np.float64)
+    z -= z.mean(axis=1, keepdims=True)
+    z /= np.linalg.norm(z, axis=1, keepdims=True) + 1e-12
+    c = z @ z.T
+    n = len(maps)
+    return float((c.sum() - np.trace(c)) / (n * (n - 1)))

@@ -203,3 +203,24 @@ def test_ground_truth_from_shards_equals_the_png_folder(synth_voc, tmp_path):
     # a listed image the shards do not hold is named
     with pytest.raises(CpnError, match="ground truth of 1 listed image"):
         sweep(tmp_path / "cams", shards, [*names, "2099_000000"], betas)
+
+
+def test_image_independence_is_one_for_a_collapsed_cam_and_low_for_object_cams(tmp_path):
+    from cpn_dist.cams import image_independence, save_cams
+
+    rng = np.random.default_rng(0)
+    ramp = np.tile(np.linspace(0, 0.5, 40, dtype=np.float32), (30, 1))
+    names = [f"im{i}" for i in range(12)]
+    for folder, make in (("collapsed", lambda i: ramp + rng.normal(0, 1e-3, ramp.shape).astype(np.float32)),
+                         ("objects", lambda i: _blob(rng))):  # fmt: skip
+        (tmp_path / folder).mkdir()
+        for i, name in enumerate(names):
+            save_cams(tmp_path / folder / f"{name}.npy", {3: make(i)})
+    assert image_independence(tmp_path / "collapsed", names) > 0.99
+    assert image_independence(tmp_path / "objects", names) < 0.3
+
+
+def _blob(rng):
+    y, x = np.mgrid[0:30, 0:40]
+    cy, cx = rng.uniform(5, 25), rng.uniform(5, 35)
+    return (0.5 * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / 20.0)).astype(np.float32)
