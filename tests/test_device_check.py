@@ -26,7 +26,9 @@ def test_quick_device_check_writes_every_section(tmp_path):
                                                       "2 micro-steps of 2 (accumulation)"}  # fmt: skip
     assert all(r["host_syncs"] >= 1 for r in record["syncs"])  # the global selection reads its result once
     agreement = record["bf16_vs_fp32"]
-    assert 0.9 < agreement["gradient_cosine"] <= 1.0 + 1e-6 and set(agreement["relative_difference"]) >= {"total"}
+    # the agreement threshold itself is tests/test_train_step.py's; here: the section is written and finite
+    assert -1.0 - 1e-6 <= agreement["gradient_cosine"] <= 1.0 + 1e-6
+    assert set(agreement["relative_difference"]) >= {"total", "cls", "tcp", "cpcr"}
     assert [r["precision"] for r in record["inference"]] == ["fp32", "bf16"]
     assert all(r["images_per_s"] > 0 for r in record["inference"])
     run = record["training_run"]
