@@ -31,8 +31,14 @@ change the `Field(description=...)` in the schema and regenerate; a test fails w
 A run is one YAML file plus dotted overrides on the command line
 (`cpn train --config configs/voc_cpn_paper.yaml optim.lr=0.02`); `cpn config show CONFIG [KEY=VALUE …]`
 prints a config with every default filled in. Unknown keys, wrong types and values outside the ranges
-below fail with one line naming the key. Only `true`/`false` are booleans (YAML 1.2), and numbers such
-as `5e-4` are floats. Keys are a stable interface: new keys may be added, none will be renamed.
+below fail with one line naming the key. Only `true`/`false` are booleans (YAML 1.2: `no`, `yes`, `on`,
+`off` stay strings, so `train.precision=no` means no mixed precision), and numbers such as `5e-4` are
+floats (PyYAML alone would read them as strings). Rules between keys are checked when the config is
+read as well: `data.crop` may not exceed the upper end of `data.scale_range` (every crop would be
+mostly padding), `batch.global_size` must be a multiple of `batch.micro_size`, `loss.recipe: cam`
+needs `model.head: none`, `loss.recipe: official` keeps `loss.cpcr_stop_gradient` and
+`loss.tcp_background` at `true`, `affinity.low_alpha` must be below `affinity.high_alpha`. Keys are a
+stable interface: new keys may be added, none will be renamed.
 """
 
 _RUN_INTRO = """\

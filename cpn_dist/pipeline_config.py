@@ -77,7 +77,9 @@ class PseudoSettings(_Section):
 class PipelineConfig(_Section):
     """``cpn pipeline --config FILE``: where the data is, which run config each stage uses, what to run."""
 
-    voc_root: str = Field(description="VOC folder: JPEGImages/, Annotations/, SegmentationClass/, ImageSets/Segmentation/")
+    voc_root: str = Field(
+        description="VOC folder: JPEGImages/, Annotations/, SegmentationClass/, ImageSets/Segmentation/"
+    )
     work_dir: str = Field("runs/pipeline", description="every step writes under this folder")
     shards: str | None = Field(None, description="packed shards of the training split; null: {work_dir}/shards")
     splits: SplitsConfig = Field(default_factory=SplitsConfig)
