@@ -246,7 +246,7 @@ class Config(_Section):
 
 
 # --------------------------------------------------------------------------------------------
-# Key introspection, used for suggestions and for the README's key table.
+# Key introspection, used for suggestions, `cpn config keys` and docs/configuration.md.
 def _section_fields(model: type[BaseModel]) -> dict[str, Any]:
     return dict(model.model_fields)
 
