@@ -30,7 +30,7 @@ test: lint
 
 # The plain CAM against CPN on the synthetic parts task: data, training, CAMs, β sweep, table and
 # $(DEMO)/demo.png; then stages 2 and 3 on that CPN (configs/pipeline_demo.yaml) and the table of the
-# mIoU after each stage (see README "Demo"). Finished steps are kept on a re-run.
+# mIoU after each stage (see docs/demo.md). Finished steps are kept on a re-run.
 demo: setup
 	$(VENV)/bin/cpn demo --out $(DEMO)
 	$(VENV)/bin/cpn pipeline --config configs/pipeline_demo.yaml voc_root=$(DEMO)/VOC2012 \

@@ -36,7 +36,8 @@ class AffinityConfig(_Section):
 
     labels: str = Field(
         "affinity_labels/train_aug",
-        description="folder of affinity labels {image id}.png (`cpn affinity-labels`: 0 bg, 1..20 class, 255 ignore)",
+        description="`stage: affinity`: folder of affinity labels {image id}.png (`cpn affinity-labels`: 0 bg, "
+        "1..20 class, 255 ignore)",
     )
     radius: int = Field(5, ge=2, le=16, description="pairs closer than this many stride-8 cells are trained and walked")
     low_alpha: float = Field(
@@ -56,7 +57,8 @@ class AffinityConfig(_Section):
         "max", description="affinity labels and `cpn rw`: divide each CAM by its maximum first (PSA's scale, "
         "which its alphas assume; released CPN CAMs peak at 0.5), or use the stored values",
     )
-    crf: CrfConfig = Field(default_factory=CrfConfig, description="the dense CRF of the affinity labels (PSA's)")
+    crf: CrfConfig = Field(default_factory=CrfConfig, description="the dense CRF of the affinity labels "
+                                    "(PSA's settings, for ~500-pixel images; the `--crf-*` flags override them)")
 
     @model_validator(mode="after")
     def _ordered_alphas(self) -> AffinityConfig:
@@ -82,7 +84,8 @@ class SegmentationConfig(_Section):
     """Stage 3 (`stage: segmentation`): DeepLab on the pseudo labels."""
 
     labels: str = Field(
-        "pseudo/train_aug", description="folder of label PNGs {image id}.png (0..20, 255 = ignore) to train on"
+        "pseudo/train_aug", description="`stage: segmentation`: folder of label PNGs {image id}.png to train on "
+        "(0..20, 255 = ignore; written by `cpn pseudo`, `cpn rw`)"
     )
     head: Literal["largefov", "aspp"] = Field(
         "largefov", description="DeepLab head: v1 LargeFOV (3x3 dilated conv, 1x1, classifier) or v2 ASPP"
@@ -94,7 +97,8 @@ class SegmentationConfig(_Section):
         [6, 12, 18, 24], min_length=1, max_length=8, description="ASPP: dilations of the parallel 3x3 branches"
     )
     test_scales: list[float] = Field(
-        [0.5, 0.75, 1.0, 1.25, 1.5], min_length=1, description="inference: image scales whose softmax is averaged"
+        [0.5, 0.75, 1.0, 1.25, 1.5], min_length=1,
+        description="inference (`cpn segment`, `cpn pipeline`): image scales whose softmax is averaged",
     )
     test_flip: bool = Field(True, description="inference: add the horizontally flipped input of every scale")
     crf: SegmentationCrfConfig = Field(default_factory=SegmentationCrfConfig)

@@ -5,6 +5,8 @@ One optimizer step consumes one GLOBAL batch of ``batch.global_size`` images, sp
 
     accumulation = global_size / (micro_size × world_size)
 
+That is the distributed invariant; docs/design.md states it once, with how each part keeps it.
+
 The loop owns everything that is not the model's business: Accelerate (DDP or DeepSpeed, mixed
 precision), SGD with the released four parameter groups and the poly schedule, gradient
 accumulation, non-finite losses, atomic checkpoints and exact resume, pre-emption signals and Ctrl-C

@@ -55,7 +55,8 @@ class PackSettings(_Section):
 
 class CamSettings(_Section):
     scales: list[float] = Field([0.5, 1.0, 1.5, 2.0], min_length=1, description="CAM inference scales (+ flips)")
-    betas: str = Field("0.20:0.60:0.01", description="β sweep of `eval_cams` (START:STOP:STEP or a comma list)")
+    betas: str = Field("0.20:0.60:0.01", description="β sweep of `eval_cams` (START:STOP:STEP or a comma list; "
+                       "checked when the config is read; a best β on the sweep's edge is a warning)")
 
     @model_validator(mode="after")
     def _valid_betas(self) -> CamSettings:
@@ -76,7 +77,9 @@ class PseudoSettings(_Section):
 class PipelineConfig(_Section):
     """``cpn pipeline --config FILE``: where the data is, which run config each stage uses, what to run."""
 
-    voc_root: str = Field(description="VOC folder: JPEGImages/, SegmentationClass/, ImageSets/Segmentation/")
+    voc_root: str = Field(
+        description="VOC folder: JPEGImages/, Annotations/, SegmentationClass/, ImageSets/Segmentation/"
+    )
     work_dir: str = Field("runs/pipeline", description="every step writes under this folder")
     shards: str | None = Field(None, description="packed shards of the training split; null: {work_dir}/shards")
     splits: SplitsConfig = Field(default_factory=SplitsConfig)

@@ -18,7 +18,8 @@ micro-steps — exactly:
   (replaying the RNG so dropout masks match) finds the selection first (+36 % FLOPs at ResNet38d).
 
 With dropout off, one optimizer step therefore gives the same parameters for every split of the
-global batch (1×4×1, 2×2×1, 1×1×4, 2×1×2 …) and on every path.
+global batch (1×4×1, 2×2×1, 1×1×4, 2×1×2 …) and on every path (docs/design.md, "The distributed
+invariant").
 """
 
 from __future__ import annotations

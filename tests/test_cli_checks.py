@@ -46,6 +46,7 @@ def test_commands_that_run_no_model_import_no_torch(synth_voc, tmp_path):
     runs = [
         ["config", "show", "demo"],
         ["config", "keys"],
+        ["config", "docs"],
         ["synth-voc", "--out", str(tmp_path / "voc"), "--images", "4", "--size", "48"],
         ["check-voc", str(synth_voc)],
         ["pack", "--voc-root", str(synth_voc), "--split", "val", "--out", str(tmp_path / "shards"),

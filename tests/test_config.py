@@ -58,9 +58,25 @@ def test_documented_keys_are_in_the_schema():
     train.checkpoint_every train.keep_last output.dir log.every log.image_every""".split()
     keys = set(all_keys())
     assert set(documented) <= keys, set(documented) - keys
-    readme = (ROOT / "README.md").read_text()
-    missing = [k for k in keys if f"`{k}`" not in readme]
-    assert not missing, f"keys not documented in README.md: {missing}"
+
+
+def test_configuration_reference_is_generated_and_lists_every_key_once(tmp_path):
+    """docs/configuration.md is exactly what `cpn config docs` writes (so it fails when a key or a
+    description changes without regenerating it), and it has one row per run and pipeline config key."""
+    from cpn_dist.config_docs import config_reference, leaf_fields
+    from cpn_dist.pipeline_config import PipelineConfig
+
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    assert page == config_reference(), "stale: run `cpn config docs --out docs/configuration.md`"
+    rows = [line.split("`")[1] for line in page.splitlines() if line.startswith("| `")]
+    keys = all_keys() + [k for k, _ in leaf_fields(PipelineConfig)]
+    assert sorted(rows) == sorted(keys) and len(set(keys)) == len(keys)
+    assert all(field.description for _, field in leaf_fields(Config) + leaf_fields(PipelineConfig))
+    stale = tmp_path / "configuration.md"
+    stale.write_text(page.replace("| `optim.lr` |", "| `optim.lr` | float | `0.1` | old |\n| `optim.lr` |"))
+    proc = run_cpn("config", "docs", "--check", str(stale))
+    assert proc.returncode != 0 and "stale" in proc.stderr
+    assert run_cpn("config", "docs", "--check", str(ROOT / "docs" / "configuration.md")).returncode == 0
 
 
 def test_overrides_are_typed_and_nested():

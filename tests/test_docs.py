@@ -1,4 +1,5 @@
-"""docs/reliability.md stays true: at least 50 faults, each naming a test that exists."""
+"""The documentation stays true: docs/reliability.md names tests that exist; the links between the
+README and the pages of docs/ lead to files and headings that exist."""
 
 import ast
 import re
@@ -17,3 +18,25 @@ def test_every_row_of_the_reliability_table_names_an_existing_test():
             tree = ast.parse((ROOT / path).read_text())
             defined[path] = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
         assert name in defined[path], f"{path}::{name} (docs/reliability.md) does not exist"
+
+
+def _anchors(path) -> set[str]:
+    """The heading anchors of a markdown file, as GitHub makes them."""
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    return {re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+            for m in re.finditer(r"^#+ (.+)$", text, flags=re.M)}  # fmt: skip
+
+
+def test_relative_links_of_the_readme_and_docs_lead_somewhere():
+    pages = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", ROOT / "BENCHMARKS.md", *(ROOT / "docs").glob("*.md")]
+    broken = []
+    for page in pages:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+        for link in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", link):
+                continue
+            name, _, anchor = link.partition("#")
+            target = (page.parent / name) if name else page
+            if not target.exists() or (anchor and target.suffix == ".md" and anchor not in _anchors(target)):
+                broken.append(f"{page.relative_to(ROOT)}: {link}")
+    assert len(pages) > 10 and not broken, broken

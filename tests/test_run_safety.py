@@ -224,7 +224,7 @@ def test_a_truncated_shard_read_by_a_loader_worker_is_one_line(tmp_path, shards)
 def test_under_accelerate_launch_a_user_error_is_one_line_per_process_and_a_held_lock_stops_all(tmp_path, shards):
     """Our processes print the error once, without a Python traceback of ours, and every process exits
     (none hangs in a collective). Accelerate's launcher then prints its own failure report, which is
-    not ours to silence (README: "Errors")."""
+    not ours to silence (docs/training.md: "Errors")."""
     from cpn_dist.runlock import DirLock
 
     config = tiny_config(tmp_path / "c.yaml", shards, train={"max_steps": 2}, batch={"micro_size": 2})

@@ -1,4 +1,4 @@
-"""The distributed invariant (DESIGN.md): with dropout off, the parameters after N optimizer steps do
+"""The distributed invariant (docs/design.md): with dropout off, the parameters after N optimizer steps do
 not depend on how the global batch of 4 is split into world × micro × accumulation — for both
 recipes and both OHEM scopes, under DDP (gloo, real processes) and DeepSpeed ZeRO-2."""
 

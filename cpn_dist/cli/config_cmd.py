@@ -1,11 +1,11 @@
-"""``cpn config``: show the fully resolved run configuration, or list every key."""
+"""``cpn config``: show the fully resolved run configuration, list every key, or write the key reference."""
 
 from __future__ import annotations
 
 from rich.syntax import Syntax
 from rich.table import Table
 
-from cpn_dist.cli import add_command, console
+from cpn_dist.cli import add_command, console, output_file
 
 
 def register(sub) -> None:
@@ -17,6 +17,10 @@ def register(sub) -> None:
     show.set_defaults(handler=_show)
     keys = add_command(cfg_sub, "keys", "list every config key with its default and meaning")
     keys.set_defaults(handler=_keys)
+    docs = add_command(cfg_sub, "docs", "write the configuration reference (markdown) generated from the schemas")
+    docs.add_argument("--out", metavar="FILE", help="write it to FILE (e.g. docs/configuration.md) instead of stdout")
+    docs.add_argument("--check", metavar="FILE", help="exit 1 if FILE differs from what would be written")
+    docs.set_defaults(handler=_docs)
 
 
 def _show(args) -> int:
@@ -40,4 +44,26 @@ def _keys(args) -> int:
     for key, default, doc in key_docs():
         table.add_row(key, default, doc)
     console.print(table)
+    return 0
+
+
+def _docs(args) -> int:
+    from pathlib import Path
+
+    from cpn_dist.config_docs import config_reference
+    from cpn_dist.errors import CpnError
+
+    text = config_reference()
+    if args.check is not None:
+        path = Path(args.check)
+        if not path.is_file() or path.read_text() != text:
+            raise CpnError(f"{path} is stale: regenerate it with `cpn config docs --out {path}`")
+        console.print(f"{path} is up to date", highlight=False)
+        return 0
+    out = output_file(args.out, "--out")
+    if out is not None:
+        out.write_text(text)
+        console.print(f"wrote {out}", highlight=False)
+        return 0
+    print(text, end="")
     return 0

@@ -68,7 +68,8 @@ def build_train_loader(
 
     ``steps_per_epoch`` = optimizer steps in one epoch (global batches, the remainder of the samples
     dropped); the iterable yields exactly ``(steps_per_epoch - start_step) * accumulation``
-    micro-batches on EVERY rank, where ``accumulation = global_size // (micro_size * world_size)``.
+    micro-batches on EVERY rank, where ``accumulation = global_size // (micro_size * world_size)``
+    (docs/design.md, "The distributed invariant").
     ``start_step`` resumes mid-epoch. ``deterministic=None`` takes ``data.deterministic``.
     Batches are dicts as in docs/interfaces.md ("Training batch"). ``maker`` replaces the CPN sample
     maker (decode → augment → CP pair) with another per-sample callable that has ``members`` and

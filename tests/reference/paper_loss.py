@@ -1,5 +1,6 @@
-"""A literal, step-by-step statement of the paper's eqs. 13-17 (with the normalisation DESIGN.md gives
-for the paper recipe) and mini-batch OHEM by sorting, for checking cpn_dist.losses."""
+"""A literal, step-by-step statement of the paper's eqs. 13-17 (with the normalisation of the paper
+recipe, as the module docstring of cpn_dist.losses states it; docs/design.md, "Two recipes") and
+mini-batch OHEM by sorting, for checking cpn_dist.losses."""
 
 from __future__ import annotations
 
