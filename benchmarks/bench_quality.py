@@ -88,7 +88,19 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 HEADLESS = ("baseline", "hiding")
 KINDS = ("superpixel", "grid")
 METRICS = ("miou", "raw_miou", "best_beta", "body_recall", "marker_recall", "body_magnitude", "marker_magnitude",
-           "premise", "ohem_discards")  # fmt: skip
+           "premise", "ohem_discards", "image_independence")  # fmt: skip
+
+
+def with_image_independence(out: Path, row: dict, names: list[str]) -> dict:
+    """The row with ``image_independence`` (cpn_dist.cams.image_independence) of its scored CAMs: ~0.1 for
+    CAMs that follow their objects, ~1 for a CAM collapsed to one image-independent pattern."""
+    if row.get("image_independence") is None:
+        from cpn_dist.cams import image_independence
+
+        label = row["variant"] if row["kind"] is None else f"{row['variant']}/{row['kind']}"
+        folder = out / "cams" / f"seed{row['seed']}" / label
+        row = {**row, "image_independence": image_independence(folder, names) if folder.is_dir() else None}
+    return row
 
 
 def run_one(out: Path, config: Path, name: str, seed: int, kind: str | None, start: tuple[str, ...], data,
@@ -179,7 +191,8 @@ def summarise(rows: list[dict]) -> dict[str, dict]:
 
 def table(summary: dict[str, dict], title: str) -> Table:
     t = Table("variant", "mIoU %", "Δ vs baseline (per seed)", "raw CAM mIoU %", "best β", "body rec. %",
-              "marker rec. %", "body CAM", "premise %", "OHEM drops ≠0", "train s", title=title)  # fmt: skip
+              "marker rec. %", "body CAM", "premise %", "OHEM drops ≠0", "image-indep.", "train s",
+              title=title)  # fmt: skip
 
     def pm(entry, key, scale=100.0, digits=1):
         v = entry[key]
@@ -191,7 +204,7 @@ def table(summary: dict[str, dict], title: str) -> Table:
         drops = "—" if e["ohem_discards"] is None else f"{e['ohem_discards']['mean'] * 100:.0f} %"
         t.add_row(label, pm(e, "miou"), deltas, pm(e, "raw_miou"), betas, pm(e, "body_recall"),
                   pm(e, "marker_recall"), pm(e, "body_magnitude", 1, 3), pm(e, "premise", 100, 0), drops,
-                  f"{e['train_s']:.0f}")  # fmt: skip
+                  pm(e, "image_independence", 1, 2), f"{e['train_s']:.0f}")  # fmt: skip
     return t
 
 
@@ -244,6 +257,7 @@ def main() -> int:
                               f"{row['miou'] * 100:.2f}{raw} at β {row['best_beta']:.3f}, body "
                               f"{row['body_recall'] * 100:.1f} %, marker {row['marker_recall'] * 100:.1f} %, premise "
                               f"{row['premise'] * 100:.0f} % ({row['total_s']:.0f} s)")  # fmt: skip
+    rows = [with_image_independence(out, r, names) for r in rows]
     summary = summarise(rows)
     console.print(table(summary, f"{args.task}, {args.backbone}, {len(args.seeds)} seed(s): mean ± std over seeds"))
     for seed, found in starts.items():
