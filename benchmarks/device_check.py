@@ -270,7 +270,7 @@ def bench_training_run(args, device, work: Path) -> dict:
     """A short `cpn train` through Accelerate and the real loader on packed synthetic images."""
     from cpn_dist.data.pack import pack_split
     from cpn_dist.data.synth import synthesize_voc
-    from cpn_dist.engine import quiet_libraries
+    from cpn_dist.launch import quiet_libraries
     from cpn_dist.train import train
 
     workers = min(8, os.cpu_count() or 1)

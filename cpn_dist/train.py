@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from cpn_dist import losses as L
 from cpn_dist.config import Config
-from cpn_dist.engine import accumulation_steps, quiet_libraries, rng_state, run_main, run_training, set_rng_state
+from cpn_dist.engine import rng_state, run_training, set_rng_state
+from cpn_dist.launch import accumulation_steps, quiet_libraries, run_main
 from cpn_dist.monitor import image_panel
 
 __all__ = ["CPNTask", "accumulation_steps", "main", "quiet_libraries", "train"]
