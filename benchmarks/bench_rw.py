@@ -97,17 +97,9 @@ def main() -> None:
     from cpn_dist.crf import CrfParams
     from cpn_dist.data.inputs import VocSource
     from cpn_dist.data.voc import read_split
-    from cpn_dist.demo import (
-        DEMO_CONFIG,
-        DemoSettings,
-        eval_names,
-        infer_cams,
-        initial_weights,
-        make_data,
-        run_demo,
-        train_model,
-        warm_up,
-    )  # fmt: skip
+    from cpn_dist.demo.run import eval_names, run_demo
+    from cpn_dist.demo.settings import DEMO_CONFIG, DemoSettings
+    from cpn_dist.demo.steps import infer_cams, initial_weights, make_data, train_model, warm_up
     from cpn_dist.evaluate import GroundTruth, score_labels, sweep
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -31,8 +31,8 @@ def _run(args) -> int:
     from cpn_dist.cli.crf_cmd import image_names
     from cpn_dist.data.inputs import read_image
     from cpn_dist.data.voc import read_label_png
+    from cpn_dist.demo.show import GridRow, image_grid
     from cpn_dist.pseudo import pseudo_label
-    from cpn_dist.show import GridRow, image_grid
 
     if args.count < 1:
         raise CpnError("--count must be >= 1")

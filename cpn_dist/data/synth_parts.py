@@ -34,7 +34,7 @@ Backgrounds are the cluttered, desaturated ones of the default task; 1-2 objects
 ground-truth mask covers the whole object (body and marker) with its class. Beside the VOC folders
 the task writes ``SegmentationPart/{id}.png`` (not part of VOC): 0 = not an object, 1 = body,
 2 = marker, 255 = void (the same void band as the class mask), used to measure the CAM's body and
-marker recall (:mod:`cpn_dist.parts`).
+marker recall (:mod:`cpn_dist.demo.parts`).
 """
 
 from __future__ import annotations

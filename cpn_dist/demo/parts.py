@@ -114,7 +114,7 @@ MARKER_RING = 2  # body pixels this close to the marker carry its colour (JPEG c
 def _patch_ids(rgb: np.ndarray, size: int, patch, rng: np.random.Generator) -> tuple[np.ndarray, int]:
     """Patch ids of an image placed top-left on a size×size canvas (padding = id n, as the loader)."""
     from cpn_dist.data.cp_pair import grid_ids
-    from cpn_dist.data.pack import superpixels
+    from cpn_dist.data.pack_sample import superpixels
 
     h, w = rgb.shape[:2]
     if patch.kind == "superpixel":

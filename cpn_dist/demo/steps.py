@@ -1,108 +1,20 @@
-"""The built-in demo (``cpn demo``, ``make demo``): CPN against the plain CAM, on a synthetic parts task or
-on any VOC-layout folder.
-
-Steps, each skipped on a re-run when its output is complete (``overwrite=True`` redoes them all):
-
-1. ``data``: :func:`~cpn_dist.data.synth.synthesize_voc` of ``settings.task`` into ``OUT/VOC2012`` — or,
-   with ``voc_root``, the user's folder as it is — then :func:`~cpn_dist.data.pack.pack_split` of its
-   training split (``train_aug`` when listed, else ``train``) into ``OUT/shards``;
-2. the shared start of every model: the config's ``model.weights`` when it names any (``imagenet`` for
-   the EfficientNet-Lite0 backbone: the paper's setting); otherwise (the tiny backbone) ``init`` and
-   ``warmup``: data-dependent initial weights ``OUT/init.pth`` (:func:`initial_weights`), then the plain
-   CAM trained from them (:func:`warm_up`, ``OUT/runs/warmup``), standing in for the ImageNet start;
-3. ``train``: one :func:`cpn_dist.train.train` per model (:data:`DEMO_MODELS`: the baseline CAM,
-   hiding as augmentation only, CPN) from the warm-up weights into ``OUT/runs/NAME``;
-4. ``infer``: multi-scale + flip CAMs (:func:`cpn_dist.infer.infer_samples`) of the evaluation
-   split's images into ``OUT/cams/NAME``;
-5. ``eval``: the β sweep (:func:`cpn_dist.evaluate.sweep`) and, where the folder has part maps, at each
-   model's best β body and marker recall and CAM magnitude (:func:`cpn_dist.parts.part_scores`) and
-   CPN's premise (:func:`cpn_dist.parts.premise_share`) into ``OUT/scores/NAME.json``;
-6. ``figure``: image, ground truth and each model's CAM for a few images, ``OUT/demo.png``;
-7. ``OUT/results.json``: ``{"models": {name: {"miou": percent, "best_beta": …, …}}, "data": …, …}``.
-
-The same functions run the quality ablation (``benchmarks/bench_quality.py``).
-"""
+"""The steps of the demo (:mod:`cpn_dist.demo.run`), each skipped on a re-run when its output is complete:
+the data, the shared start of every model, training, CAM inference, scoring, the comparison figure."""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from cpn_dist.demo.settings import DemoSettings, ModelScores
 from cpn_dist.errors import CpnError
-from cpn_dist.yaml_io import PACKAGED_CONFIGS
 
 log = logging.getLogger(__name__)
-
-DEMO_CONFIG = PACKAGED_CONFIGS / "demo.yaml"  # shipped with the package: found from any folder
-# The models of the demo: name → dotted overrides of configs/demo.yaml.
-DEMO_MODELS: dict[str, tuple[str, ...]] = {
-    "baseline": ("loss.recipe=cam", "model.head=none"),  # L_cls on I only, the plain CAM
-    # L_cls on I, I_h and I_hbar. (ohem_ratio 1: there is no CPCR without a head, and the trainer's
-    # global OHEM selection would ask for refined CAMs that head none does not make.)
-    "hiding": ("model.head=none", "loss.weights=[1.0, 0.0, 0.0]", "loss.ohem_ratio=1.0"),
-    "cpn": (),  # the paper's recipe: L_cls + L_tcp + L_cpcr (OHEM), PCM + PRCM
-}
-
-
-@dataclass(frozen=True)
-class DemoSettings:
-    """What the demo makes and how it scores it."""
-
-    task: str = "parts"  # the synthetic task (cpn_dist.data.synth_parts.PART_STYLES)
-    images: int = 1000  # synthetic images (80 % train_aug, of which half is `train`; 20 % val)
-    size: int = 64  # long side of every image
-    data_seed: int = 0
-    segments: int = 30  # SLIC segment count packed (configs/demo.yaml: data.patch.segments)
-    warmup_epochs: int = 12  # the shared plain-CAM start of every model (see warm_up)
-    eval_split: str = "train"  # CAMs are scored on training images, as the paper's Tables 1-4
-    premise_images: int = 200  # images of the eval split on which CPN's premise is measured (parts tasks)
-    eval_images: int | None = None  # score only the first N images of the split
-    scales: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
-    # 0, 0.0005, 0.001, 0.002 … 0.004, then 0.005 … 0.600 by 0.005: released CAMs of a plain CAM are low on
-    # most of the object, so the best β can lie far below the usual 0.20 … 0.60 (β = 0 marks every pixel
-    # where the CAM is positive)
-    betas: tuple[float, ...] = (0.0, 0.0005, 0.001, 0.002, 0.003, 0.004,
-                                *(round(0.005 * i, 3) for i in range(1, 121)))  # fmt: skip
-    figure_images: int = 4
-
-
-@dataclass(frozen=True)
-class ModelScores:
-    """One model's scores: the β sweep's best point, its whole curve, and the part scores at the best β."""
-
-    name: str
-    best_beta: float
-    miou: float
-    foreground: float
-    background: float
-    body_recall: float | None = None  # the part columns: only on a folder with SegmentationPart/
-    marker_recall: float | None = None
-    body_magnitude: float | None = None
-    marker_magnitude: float | None = None
-    betas: list[float] = field(default_factory=list)
-    curve: list[float] = field(default_factory=list)
-    premise: dict | None = None  # premise_share of the model's raw CAM, per patch kind (parts tasks)
-
-    @property
-    def beta_inside(self) -> bool:
-        """Whether the best β lies strictly inside the swept range (not on its edge)."""
-        return min(self.betas) < self.best_beta < max(self.betas)
-
-    def to_json(self) -> dict:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_json(cls, data: dict) -> ModelScores:
-        return cls(**data)
-
-
-# ------------------------------------------------------------------------------------------------
-# steps
 
 
 @dataclass(frozen=True)
@@ -263,8 +175,8 @@ def infer_cams(weights: Path, config: str | Path, overrides: Sequence[str], voc:
 def score_cams(name: str, cams: Path, voc: Path, names: Sequence[str], betas: Sequence[float]) -> ModelScores:
     """Step 5: the β sweep over ``betas`` and, where ``voc`` has part maps, the part scores at the best β."""
     from cpn_dist.data.synth import PART_FOLDER
+    from cpn_dist.demo.parts import part_scores
     from cpn_dist.evaluate import GroundTruth, sweep
-    from cpn_dist.parts import part_scores
 
     result = sweep(cams, GroundTruth(voc / "SegmentationClass"), list(names), list(betas))
     best = result.summary()
@@ -280,12 +192,12 @@ def score_cams(name: str, cams: Path, voc: Path, names: Sequence[str], betas: Se
 
 def premise(weights: Path | str, config: str | Path, overrides: Sequence[str], voc: Path, names: Sequence[str],
             kinds: Sequence[str] = ("superpixel", "grid")) -> dict[str, dict]:
-    """CPN's premise (:func:`cpn_dist.parts.premise_share`) of a model's raw CAM, per patch kind: how often
+    """CPN's premise (:func:`cpn_dist.demo.parts.premise_share`) of a model's raw CAM, per patch kind: how often
     the marker-less branch of a CP pair still finds the object."""
     from cpn_dist.config import load_config
     from cpn_dist.data.cp_pair import PatchParams
+    from cpn_dist.demo.parts import premise_share
     from cpn_dist.models import build_model, load_weights
-    from cpn_dist.parts import premise_share
 
     cfg = load_config(config, list(overrides))
     model = build_model(cfg.model.backbone, "none", dropout=0.0)  # the raw CAM is all the premise needs
@@ -301,9 +213,9 @@ def comparison_figure(voc: Path, cams: dict[str, Path], names: Sequence[str], pa
     from cpn_dist.cams import load_cams
     from cpn_dist.data.inputs import read_image
     from cpn_dist.data.voc import read_label_png
-    from cpn_dist.show import _pyplot, colour_labels, heat
+    from cpn_dist.demo.show import colour_labels, heat, pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     cols = 2 + len(cams)
     fig, axes = plt.subplots(len(names), cols, figsize=(2.2 * cols, 2.0 * len(names)), dpi=100, squeeze=False)
     for row, name in enumerate(names):
@@ -324,100 +236,3 @@ def comparison_figure(voc: Path, cams: dict[str, Path], names: Sequence[str], pa
     fig.savefig(path)
     plt.close(fig)
     return path
-
-
-# ------------------------------------------------------------------------------------------------
-# the whole demo
-
-
-def eval_names(voc: Path, settings: DemoSettings) -> list[str]:
-    from cpn_dist.data.voc import read_split
-
-    names = read_split(voc / "ImageSets" / "Segmentation" / f"{settings.eval_split}.txt")
-    return names[: settings.eval_images] if settings.eval_images else names
-
-
-def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), config: str | Path = DEMO_CONFIG,
-             models: dict[str, tuple[str, ...]] | None = None, overrides: Sequence[str] = (),
-             overwrite: bool = False, on_step: Callable[[str], None] | None = None,
-             voc_root: str | Path | None = None) -> dict[str, ModelScores]:  # fmt: skip
-    """Run every step (see the module docstring) into ``out``; returns each model's scores and writes
-    ``out/results.json``.
-
-    ``models``: name → dotted overrides of ``config`` (default :data:`DEMO_MODELS`); ``overrides``
-    apply to every run, the warm-up included (e.g. ``train.max_steps=2`` for a smoke test);
-    ``voc_root``: a VOC-layout folder to use instead of the synthetic task."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise CpnError(f"{out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    models = DEMO_MODELS if models is None else models
-    step = on_step or (lambda _: None)
-
-    step("data")
-    data = make_data(out, settings, overwrite, voc_root)
-    base = (*data.overrides(settings), *overrides)
-    from cpn_dist.config import load_config
-
-    start: Path | None = None
-    if not load_config(config, list(base)).model.weights:  # a random start: warm up first
-        step("init")
-        init = initial_weights(out / "init.pth", config, base, overwrite=overwrite)
-        step("train warmup")
-        start = warm_up(out / "runs" / "warmup", config, (*base, f"model.weights={init}"), settings.warmup_epochs,
-                        overwrite)  # fmt: skip
-    start_overrides = (f"model.weights={start}",) if start is not None else ()
-    names = eval_names(data.voc, settings)
-    scores: dict[str, ModelScores] = {}
-    for name, extra in models.items():
-        run_overrides = (*base, *start_overrides, *extra)
-        step(f"train {name}")
-        weights = train_model(config, run_overrides, out / "runs" / name, overwrite)
-        step(f"infer {name}")
-        cams = infer_cams(weights, config, run_overrides, data.voc, names, out / "cams" / name, settings, overwrite)
-        step(f"eval {name}")
-        scores[name] = score_cams(name, cams, data.voc, names, settings.betas)
-        if data.has_parts:
-            found = premise(weights, config, run_overrides, data.voc, names[: settings.premise_images])
-            scores[name] = replace(scores[name], premise=found)
-        path = out / "scores" / f"{name}.json"
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(json.dumps(scores[name].to_json(), indent=1) + "\n")
-    step("figure")
-    figure = comparison_figure(data.voc, {n: out / "cams" / n for n in models}, names[: settings.figure_images],
-                               out / "demo.png")  # fmt: skip
-    start_premise = None
-    if data.has_parts:
-        weights = start if start is not None else load_config(config, list(base)).model.weights
-        if weights:
-            start_premise = premise(weights, config, (*base, *start_overrides), data.voc,
-                                    names[: settings.premise_images])  # fmt: skip
-    write_results(out / "results.json", scores, data, settings, config, overrides, names, start, start_premise, figure)
-    return scores
-
-
-RESULT_PERCENT = ("miou", "foreground", "background", "body_recall", "marker_recall")
-
-
-def write_results(path: Path, scores: dict[str, ModelScores], data: DemoData, settings: DemoSettings,
-                  config: str | Path, overrides: Sequence[str], names: Sequence[str], start: Path | None,
-                  start_premise: dict | None, figure: Path) -> None:  # fmt: skip
-    """``results.json``: per model the β sweep's best point (IoU and recall in percent), the CAM magnitudes on
-    the parts, and CPN's premise; and what was run on which data."""
-    models = {}
-    for name, s in scores.items():
-        row = {k: (None if getattr(s, k) is None else 100.0 * getattr(s, k)) for k in RESULT_PERCENT}
-        row |= {"best_beta": s.best_beta, "beta_inside": s.beta_inside, "body_cam": s.body_magnitude,
-                "marker_cam": s.marker_magnitude, "premise": s.premise}  # fmt: skip
-        models[name] = row
-    record = {
-        "models": models,
-        "data": {"voc_root": str(data.voc), "synthetic_task": data.task, "train_split": data.split,
-                 "eval_split": settings.eval_split, "eval_images": len(names),
-                 "part_maps": data.has_parts},
-        "start": {"weights": str(start) if start is not None else "config's model.weights",
-                  "warmup_epochs": settings.warmup_epochs, "premise": start_premise},
-        "config": str(config), "overrides": list(overrides), "betas": [settings.betas[0], settings.betas[-1]],
-        "scales": list(settings.scales), "figure": str(figure),
-    }  # fmt: skip
-    path.write_text(json.dumps(record, indent=1) + "\n")
