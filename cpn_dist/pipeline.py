@@ -6,7 +6,7 @@ Steps, in order (each one a call into the library, nothing shells out to ``cpn``
 ==================  ===========================================================================
 ``pack``            :func:`~cpn_dist.data.pack.pack_split` of the training split into shards
 ``train_cpn``       stage 1: :func:`cpn_dist.train.train` of the CPN run config
-``cams``            multi-scale + flip CAMs (:func:`cpn_dist.infer.infer_samples`) of the training
+``cams``            multi-scale + flip CAMs (:func:`cpn_dist.cpn.infer.infer_samples`) of the training
                     and evaluation images
 ``eval_cams``       the β sweep (:func:`cpn_dist.evaluate.sweep`) on the evaluation split → best β
 ``pseudo``          CAM pseudo labels of the training images at that β (optionally CRF-refined)
@@ -291,8 +291,9 @@ class Pipeline(LaterSteps):
     def step_cams(self):
         import torch
 
-        from cpn_dist.infer import InferSettings, infer_samples
-        from cpn_dist.models import build_model, load_weights
+        from cpn_dist.cpn.infer import InferSettings, infer_samples
+        from cpn_dist.cpn.model import build_model
+        from cpn_dist.models import load_weights
 
         cfg = self.run_config("cpn")
         names = list(dict.fromkeys(self.names(self.cfg.splits.train) + self.names(self.cfg.splits.eval)))

@@ -188,7 +188,8 @@ def test_loss_gradient_pulls_positive_pairs_together_and_negatives_apart():
 
 
 def test_affinity_net_embedding_groups_and_backbone_init(tmp_path):
-    from cpn_dist.models import build_model, load_weights
+    from cpn_dist.cpn.model import build_model
+    from cpn_dist.models import load_weights
 
     torch.manual_seed(0)
     model = build_affinity_model("tiny", dropout=0.0)

@@ -110,7 +110,7 @@ def test_infer_refuses_an_empty_image_list(synth_voc, tmp_path):
 
     from cpn_dist.checkpoint import save_weights
     from cpn_dist.config import load_config
-    from cpn_dist.models import build_model
+    from cpn_dist.cpn.model import build_model
     from cpn_dist.run_start import weights_metadata
 
     cfg = load_config("demo")

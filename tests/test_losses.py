@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from cpn_dist.config import LossConfig
-from cpn_dist.losses import cpcr_elements, cpn_loss, cpn_loss_from_config
-from cpn_dist.ohem import topk_sum_rows
+from cpn_dist.cpn.loss import cpcr_elements, cpn_loss, cpn_loss_from_config
+from cpn_dist.cpn.ohem import topk_sum_rows
 from tests.reference.paper_loss import _normalise, paper_loss
 from tests.reference.released_loss import released_loss
 

@@ -36,7 +36,8 @@ def test_model_outputs_groups_and_frozen_parts(head):
 
 
 def test_backbone_weights_of_a_cpn_checkpoint_load_and_the_head_does_not(tmp_path):
-    from cpn_dist.models import build_model, load_weights
+    from cpn_dist.cpn.model import build_model
+    from cpn_dist.models import load_weights
 
     cpn = build_model("tiny", "official")
     torch.save(cpn.state_dict(), tmp_path / "cpn.pth")

@@ -187,7 +187,7 @@ class _Item:
 
 
 def _prepare(sample: Sample, cams_dir: Path, params: WalkParams, mean, std) -> _Item:
-    from cpn_dist.infer import normalise_image
+    from cpn_dist.cpn.infer import normalise_image
 
     path = cams_dir / f"{sample.name}.npy"
     cams = load_cams(path)

@@ -15,7 +15,7 @@ def register(sub) -> None:
         sub, "infer", "multi-scale + flip CAM inference into NAME.npy files (the released infer_cam.py format)",
         "Computes what the released infer_cam.py computes (refined CAM, 4 scales × 2 flips summed, "
         "released normalisation, labelled classes only) for every image, batching equal-sized inputs. "
-        "Distributed: accelerate launch [--multi_gpu --num_processes N] -m cpn_dist.infer ARGS "
+        "Distributed: accelerate launch [--multi_gpu --num_processes N] -m cpn_dist.cpn.infer ARGS "
         "gives each process every N-th image.",
     )  # fmt: skip
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="weights: ours or the released CPN .pth")
@@ -80,7 +80,7 @@ def _source(args):
 def _model(args, device):
     """The CPN of ``--checkpoint``: the model its weights record, or (released weights) the one of
     ``--config`` and ``--backbone``/``--head``."""
-    from cpn_dist.models import build_model
+    from cpn_dist.cpn.model import build_model
     from cpn_dist.models.weights import read_weights
     from cpn_dist.weights_config import load_checked, weights_config
 
@@ -107,7 +107,7 @@ def _run(args) -> int:
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    from cpn_dist.infer import InferSettings, infer_samples
+    from cpn_dist.cpn.infer import InferSettings, infer_samples
 
     if args.batch_size < 1 or args.images_per_step < 1:
         raise CpnError("--batch-size and --images-per-step must be >= 1")

@@ -89,6 +89,6 @@ def _build(cfg):
         from cpn_dist.segmentation.model import model_from_config
 
         return model_from_config(cfg)
-    from cpn_dist.models import build_model
+    from cpn_dist.cpn.model import build_model
 
     return build_model(cfg.model.backbone, cfg.model.head)

@@ -140,9 +140,9 @@ def premise_share(model, voc_root: str | Path, names: Sequence[str], patch, mean
     ``(seed, image index)``; no other augmentation."""
     import torch
 
+    from cpn_dist.cpn.infer import normalise_image
     from cpn_dist.data.cp_pair import hidden_patches, visible_mask
     from cpn_dist.data.inputs import read_image
-    from cpn_dist.infer import normalise_image
 
     voc_root = Path(voc_root)
     part_dir = voc_root / PART_FOLDER

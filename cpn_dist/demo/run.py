@@ -12,7 +12,7 @@ Steps, each skipped on a re-run when its output is complete (``overwrite=True`` 
    CAM trained from them (:func:`warm_up`, ``OUT/runs/warmup``), standing in for the ImageNet start;
 3. ``train``: one :func:`cpn_dist.train.train` per model (:data:`DEMO_MODELS`: the baseline CAM,
    hiding as augmentation only, CPN) from the warm-up weights into ``OUT/runs/NAME``;
-4. ``infer``: multi-scale + flip CAMs (:func:`cpn_dist.infer.infer_samples`) of the evaluation
+4. ``infer``: multi-scale + flip CAMs (:func:`cpn_dist.cpn.infer.infer_samples`) of the evaluation
    split's images into ``OUT/cams/NAME``;
 5. ``eval``: the β sweep (:func:`cpn_dist.evaluate.sweep`) and, where the folder has part maps, at each
    model's best β body and marker recall and CAM magnitude (:func:`cpn_dist.demo.parts.part_scores`) and

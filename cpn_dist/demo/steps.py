@@ -87,8 +87,8 @@ def initial_weights(path: Path, config: str | Path, overrides: Sequence[str], ba
     from torch import nn
 
     from cpn_dist.config import load_config
+    from cpn_dist.cpn.model import build_model
     from cpn_dist.data import build_train_loader
-    from cpn_dist.models import build_model
 
     if path.is_file() and not overwrite:
         return path
@@ -155,9 +155,10 @@ def infer_cams(weights: Path, config: str | Path, overrides: Sequence[str], voc:
     import torch
 
     from cpn_dist.config import load_config
+    from cpn_dist.cpn.infer import InferSettings, infer_samples
+    from cpn_dist.cpn.model import build_model
     from cpn_dist.data.inputs import VocSource
-    from cpn_dist.infer import InferSettings, infer_samples
-    from cpn_dist.models import build_model, load_weights
+    from cpn_dist.models import load_weights
 
     cfg = load_config(config, list(overrides))
     done = set() if overwrite or not out_dir.is_dir() else {p.stem for p in out_dir.glob("*.npy")}
@@ -195,9 +196,10 @@ def premise(weights: Path | str, config: str | Path, overrides: Sequence[str], v
     """CPN's premise (:func:`cpn_dist.demo.parts.premise_share`) of a model's raw CAM, per patch kind: how often
     the marker-less branch of a CP pair still finds the object."""
     from cpn_dist.config import load_config
+    from cpn_dist.cpn.model import build_model
     from cpn_dist.data.cp_pair import PatchParams
     from cpn_dist.demo.parts import premise_share
-    from cpn_dist.models import build_model, load_weights
+    from cpn_dist.models import load_weights
 
     cfg = load_config(config, list(overrides))
     model = build_model(cfg.model.backbone, "none", dropout=0.0)  # the raw CAM is all the premise needs

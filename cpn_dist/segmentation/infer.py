@@ -2,7 +2,7 @@
 
 Per image (original size H×W):
 
-1. the network inputs of :func:`cpn_dist.infer.scale_inputs` — for each scale s, the PIL bicubic
+1. the network inputs of :func:`cpn_dist.cpn.infer.scale_inputs` — for each scale s, the PIL bicubic
    resize to ``round(W·s)`` × ``round(H·s)``, normalised, and (``flip``) its width-flip;
 2. for each input the stride-8 class scores, resized to H×W (bilinear, align_corners=False), softmax
    over the 21 classes, un-flipped;
@@ -11,7 +11,7 @@ Per image (original size H×W):
    on the original RGB image) and the argmax of its marginals.
 
 Equal-sized inputs — the two flips of a scale, and equal-sized images — share a forward
-(:func:`cpn_dist.infer.forward_by_shape`). Label maps are VOC-palette PNGs ``NAME.png``; for the VOC
+(:func:`cpn_dist.cpn.infer.forward_by_shape`). Label maps are VOC-palette PNGs ``NAME.png``; for the VOC
 evaluation server the final maps (CRF-refined when there is a CRF) are also written as
 ``{test_server}/results/VOC2012/Segmentation/comp5_test_cls/NAME.png``. Distributed runs
 (``accelerate launch -m cpn_dist.segmentation.infer``) give each process every world-th image; with
@@ -31,11 +31,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cpn_dist.cpn.infer import IMAGENET_MEAN, IMAGENET_STD, forward_by_shape, prefetch, scale_inputs
 from cpn_dist.crf import CrfParams, dense_crf
 from cpn_dist.data.inputs import Sample
 from cpn_dist.data.voc import save_label_png
 from cpn_dist.devices import autocast
-from cpn_dist.infer import IMAGENET_MEAN, IMAGENET_STD, _prefetch, forward_by_shape, scale_inputs
 
 SERVER_LAYOUT = Path("results") / "VOC2012" / "Segmentation" / "comp5_test_cls"
 DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
@@ -192,7 +192,7 @@ def segment_samples(model: torch.nn.Module, samples: Iterable[Sample], outputs: 
     crf = _CrfRunner(crf_workers if settings.crf is not None else 0)
     try:
         step: list[_Image] = []
-        for item in _prefetch(prepare, samples, loader_threads, depth=2 * images_per_step):
+        for item in prefetch(prepare, samples, loader_threads, depth=2 * images_per_step):
             step.append(item)
             if len(step) < images_per_step:
                 continue

@@ -1,5 +1,5 @@
 """A literal, step-by-step statement of the paper's eqs. 13-17 (with the normalisation DESIGN.md gives
-for the paper recipe) and mini-batch OHEM by sorting, for checking cpn_dist.losses."""
+for the paper recipe) and mini-batch OHEM by sorting, for checking cpn_dist.cpn.loss."""
 
 from __future__ import annotations
 

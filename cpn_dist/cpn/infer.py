@@ -167,7 +167,7 @@ def _irn(sample, classes: list[int], total: np.ndarray | None) -> dict:
     return {"keys": np.asarray(classes, dtype=np.int64), "cam": norm(strided), "high_res": norm(t)}
 
 
-def _prefetch(fn: Callable, items: Iterable, workers: int, depth: int) -> Iterator:
+def prefetch(fn: Callable, items: Iterable, workers: int, depth: int) -> Iterator:
     """``map(fn, items)`` on a thread pool, in order, with at most ``depth`` results in flight."""
     if workers <= 0:
         yield from map(fn, items)
@@ -197,7 +197,7 @@ def infer_samples(model: torch.nn.Module, samples: Iterable[Sample], out_dir: st
         (out_dir / "raw").mkdir(exist_ok=True)
     model.eval()
     written: list[str] = []
-    prepared = _prefetch(lambda s: _prepare(s, settings), samples, loader_threads, depth=2 * images_per_step)
+    prepared = prefetch(lambda s: _prepare(s, settings), samples, loader_threads, depth=2 * images_per_step)
     step: list[_Pending] = []
     for pending in prepared:
         step.append(pending)
@@ -239,7 +239,7 @@ def _run_step(model, step: list[_Pending], settings: InferSettings, device, out_
             on_image(p.sample.name)
 
 
-if __name__ == "__main__":  # `accelerate launch -m cpn_dist.infer ...` runs the `cpn infer` command
+if __name__ == "__main__":  # `accelerate launch -m cpn_dist.cpn.infer ...` runs the `cpn infer` command
     from cpn_dist.cli import main
 
     sys.exit(main(["infer", *sys.argv[1:]]))
