@@ -12,7 +12,7 @@ Timed on the same files:
   (fork) each take every 8th image, load the CAM dict, fill a 21×H×W float32 tensor with β in
   channel 0, argmax, read the GT PNG, and add 63 sums into shared locked integers; one such full
   pass per β, as the released `--curve` loop does.
-- one-pass: cpn_dist.evaluate.sweep — each file read once, all β from one histogram.
+- one-pass: cpn_dist.labels.evaluate.sweep — each file read once, all β from one histogram.
 The mIoU of every β must be identical (bit for bit) between the two.
 
     .venv/bin/python benchmarks/bench_eval.py --images 300 --workers 2 --repeat 5
@@ -37,10 +37,10 @@ from rich.console import Console
 from rich.table import Table
 from scipy import ndimage
 
-from cpn_dist.cams import normalise_released, save_cams
 from cpn_dist.data.synth import SHAPES, shape_mask, void_border
 from cpn_dist.data.voc import IGNORE, NUM_CLASSES, save_label_png
-from cpn_dist.evaluate import parse_betas, sweep
+from cpn_dist.labels.cams import normalise_released, save_cams
+from cpn_dist.labels.evaluate import parse_betas, sweep
 
 RESULTS = Path(__file__).resolve().parent / "results"
 H, W = 375, 500

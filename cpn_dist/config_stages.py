@@ -24,8 +24,8 @@ class CrfConfig(Section):
     bilateral_compat: float = Field(10.0, gt=0.0, description="bilateral kernel weight")
 
     def params(self):
-        """These settings as :class:`cpn_dist.crf.CrfParams`."""
-        from cpn_dist.crf import CrfParams
+        """These settings as :class:`cpn_dist.labels.crf.CrfParams`."""
+        from cpn_dist.labels.crf import CrfParams
 
         return CrfParams(self.iterations, self.gaussian_sxy, self.gaussian_compat, self.bilateral_sxy,
                          self.bilateral_srgb, self.bilateral_compat)  # fmt: skip

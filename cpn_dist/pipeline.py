@@ -8,7 +8,7 @@ Steps, in order (each one a call into the library, nothing shells out to ``cpn``
 ``train_cpn``       stage 1: :func:`cpn_dist.train.train` of the CPN run config
 ``cams``            multi-scale + flip CAMs (:func:`cpn_dist.cpn.infer.infer_samples`) of the training
                     and evaluation images
-``eval_cams``       the β sweep (:func:`cpn_dist.evaluate.sweep`) on the evaluation split → best β
+``eval_cams``       the β sweep (:func:`cpn_dist.labels.evaluate.sweep`) on the evaluation split → best β
 ``pseudo``          CAM pseudo labels of the training images at that β (optionally CRF-refined)
 ``affinity_labels`` stage 2: confident fg / bg / ignore labels (:mod:`cpn_dist.affinity.labels`)
 ``train_affinity``  AffinityNet: :func:`cpn_dist.train.train` of the affinity run config
@@ -310,7 +310,7 @@ class Pipeline(LaterSteps):
     def step_eval_cams(self):
         if not self.dist.main:
             return []
-        from cpn_dist.evaluate import parse_betas, sweep
+        from cpn_dist.labels.evaluate import parse_betas, sweep
 
         names = self.names(self.cfg.splits.eval)
         result = sweep(self.work / "cams", self.gt, names, parse_betas(self.cfg.cams.betas), workers=self.cfg.workers)
@@ -334,8 +334,8 @@ class Pipeline(LaterSteps):
     def step_pseudo(self):
         if not self.dist.main:
             return []
-        from cpn_dist.crf import CrfParams
-        from cpn_dist.pseudo import Job, pending, run_folder
+        from cpn_dist.labels.crf import CrfParams
+        from cpn_dist.labels.pseudo import Job, pending, run_folder
 
         beta = self.best_beta()
         out = self.work / "pseudo"
@@ -348,7 +348,7 @@ class Pipeline(LaterSteps):
         return [self._score_labels("CAM pseudo labels + CRF", out, self.cfg.splits.eval, f"β = {beta:.2f}")]
 
     def _score_labels(self, stage: str, folder: Path, split: str, note: str = "") -> StageScore:
-        from cpn_dist.evaluate import score_labels
+        from cpn_dist.labels.evaluate import score_labels
 
         names = self.names(split)
         result = score_labels(folder, self.gt, names, workers=self.cfg.workers)

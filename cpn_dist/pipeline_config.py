@@ -60,7 +60,7 @@ class CamSettings(Section):
 
     @model_validator(mode="after")
     def _valid_betas(self) -> CamSettings:
-        from cpn_dist.evaluate import parse_betas
+        from cpn_dist.labels.evaluate import parse_betas
 
         try:
             parse_betas(self.betas)

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cpn_dist.cams import load_cams
 from cpn_dist.cpn.infer import InferSettings, infer_samples, scaled_size
 from cpn_dist.data.inputs import Sample
 from cpn_dist.data.voc import labels_from_names, read_split, read_xml_objects
+from cpn_dist.labels.cams import load_cams
 from tests.conftest import ROOT, run_cpn
 
 SCALES = [0.5, 1.0, 1.5, 2.0]
@@ -219,8 +219,8 @@ def test_infer_from_shards_equals_infer_from_the_voc_root(synth_voc, tiny_checkp
 
 
 def test_torch_normalisation_is_bit_identical_to_the_released_numpy_one():
-    from cpn_dist.cams import normalise_released
     from cpn_dist.cpn.infer import normalise_released_torch
+    from cpn_dist.labels.cams import normalise_released
 
     g = torch.Generator().manual_seed(3)
     total = torch.randn(4, 37, 29, generator=g) * 3

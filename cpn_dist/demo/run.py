@@ -14,7 +14,7 @@ Steps, each skipped on a re-run when its output is complete (``overwrite=True`` 
    hiding as augmentation only, CPN) from the warm-up weights into ``OUT/runs/NAME``;
 4. ``infer``: multi-scale + flip CAMs (:func:`cpn_dist.cpn.infer.infer_samples`) of the evaluation
    split's images into ``OUT/cams/NAME``;
-5. ``eval``: the β sweep (:func:`cpn_dist.evaluate.sweep`) and, where the folder has part maps, at each
+5. ``eval``: the β sweep (:func:`cpn_dist.labels.evaluate.sweep`) and, where the folder has part maps, at each
    model's best β body and marker recall and CAM magnitude (:func:`cpn_dist.demo.parts.part_scores`) and
    CPN's premise (:func:`cpn_dist.demo.parts.premise_share`) into ``OUT/scores/NAME.json``;
 6. ``figure``: image, ground truth and each model's CAM for a few images, ``OUT/demo.png``;

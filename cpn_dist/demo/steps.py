@@ -177,7 +177,7 @@ def score_cams(name: str, cams: Path, voc: Path, names: Sequence[str], betas: Se
     """Step 5: the β sweep over ``betas`` and, where ``voc`` has part maps, the part scores at the best β."""
     from cpn_dist.data.synth import PART_FOLDER
     from cpn_dist.demo.parts import part_scores
-    from cpn_dist.evaluate import GroundTruth, sweep
+    from cpn_dist.labels.evaluate import GroundTruth, sweep
 
     result = sweep(cams, GroundTruth(voc / "SegmentationClass"), list(names), list(betas))
     best = result.summary()
@@ -212,10 +212,10 @@ def premise(weights: Path | str, config: str | Path, overrides: Sequence[str], v
 def comparison_figure(voc: Path, cams: dict[str, Path], names: Sequence[str], path: Path) -> Path:
     """Step 6: one row per image — the image, its ground truth, then each model's CAM of the image's
     classes (their per-pixel maximum) blended over the image."""
-    from cpn_dist.cams import load_cams
     from cpn_dist.data.inputs import read_image
     from cpn_dist.data.voc import read_label_png
     from cpn_dist.demo.show import colour_labels, heat, pyplot
+    from cpn_dist.labels.cams import load_cams
 
     plt = pyplot()
     cols = 2 + len(cams)

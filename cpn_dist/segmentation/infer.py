@@ -7,7 +7,7 @@ Per image (original size H×W):
 2. for each input the stride-8 class scores, resized to H×W (bilinear, align_corners=False), softmax
    over the 21 classes, un-flipped;
 3. the mean of those probability maps; the label map is its argmax (ties: lowest class);
-4. optionally the dense CRF (:func:`cpn_dist.crf.dense_crf`, unary −log of the mean probabilities,
+4. optionally the dense CRF (:func:`cpn_dist.labels.crf.dense_crf`, unary −log of the mean probabilities,
    on the original RGB image) and the argmax of its marginals.
 
 Equal-sized inputs — the two flips of a scale, and equal-sized images — share a forward
@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 
 from cpn_dist.cpn.infer import IMAGENET_MEAN, IMAGENET_STD, forward_by_shape, prefetch, scale_inputs
-from cpn_dist.crf import CrfParams, dense_crf
 from cpn_dist.data.inputs import Sample
 from cpn_dist.data.voc import save_label_png
 from cpn_dist.devices import autocast
+from cpn_dist.labels.crf import CrfParams, dense_crf
 
 SERVER_LAYOUT = Path("results") / "VOC2012" / "Segmentation" / "comp5_test_cls"
 DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
