@@ -37,7 +37,8 @@ from rich.console import Console
 from rich.table import Table
 from scipy import ndimage
 
-from cpn_dist.data.synth import SHAPES, shape_mask, void_border
+from cpn_dist.data.synth import SHAPES
+from cpn_dist.data.synth_draw import shape_mask, void_border
 from cpn_dist.data.voc import IGNORE, NUM_CLASSES, save_label_png
 from cpn_dist.labels.cams import normalise_released, save_cams
 from cpn_dist.labels.evaluate import parse_betas, sweep

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from cpn_dist.data.synth_draw import SynthObject, clutter_background, shape_mask, void_border
 from cpn_dist.data.voc import IGNORE, NUM_CLASSES
 
 BODY_SHAPES = ("ellipse", "box", "diamond")
@@ -100,8 +101,6 @@ def _draw_part_object(canvas: np.ndarray, labels: np.ndarray, parts: np.ndarray,
                       style: PartStyle) -> np.ndarray | None:  # fmt: skip
     """Paint one object (body, then marker) of class ``cls``; returns the marker's mask (None when the
     body has no room for a marker ``margin`` pixels from its edge)."""
-    from cpn_dist.data.synth import shape_mask
-
     h, w = labels.shape
     short = min(h, w)
     radius = rng.uniform(*BODY_RADIUS) * short
@@ -181,14 +180,12 @@ def _place_objects(background: np.ndarray, classes: list[int], width: int, rng: 
 def render_parts_image(index: int, size: int, seed: int, max_tries: int = 50, task: str = "parts"):
     """Render image ``index`` of a parts task (:data:`PART_STYLES`): returns (rgb uint8 H×W×3, class mask
     uint8 H×W with void, part map uint8 H×W with void, objects). Depends only on (task, seed, index)."""
-    from cpn_dist.data.synth import SynthObject, _background, void_border
-
     style = PART_STYLES[task]
     rng = np.random.default_rng([seed, index, style.stream])  # a stream of its own per task
     long_side, short_side = size, max(16, int(round(size * rng.uniform(0.75, 1.0))))
     h, w = (short_side, long_side) if rng.random() < 0.7 else (long_side, short_side)
     width = max(1, int(round(min(h, w) / 100)))
-    background = _background(h, w, rng)
+    background = clutter_background(h, w, rng)
     n_objects = int(rng.integers(1, 3))
     classes = [int(c) for c in rng.choice(NUM_CLASSES, size=n_objects, replace=False)]
     for _ in range(max_tries):
