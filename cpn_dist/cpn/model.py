@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from cpn_dist.cpn import head as cpn_head
+from cpn_dist.data.voc import NUM_CLASSES
 from cpn_dist.errors import CpnError
 from cpn_dist.models import BACKBONES
 from cpn_dist.models.base import BackboneNet, as_weight_dtype, float32_conv
 from cpn_dist.models.base import float32_region as _float32_region
 
-NUM_CLASSES = 21  # 20 VOC classes + background
 HEADS = ("official", "paper", "pcm", "none")
 # The layers the released code trains from scratch (lr ×10 / ×20); everything else is backbone.
 NEW_LAYERS = ("fc8", "f8_3", "f8_4", "f9", "f10")

@@ -45,7 +45,7 @@ from cpn_dist.data.shards import (
     shard_name,
     write_json_atomic,
 )
-from cpn_dist.data.voc import CLASSES, NUM_CLASSES
+from cpn_dist.data.voc import CLASSES, NUM_FOREGROUND
 from cpn_dist.errors import CpnError
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def write_shard(path: Path, samples: list[Prepared], kill_midway: bool = False) 
 
 
 def _shard_stats(index: int, name: str, samples: list[Prepared], skipped: list[Prepared]) -> dict[str, Any]:
-    class_counts = np.zeros(NUM_CLASSES, dtype=np.int64)
+    class_counts = np.zeros(NUM_FOREGROUND, dtype=np.int64)
     pixel_sum = np.zeros(3, dtype=np.int64)
     spx: dict[str, list[int]] = {}
     for s in samples:

@@ -111,7 +111,7 @@ def prepare_sample(task: SampleTask) -> Prepared:
         if seg.shape != image.shape[:2]:
             out.skipped = f"mask is {seg.shape[1]}×{seg.shape[0]}, image is {image.shape[1]}×{image.shape[0]}"
             return out
-        bad = set(np.unique(seg).tolist()) - set(range(NUM_CLASSES + 1)) - {IGNORE}
+        bad = set(np.unique(seg).tolist()) - set(range(NUM_CLASSES)) - {IGNORE}
         if bad:
             out.skipped = f"mask holds values outside 0..20 and 255: {sorted(bad)}"
             return out

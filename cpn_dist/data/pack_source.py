@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cpn_dist.data.voc import CLASSES, NUM_CLASSES, labels_from_names, read_split
+from cpn_dist.data.voc import CLASSES, NUM_FOREGROUND, labels_from_names, read_split
 from cpn_dist.errors import CpnError
 
 
@@ -81,8 +81,8 @@ def load_labels_file(path: str | Path) -> dict[str, list[int]]:
             if not set(values) <= set(CLASSES):
                 raise CpnError(f"{p}: {key}: unknown class names {sorted(set(values) - set(CLASSES))}")
             out[str(key)] = [int(v) for v in labels_from_names(values)]
-        elif len(values) == NUM_CLASSES and all(v in (0, 1) for v in values):
+        elif len(values) == NUM_FOREGROUND and all(v in (0, 1) for v in values):
             out[str(key)] = [int(v) for v in values]
         else:
-            raise CpnError(f"{p}: {key}: expected {NUM_CLASSES} values in {{0, 1}} or a list of class names")
+            raise CpnError(f"{p}: {key}: expected {NUM_FOREGROUND} values in {{0, 1}} or a list of class names")
     return out

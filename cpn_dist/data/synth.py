@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from cpn_dist.data.synth_draw import SynthObject, clutter_background, shape_mask, void_border
-from cpn_dist.data.voc import CLASSES, IGNORE, NUM_CLASSES, save_label_png
+from cpn_dist.data.voc import CLASSES, IGNORE, NUM_FOREGROUND, save_label_png
 from cpn_dist.errors import CpnError
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def image_id(index: int) -> str:
 
 def class_colour(cls: int) -> np.ndarray:
     """Base RGB (0..255 float) of a class: 20 hues around the colour wheel."""
-    return np.array(colorsys.hsv_to_rgb(cls / NUM_CLASSES, 0.8, 0.9)) * 255.0
+    return np.array(colorsys.hsv_to_rgb(cls / NUM_FOREGROUND, 0.8, 0.9)) * 255.0
 
 
 def _draw_object(canvas: np.ndarray, labels: np.ndarray, ids: np.ndarray, obj_id: int,
@@ -99,7 +99,7 @@ def render_image(index: int, size: int, seed: int, max_tries: int = 50):
         canvas = background.copy()
         labels = np.zeros((h, w), dtype=np.uint8)
         ids = np.zeros((h, w), dtype=np.int32)
-        classes = rng.choice(NUM_CLASSES, size=n_objects, replace=False)
+        classes = rng.choice(NUM_FOREGROUND, size=n_objects, replace=False)
         for k, cls in enumerate(classes, start=1):
             _draw_object(canvas, labels, ids, k, int(cls), rng)
         void = void_border(labels, width)

@@ -29,7 +29,7 @@ from cpn_dist.labels.cams import foreground_max, load_cams, released_class_map
 
 log = logging.getLogger(__name__)
 
-N_LABELS = NUM_CLASSES + 1  # background + 20 classes
+N_LABELS = NUM_CLASSES  # background + 20 classes
 GT_ROWS = IGNORE  # ground-truth values 0..254 are scored (255 is ignored); only 0..20 are classes
 CATEGORIES = ("background", *CLASSES)
 

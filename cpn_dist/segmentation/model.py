@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cpn_dist.data.voc import NUM_CLASSES
 from cpn_dist.errors import CpnError
 from cpn_dist.models.base import as_weight_dtype
 
-NUM_CLASSES = 21
 SEG_HEADS = ("largefov", "aspp")
 
 
