@@ -24,7 +24,6 @@ augmented crop to the stride-8 grid by a block vote (:func:`cpn_dist.affinity.pa
 from __future__ import annotations
 
 import logging
-import os
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cpn_dist.atomic import write_atomic
 from cpn_dist.data.voc import save_label_png
 from cpn_dist.errors import CpnError
 from cpn_dist.labels.cams import CAM_NORMS, load_cams, normalise_cams
@@ -89,9 +89,8 @@ def affinity_label(cams: dict[int, np.ndarray], image: np.ndarray, params: Affin
 def write_label(out_dir: str | Path, name: str, label: np.ndarray) -> None:
     """``{out_dir}/{name}.png`` (VOC palette), written under a temporary name and renamed."""
     out = Path(out_dir)
-    tmp = out / f".{name}.tmp.png"  # PIL picks the format from the suffix
-    save_label_png(label, tmp)
-    os.replace(tmp, out / f"{name}.png")
+    # PIL picks the format from the suffix of the temporary name
+    write_atomic(out / f"{name}.png", lambda tmp: save_label_png(label, tmp), out / f".{name}.tmp.png")
 
 
 def _label_one(cams_dir: str, out_dir: str, name: str, image: np.ndarray, params: AffinityLabelParams) -> str:

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from cpn_dist import __version__
+from cpn_dist.atomic import write_atomic
 from cpn_dist.data.pack_sample import MAX_SEGMENTS, Prepared, SampleTask, prepare_sample
 from cpn_dist.data.pack_source import PackSource, find_source
 from cpn_dist.data.shards import (
@@ -69,15 +70,16 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
 
 def write_shard(path: Path, samples: list[Prepared], kill_midway: bool = False) -> None:
     """Write one shard to a temporary name beside ``path`` and rename it when complete."""
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "wb") as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for i, sample in enumerate(samples):
-            for suffix, data in sample.members:
-                tar.addfile(_tarinfo(f"{sample.key}.{suffix}", len(data)), io.BytesIO(data))
-            if kill_midway and i >= len(samples) // 2:
-                fh.flush()
-                os.kill(os.getpid(), signal.SIGKILL)
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for i, sample in enumerate(samples):
+                for suffix, data in sample.members:
+                    tar.addfile(_tarinfo(f"{sample.key}.{suffix}", len(data)), io.BytesIO(data))
+                if kill_midway and i >= len(samples) // 2:
+                    fh.flush()
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+    write_atomic(path, write, path.with_name(f".{path.name}.partial"))
 
 
 def _shard_stats(index: int, name: str, samples: list[Prepared], skipped: list[Prepared]) -> dict[str, Any]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import glob
 import io
 import json
-import os
 import re
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
@@ -34,6 +33,7 @@ import braceexpand
 import numpy as np
 from PIL import Image
 
+from cpn_dist.atomic import write_atomic
 from cpn_dist.data.voc import CLASSES, NUM_FOREGROUND
 from cpn_dist.errors import CpnError, without_addresses
 
@@ -142,9 +142,8 @@ def split_meta(meta: dict[str, Any], split: str | None, source: str) -> tuple[st
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
+    write_atomic(path, lambda tmp: tmp.write_text(text), path.with_name(path.name + ".tmp"))
 
 
 # --------------------------------------------------------------------------------------------

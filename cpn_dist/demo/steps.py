@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cpn_dist.atomic import write_atomic
 from cpn_dist.demo.settings import DemoSettings, ModelScores
 from cpn_dist.errors import CpnError
 
@@ -110,9 +111,7 @@ def initial_weights(path: Path, config: str | Path, overrides: Sequence[str], ba
     for bn in norms:
         bn.momentum = 0.1
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: torch.save(model.state_dict(), tmp), path.with_suffix(".tmp"))
     return path
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cpn_dist.atomic import write_atomic
 from cpn_dist.data.voc import NUM_CLASSES, NUM_FOREGROUND
 from cpn_dist.errors import CpnError
 
@@ -39,11 +40,15 @@ def normalise_released(total: np.ndarray) -> np.ndarray:
 def save_cams(path: str | Path, cams: dict) -> None:
     """Write a CAM dict with ``np.save`` atomically (a temporary file renamed into place)."""
     path = Path(path)
+    # a unique temporary name (mkstemp), removed when the write fails
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
+
+    def write(_: Path) -> None:
         with os.fdopen(fd, "wb") as f:
             np.save(f, cams, allow_pickle=True)
-        os.replace(tmp, path)
+
+    try:
+        write_atomic(path, write, Path(tmp))
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

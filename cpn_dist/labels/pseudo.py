@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cpn_dist.atomic import write_atomic
 from cpn_dist.data.voc import IGNORE, save_label_png
 from cpn_dist.errors import CpnError
 from cpn_dist.labels.cams import class_map, load_cams
@@ -114,9 +114,8 @@ def _one(job: Job, name: str) -> None:
         label = paired_pseudo_label(cams, job.betas[0], job.betas[1], shape, image, job.crf)
     else:
         label = pseudo_label(cams, job.betas[0], shape, image, job.crf)
-    tmp = out / f".{name}.tmp.png"  # PIL picks the format from the suffix
-    save_label_png(label, tmp)
-    os.replace(tmp, out / f"{name}.png")
+    # PIL picks the format from the suffix of the temporary name
+    write_atomic(out / f"{name}.png", lambda tmp: save_label_png(label, tmp), out / f".{name}.tmp.png")
 
 
 def _run_chunk(args: tuple[Job, tuple[str, ...]]) -> int:

@@ -20,7 +20,6 @@ evaluation server the final maps (CRF-refined when there is a CRF) are also writ
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cpn_dist.atomic import write_atomic
 from cpn_dist.cpn.infer import IMAGENET_MEAN, IMAGENET_STD, forward_by_shape, prefetch, scale_inputs
 from cpn_dist.data.inputs import Sample
 from cpn_dist.data.voc import save_label_png
@@ -105,9 +105,7 @@ def to_labels(probs: torch.Tensor | np.ndarray) -> np.ndarray:
 
 def _save(label: np.ndarray, path: Path) -> None:
     """Write a label PNG atomically (PIL picks the format from the suffix of the temporary name)."""
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    save_label_png(label, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: save_label_png(label, tmp), path.with_name(f".{path.stem}.tmp.png"))
 
 
 def _crf_and_save(image: np.ndarray, probs: np.ndarray, params: CrfParams, paths: list[Path]) -> None:
