@@ -89,7 +89,8 @@ def main() -> None:
     from cpn_dist.data.augment import augment, draw_augmentation
     from cpn_dist.data.cp_pair import draw_patch_mask, make_cp_pair, split_image
     from cpn_dist.data.loader import build_train_loader
-    from cpn_dist.data.pack import pack_split, superpixels
+    from cpn_dist.data.pack import pack_split
+    from cpn_dist.data.pack_sample import superpixels
     from cpn_dist.data.seeding import sample_rngs
     from cpn_dist.data.shards import decode_image, decode_slic, iter_raw_samples, resolve_shards
     from cpn_dist.data.synth import synthesize_voc

@@ -12,7 +12,7 @@ Timed on the same files:
   (fork) each take every 8th image, load the CAM dict, fill a 21×H×W float32 tensor with β in
   channel 0, argmax, read the GT PNG, and add 63 sums into shared locked integers; one such full
   pass per β, as the released `--curve` loop does.
-- one-pass: cpn_dist.evaluate.sweep — each file read once, all β from one histogram.
+- one-pass: cpn_dist.labels.evaluate.sweep — each file read once, all β from one histogram.
 The mIoU of every β must be identical (bit for bit) between the two.
 
     .venv/bin/python benchmarks/bench_eval.py --images 300 --workers 2 --repeat 5
@@ -37,10 +37,11 @@ from rich.console import Console
 from rich.table import Table
 from scipy import ndimage
 
-from cpn_dist.cams import normalise_released, save_cams
-from cpn_dist.data.synth import SHAPES, shape_mask, void_border
-from cpn_dist.data.voc import IGNORE, NUM_CLASSES, save_label_png
-from cpn_dist.evaluate import parse_betas, sweep
+from cpn_dist.data.synth import SHAPES
+from cpn_dist.data.synth_draw import shape_mask, void_border
+from cpn_dist.data.voc import IGNORE, NUM_CLASSES, NUM_FOREGROUND, save_label_png
+from cpn_dist.labels.cams import normalise_released, save_cams
+from cpn_dist.labels.evaluate import parse_betas, sweep
 
 RESULTS = Path(__file__).resolve().parent / "results"
 H, W = 375, 500
@@ -53,7 +54,7 @@ H, W = 375, 500
 def _objects(rng: np.random.Generator) -> tuple[np.ndarray, list[int], list[np.ndarray]]:
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
     labels = np.zeros((H, W), np.uint8)
-    classes = sorted(rng.choice(NUM_CLASSES, size=int(rng.integers(1, 4)), replace=False).tolist())
+    classes = sorted(rng.choice(NUM_FOREGROUND, size=int(rng.integers(1, 4)), replace=False).tolist())
     masks = []
     for c in classes:
         r = rng.uniform(0.18, 0.4) * H
@@ -126,7 +127,7 @@ def released_pass(predict_folder: Path, gt_folder: Path, names: list[str], thres
                   processes: int = 8) -> float:
     """One full pass over every file at one β, as the released do_python_eval does; returns mIoU."""
     ctx = mp.get_context("fork")
-    num_cls = NUM_CLASSES + 1
+    num_cls = NUM_CLASSES
     tp = [ctx.Value("i", 0, lock=True) for _ in range(num_cls)]
     p = [ctx.Value("i", 0, lock=True) for _ in range(num_cls)]
     t = [ctx.Value("i", 0, lock=True) for _ in range(num_cls)]

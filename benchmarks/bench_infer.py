@@ -28,11 +28,11 @@ from machine import cpu_model  # benchmarks/machine.py
 from rich.console import Console
 from rich.table import Table
 
+from cpn_dist.cpn.infer import InferSettings, infer_samples
+from cpn_dist.cpn.model import build_model
 from cpn_dist.data.inputs import VocSource
 from cpn_dist.data.synth import synthesize_voc
 from cpn_dist.data.voc import read_split
-from cpn_dist.infer import InferSettings, infer_samples
-from cpn_dist.models import build_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -27,8 +27,9 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cpn_dist.losses import cpn_loss  # noqa: E402
-from cpn_dist.models import build_model, count_parameters  # noqa: E402
+from cpn_dist.cpn.loss import cpn_loss  # noqa: E402
+from cpn_dist.cpn.model import build_model  # noqa: E402
+from cpn_dist.models import count_parameters  # noqa: E402
 from cpn_dist.models.flops import training_step_flops  # noqa: E402
 
 

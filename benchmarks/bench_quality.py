@@ -2,7 +2,7 @@
 
 Data: `cpn synth-voc --task parts-reliable` (default; `--task parts` is the older task, whose body cue
 is unreliable), 1000 images, long side 64, data seed 0, packed with SLIC 30 — the same data, packing
-and β rule for every model. Every model runs through the library steps of `cpn demo` (cpn_dist.demo):
+and β rule for every model. Every model runs through the library steps of `cpn demo` (cpn_dist.demo.run):
 the shared start of a seed → each variant for `train.epochs` → multi-scale + flip CAMs of the first
 `--eval-images` `train` images → β swept over 0.000 … 0.600 (finer below 0.005) → mIoU at the best β,
 body and marker recall and the mean CAM (relative to its peak) on bodies and markers at that β.
@@ -28,7 +28,7 @@ Variants (overrides of the config), in the order of the paper's Table 2, then th
     paper_recipe_official_head   the paper recipe with the released head
     official_recipe_paper_head   the released recipe (optimizer, draw rule) with the paper head
 
-Columns besides the scores: the premise share (cpn_dist.parts.premise_share: CP pairs whose
+Columns besides the scores: the premise share (cpn_dist.demo.parts.premise_share: CP pairs whose
 marker-less branch still has a positive raw CAM on the body) of each seed's start and of each trained
 model; for models with a head the raw CAM's mIoU next to the refined CAM's (the refined CAM is what
 is scored, as released); and the share of training steps in which OHEM left out a non-zero CPCR
@@ -55,17 +55,9 @@ from machine import cpu_model  # benchmarks/machine.py
 from rich.console import Console
 from rich.table import Table
 
-from cpn_dist.demo import (
-    DemoSettings,
-    eval_names,
-    infer_cams,
-    initial_weights,
-    make_data,
-    premise,
-    score_cams,
-    train_model,
-    warm_up,
-)
+from cpn_dist.demo.run import eval_names
+from cpn_dist.demo.settings import DemoSettings
+from cpn_dist.demo.steps import infer_cams, initial_weights, make_data, premise, score_cams, train_model, warm_up
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -92,10 +84,10 @@ METRICS = ("miou", "raw_miou", "best_beta", "body_recall", "marker_recall", "bod
 
 
 def with_image_independence(out: Path, row: dict, names: list[str]) -> dict:
-    """The row with ``image_independence`` (cpn_dist.cams.image_independence) of its scored CAMs: ~0.1 for
+    """The row with ``image_independence`` (cpn_dist.labels.cams.image_independence) of its scored CAMs: ~0.1 for
     CAMs that follow their objects, ~1 for a CAM collapsed to one image-independent pattern."""
     if row.get("image_independence") is None:
-        from cpn_dist.cams import image_independence
+        from cpn_dist.labels.cams import image_independence
 
         label = row["variant"] if row["kind"] is None else f"{row['variant']}/{row['kind']}"
         folder = out / "cams" / f"seed{row['seed']}" / label
@@ -223,7 +215,7 @@ def main() -> int:
     args = ap.parse_args()
     import torch
 
-    from cpn_dist.engine import quiet_libraries
+    from cpn_dist.launch import quiet_libraries
 
     torch.set_num_threads(args.threads)
     quiet_libraries()

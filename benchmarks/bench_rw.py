@@ -65,8 +65,8 @@ def synthetic_cams(voc: Path, names: list[str], out: Path, seed: int = 0) -> Non
     pixels, with multiplicative noise, at stride 8; scaled to the released format's peak 0.5."""
     from scipy import ndimage
 
-    from cpn_dist.cams import save_cams
     from cpn_dist.data.voc import read_label_png
+    from cpn_dist.labels.cams import save_cams
 
     out.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(names):
@@ -94,21 +94,13 @@ def timed(times: dict, name: str, fn, *args, **kwargs):
 def main() -> None:
     from cpn_dist.affinity.labels import AffinityLabelParams, write_affinity_labels
     from cpn_dist.affinity.random_walk import WalkParams, load_affinity_model, walk_samples
-    from cpn_dist.crf import CrfParams
     from cpn_dist.data.inputs import VocSource
     from cpn_dist.data.voc import read_split
-    from cpn_dist.demo import (
-        DEMO_CONFIG,
-        DemoSettings,
-        eval_names,
-        infer_cams,
-        initial_weights,
-        make_data,
-        run_demo,
-        train_model,
-        warm_up,
-    )  # fmt: skip
-    from cpn_dist.evaluate import GroundTruth, score_labels, sweep
+    from cpn_dist.demo.run import eval_names, run_demo
+    from cpn_dist.demo.settings import DEMO_CONFIG, DemoSettings
+    from cpn_dist.demo.steps import infer_cams, initial_weights, make_data, train_model, warm_up
+    from cpn_dist.labels.crf import CrfParams
+    from cpn_dist.labels.evaluate import GroundTruth, score_labels, sweep
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=None, help="working folder (default results/rw_<cams>)")

@@ -22,8 +22,8 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from cpn_dist.crf import CrfParams, dense_crf
 from cpn_dist.data.inputs import Sample
+from cpn_dist.labels.crf import CrfParams, dense_crf
 from cpn_dist.segmentation.infer import Outputs, SegmentSettings, segment_samples
 from cpn_dist.segmentation.model import build_segmentation_model
 

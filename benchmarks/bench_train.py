@@ -9,7 +9,7 @@ time, relative to the same A micro-steps without OHEM.
     .venv/bin/python benchmarks/bench_train.py --config configs/voc_cpn_official.yaml --precision bf16   # on a GPU
     .venv/bin/python benchmarks/bench_train.py --config configs/demo.yaml --accumulation 4 --batch 4
 
-The step is the trainer's: ``cpn_dist.train._triplet`` forward, ``cpn_loss_from_config``, backward,
+The step is the trainer's: ``cpn_dist.cpn.task.triplet_forward`` forward, ``cpn_loss_from_config``, backward,
 SGD with the released parameter groups. Inputs are random tensors (no data loading: see
 bench_data.py for the loader). Prints a table and writes benchmarks/results/bench_train.json.
 """
@@ -36,12 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 from cpn_dist.config import load_config  # noqa: E402
-from cpn_dist.losses import cpn_loss_from_config  # noqa: E402
-from cpn_dist.models import build_model  # noqa: E402
+from cpn_dist.cpn.loss import cpn_loss_from_config  # noqa: E402
+from cpn_dist.cpn.model import build_model  # noqa: E402
+from cpn_dist.cpn.task import triplet_forward, triplet_input  # noqa: E402
 from cpn_dist.models.flops import training_step_flops  # noqa: E402
 from cpn_dist.monitor import peak_flops_per_device  # noqa: E402
 from cpn_dist.optim import build_optimizer  # noqa: E402
-from cpn_dist.train import _triplet, triplet_input  # noqa: E402
 
 
 def random_batch(n: int, crop: int, generator: torch.Generator) -> dict:
@@ -175,7 +175,7 @@ def main() -> None:
     peak = peak_flops_per_device(cfg.log.peak_flops, device, precision)
 
     rows = []
-    for name, forward in (("triplet as one 3N forward", _triplet), ("three separate forwards", separate)):
+    for name, forward in (("triplet as one 3N forward", triplet_forward), ("three separate forwards", separate)):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         times = time_steps(model, optimizer, forward, batch, cfg, device, precision, args.steps, args.warmup)

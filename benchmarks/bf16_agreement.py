@@ -1,6 +1,6 @@
 """Why bf16's gradient can disagree with fp32's on an untrained network: max-normalisation's peaks.
 
-Every CPN map is max-normalised per (image, class) (``cpn_dist.losses.max_norm``): the gradient of its
+Every CPN map is max-normalised per (image, class) (``cpn_dist.cpn.loss.max_norm``): the gradient of its
 denominator flows to one pixel, the map's peak (and its minimum). Where two pixels of an untrained CAM
 are within bf16's rounding of each other, bf16 can pick a different peak, and that map's whole
 normaliser gradient moves elsewhere. This script measures, for the paper recipe on the tiny model, the
@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from device_check import RECIPES, random_batch  # noqa: E402
 
-import cpn_dist.losses as losses  # noqa: E402
+import cpn_dist.cpn.loss as losses  # noqa: E402
 from cpn_dist.config import load_config  # noqa: E402
-from cpn_dist.models import build_model  # noqa: E402
-from cpn_dist.train import CPNTask  # noqa: E402
+from cpn_dist.cpn.model import build_model  # noqa: E402
+from cpn_dist.cpn.task import CPNTask  # noqa: E402
 
 
 class PinnedPeaks:

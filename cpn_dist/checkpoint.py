@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from cpn_dist.atomic import write_atomic
 from cpn_dist.errors import CpnError
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,6 @@ def save_weights(state_dict: dict, path: str | Path, metadata: dict | None = Non
     backbone, head, resolved config; the released scripts read ``torch.load(path)["model"]``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
     weights = {k: v.detach().cpu() for k, v in state_dict.items()}
-    torch.save(weights if metadata is None else {"model": weights, "cpn_dist": metadata}, tmp)
-    os.replace(tmp, path)
+    saved = weights if metadata is None else {"model": weights, "cpn_dist": metadata}
+    write_atomic(path, lambda tmp: torch.save(saved, tmp), path.with_name(f".tmp-{path.name}"))

@@ -10,10 +10,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from cpn_dist.config_base import _Section
+from cpn_dist.config_base import Section
 
 
-class CrfConfig(_Section):
+class CrfConfig(Section):
     """A dense CRF's settings (defaults: AffinityNet/PSA's, for ~500-pixel VOC images)."""
 
     iterations: int = Field(10, ge=1, le=100, description="mean-field iterations")
@@ -24,14 +24,14 @@ class CrfConfig(_Section):
     bilateral_compat: float = Field(10.0, gt=0.0, description="bilateral kernel weight")
 
     def params(self):
-        """These settings as :class:`cpn_dist.crf.CrfParams`."""
-        from cpn_dist.crf import CrfParams
+        """These settings as :class:`cpn_dist.labels.crf.CrfParams`."""
+        from cpn_dist.labels.crf import CrfParams
 
         return CrfParams(self.iterations, self.gaussian_sxy, self.gaussian_compat, self.bilateral_sxy,
                          self.bilateral_srgb, self.bilateral_compat)  # fmt: skip
 
 
-class AffinityConfig(_Section):
+class AffinityConfig(Section):
     """Stage 2 (`stage: affinity`): AffinityNet on affinity labels, and the random walk (PSA's defaults)."""
 
     labels: str = Field(
@@ -80,7 +80,7 @@ class SegmentationCrfConfig(CrfConfig):
     bilateral_compat: float = Field(4.0, gt=0.0, description="bilateral kernel weight")
 
 
-class SegmentationConfig(_Section):
+class SegmentationConfig(Section):
     """Stage 3 (`stage: segmentation`): DeepLab on the pseudo labels."""
 
     labels: str = Field(

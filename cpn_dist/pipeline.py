@@ -6,9 +6,9 @@ Steps, in order (each one a call into the library, nothing shells out to ``cpn``
 ==================  ===========================================================================
 ``pack``            :func:`~cpn_dist.data.pack.pack_split` of the training split into shards
 ``train_cpn``       stage 1: :func:`cpn_dist.train.train` of the CPN run config
-``cams``            multi-scale + flip CAMs (:func:`cpn_dist.infer.infer_samples`) of the training
+``cams``            multi-scale + flip CAMs (:func:`cpn_dist.cpn.infer.infer_samples`) of the training
                     and evaluation images
-``eval_cams``       the β sweep (:func:`cpn_dist.evaluate.sweep`) on the evaluation split → best β
+``eval_cams``       the β sweep (:func:`cpn_dist.labels.evaluate.sweep`) on the evaluation split → best β
 ``pseudo``          CAM pseudo labels of the training images at that β (optionally CRF-refined)
 ``affinity_labels`` stage 2: confident fg / bg / ignore labels (:mod:`cpn_dist.affinity.labels`)
 ``train_affinity``  AffinityNet: :func:`cpn_dist.train.train` of the affinity run config
@@ -291,8 +291,9 @@ class Pipeline(LaterSteps):
     def step_cams(self):
         import torch
 
-        from cpn_dist.infer import InferSettings, infer_samples
-        from cpn_dist.models import build_model, load_weights
+        from cpn_dist.cpn.infer import InferSettings, infer_samples
+        from cpn_dist.cpn.model import build_model
+        from cpn_dist.models import load_weights
 
         cfg = self.run_config("cpn")
         names = list(dict.fromkeys(self.names(self.cfg.splits.train) + self.names(self.cfg.splits.eval)))
@@ -309,7 +310,7 @@ class Pipeline(LaterSteps):
     def step_eval_cams(self):
         if not self.dist.main:
             return []
-        from cpn_dist.evaluate import parse_betas, sweep
+        from cpn_dist.labels.evaluate import parse_betas, sweep
 
         names = self.names(self.cfg.splits.eval)
         result = sweep(self.work / "cams", self.gt, names, parse_betas(self.cfg.cams.betas), workers=self.cfg.workers)
@@ -333,8 +334,8 @@ class Pipeline(LaterSteps):
     def step_pseudo(self):
         if not self.dist.main:
             return []
-        from cpn_dist.crf import CrfParams
-        from cpn_dist.pseudo import Job, pending, run_folder
+        from cpn_dist.labels.crf import CrfParams
+        from cpn_dist.labels.pseudo import Job, pending, run_folder
 
         beta = self.best_beta()
         out = self.work / "pseudo"
@@ -347,7 +348,7 @@ class Pipeline(LaterSteps):
         return [self._score_labels("CAM pseudo labels + CRF", out, self.cfg.splits.eval, f"β = {beta:.2f}")]
 
     def _score_labels(self, stage: str, folder: Path, split: str, note: str = "") -> StageScore:
-        from cpn_dist.evaluate import score_labels
+        from cpn_dist.labels.evaluate import score_labels
 
         names = self.names(split)
         result = score_labels(folder, self.gt, names, workers=self.cfg.workers)

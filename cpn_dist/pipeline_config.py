@@ -12,7 +12,8 @@ from pathlib import Path
 
 from pydantic import Field, ValidationError, model_validator
 
-from cpn_dist.config import ConfigError, _describe_error, _Section, parse_yaml
+from cpn_dist.config import ConfigError, describe_error, parse_yaml
+from cpn_dist.config_base import Section
 from cpn_dist.errors import CpnError
 from cpn_dist.pipeline_steps import STAGE2, STEPS  # noqa: F401  (STAGE2: importable from here too)
 from cpn_dist.yaml_io import find_config
@@ -21,46 +22,46 @@ from cpn_dist.yaml_io import find_config
 # the pipeline config
 
 
-class SplitsConfig(_Section):
+class SplitsConfig(Section):
     train: str = Field("train_aug", description="images CPN, AffinityNet and DeepLab train on (and get pseudo labels)")
     eval: str = Field("train", description="images the pseudo labels are scored on (the paper: VOC train)")
     val: str = Field("val", description="images the segmentation model is scored on")
     test: str | None = Field(None, description="images segmented into the VOC test-server layout (no ground truth)")
 
 
-class RunConfigs(_Section):
+class RunConfigs(Section):
     cpn: str = Field("voc_cpn_paper.yaml", description="run config of stage 1 (`stage: cpn`): path or packaged name")
     affinity: str | None = Field(None, description="run config of stage 2 (`stage: affinity`); null: no stage 2")
     segmentation: str = Field("voc_segmentation.yaml", description="run config of stage 3")
 
 
-class RunOverrides(_Section):
+class RunOverrides(Section):
     cpn: list[str] = Field([], description="dotted overrides of the CPN run config")
     affinity: list[str] = Field([], description="dotted overrides of the affinity run config")
     segmentation: list[str] = Field([], description="dotted overrides of the segmentation run config")
 
 
-class RunWeights(_Section):
+class RunWeights(Section):
     cpn: str | None = Field(None, description="trained CPN weights to use instead of `train_cpn` (e.g. CPN.pth)")
     affinity: str | None = Field(None, description="trained AffinityNet weights instead of `train_affinity`")
     segmentation: str | None = Field(None, description="trained segmentation weights instead of `train_segmentation`")
 
 
-class PackSettings(_Section):
+class PackSettings(Section):
     segments: list[int] = Field(
         [200], min_length=1, description="SLIC segment counts packed (`cpn pack`), besides the CPN config's"
     )
     shard_size: int = Field(1000, ge=1, description="samples per shard")
 
 
-class CamSettings(_Section):
+class CamSettings(Section):
     scales: list[float] = Field([0.5, 1.0, 1.5, 2.0], min_length=1, description="CAM inference scales (+ flips)")
     betas: str = Field("0.20:0.60:0.01", description="β sweep of `eval_cams` (START:STOP:STEP or a comma list; "
                        "checked when the config is read; a best β on the sweep's edge is a warning)")
 
     @model_validator(mode="after")
     def _valid_betas(self) -> CamSettings:
-        from cpn_dist.evaluate import parse_betas
+        from cpn_dist.labels.evaluate import parse_betas
 
         try:
             parse_betas(self.betas)
@@ -69,12 +70,12 @@ class CamSettings(_Section):
         return self
 
 
-class PseudoSettings(_Section):
+class PseudoSettings(Section):
     beta: float | None = Field(None, description="background score of the CAM pseudo labels; null: the best β")
     crf: bool = Field(False, description="refine the CAM pseudo labels with the dense CRF (PSA's settings)")
 
 
-class PipelineConfig(_Section):
+class PipelineConfig(Section):
     """``cpn pipeline --config FILE``: where the data is, which run config each stage uses, what to run."""
 
     voc_root: str = Field(
@@ -122,5 +123,5 @@ def load_pipeline_config(path: str | Path, overrides: Sequence[str] = ()) -> Pip
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        lines = [_describe_error(e) for e in exc.errors()]
+        lines = [describe_error(e) for e in exc.errors()]
         raise ConfigError(f"{p}: " + "; ".join(dict.fromkeys(lines))) from None

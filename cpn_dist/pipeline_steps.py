@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cpn_dist.atomic import write_atomic
+
 log = logging.getLogger(__name__)
 
 STEPS = ("pack", "train_cpn", "cams", "eval_cams", "pseudo", "affinity_labels", "train_affinity", "rw", "eval_rw",
@@ -129,9 +131,8 @@ def stage_score(stage: str, split: str, images: int, summary: dict, note: str = 
 
 def write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=1) + "\n"
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def step_settings(p, name: str) -> dict[str, Any]:

@@ -8,7 +8,8 @@ import logging
 import sys
 
 from cpn_dist.config import load_config
-from cpn_dist.train import quiet_libraries, train
+from cpn_dist.launch import quiet_libraries
+from cpn_dist.train import train
 
 
 def main(argv: list[str]) -> None:

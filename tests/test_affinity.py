@@ -26,10 +26,10 @@ from cpn_dist.affinity.random_walk import (
     walk_dense,
     walk_samples,
 )  # fmt: skip
-from cpn_dist.cams import class_map, load_cams, save_cams
 from cpn_dist.data.inputs import Sample
 from cpn_dist.data.voc import read_label_png
 from cpn_dist.errors import CpnError
+from cpn_dist.labels.cams import class_map, load_cams, save_cams
 
 X = 255
 
@@ -188,7 +188,8 @@ def test_loss_gradient_pulls_positive_pairs_together_and_negatives_apart():
 
 
 def test_affinity_net_embedding_groups_and_backbone_init(tmp_path):
-    from cpn_dist.models import build_model, load_weights
+    from cpn_dist.cpn.model import build_model
+    from cpn_dist.models import load_weights
 
     torch.manual_seed(0)
     model = build_affinity_model("tiny", dropout=0.0)
@@ -307,7 +308,7 @@ def test_affinity_configs_hold_psas_settings_and_alphas_are_checked():
     assert (c.affinity.low_alpha, c.affinity.high_alpha, c.affinity.rw_alpha) == (4, 32, 16)
     assert (c.affinity.rw_beta, c.affinity.rw_logt) == (8, 8)
     from cpn_dist.affinity.labels import AffinityLabelParams
-    from cpn_dist.crf import CrfParams
+    from cpn_dist.labels.crf import CrfParams
 
     assert AffinityLabelParams.from_config(c.affinity).crf == CrfParams()  # PSA's CRF
     assert AffinityLabelParams.from_config(c.affinity, crf=False).crf is None
@@ -348,7 +349,7 @@ def test_batched_walk_of_mixed_sizes_equals_one_image_at_a_time(tmp_path):
 
 
 def test_cams_are_brought_to_psas_scale_before_the_alpha_background():
-    from cpn_dist.cams import background_score, normalise_cams
+    from cpn_dist.labels.cams import background_score, normalise_cams
 
     cams = {3: np.array([[0.5, 0.25, -0.1]], np.float32), 8: np.full((1, 3), -0.5, np.float32)}
     norm = normalise_cams(cams, "max")
@@ -366,7 +367,7 @@ def test_affinity_label_crf_flags_default_to_the_config():
     from dataclasses import replace
 
     from cpn_dist.cli.crf_cmd import add_crf_arguments, crf_params
-    from cpn_dist.crf import CrfParams
+    from cpn_dist.labels.crf import CrfParams
 
     p = argparse.ArgumentParser()
     add_crf_arguments(p, from_config="affinity.crf")

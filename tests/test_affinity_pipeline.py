@@ -9,11 +9,11 @@ import pytest
 from scipy import ndimage
 
 from cpn_dist.affinity.labels import AffinityLabelParams, affinity_label
-from cpn_dist.cams import save_cams
-from cpn_dist.crf import CrfParams
 from cpn_dist.data.voc import PALETTE, read_label_png, read_split
 from cpn_dist.errors import CpnError
-from cpn_dist.pseudo import confident_label, paired_pseudo_label
+from cpn_dist.labels.cams import save_cams
+from cpn_dist.labels.crf import CrfParams
+from cpn_dist.labels.pseudo import confident_label, paired_pseudo_label
 from tests.conftest import run_cpn
 from tests.train_support import accelerate_cpu, launch, pack_shards
 

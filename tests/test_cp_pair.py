@@ -6,7 +6,7 @@ from PIL import Image
 
 from cpn_dist.data.augment import AugmentParams, augment, draw_augmentation
 from cpn_dist.data.cp_pair import PatchParams, draw_patch_mask, grid_ids, hidden_patches, make_cp_pair
-from cpn_dist.data.pack import superpixels
+from cpn_dist.data.pack_sample import superpixels
 
 PARAMS = AugmentParams(crop=96, scale_range=(60, 140))
 

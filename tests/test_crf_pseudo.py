@@ -5,12 +5,12 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from cpn_dist.cams import class_map, load_cams, save_cams
-from cpn_dist.crf import CrfParams, cam_probabilities, dense_crf
 from cpn_dist.data.voc import PALETTE, read_label_png, read_split
 from cpn_dist.errors import CpnError
-from cpn_dist.evaluate import score_labels, sweep
-from cpn_dist.pseudo import paired_pseudo_label, pseudo_label
+from cpn_dist.labels.cams import class_map, load_cams, save_cams
+from cpn_dist.labels.crf import CrfParams, cam_probabilities, dense_crf
+from cpn_dist.labels.evaluate import score_labels, sweep
+from cpn_dist.labels.pseudo import paired_pseudo_label, pseudo_label
 from tests.conftest import run_cpn
 
 # colours of the VOC devkit colour map, written out independently of cpn_dist

@@ -6,12 +6,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from cpn_dist.cams import save_cams
 from cpn_dist.data.synth import synthesize_voc
 from cpn_dist.data.voc import read_label_png, read_split
-from cpn_dist.demo import DemoSettings, run_demo
+from cpn_dist.demo.parts import part_scores
+from cpn_dist.demo.run import run_demo
+from cpn_dist.demo.settings import DemoSettings
 from cpn_dist.errors import CpnError
-from cpn_dist.parts import part_scores
+from cpn_dist.labels.cams import save_cams
 
 
 @pytest.fixture(scope="module")

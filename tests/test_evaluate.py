@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from cpn_dist.cams import class_map, load_cams, released_class_map, save_cams
 from cpn_dist.data.voc import save_label_png
 from cpn_dist.errors import CpnError
-from cpn_dist.evaluate import (
+from cpn_dist.labels.cams import class_map, load_cams, released_class_map, save_cams
+from cpn_dist.labels.evaluate import (
     N_LABELS,
     direct_confusion,
     iou_from_confusion,
@@ -206,7 +206,7 @@ def test_ground_truth_from_shards_equals_the_png_folder(synth_voc, tmp_path):
 
 
 def test_image_independence_is_one_for_a_collapsed_cam_and_low_for_object_cams(tmp_path):
-    from cpn_dist.cams import image_independence, save_cams
+    from cpn_dist.labels.cams import image_independence, save_cams
 
     rng = np.random.default_rng(0)
     ramp = np.tile(np.linspace(0, 0.5, 40, dtype=np.float32), (30, 1))

@@ -2,7 +2,7 @@
 
 import torch
 
-from cpn_dist.models import build_model
+from cpn_dist.cpn.model import build_model
 from cpn_dist.models.flops import training_step_flops
 
 

@@ -6,8 +6,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from cpn_dist.cams import image_independence, load_cams
-from cpn_dist.demo import DemoSettings, eval_names, infer_cams, initial_weights, make_data, train_model, warm_up
+from cpn_dist.demo.run import eval_names
+from cpn_dist.demo.settings import DemoSettings
+from cpn_dist.demo.steps import infer_cams, initial_weights, make_data, train_model, warm_up
+from cpn_dist.labels.cams import image_independence, load_cams
 
 pytestmark = pytest.mark.slow
 

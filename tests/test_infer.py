@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cpn_dist.cams import load_cams
+from cpn_dist.cpn.infer import InferSettings, infer_samples, scaled_size
 from cpn_dist.data.inputs import Sample
 from cpn_dist.data.voc import labels_from_names, read_split, read_xml_objects
-from cpn_dist.infer import InferSettings, infer_samples, scaled_size
+from cpn_dist.labels.cams import load_cams
 from tests.conftest import ROOT, run_cpn
 
 SCALES = [0.5, 1.0, 1.5, 2.0]
@@ -25,7 +25,7 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    from cpn_dist.models import build_model
+    from cpn_dist.cpn.model import build_model
 
     torch.manual_seed(0)
     model = build_model("tiny", "official", dropout=0.0)
@@ -40,7 +40,8 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 def _load_model(path):
-    from cpn_dist.models import build_model, load_weights
+    from cpn_dist.cpn.model import build_model
+    from cpn_dist.models import load_weights
 
     model = build_model("tiny", "official", dropout=0.0)
     load_weights(model, path)
@@ -166,7 +167,7 @@ def test_distributed_infer_writes_each_image_exactly_once(synth_voc, tiny_checkp
     out = tmp_path / "cams"
     cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-           "-m", "cpn_dist.infer", "--checkpoint", str(tiny_checkpoint), "--backbone", "tiny", "--head", "official",
+           "-m", "cpn_dist.cpn.infer", "--checkpoint", str(tiny_checkpoint), "--backbone", "tiny", "--head", "official",
            "--voc-root", str(synth_voc), "--list", str(lst), "--out", str(out), "--scales", "0.5,1.0"]  # fmt: skip
     if not os.path.exists(cmd[0]):
         cmd[0:2] = [sys.executable, "-m", "accelerate.commands.launch"]
@@ -218,8 +219,8 @@ def test_infer_from_shards_equals_infer_from_the_voc_root(synth_voc, tiny_checkp
 
 
 def test_torch_normalisation_is_bit_identical_to_the_released_numpy_one():
-    from cpn_dist.cams import normalise_released
-    from cpn_dist.infer import normalise_released_torch
+    from cpn_dist.cpn.infer import normalise_released_torch
+    from cpn_dist.labels.cams import normalise_released
 
     g = torch.Generator().manual_seed(3)
     total = torch.randn(4, 37, 29, generator=g) * 3
@@ -232,9 +233,9 @@ def test_torch_normalisation_is_bit_identical_to_the_released_numpy_one():
 
 
 def test_bf16_inference_is_close_to_fp32_and_fp16_is_refused_on_cpu(tmp_path):
+    from cpn_dist.cpn.infer import InferSettings, infer_samples
+    from cpn_dist.cpn.model import build_model
     from cpn_dist.devices import autocast
-    from cpn_dist.infer import InferSettings, infer_samples
-    from cpn_dist.models import build_model
 
     torch.manual_seed(0)
     model = build_model("tiny", "paper", dropout=0.0).eval()

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from cpn_dist.config import LossConfig
-from cpn_dist.losses import cpcr_elements, cpn_loss, cpn_loss_from_config
-from cpn_dist.ohem import topk_sum_rows
-from tests.reference.paper_loss import _normalise, paper_loss
+from cpn_dist.cpn.loss import cpcr_elements, cpn_loss, cpn_loss_from_config
+from cpn_dist.cpn.ohem import topk_sum_rows
+from tests.reference.paper_loss import normalise, paper_loss
 from tests.reference.released_loss import released_loss
 
 N, H, W = 3, 16, 20
@@ -108,7 +108,7 @@ def test_without_refined_cam_the_refined_terms_are_absent():
     cams, refined = tuple(six[0::2]), tuple(six[1::2])
     paper = cpn_loss(cams, None, labels, lam, recipe="paper")
     full = cpn_loss(cams, refined, labels, lam, recipe="paper")
-    t_o, t_h, t_hb = (_normalise(r, labels, 1.0) for r in refined)
+    t_o, t_h, t_hb = (normalise(r, labels, 1.0) for r in refined)
     lam4 = lam.view(-1, 1, 1, 1)
     refined_tcp = torch.abs(lam4 * t_h + (1 - lam4) * t_hb - t_o).mean()
     assert paper["cpcr"] == 0 and paper["cls"] == full["cls"]

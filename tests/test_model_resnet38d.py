@@ -4,7 +4,8 @@ official forward against a literal re-statement of the released code (tests/refe
 import pytest
 import torch
 
-from cpn_dist.models import build_model, count_parameters, load_weights
+from cpn_dist.cpn.model import build_model
+from cpn_dist.models import count_parameters, load_weights
 from tests.reference.released_net import random_state_dict, released_forward, released_shapes
 
 

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
+from cpn_dist.cpn.head import official_head_input, paper_head_input
+from cpn_dist.cpn.model import build_model
 from cpn_dist.errors import CpnError
-from cpn_dist.models import build_model, count_parameters
-from cpn_dist.models.head import official_head_input, paper_head_input
+from cpn_dist.models import count_parameters
 
 
 def _image(n=2, size=64, seed=0):
@@ -133,7 +134,7 @@ def test_official_head_input():
 
 
 def test_paper_prcm_is_a_per_pixel_distribution_over_classes():
-    from cpn_dist.models.head import paper_pixel_region
+    from cpn_dist.cpn.head import paper_pixel_region
 
     torch.manual_seed(0)
     m = build_model("tiny", "paper")

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from cpn_dist.losses import cpcr_elements
-from cpn_dist.ohem import global_ohem_selection, ohem_candidates_from_elements, ohem_k, selection_weights
+from cpn_dist.cpn.loss import cpcr_elements
+from cpn_dist.cpn.ohem import global_ohem_selection, ohem_candidates_from_elements, ohem_k, selection_weights
 from tests.reference import ohem_worker as W
 
 

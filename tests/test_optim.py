@@ -3,8 +3,8 @@ import torch
 
 from cpn_dist.config import OptimConfig
 from cpn_dist.errors import CpnError
+from cpn_dist.launch import accumulation_steps
 from cpn_dist.optim import build_optimizer, poly_lr, set_poly_lr
-from cpn_dist.train import accumulation_steps
 
 
 def _params(*shapes):

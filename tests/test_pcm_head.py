@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from cpn_dist.config import load_config
-from cpn_dist.models import build_model
-from cpn_dist.models import head as cpn_head
+from cpn_dist.cpn import head as cpn_head
+from cpn_dist.cpn.model import build_model
 
 
 def _pair():

@@ -1,4 +1,4 @@
-"""The parts-reliable task and the measurement of CPN's premise on a parts task (cpn_dist.parts.premise_share)."""
+"""The parts-reliable task and the measurement of CPN's premise on a parts task (cpn_dist.demo.parts.premise_share)."""
 
 import hashlib
 from dataclasses import replace
@@ -11,7 +11,7 @@ from cpn_dist.data import synth_parts
 from cpn_dist.data.cp_pair import PatchParams
 from cpn_dist.data.synth import synthesize_voc
 from cpn_dist.data.voc import read_split
-from cpn_dist.parts import premise_share
+from cpn_dist.demo.parts import premise_share
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -36,7 +36,8 @@ def test_model_outputs_groups_and_frozen_parts(head):
 
 
 def test_backbone_weights_of_a_cpn_checkpoint_load_and_the_head_does_not(tmp_path):
-    from cpn_dist.models import build_model, load_weights
+    from cpn_dist.cpn.model import build_model
+    from cpn_dist.models import load_weights
 
     cpn = build_model("tiny", "official")
     torch.save(cpn.state_dict(), tmp_path / "cpn.pth")
@@ -128,7 +129,7 @@ def test_training_on_perfect_labels_reaches_90_percent_training_miou(perfect):
     """mIoU over the classes present in the 16 training images (absent classes have no pixels to get
     right; the VOC mean over all 21 would count them as 0), single scale + flip, with and without CRF."""
     from cpn_dist.data.inputs import VocSource
-    from cpn_dist.evaluate import iou_from_confusion, score_labels
+    from cpn_dist.labels.evaluate import iou_from_confusion, score_labels
     from cpn_dist.segmentation.infer import Outputs, segment_samples, segment_settings
 
     voc, out = perfect["voc"], perfect["root"] / "train_pred"
@@ -222,7 +223,7 @@ import sys
 from pathlib import Path
 import torch
 from cpn_dist.config import load_config
-from cpn_dist.crf import CrfParams
+from cpn_dist.labels.crf import CrfParams
 from cpn_dist.data.inputs import VocSource
 from cpn_dist.models import load_weights
 from cpn_dist.segmentation.infer import Outputs, SegmentSettings, segment_samples

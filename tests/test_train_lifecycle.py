@@ -128,7 +128,7 @@ def test_a_checkpoint_dying_mid_write_never_replaces_the_last_good_one(tmp_path,
 
 
 def test_non_finite_loss_is_reported_skipped_and_never_checkpointed(tmp_path, shards, monkeypatch, caplog):
-    from cpn_dist import losses
+    from cpn_dist.cpn import loss as losses
     from cpn_dist.train import train
 
     real = losses.cpn_loss_from_config
@@ -158,7 +158,7 @@ def test_non_finite_loss_is_reported_skipped_and_never_checkpointed(tmp_path, sh
 
 
 def test_on_nonfinite_stop_exits_with_the_step(tmp_path, shards, monkeypatch):
-    from cpn_dist import losses
+    from cpn_dist.cpn import loss as losses
     from cpn_dist.errors import CpnError
     from cpn_dist.train import train
 
@@ -210,7 +210,8 @@ def test_cli_one_process_with_accumulation_equals_two_processes(tmp_path, shards
     assert run_layout(one) == (1, 1, 4, "NO") and run_layout(two) == (2, 2, 1, "MULTI_CPU")
     assert_same_weights(load_final(two), load_final(one))
     # the final weights are a plain state dict that load_weights reads completely
-    from cpn_dist.models import build_model, load_weights
+    from cpn_dist.cpn.model import build_model
+    from cpn_dist.models import load_weights
 
     report = load_weights(build_model("tiny", "official"), one / "model_final.pth")
     assert not report.missing and not report.unexpected

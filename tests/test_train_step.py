@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cpn_dist.config import load_config
-from cpn_dist.train import CPNTask, HeadOnlyWindow, triplet_input
+from cpn_dist.cpn.task import CPNTask, HeadOnlyWindow, triplet_input
 
 
 @pytest.mark.parametrize(("overrides", "head_only"), [
@@ -52,7 +52,7 @@ def _batch(n=4, crop=48, seed=0):
 def test_bf16_autocast_keeps_every_loss_term_and_the_gradient_close_to_fp32(recipe):
     """Mixed precision changes the arithmetic, not the loss: each term within 5 % (relative) of fp32 and the
     gradient of all trainable parameters at cosine ≥ 0.98 (the head and the losses run in float32)."""
-    from cpn_dist.models import build_model
+    from cpn_dist.cpn.model import build_model
 
     cfg = load_config(None, ["model.backbone=tiny", "model.dropout=0.0", f"loss.recipe={recipe}",
                              f"model.head={recipe}", "loss.ohem_scope=image"])  # fmt: skip

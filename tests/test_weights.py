@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from cpn_dist.cpn.model import build_model
 from cpn_dist.errors import CpnError
-from cpn_dist.models import build_model, load_weights
+from cpn_dist.models import load_weights
 from cpn_dist.models.mxnet import read_ndarray_file, resnet38_torch_name
 from tests.conftest import run_cpn
 from tests.reference.mxnet_writer import write_ndarray_file

@@ -18,7 +18,7 @@ from tests.conftest import cams_from_ground_truth, run_cpn
 def made(synth_voc, tmp_path_factory):
     """Weights of each stage as the trainer writes them (random tiny models), a 2-image list."""
     from cpn_dist.affinity.model import build_affinity_model
-    from cpn_dist.models import build_model
+    from cpn_dist.cpn.model import build_model
     from cpn_dist.segmentation.model import model_from_config
 
     root = tmp_path_factory.mktemp("weights")

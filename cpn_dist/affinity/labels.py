@@ -1,7 +1,7 @@
 """Affinity labels: what AffinityNet trains on, made from CPN's CAMs (PSA's ``infer_cls.py`` la/ha
 CRF maps and the label rule of its ``VOC12AffDataset``).
 
-Per image, two dense-CRF label maps of the CAMs (:func:`cpn_dist.pseudo.pseudo_label`), each with
+Per image, two dense-CRF label maps of the CAMs (:func:`cpn_dist.labels.pseudo.pseudo_label`), each with
 AffinityNet's background score ``(1 − max_c CAM_c)^α`` (max over the zero-filled classes, clipped to
 [0, 1]), the CAMs first divided by their maxima (``cam_norm="max"``: PSA's CAMs peak at 1 and its α
 were chosen for that scale; the released CPN format peaks at 0.5):
@@ -9,7 +9,7 @@ were chosen for that scale; the released CPN format peaks at 0.5):
 - the *la* map, low α (default 4): the background score is high, so its foreground is confident;
 - the *ha* map, high α (default 32): the background score is low, so its background is confident;
 
-combined by PSA's rule (:func:`cpn_dist.pseudo.confident_label`): the la map's class where la says
+combined by PSA's rule (:func:`cpn_dist.labels.pseudo.confident_label`): the la map's class where la says
 foreground; 0 where ha says background (this wins); 255 (ignore) elsewhere. ``betas=(low, high)``
 replaces the two α by two constant background scores (IRN's way; ``cpn pseudo --betas`` is the same
 rule).
@@ -24,7 +24,6 @@ augmented crop to the stride-8 grid by a block vote (:func:`cpn_dist.affinity.pa
 from __future__ import annotations
 
 import logging
-import os
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -33,11 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cpn_dist.cams import CAM_NORMS, load_cams, normalise_cams
-from cpn_dist.crf import CrfParams
+from cpn_dist.atomic import write_atomic
 from cpn_dist.data.voc import save_label_png
 from cpn_dist.errors import CpnError
-from cpn_dist.pseudo import confident_label, pseudo_label
+from cpn_dist.labels.cams import CAM_NORMS, load_cams, normalise_cams
+from cpn_dist.labels.crf import CrfParams
+from cpn_dist.labels.pseudo import confident_label, pseudo_label
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class AffinityLabelParams:
     alphas: tuple[float, float] | None = (4.0, 32.0)
     betas: tuple[float, float] | None = None
     crf: CrfParams | None = CrfParams()
-    cam_norm: str = "max"  # see cpn_dist.cams.normalise_cams
+    cam_norm: str = "max"  # see cpn_dist.labels.cams.normalise_cams
 
     @classmethod
     def from_config(cls, affinity, crf: bool = True) -> AffinityLabelParams:
@@ -89,9 +89,8 @@ def affinity_label(cams: dict[int, np.ndarray], image: np.ndarray, params: Affin
 def write_label(out_dir: str | Path, name: str, label: np.ndarray) -> None:
     """``{out_dir}/{name}.png`` (VOC palette), written under a temporary name and renamed."""
     out = Path(out_dir)
-    tmp = out / f".{name}.tmp.png"  # PIL picks the format from the suffix
-    save_label_png(label, tmp)
-    os.replace(tmp, out / f"{name}.png")
+    # PIL picks the format from the suffix of the temporary name
+    write_atomic(out / f"{name}.png", lambda tmp: save_label_png(label, tmp), out / f".{name}.tmp.png")
 
 
 def _label_one(cams_dir: str, out_dir: str, name: str, image: np.ndarray, params: AffinityLabelParams) -> str:

@@ -27,7 +27,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from cpn_dist.data.voc import IGNORE, NUM_CLASSES
+from cpn_dist.data.voc import IGNORE, NUM_FOREGROUND
 
 STRIDE = 8  # the backbone's output stride
 
@@ -94,17 +94,17 @@ def reduce_labels(label: torch.Tensor, stride: int = STRIDE) -> torch.Tensor:
     n, hh, ww = label.shape
     h, w = -(-hh // stride), -(-ww // stride)
     values = label.long().clone()
-    values[values == IGNORE] = NUM_CLASSES + 1  # 0..20, then 21 = ignore
-    if (values < 0).any() or (values > NUM_CLASSES + 1).any():
+    values[values == IGNORE] = NUM_FOREGROUND + 1  # 0..20, then 21 = ignore
+    if (values < 0).any() or (values > NUM_FOREGROUND + 1).any():
         raise ValueError("labels must be 0..20 or 255")
-    values = F.pad(values, (0, w * stride - ww, 0, h * stride - hh), value=NUM_CLASSES + 1)
+    values = F.pad(values, (0, w * stride - ww, 0, h * stride - hh), value=NUM_FOREGROUND + 1)
     cell = (torch.arange(h * stride, device=label.device) // stride)[:, None] * w + \
         (torch.arange(w * stride, device=label.device) // stride)[None, :]  # fmt: skip
     index = values * (h * w) + cell
-    votes = torch.zeros(n, (NUM_CLASSES + 2) * h * w, device=label.device)
+    votes = torch.zeros(n, (NUM_FOREGROUND + 2) * h * w, device=label.device)
     votes.scatter_add_(1, index.view(n, -1), torch.ones(n, index[0].numel(), device=label.device))
-    winner = votes.view(n, NUM_CLASSES + 2, h, w).argmax(dim=1)
-    winner[winner == NUM_CLASSES + 1] = IGNORE
+    winner = votes.view(n, NUM_FOREGROUND + 2, h, w).argmax(dim=1)
+    winner[winner == NUM_FOREGROUND + 1] = IGNORE
     return winner
 
 

@@ -46,10 +46,10 @@ import torch.nn.functional as F
 
 from cpn_dist.affinity import METHODS  # auto, dense, sparse
 from cpn_dist.affinity.pairs import STRIDE, pair_affinities, pair_index
-from cpn_dist.cams import CAM_NORMS, alpha_background, foreground_max, load_cams, normalise_cams, save_cams
 from cpn_dist.data.inputs import Sample
 from cpn_dist.devices import autocast, to_device
 from cpn_dist.errors import CpnError
+from cpn_dist.labels.cams import CAM_NORMS, alpha_background, foreground_max, load_cams, normalise_cams, save_cams
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class WalkParams:
     logt: int = 8  # 2^logt steps
     radius: int = 5
     method: str = "auto"
-    cam_norm: str = "max"  # see cpn_dist.cams.normalise_cams
+    cam_norm: str = "max"  # see cpn_dist.labels.cams.normalise_cams
 
     @classmethod
     def from_config(cls, affinity, method: str = "auto") -> WalkParams:
@@ -187,7 +187,7 @@ class _Item:
 
 
 def _prepare(sample: Sample, cams_dir: Path, params: WalkParams, mean, std) -> _Item:
-    from cpn_dist.infer import normalise_image
+    from cpn_dist.cpn.infer import normalise_image
 
     path = cams_dir / f"{sample.name}.npy"
     cams = load_cams(path)

@@ -70,7 +70,7 @@ def _run(args) -> int:
     from cpn_dist.affinity.labels import AffinityLabelParams, done_names, write_affinity_labels
     from cpn_dist.cli.crf_cmd import crf_params
     from cpn_dist.config import load_config
-    from cpn_dist.evaluate import default_workers
+    from cpn_dist.labels.evaluate import default_workers
 
     cfg = load_config(args.config).affinity
     alphas = None if args.betas else tuple(args.alphas or (cfg.low_alpha, cfg.high_alpha))

@@ -15,7 +15,7 @@ def add_crf_arguments(p, title: str = "dense CRF (defaults: AffinityNet/PSA)", f
     (named in the help; :func:`crf_params` then takes its ``base`` from there)."""
     from dataclasses import fields
 
-    from cpn_dist.crf_params import CrfParams
+    from cpn_dist.labels.crf_params import CrfParams
 
     d = CrfParams()
     g = p.add_argument_group(title)
@@ -31,7 +31,7 @@ def crf_params(args, base=None):
     """The CRF settings of the ``--crf-*`` flags; flags left unset take ``base``'s values."""
     from dataclasses import fields, replace
 
-    from cpn_dist.crf_params import CrfParams
+    from cpn_dist.labels.crf_params import CrfParams
 
     given = {f.name: getattr(args, f"crf_{f.name}") for f in fields(CrfParams)}
     return replace(base or CrfParams(), **{k: v for k, v in given.items() if v is not None})
@@ -57,8 +57,8 @@ def image_names(args) -> list[str]:
 
 
 def run_with_progress(label: str, job, names: list[str], workers: int | None, overwrite: bool, suffix: str) -> int:
-    from cpn_dist.evaluate import default_workers
-    from cpn_dist.pseudo import pending, run_folder
+    from cpn_dist.labels.evaluate import default_workers
+    from cpn_dist.labels.pseudo import pending, run_folder
 
     todo = pending(names, job.out_dir, suffix, overwrite)
     if len(todo) < len(names):
@@ -90,7 +90,7 @@ def register(sub) -> None:
 
 def _run(args) -> int:
     from cpn_dist.cli import check_beta
-    from cpn_dist.pseudo import Job
+    from cpn_dist.labels.pseudo import Job
 
     check_beta(args.beta, "--beta")
     names = image_names(args)

@@ -35,7 +35,7 @@ def register(sub) -> None:
 
 
 def scores_table(scores: dict, title: str = "CAM quality") -> Table:
-    """The comparison table of :func:`cpn_dist.demo.run_demo`'s scores (percentages); the part columns
+    """The comparison table of :func:`cpn_dist.demo.run.run_demo`'s scores (percentages); the part columns
     only when the data has part maps."""
     parts = any(s.body_recall is not None for s in scores.values())
     columns = ["model", "mIoU", "fg IoU", "bg IoU", "best β"]
@@ -60,8 +60,9 @@ def _run(args) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from cpn_dist.demo import DEMO_CONFIG, DemoSettings, run_demo
-    from cpn_dist.engine import quiet_libraries
+    from cpn_dist.demo.run import run_demo
+    from cpn_dist.demo.settings import DEMO_CONFIG, DemoSettings
+    from cpn_dist.launch import quiet_libraries
 
     if args.threads:
         import torch

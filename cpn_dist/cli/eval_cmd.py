@@ -44,8 +44,8 @@ def _prediction_kind(folder: Path, first: str) -> str:
 
 def _run(args) -> int:
     from cpn_dist.data.voc import read_split
-    from cpn_dist.evaluate import default_workers, ground_truth, parse_betas, score_labels, sweep
-    from cpn_dist.show import sweep_plot
+    from cpn_dist.demo.show import sweep_plot
+    from cpn_dist.labels.evaluate import default_workers, ground_truth, parse_betas, score_labels, sweep
 
     names = read_split(args.list)
     if not names:

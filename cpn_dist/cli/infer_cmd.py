@@ -7,6 +7,7 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cpn_dist.cli import add_command, console
+from cpn_dist.cli.inference import cpu_only, infer_source, parse_scales
 from cpn_dist.errors import CpnError
 
 
@@ -15,7 +16,7 @@ def register(sub) -> None:
         sub, "infer", "multi-scale + flip CAM inference into NAME.npy files (the released infer_cam.py format)",
         "Computes what the released infer_cam.py computes (refined CAM, 4 scales × 2 flips summed, "
         "released normalisation, labelled classes only) for every image, batching equal-sized inputs. "
-        "Distributed: accelerate launch [--multi_gpu --num_processes N] -m cpn_dist.infer ARGS "
+        "Distributed: accelerate launch [--multi_gpu --num_processes N] -m cpn_dist.cpn.infer ARGS "
         "gives each process every N-th image.",
     )  # fmt: skip
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="weights: ours or the released CPN .pth")
@@ -49,38 +50,10 @@ def register(sub) -> None:
     p.set_defaults(handler=_run)
 
 
-def _scales(text: str) -> tuple[float, ...]:
-    try:
-        scales = tuple(float(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise CpnError(f"--scales '{text}': expected a comma list of numbers, e.g. 0.5,1.0,1.5,2.0") from None
-    if not scales or any(not s > 0 for s in scales):
-        raise CpnError(f"--scales '{text}': every scale must be > 0")
-    return scales
-
-
-def _source(args):
-    from cpn_dist.data.inputs import ShardSource, VocSource
-    from cpn_dist.data.voc import read_split
-
-    if bool(args.voc_root) == bool(args.shards):
-        raise CpnError("give exactly one input: --voc-root DIR --list FILE, or --shards SRC")
-    names = read_split(args.list) if args.list else None
-    if names is not None and not names:
-        raise CpnError(f"{args.list}: the list holds no image ids (nothing to infer)")
-    if args.voc_root:
-        if names is None:
-            raise CpnError("--voc-root needs --list FILE (the image ids to infer)")
-        return VocSource(args.voc_root, names, args.labels)
-    if args.labels:
-        raise CpnError("--labels applies to --voc-root; shards carry their own labels (cls.json)")
-    return ShardSource(args.shards, args.split, names)
-
-
 def _model(args, device):
     """The CPN of ``--checkpoint``: the model its weights record, or (released weights) the one of
     ``--config`` and ``--backbone``/``--head``."""
-    from cpn_dist.models import build_model
+    from cpn_dist.cpn.model import build_model
     from cpn_dist.models.weights import read_weights
     from cpn_dist.weights_config import load_checked, weights_config
 
@@ -93,31 +66,21 @@ def _model(args, device):
     return model, report, cfg
 
 
-def _cpu_only() -> bool:
-    """Whether to run on the CPU. PartialState() on a host without a GPU reports one process even
-    under `accelerate launch --multi_gpu`; with cpu=True it joins the gloo group instead."""
-    import os
-
-    import torch
-
-    return os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
-
-
 def _run(args) -> int:
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    from cpn_dist.infer import InferSettings, infer_samples
+    from cpn_dist.cpn.infer import InferSettings, infer_samples
 
     if args.batch_size < 1 or args.images_per_step < 1:
         raise CpnError("--batch-size and --images-per-step must be >= 1")
-    state = PartialState(cpu=_cpu_only())
+    state = PartialState(cpu=cpu_only())
     rank, world = state.process_index, state.num_processes
-    source = _source(args)
+    source = infer_source(args)
     out = Path(args.out)
     model, report, cfg = _model(args, state.device)
     settings = InferSettings(
-        scales=_scales(args.scales), flip=not args.no_flip, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std),
+        scales=parse_scales(args.scales), flip=not args.no_flip, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std),
         use=args.use, batch_size=args.batch_size, fmt=args.format, save_raw=args.save_raw,
     )  # fmt: skip
     done = frozenset() if args.overwrite or not out.is_dir() else frozenset(p.stem for p in out.glob("*.npy"))

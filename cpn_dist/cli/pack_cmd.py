@@ -44,7 +44,8 @@ def register(sub) -> None:
 
 
 def _run(args) -> int:
-    from cpn_dist.data.pack import find_source, pack_split
+    from cpn_dist.data.pack import pack_split
+    from cpn_dist.data.pack_source import find_source
 
     total = len(find_source(args.voc_root, args.split, args.labels).ids)
     with Progress(

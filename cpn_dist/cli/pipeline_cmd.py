@@ -45,7 +45,7 @@ def score_table(scores, title: str = "mIoU after each stage") -> Table:
 def _run(args) -> int:
     import logging
 
-    from cpn_dist.engine import quiet_libraries
+    from cpn_dist.launch import quiet_libraries
     from cpn_dist.pipeline import Pipeline, load_pipeline_config
 
     logging.getLogger("cpn_dist").setLevel(logging.INFO)

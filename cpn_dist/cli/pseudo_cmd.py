@@ -25,7 +25,7 @@ def register(sub) -> None:
 
 
 def _run(args) -> int:
-    from cpn_dist.pseudo import Job
+    from cpn_dist.labels.pseudo import Job
 
     betas = (args.beta,) if args.beta is not None else tuple(args.betas)
     for beta in betas:

@@ -80,7 +80,7 @@ def _run(args) -> int:
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    from cpn_dist.cli.infer_cmd import _cpu_only, _scales, _source
+    from cpn_dist.cli.inference import cpu_only, infer_source, parse_scales
     from cpn_dist.segmentation.infer import segment_samples, segment_settings
 
     if args.batch_size < 1 or args.images_per_step < 1 or args.crf_workers < 0:
@@ -89,15 +89,15 @@ def _run(args) -> int:
     cfg, weights, meta = _config(args)
     overrides = {"flip": cfg.segmentation.test_flip and not args.no_flip, "batch_size": args.batch_size}
     if args.scales:
-        overrides["scales"] = _scales(args.scales)
+        overrides["scales"] = parse_scales(args.scales)
     settings = segment_settings(cfg, **overrides)
     if args.crf_out is None:
         settings = segment_settings(cfg, **overrides, crf=None)
     elif settings.crf is None:
         raise CpnError(f"--crf-out: {args.config or args.checkpoint} sets segmentation.crf.enabled: false")
-    state = PartialState(cpu=_cpu_only())
+    state = PartialState(cpu=cpu_only())
     rank, world = state.process_index, state.num_processes
-    source = _source(args)
+    source = infer_source(args)
     model, report = _model(args, cfg, weights, meta, state.device)
     names = getattr(source, "names", None)
     done = frozenset()

@@ -27,12 +27,12 @@ def register(sub) -> None:
 def _run(args) -> int:
     import numpy as np
 
-    from cpn_dist.cams import load_cams
     from cpn_dist.cli.crf_cmd import image_names
     from cpn_dist.data.inputs import read_image
     from cpn_dist.data.voc import read_label_png
-    from cpn_dist.pseudo import pseudo_label
-    from cpn_dist.show import GridRow, image_grid
+    from cpn_dist.demo.show import GridRow, image_grid
+    from cpn_dist.labels.cams import load_cams
+    from cpn_dist.labels.pseudo import pseudo_label
 
     if args.count < 1:
         raise CpnError("--count must be >= 1")

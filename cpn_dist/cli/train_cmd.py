@@ -37,7 +37,8 @@ def _run(args) -> int:
     import logging
 
     from cpn_dist.config import load_config
-    from cpn_dist.train import quiet_libraries, train
+    from cpn_dist.launch import quiet_libraries
+    from cpn_dist.train import train
 
     logging.getLogger("cpn_dist").setLevel(logging.INFO)
     quiet_libraries()

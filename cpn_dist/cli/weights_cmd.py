@@ -6,6 +6,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from cpn_dist.atomic import write_atomic
 from cpn_dist.cli import add_command, console
 from cpn_dist.errors import CpnError
 
@@ -40,9 +41,7 @@ def _convert(args) -> int:
         raise CpnError(f"{out}: exists (use --overwrite to replace it)")
     state = convert_resnet38_params(src)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(out)
+    write_atomic(out, lambda tmp: torch.save(state, tmp), out.with_name(out.name + ".tmp"))
     n = sum(t.numel() for t in state.values())
     console.print(f"wrote {out}: {len(state)} tensors, {n:,} values")
     return 0
@@ -89,6 +88,6 @@ def _build(cfg):
         from cpn_dist.segmentation.model import model_from_config
 
         return model_from_config(cfg)
-    from cpn_dist.models import build_model
+    from cpn_dist.cpn.model import build_model
 
     return build_model(cfg.model.backbone, cfg.model.head)

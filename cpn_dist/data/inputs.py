@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cpn_dist.data.voc import NUM_CLASSES, labels_from_names, read_label_png, read_xml_objects
+from cpn_dist.data.voc import NUM_FOREGROUND, labels_from_names, read_label_png, read_xml_objects
 from cpn_dist.errors import CpnError
 
 
@@ -47,8 +47,8 @@ def read_labels_file(path: str | Path) -> dict[str, np.ndarray]:
     out = {}
     for key, value in obj.items():
         arr = np.asarray(value, dtype=np.float32).reshape(-1)
-        if arr.shape != (NUM_CLASSES,):
-            raise CpnError(f"{path}: labels of '{key}' have {arr.size} values, expected {NUM_CLASSES}")
+        if arr.shape != (NUM_FOREGROUND,):
+            raise CpnError(f"{path}: labels of '{key}' have {arr.size} values, expected {NUM_FOREGROUND}")
         out[str(key)] = arr
     return out
 

@@ -22,7 +22,7 @@ import numpy as np
 from cpn_dist.data.augment import AugmentParams, augment, draw_augmentation
 from cpn_dist.data.seeding import sample_rngs
 from cpn_dist.data.shards import decode_image, decode_labels
-from cpn_dist.data.train_sample import _batch_tensor
+from cpn_dist.data.train_sample import batch_tensor
 from cpn_dist.data.voc import IGNORE, read_label_png
 from cpn_dist.errors import CpnError
 
@@ -84,7 +84,7 @@ class LabelledSampleMaker:
         batch: dict[str, Any] = {"key": [s["key"] for s in samples]}
         for name, dtype in (("image", torch.float32), ("label", torch.int64), ("labels", torch.float32),
                             ("valid", torch.bool)):  # fmt: skip
-            out = _batch_tensor((len(samples), *samples[0][name].shape), dtype)
+            out = batch_tensor((len(samples), *samples[0][name].shape), dtype)
             np.stack([s[name] for s in samples], out=out.numpy())
             batch[name] = out
         return batch

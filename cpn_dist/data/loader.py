@@ -237,6 +237,9 @@ class SeededShuffle:
         self.bufsize, self.seed, self.epoch, self.rank, self.done = bufsize, seed, epoch, rank, done_batches
 
     def __call__(self, src):
+        # webdataset's private _shuffle (third-party): the plain generator behind its public `shuffle` stage
+        # (shuffle = pipelinefilter(_shuffle)); this class is itself a stage, so it calls the generator
+        # directly, with the random.Random seeded below
         from webdataset.filters import _shuffle
 
         if self.bufsize <= 1:

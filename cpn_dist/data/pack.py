@@ -26,233 +26,34 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from cpn_dist import __version__
+from cpn_dist.atomic import write_atomic
+from cpn_dist.data.pack_sample import MAX_SEGMENTS, Prepared, SampleTask, prepare_sample
+from cpn_dist.data.pack_source import PackSource, find_source
 from cpn_dist.data.shards import (
     FORMAT,
     FORMAT_VERSION,
     META_NAME,
-    encode_labels,
-    encode_png,
     parse_meta,
     sample_members,
     shard_name,
-    slic_member,
     write_json_atomic,
 )
-from cpn_dist.data.voc import CLASSES, IGNORE, NUM_CLASSES, labels_from_names, read_split, read_xml_objects
-from cpn_dist.errors import CpnError, without_addresses
+from cpn_dist.data.voc import CLASSES, NUM_FOREGROUND
+from cpn_dist.errors import CpnError
 
 log = logging.getLogger(__name__)
 
-MAX_SEGMENTS = 65535  # ids are stored as uint16
 # Fault injection for tests: after this many shards were written, start the next one and SIGKILL
 # the packing process mid-write, as a pre-empted job would be.
 KILL_AFTER_ENV = "CPN_PACK_TEST_KILL_AFTER_SHARDS"
-
-
-# --------------------------------------------------------------------------------------------
-# Input
-
-
-@dataclass(frozen=True)
-class PackSource:
-    """What to pack: the split's image ids and where their files are."""
-
-    voc_root: Path
-    split: str
-    list_path: Path
-    ids: list[str]
-    images: Path
-    annotations: Path | None  # XML folder, when labels come from the annotations
-    labels: dict[str, list[int]] | None  # labels given by a file
-    labels_source: str
-    masks: Path | None  # SegmentationClassAug or SegmentationClass, when present
-
-
-def find_source(voc_root: str | Path, split: str, labels_file: str | Path | None = None) -> PackSource:
-    """Check the VOC folder and read the split list; a missing folder or list fails at once.
-
-    ``split`` is a split name (``ImageSets/Segmentation/{split}.txt``) or the path of any list file
-    (then the split is named after the file's stem)."""
-    root = Path(voc_root)
-    if not root.is_dir():
-        raise CpnError(f"{root}: VOC folder not found")
-    images = root / "JPEGImages"
-    if not images.is_dir():
-        raise CpnError(f"{images}: VOC folder not found")
-    as_path = Path(split)
-    if as_path.suffix == ".txt" or as_path.is_file():
-        list_path, name = as_path, as_path.stem
-    else:
-        list_path, name = root / "ImageSets" / "Segmentation" / f"{split}.txt", split
-    ids = read_split(list_path)  # CpnError naming the list when missing
-    if not ids:
-        raise CpnError(f"{list_path}: the split list is empty")
-    annotations = None
-    labels = None
-    if labels_file is not None:
-        labels = load_labels_file(labels_file)
-        labels_source = str(labels_file)
-    else:
-        annotations = root / "Annotations"
-        if not annotations.is_dir():
-            raise CpnError(f"{annotations}: VOC folder not found (or give a labels file with --labels)")
-        labels_source = "Annotations/*.xml"
-    masks = next((root / d for d in ("SegmentationClassAug", "SegmentationClass") if (root / d).is_dir()), None)
-    return PackSource(root, name, list_path, ids, images, annotations, labels, labels_source, masks)
-
-
-def load_labels_file(path: str | Path) -> dict[str, list[int]]:
-    """Image-level labels from a file: JSON ``{id: [20 × 0/1] | [class names]}``, or the released
-    ``cls_labels.npy`` (a pickled dict id → 20 floats)."""
-    p = Path(path)
-    if not p.is_file():
-        raise CpnError(f"{p}: labels file not found")
-    try:
-        # the released cls_labels.npy is a pickled dict
-        raw = np.load(p, allow_pickle=True).item() if p.suffix == ".npy" else json.loads(p.read_text())
-    except (OSError, ValueError, json.JSONDecodeError) as exc:
-        raise CpnError(f"{p}: unreadable labels file ({exc})") from None
-    if not isinstance(raw, dict):
-        raise CpnError(f"{p}: labels file must map image ids to labels")
-    out: dict[str, list[int]] = {}
-    for key, value in raw.items():
-        values = list(np.asarray(value).reshape(-1).tolist())
-        if values and all(isinstance(v, str) for v in values):
-            if not set(values) <= set(CLASSES):
-                raise CpnError(f"{p}: {key}: unknown class names {sorted(set(values) - set(CLASSES))}")
-            out[str(key)] = [int(v) for v in labels_from_names(values)]
-        elif len(values) == NUM_CLASSES and all(v in (0, 1) for v in values):
-            out[str(key)] = [int(v) for v in values]
-        else:
-            raise CpnError(f"{p}: {key}: expected {NUM_CLASSES} values in {{0, 1}} or a list of class names")
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# One image (runs in a worker process)
-
-
-@dataclass(frozen=True)
-class _Task:
-    position: int
-    key: str
-    segments: tuple[int, ...]
-    compactness: float
-    jpg: Path
-    xml: Path | None
-    labels: list[int] | None
-    mask: Path | None
-    skip: str | None = None  # decided in the parent (duplicate id, bad key)
-
-
-@dataclass
-class Prepared:
-    """One packed sample, or the reason it was skipped."""
-
-    position: int
-    key: str
-    skipped: str | None = None
-    members: list[tuple[str, bytes]] = field(default_factory=list)
-    labels: list[int] = field(default_factory=list)
-    has_seg: bool = False
-    pixel_sum: list[int] = field(default_factory=list)
-    pixels: int = 0
-    superpixels: dict[int, int] = field(default_factory=dict)
-    slic_seconds: float = 0.0
-
-
-def superpixels(image: np.ndarray, segments: int, compactness: float) -> np.ndarray:
-    """The SLIC map (ids 0..K-1, consecutive) of an H×W×3 uint8 image for ``segments`` requested segments."""
-    from skimage.segmentation import slic
-
-    ids = slic(image, n_segments=segments, compactness=compactness, start_label=0)
-    if not np.bincount(ids.ravel()).all():  # make ids consecutive so K = max + 1
-        ids = np.unique(ids, return_inverse=True)[1].reshape(ids.shape)
-    if ids.max() >= MAX_SEGMENTS:
-        raise ValueError(f"{ids.max() + 1} superpixels do not fit uint16")
-    return ids.astype(np.uint16)
-
-
-def prepare_sample(task: _Task) -> Prepared:
-    """Read, check and encode one image: JPEG bytes (kept as they are), labels, SLIC maps, GT mask."""
-    out = Prepared(task.position, task.key)
-    if task.skip:
-        out.skipped = task.skip
-        return out
-    try:
-        data = task.jpg.read_bytes()
-    except FileNotFoundError:
-        out.skipped = "image not found"
-        return out
-    except OSError as exc:
-        out.skipped = f"unreadable image ({exc.strerror or exc})"
-        return out
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            fmt = im.format
-            im.load()
-            image = np.asarray(im.convert("RGB"))
-    except OSError as exc:  # no object addresses in reasons: two packs of one input write the same meta.json
-        reason = without_addresses(str(exc))
-        out.skipped = "empty file" if not data else "truncated JPEG" if "truncated" in reason else \
-            f"unreadable JPEG ({reason})"
-        return out
-    if fmt != "JPEG":
-        out.skipped = f"not a JPEG ({fmt})"
-        return out
-    if task.labels is not None:
-        labels = task.labels
-    else:
-        try:
-            labels = [int(v) for v in labels_from_names(read_xml_objects(task.xml))]
-        except CpnError as exc:
-            msg = str(exc)
-            out.skipped = "annotation not found" if msg.endswith("annotation not found") else msg.split(": ", 1)[-1]
-            return out
-    seg_png = None
-    if task.mask is not None and task.mask.is_file():
-        try:
-            with Image.open(task.mask) as m:
-                if m.mode not in ("P", "L"):
-                    raise OSError(f"mode {m.mode}, expected a palette or 8-bit PNG")
-                seg = np.array(m, dtype=np.uint8)
-        except OSError as exc:
-            empty = not task.mask.stat().st_size
-            out.skipped = "empty mask file" if empty else f"unreadable mask ({without_addresses(str(exc))})"
-            return out
-        if seg.shape != image.shape[:2]:
-            out.skipped = f"mask is {seg.shape[1]}×{seg.shape[0]}, image is {image.shape[1]}×{image.shape[0]}"
-            return out
-        bad = set(np.unique(seg).tolist()) - set(range(NUM_CLASSES + 1)) - {IGNORE}
-        if bad:
-            out.skipped = f"mask holds values outside 0..20 and 255: {sorted(bad)}"
-            return out
-        seg_png = encode_png(seg)
-
-    out.members.append(("jpg", data))
-    out.members.append(("cls.json", encode_labels(np.asarray(labels))))
-    start = time.perf_counter()
-    for n in task.segments:
-        ids = superpixels(image, n, task.compactness)
-        out.superpixels[n] = int(ids.max()) + 1
-        out.members.append((slic_member(n), encode_png(ids)))
-    out.slic_seconds = time.perf_counter() - start
-    if seg_png is not None:
-        out.members.append(("seg.png", seg_png))
-        out.has_seg = True
-    out.labels = labels
-    out.pixel_sum = [int(v) for v in image.reshape(-1, 3).sum(axis=0, dtype=np.int64)]
-    out.pixels = int(image.shape[0] * image.shape[1])
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,19 +70,20 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
 
 def write_shard(path: Path, samples: list[Prepared], kill_midway: bool = False) -> None:
     """Write one shard to a temporary name beside ``path`` and rename it when complete."""
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "wb") as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for i, sample in enumerate(samples):
-            for suffix, data in sample.members:
-                tar.addfile(_tarinfo(f"{sample.key}.{suffix}", len(data)), io.BytesIO(data))
-            if kill_midway and i >= len(samples) // 2:
-                fh.flush()
-                os.kill(os.getpid(), signal.SIGKILL)
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for i, sample in enumerate(samples):
+                for suffix, data in sample.members:
+                    tar.addfile(_tarinfo(f"{sample.key}.{suffix}", len(data)), io.BytesIO(data))
+                if kill_midway and i >= len(samples) // 2:
+                    fh.flush()
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+    write_atomic(path, write, path.with_name(f".{path.name}.partial"))
 
 
 def _shard_stats(index: int, name: str, samples: list[Prepared], skipped: list[Prepared]) -> dict[str, Any]:
-    class_counts = np.zeros(NUM_CLASSES, dtype=np.int64)
+    class_counts = np.zeros(NUM_FOREGROUND, dtype=np.int64)
     pixel_sum = np.zeros(3, dtype=np.int64)
     spx: dict[str, list[int]] = {}
     for s in samples:
@@ -474,7 +276,7 @@ def _tasks(source: PackSource, segments, compactness, shard_size, skip_shards: s
             labels = source.labels.get(key)
             if labels is None and skip is None:
                 skip = f"no labels for this id in {source.labels_source}"
-        yield _Task(
+        yield SampleTask(
             position, key, segments, compactness,
             jpg=source.images / f"{key}.jpg",
             xml=source.annotations / f"{key}.xml" if source.annotations else None,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import glob
 import io
 import json
-import os
 import re
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
@@ -34,7 +33,8 @@ import braceexpand
 import numpy as np
 from PIL import Image
 
-from cpn_dist.data.voc import CLASSES, NUM_CLASSES
+from cpn_dist.atomic import write_atomic
+from cpn_dist.data.voc import CLASSES, NUM_FOREGROUND
 from cpn_dist.errors import CpnError, without_addresses
 
 META_NAME = "meta.json"
@@ -67,8 +67,8 @@ def encode_labels(labels: np.ndarray) -> bytes:
 def decode_labels(data: bytes) -> np.ndarray:
     """The 20 image-level labels of a ``cls.json`` member as float32 {0, 1}."""
     values = json.loads(data)
-    if not isinstance(values, list) or len(values) != NUM_CLASSES or any(v not in (0, 1) for v in values):
-        raise ValueError(f"cls.json must be a list of {NUM_CLASSES} values in {{0, 1}}")
+    if not isinstance(values, list) or len(values) != NUM_FOREGROUND or any(v not in (0, 1) for v in values):
+        raise ValueError(f"cls.json must be a list of {NUM_FOREGROUND} values in {{0, 1}}")
     return np.asarray(values, dtype=np.float32)
 
 
@@ -142,9 +142,8 @@ def split_meta(meta: dict[str, Any], split: str | None, source: str) -> tuple[st
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
+    write_atomic(path, lambda tmp: tmp.write_text(text), path.with_name(path.name + ".tmp"))
 
 
 # --------------------------------------------------------------------------------------------

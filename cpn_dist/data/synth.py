@@ -25,14 +25,13 @@ import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
-from cpn_dist.data.voc import CLASSES, IGNORE, NUM_CLASSES, save_label_png
+from cpn_dist.data.synth_draw import SynthObject, clutter_background, shape_mask, void_border
+from cpn_dist.data.voc import CLASSES, IGNORE, NUM_FOREGROUND, save_label_png
 from cpn_dist.errors import CpnError
 
 log = logging.getLogger(__name__)
@@ -44,38 +43,13 @@ TASKS = ("shapes", "parts", "parts-reliable")
 PART_FOLDER = "SegmentationPart"
 
 
-@dataclass(frozen=True)
-class SynthObject:
-    cls: int  # 0..19
-    box: tuple[int, int, int, int]  # xmin, ymin, xmax, ymax (1-based, inclusive, as VOC)
-    truncated: bool
-
-
 def image_id(index: int) -> str:
     return f"2012_{index:06d}"
 
 
 def class_colour(cls: int) -> np.ndarray:
     """Base RGB (0..255 float) of a class: 20 hues around the colour wheel."""
-    return np.array(colorsys.hsv_to_rgb(cls / NUM_CLASSES, 0.8, 0.9)) * 255.0
-
-
-def shape_mask(kind: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Inside test of a unit shape in object coordinates (u, v) ∈ [-1, 1]²."""
-    r = np.hypot(u, v)
-    if kind == "ellipse":
-        return r <= 1.0
-    if kind == "box":
-        return (np.abs(u) <= 0.9) & (np.abs(v) <= 0.7)
-    if kind == "diamond":
-        return np.abs(u) + np.abs(v) <= 1.0
-    if kind == "triangle":
-        return (v <= 0.8) & (v >= 2.0 * np.abs(u) - 1.0)
-    if kind == "ring":
-        return (r <= 1.0) & (r >= 0.45)
-    if kind == "star":
-        return r <= 0.65 + 0.35 * np.cos(5.0 * np.arctan2(v, u))
-    raise ValueError(kind)
+    return np.array(colorsys.hsv_to_rgb(cls / NUM_FOREGROUND, 0.8, 0.9)) * 255.0
 
 
 def _draw_object(canvas: np.ndarray, labels: np.ndarray, ids: np.ndarray, obj_id: int,
@@ -112,35 +86,6 @@ def _draw_object(canvas: np.ndarray, labels: np.ndarray, ids: np.ndarray, obj_id
     ids[y0:y1, x0:x1][inside] = obj_id
 
 
-def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
-    """Cluttered, desaturated background: a gradient, blobs and bars of muted colours."""
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    start = rng.uniform(60, 200) + rng.uniform(-30, 30, 3)
-    end = rng.uniform(60, 200) + rng.uniform(-30, 30, 3)
-    t = (xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1)) / max(h, w)
-    t = (t - t.min()) / max(np.ptp(t), 1e-9)
-    canvas = start + (end - start) * t[..., None]
-    for _ in range(rng.integers(10, 25)):
-        grey = rng.uniform(40, 220)
-        tint = rng.uniform(-25, 25, 3)  # muted: far less saturated than any object class
-        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
-        rx, ry = rng.uniform(0.03, 0.25) * w, rng.uniform(0.03, 0.25) * h
-        if rng.random() < 0.5:
-            m = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1.0
-        else:
-            m = (np.abs(xx - cx) <= rx) & (np.abs(yy - cy) <= ry * 0.3)
-        canvas[m] = 0.6 * canvas[m] + 0.4 * (grey + tint)
-    return canvas
-
-
-def void_border(labels: np.ndarray, width: int) -> np.ndarray:
-    """Pixels within ``width`` of a boundary between two different labels (VOC's void band)."""
-    size = 2 * width + 1
-    return ndimage.maximum_filter(labels, size=size, mode="nearest") != ndimage.minimum_filter(
-        labels, size=size, mode="nearest"
-    )
-
-
 def render_image(index: int, size: int, seed: int, max_tries: int = 50):
     """Render image ``index``: returns (rgb uint8 H×W×3, mask uint8 H×W with void, objects)."""
     rng = np.random.default_rng([seed, index])
@@ -148,13 +93,13 @@ def render_image(index: int, size: int, seed: int, max_tries: int = 50):
     h, w = (short_side, long_side) if rng.random() < 0.7 else (long_side, short_side)
     width = max(1, int(round(min(h, w) / 100)))
     min_visible = 0.015 * h * w
-    background = _background(h, w, rng)
+    background = clutter_background(h, w, rng)
     n_objects = int(rng.integers(1, 4))
     for _ in range(max_tries):
         canvas = background.copy()
         labels = np.zeros((h, w), dtype=np.uint8)
         ids = np.zeros((h, w), dtype=np.int32)
-        classes = rng.choice(NUM_CLASSES, size=n_objects, replace=False)
+        classes = rng.choice(NUM_FOREGROUND, size=n_objects, replace=False)
         for k, cls in enumerate(classes, start=1):
             _draw_object(canvas, labels, ids, k, int(cls), rng)
         void = void_border(labels, width)

@@ -34,7 +34,7 @@ Backgrounds are the cluttered, desaturated ones of the default task; 1-2 objects
 ground-truth mask covers the whole object (body and marker) with its class. Beside the VOC folders
 the task writes ``SegmentationPart/{id}.png`` (not part of VOC): 0 = not an object, 1 = body,
 2 = marker, 255 = void (the same void band as the class mask), used to measure the CAM's body and
-marker recall (:mod:`cpn_dist.parts`).
+marker recall (:mod:`cpn_dist.demo.parts`).
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from cpn_dist.data.voc import IGNORE, NUM_CLASSES
+from cpn_dist.data.synth_draw import SynthObject, clutter_background, shape_mask, void_border
+from cpn_dist.data.voc import IGNORE, NUM_FOREGROUND
 
 BODY_SHAPES = ("ellipse", "box", "diamond")
 BODY_RADIUS = (0.3, 0.42)  # body radius, as a fraction of the image's short side
@@ -78,7 +79,7 @@ PART_STYLES = {
 
 def marker_colour(cls: int) -> np.ndarray:
     """The saturated RGB (0..255 float) of a class's marker: 20 hues at full saturation."""
-    return np.array(colorsys.hsv_to_rgb(cls / NUM_CLASSES, 1.0, 1.0)) * 255.0
+    return np.array(colorsys.hsv_to_rgb(cls / NUM_FOREGROUND, 1.0, 1.0)) * 255.0
 
 
 def stripe_code(cls: int) -> tuple[float, float]:
@@ -90,7 +91,7 @@ def texture_class(cls: int, present: list[int], rng: np.random.Generator, noise:
     """The class whose stripes a body of class ``cls`` wears: its own, or with probability ``noise`` a
     class that is not in the image (``present``)."""
     if rng.random() < noise:
-        others = [c for c in range(NUM_CLASSES) if c not in present]
+        others = [c for c in range(NUM_FOREGROUND) if c not in present]
         return int(others[int(rng.integers(len(others)))])
     return cls
 
@@ -100,8 +101,6 @@ def _draw_part_object(canvas: np.ndarray, labels: np.ndarray, parts: np.ndarray,
                       style: PartStyle) -> np.ndarray | None:  # fmt: skip
     """Paint one object (body, then marker) of class ``cls``; returns the marker's mask (None when the
     body has no room for a marker ``margin`` pixels from its edge)."""
-    from cpn_dist.data.synth import shape_mask
-
     h, w = labels.shape
     short = min(h, w)
     radius = rng.uniform(*BODY_RADIUS) * short
@@ -124,7 +123,7 @@ def _draw_part_object(canvas: np.ndarray, labels: np.ndarray, parts: np.ndarray,
     grey = rng.uniform(90, 170) + rng.uniform(-10, 10, 3)
     if style.body_tint > 0:  # the class's hue, faintly: the marker's colour cue at a fraction of its strength
         base = float(np.mean(grey))
-        grey = np.array(colorsys.hsv_to_rgb(cls / NUM_CLASSES, style.body_tint, base / 255.0)) * 255.0
+        grey = np.array(colorsys.hsv_to_rgb(cls / NUM_FOREGROUND, style.body_tint, base / 255.0)) * 255.0
     colour = grey + rng.uniform(*style.stripe_amplitude) * stripes[..., None]
     canvas[body] = colour[body]
     labels[body] = cls + 1
@@ -181,16 +180,14 @@ def _place_objects(background: np.ndarray, classes: list[int], width: int, rng: 
 def render_parts_image(index: int, size: int, seed: int, max_tries: int = 50, task: str = "parts"):
     """Render image ``index`` of a parts task (:data:`PART_STYLES`): returns (rgb uint8 H×W×3, class mask
     uint8 H×W with void, part map uint8 H×W with void, objects). Depends only on (task, seed, index)."""
-    from cpn_dist.data.synth import SynthObject, _background, void_border
-
     style = PART_STYLES[task]
     rng = np.random.default_rng([seed, index, style.stream])  # a stream of its own per task
     long_side, short_side = size, max(16, int(round(size * rng.uniform(0.75, 1.0))))
     h, w = (short_side, long_side) if rng.random() < 0.7 else (long_side, short_side)
     width = max(1, int(round(min(h, w) / 100)))
-    background = _background(h, w, rng)
+    background = clutter_background(h, w, rng)
     n_objects = int(rng.integers(1, 3))
-    classes = [int(c) for c in rng.choice(NUM_CLASSES, size=n_objects, replace=False)]
+    classes = [int(c) for c in rng.choice(NUM_FOREGROUND, size=n_objects, replace=False)]
     for _ in range(max_tries):
         placed = _place_objects(background, classes, width, rng, style)
         if placed is not None:

@@ -95,7 +95,7 @@ class TrainSampleMaker:
         return collate(samples)
 
 
-def _batch_tensor(shape: tuple[int, ...], dtype):
+def batch_tensor(shape: tuple[int, ...], dtype):
     """An empty tensor for a batch; inside a DataLoader worker it is allocated in shared memory, so
     handing it to the main process copies nothing (what torch's default_collate does)."""
     import torch
@@ -116,7 +116,7 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     batch: dict[str, Any] = {"key": [s["key"] for s in samples]}
     for name, dtype in (("image", torch.float32), ("mask", torch.float32), ("valid", torch.bool),
                         ("labels", torch.float32), ("lam", torch.float32)):  # fmt: skip
-        out = _batch_tensor((n, *samples[0][name].shape), dtype)
+        out = batch_tensor((n, *samples[0][name].shape), dtype)
         np.stack([s[name] for s in samples], out=out.numpy())
         batch[name] = out
     return {name: batch[name] for name in BATCH_KEYS}

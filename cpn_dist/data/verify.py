@@ -19,7 +19,7 @@ from cpn_dist.data.shards import (
     read_meta,
     slic_member,
 )
-from cpn_dist.data.voc import CLASSES, IGNORE, NUM_CLASSES
+from cpn_dist.data.voc import CLASSES, IGNORE, NUM_CLASSES, NUM_FOREGROUND
 from cpn_dist.errors import CpnError
 
 
@@ -41,7 +41,7 @@ def verify_split(folder: Path, split: str, entry: dict, progress: Callable[[int]
     required = {"jpg", "cls.json", *(slic_member(n) for n in segments)}
     allowed = required | {"seg.png"}
     keys: set[str] = set()
-    class_counts = np.zeros(NUM_CLASSES, dtype=np.int64)
+    class_counts = np.zeros(NUM_FOREGROUND, dtype=np.int64)
     with_seg = 0
     for shard in entry["shards"]:
         path = folder / shard["name"]
@@ -130,10 +130,10 @@ def _check_sample(raw: dict, shard: str, required: set, allowed: set, segments: 
             check.problems.append((where, f"seg.png is {seg.shape[1]}×{seg.shape[0]}, image is {size[1]}×{size[0]}"))
             return
         values = set(np.unique(seg).tolist())
-        if not values <= set(range(NUM_CLASSES + 1)) | {IGNORE}:
+        if not values <= set(range(NUM_CLASSES)) | {IGNORE}:
             check.problems.append((where, f"seg.png holds values outside 0..20 and 255: {sorted(values)}"))
         elif labels is not None:
-            in_mask = {v - 1 for v in values if 1 <= v <= NUM_CLASSES}
+            in_mask = {v - 1 for v in values if 1 <= v <= NUM_FOREGROUND}
             in_labels = set(np.flatnonzero(labels).tolist())
             if in_mask != in_labels:
                 extra = sorted(CLASSES[i] for i in in_mask - in_labels)

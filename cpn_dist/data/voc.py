@@ -20,7 +20,8 @@ CLASSES: tuple[str, ...] = (
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
     "tvmonitor",
 )  # fmt: skip
-NUM_CLASSES = len(CLASSES)  # foreground classes; masks use 0..20
+NUM_FOREGROUND = len(CLASSES)  # the 20 object classes: image-level label vectors
+NUM_CLASSES = NUM_FOREGROUND + 1  # with background: masks and score maps use 0..20
 IGNORE = 255
 CLASS_INDEX = {name: i for i, name in enumerate(CLASSES)}
 
@@ -83,7 +84,7 @@ def read_xml_objects(path: str | Path) -> list[str]:
 
 def labels_from_names(names: list[str]) -> np.ndarray:
     """The 20-dim {0,1} float32 image-level label vector of a list of class names."""
-    y = np.zeros(NUM_CLASSES, dtype=np.float32)
+    y = np.zeros(NUM_FOREGROUND, dtype=np.float32)
     for name in names:
         y[CLASS_INDEX[name]] = 1.0
     return y
@@ -142,10 +143,10 @@ def check_voc(root: str | Path, splits: tuple[str, ...] = ("train", "val", "trai
             problems.append((name, f"mask is {mask.shape[1]}×{mask.shape[0]}, image is {size[0]}×{size[1]}"))
             continue
         values = set(np.unique(mask).tolist())
-        if not values <= set(range(NUM_CLASSES + 1)) | {IGNORE}:
+        if not values <= set(range(NUM_CLASSES)) | {IGNORE}:
             problems.append((name, f"mask holds values outside 0..20 and 255: {sorted(values)}"))
             continue
-        in_mask = {CLASSES[v - 1] for v in values if 1 <= v <= NUM_CLASSES}
+        in_mask = {CLASSES[v - 1] for v in values if 1 <= v <= NUM_FOREGROUND}
         if in_mask != set(names):
             problems.append((name, f"XML classes {sorted(set(names))} != mask classes {sorted(in_mask)}"))
     return {"images": len(ids), "masks": masks, "problems": problems}

@@ -36,7 +36,7 @@ def training_step_flops(model=None, *, backbone: str | None = None, head: str | 
     "forward_backward", "images"}``. With ``triplet`` each image is run as the triplet (I, I_h, I_hbar),
     i.e. one forward over 3·batch images. Give a built model (its backbone and head are read from it)
     or ``backbone`` and ``head`` names."""
-    from cpn_dist.models import build_model
+    from cpn_dist.cpn.model import build_model
 
     if model is not None:
         backbone = backbone or getattr(model, "backbone_name", None)
@@ -66,7 +66,7 @@ def global_ohem_window_flops(backbone: str, head: str, *, crop: int = 448, micro
     every micro-step first (``global_ohem_pass: full``); ``"head_only"`` — the head's forward + backward
     re-run for every micro-step but the last (``global_ohem_pass: auto``). Counted on the ``meta``
     device like :func:`training_step_flops`."""
-    from cpn_dist.models import build_model
+    from cpn_dist.cpn.model import build_model
 
     step = training_step_flops(backbone=backbone, head=head, crop=crop, batch=micro)
     with torch.device("meta"):

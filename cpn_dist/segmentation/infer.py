@@ -2,16 +2,16 @@
 
 Per image (original size H×W):
 
-1. the network inputs of :func:`cpn_dist.infer.scale_inputs` — for each scale s, the PIL bicubic
+1. the network inputs of :func:`cpn_dist.cpn.infer.scale_inputs` — for each scale s, the PIL bicubic
    resize to ``round(W·s)`` × ``round(H·s)``, normalised, and (``flip``) its width-flip;
 2. for each input the stride-8 class scores, resized to H×W (bilinear, align_corners=False), softmax
    over the 21 classes, un-flipped;
 3. the mean of those probability maps; the label map is its argmax (ties: lowest class);
-4. optionally the dense CRF (:func:`cpn_dist.crf.dense_crf`, unary −log of the mean probabilities,
+4. optionally the dense CRF (:func:`cpn_dist.labels.crf.dense_crf`, unary −log of the mean probabilities,
    on the original RGB image) and the argmax of its marginals.
 
 Equal-sized inputs — the two flips of a scale, and equal-sized images — share a forward
-(:func:`cpn_dist.infer.forward_by_shape`). Label maps are VOC-palette PNGs ``NAME.png``; for the VOC
+(:func:`cpn_dist.cpn.infer.forward_by_shape`). Label maps are VOC-palette PNGs ``NAME.png``; for the VOC
 evaluation server the final maps (CRF-refined when there is a CRF) are also written as
 ``{test_server}/results/VOC2012/Segmentation/comp5_test_cls/NAME.png``. Distributed runs
 (``accelerate launch -m cpn_dist.segmentation.infer``) give each process every world-th image; with
@@ -20,7 +20,6 @@ evaluation server the final maps (CRF-refined when there is a CRF) are also writ
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -31,11 +30,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cpn_dist.crf import CrfParams, dense_crf
+from cpn_dist.atomic import write_atomic
+from cpn_dist.cpn.infer import IMAGENET_MEAN, IMAGENET_STD, forward_by_shape, prefetch, scale_inputs
 from cpn_dist.data.inputs import Sample
 from cpn_dist.data.voc import save_label_png
 from cpn_dist.devices import autocast
-from cpn_dist.infer import IMAGENET_MEAN, IMAGENET_STD, _prefetch, forward_by_shape, scale_inputs
+from cpn_dist.labels.crf import CrfParams, dense_crf
 
 SERVER_LAYOUT = Path("results") / "VOC2012" / "Segmentation" / "comp5_test_cls"
 DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
@@ -105,9 +105,7 @@ def to_labels(probs: torch.Tensor | np.ndarray) -> np.ndarray:
 
 def _save(label: np.ndarray, path: Path) -> None:
     """Write a label PNG atomically (PIL picks the format from the suffix of the temporary name)."""
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    save_label_png(label, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: save_label_png(label, tmp), path.with_name(f".{path.stem}.tmp.png"))
 
 
 def _crf_and_save(image: np.ndarray, probs: np.ndarray, params: CrfParams, paths: list[Path]) -> None:
@@ -192,7 +190,7 @@ def segment_samples(model: torch.nn.Module, samples: Iterable[Sample], outputs: 
     crf = _CrfRunner(crf_workers if settings.crf is not None else 0)
     try:
         step: list[_Image] = []
-        for item in _prefetch(prepare, samples, loader_threads, depth=2 * images_per_step):
+        for item in prefetch(prepare, samples, loader_threads, depth=2 * images_per_step):
             step.append(item)
             if len(step) < images_per_step:
                 continue

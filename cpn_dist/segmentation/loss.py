@@ -16,17 +16,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cpn_dist.data.voc import IGNORE, NUM_CLASSES
+from cpn_dist.data.voc import IGNORE, NUM_FOREGROUND
 from cpn_dist.errors import CpnError
 
 
 def check_labels(label: torch.Tensor, keys: list[str]) -> None:
     """A CpnError naming the first image whose label map holds a value outside 0..20 and 255."""
-    bad = (label > NUM_CLASSES) & (label != IGNORE)
+    bad = (label > NUM_FOREGROUND) & (label != IGNORE)
     if bad.any():
         i = int(bad.flatten(1).any(1).nonzero()[0])
         value = int(label[i][bad[i]][0])
-        raise CpnError(f"{keys[i]}.png: label value {value} is neither a class 0..{NUM_CLASSES} nor {IGNORE}")
+        raise CpnError(f"{keys[i]}.png: label value {value} is neither a class 0..{NUM_FOREGROUND} nor {IGNORE}")
 
 
 def labelled_pixels(window: list[dict], device, world_size: int) -> int:

@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cpn_dist.data.voc import NUM_CLASSES
 from cpn_dist.errors import CpnError
-from cpn_dist.models.base import as_weight_dtype
+from cpn_dist.models.base import BackboneNet, as_weight_dtype
 
-NUM_CLASSES = 21
 SEG_HEADS = ("largefov", "aspp")
 
 
@@ -71,19 +71,18 @@ class ASPP(nn.Module):
         return sum(branch(x) for branch in self.branches)
 
 
-class SegNet(nn.Module):
+class SegNet(BackboneNet):
     """DeepLab (``head``: largefov or aspp) on a backbone with the ResNet38d interface."""
+
+    new_layers = ("seg_head",)
 
     def __init__(self, backbone: nn.Module, head: str = "largefov", channels: int = 1024, dilation: int = 12,
                  rates: tuple[int, ...] = (6, 12, 18, 24), dropout: float = 0.5,
                  num_classes: int = NUM_CLASSES) -> None:  # fmt: skip
-        super().__init__()
         if head not in SEG_HEADS:
             raise CpnError(f"segmentation.head: unknown head '{head}' (choose from {', '.join(SEG_HEADS)})")
+        super().__init__(backbone)
         self.head = head
-        self.__dict__["backbone"] = backbone  # not a child: its layers are registered below, flat
-        for name, child in backbone.named_children():
-            self.add_module(name, child)
         in_ch = backbone.channels["conv6"]
         if head == "largefov":
             self.seg_head = LargeFOV(in_ch, channels, dilation, dropout, num_classes)
@@ -95,25 +94,12 @@ class SegNet(nn.Module):
         for m in backbone.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-        for name in backbone.frozen_names:
-            for p in self.get_submodule(name).parameters():
-                p.requires_grad_(False)
-        for m in self.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                for p in m.parameters():
-                    p.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> SegNet:
-        """Train mode with BatchNorm frozen (eval mode); dropout follows ``mode``."""
-        super().train(mode)
-        for m in self.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-        return self
+        self.freeze()
 
     def parameter_groups(self) -> list[list[nn.Parameter]]:
         """[backbone weights, backbone biases, head weights, head biases] (lr ×1, ×2, ×10, ×20 in the
-        engine's optimizer; weight decay on weights only). Frozen parameters are in none of them."""
+        engine's optimizer; weight decay on weights only), every convolution inside the head counting as
+        head. Frozen parameters are in none of them."""
         groups: list[list[nn.Parameter]] = [[], [], [], []]
         head = {id(m) for m in self.seg_head.modules()}
         for m in self.modules():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from cpn_dist.losses import cpcr_elements, cpn_loss, global_ohem_selection, ohem_candidates
-from cpn_dist.ohem import selection_weights
+from cpn_dist.cpn.loss import cpcr_elements, cpn_loss, global_ohem_selection, ohem_candidates
+from cpn_dist.cpn.ohem import selection_weights
 
 # (recipe, ohem_scope) cases; each run with A = 1 (2 images per rank) and A = 2 (1 image per micro-step)
 CASES = [("paper", "batch"), ("official", "batch"), ("official", "image")]
@@ -27,7 +27,7 @@ def global_batch():
 
 
 def make_model():
-    from cpn_dist.models import build_model
+    from cpn_dist.cpn.model import build_model
 
     torch.manual_seed(0)
     return build_model("tiny", "official", dropout=0.0).train()

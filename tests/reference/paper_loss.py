@@ -1,6 +1,6 @@
 """A literal, step-by-step statement of the paper's eqs. 13-17 (with the normalisation of the paper
-recipe, as the module docstring of cpn_dist.losses states it; docs/design.md, "Two recipes") and
-mini-batch OHEM by sorting, for checking cpn_dist.losses."""
+recipe, as the module docstring of cpn_dist.cpn.loss states it; docs/design.md, "Two recipes") and
+mini-batch OHEM by sorting, for checking cpn_dist.cpn.loss."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def _soft_margin(scores, y):
     return -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()
 
 
-def _normalise(a, labels20, alpha):
+def normalise(a, labels20, alpha):
     """Y: per image and channel relu, minus min, over range (eps 1e-5); × y⁺; background (1 - max fg)^α."""
     N, C, H, W = a.shape
     out = []
@@ -47,8 +47,8 @@ def paper_loss(cams, refined, labels20, lam, ratio=0.2, alpha=1.0, stop_gradient
     # eq. 13: GAP scores of the foreground channels
     l_cls = sum(_soft_margin(a[:, 1:].mean(dim=(2, 3)), labels20) for a in cams) / 3
     # eq. 16: normalised maps with background
-    y_o, y_h, y_hb = (_normalise(a, labels20, alpha) for a in cams)
-    t_o, t_h, t_hb = (_normalise(r, labels20, alpha) for r in refined)
+    y_o, y_h, y_hb = (normalise(a, labels20, alpha) for a in cams)
+    t_o, t_h, t_hb = (normalise(r, labels20, alpha) for r in refined)
     # eq. 14 (the CP pair's raw CAMs are targets: detached)
     c = 0 if tcp_background else 1
     l_tcp = torch.abs(lam * y_h[:, c:].detach() + lbar * y_hb[:, c:].detach() - y_o[:, c:]).mean() \

@@ -1,5 +1,5 @@
 """A literal, step-by-step re-statement of the released train_cpn.py loss block (in-place channel
-overwrites, in-place one-hot max, per-image topk OHEM), for checking cpn_dist.losses."""
+overwrites, in-place one-hot max, per-image topk OHEM), for checking cpn_dist.cpn.loss."""
 
 from __future__ import annotations
 

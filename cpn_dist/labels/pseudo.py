@@ -2,11 +2,11 @@
 the confident/ignore labels that AffinityNet training uses.
 
 The background score is a constant β (the released evaluator) or AffinityNet's ``(1 − max_c CAM_c)^α``
-(see :func:`cpn_dist.cams.background_score`).
+(see :func:`cpn_dist.labels.cams.background_score`).
 
 - One β without CRF: the released evaluator's class map (background where β ≥ every class score),
   so a pseudo-label PNG scores exactly what ``cpn eval`` reported at that β.
-- One β (or α) with CRF: the most probable class after :func:`cpn_dist.crf.dense_crf`.
+- One β (or α) with CRF: the most probable class after :func:`cpn_dist.labels.crf.dense_crf`.
 - Confident labels (:func:`confident_label`) from two maps of one image: a *foreground-confident*
   map, whose background score is high (a high β, or a low α), and a *background-confident* map, whose
   background score is low (a low β, or a high α). The rule is PSA's (``VOC12AffDataset``): the
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -27,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cpn_dist.cams import class_map, load_cams
-from cpn_dist.crf import CrfParams, crf_dict, crf_probabilities, to_label_map
+from cpn_dist.atomic import write_atomic
 from cpn_dist.data.voc import IGNORE, save_label_png
 from cpn_dist.errors import CpnError
+from cpn_dist.labels.cams import class_map, load_cams
+from cpn_dist.labels.crf import CrfParams, crf_dict, crf_probabilities, to_label_map
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def _one(job: Job, name: str) -> None:
     shape = _shape(cams, image, name)
     out = Path(job.out_dir)
     if job.output == "npy":
-        from cpn_dist.cams import save_cams
+        from cpn_dist.labels.cams import save_cams
 
         probs, classes = crf_probabilities(image, cams, job.betas[0], job.crf)
         save_cams(out / f"{name}.npy", crf_dict(probs, classes))
@@ -114,9 +114,8 @@ def _one(job: Job, name: str) -> None:
         label = paired_pseudo_label(cams, job.betas[0], job.betas[1], shape, image, job.crf)
     else:
         label = pseudo_label(cams, job.betas[0], shape, image, job.crf)
-    tmp = out / f".{name}.tmp.png"  # PIL picks the format from the suffix
-    save_label_png(label, tmp)
-    os.replace(tmp, out / f"{name}.png")
+    # PIL picks the format from the suffix of the temporary name
+    write_atomic(out / f"{name}.png", lambda tmp: save_label_png(label, tmp), out / f".{name}.tmp.png")
 
 
 def _run_chunk(args: tuple[Job, tuple[str, ...]]) -> int:

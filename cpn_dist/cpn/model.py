@@ -20,11 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cpn_dist.models import head as cpn_head
+from cpn_dist.cpn import head as cpn_head
+from cpn_dist.data.voc import NUM_CLASSES
+from cpn_dist.errors import CpnError
+from cpn_dist.models import BACKBONES
 from cpn_dist.models.base import BackboneNet, as_weight_dtype, float32_conv
 from cpn_dist.models.base import float32_region as _float32_region
 
-NUM_CLASSES = 21  # 20 VOC classes + background
 HEADS = ("official", "paper", "pcm", "none")
 # The layers the released code trains from scratch (lr ×10 / ×20); everything else is backbone.
 NEW_LAYERS = ("fc8", "f8_3", "f8_4", "f9", "f10")
@@ -109,3 +111,18 @@ class HeadInputs(NamedTuple):
     conv4: torch.Tensor
     conv5: torch.Tensor
     size: tuple[int, int]
+
+
+def build_model(backbone: str = "resnet38d", head: str = "official", dropout: float = 1.0) -> CPNet:
+    """A CPN model. ``dropout`` scales every released dropout rate (0.5 before fc8; 0.3 / 0.5 inside
+    b6 / b7); 0 disables dropout. Backbone layers use PyTorch's default init, the new layers the
+    released init (fc8 Xavier, f8_3/f8_4 Kaiming, f9/f10 Xavier with gain 4)."""
+    if backbone not in BACKBONES:
+        raise CpnError(f"model.backbone: unknown backbone '{backbone}' (choose from {', '.join(BACKBONES)})")
+    if head not in HEADS:
+        raise CpnError(f"model.head: unknown head '{head}' (choose from {', '.join(HEADS)})")
+    if not 0.0 <= dropout <= 1.0:
+        raise CpnError(f"model.dropout: must be within 0..1, got {dropout}")
+    model = CPNet(BACKBONES[backbone](dropout=dropout), head=head, dropout=dropout)
+    model.backbone_name = backbone
+    return model

@@ -47,8 +47,8 @@ OHEM scope: ``"image"`` keeps ``int(21·H·W·ratio)`` elements of each image (t
 averages the N·k kept values; ``"batch"`` keeps ``int(ratio × elements of the batch)`` over the whole
 batch. For the *global* batch across ranks and accumulation micro-steps, pass a selection from
 :func:`global_ohem_selection` as ``ohem=``; the returned ``cpcr`` (and ``total``) is then this
-micro-batch's chunk estimate — see :mod:`cpn_dist.ohem` for the exact normalisation. All selections
-use the deterministic threshold rule of :mod:`cpn_dist.ohem` (its value equals ``topk``'s).
+micro-batch's chunk estimate — see :mod:`cpn_dist.cpn.ohem` for the exact normalisation. All selections
+use the deterministic threshold rule of :mod:`cpn_dist.cpn.ohem` (its value equals ``topk``'s).
 
 Every returned term is a mean over this micro-batch (or, with ``ohem=``, a chunk estimate), so for
 equal-sized chunks the mean over chunks of each term is its full-batch value.
@@ -61,7 +61,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from cpn_dist.ohem import (
+from cpn_dist.cpn.ohem import (
     OhemCandidates,
     OhemSelection,
     TermSelection,

@@ -15,7 +15,7 @@ from cpn_dist.data.voc import CLASSES, PALETTE
 log = logging.getLogger(__name__)
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,7 +26,7 @@ def _pyplot():
 
 def sweep_plot(betas: Sequence[float], miou: Sequence[float], path: str | Path, title: str = "") -> Path:
     """Write a PNG of mIoU (%) against the background score β, the best β marked."""
-    plt = _pyplot()
+    plt = pyplot()
     betas = np.asarray(betas, dtype=np.float64)
     miou = np.asarray(miou, dtype=np.float64) * 100
     order = np.argsort(betas)
@@ -55,7 +55,7 @@ def colour_labels(label: np.ndarray) -> np.ndarray:
 
 def heat(cam: np.ndarray) -> np.ndarray:
     """A CAM in released normalisation (about −0.5..0.5) → H×W×3 uint8 heat map (jet)."""
-    plt = _pyplot()
+    plt = pyplot()
     x = np.clip(np.asarray(cam, dtype=np.float64) * 2.0, 0.0, 1.0)
     return (plt.get_cmap("jet")(x)[..., :3] * 255).astype(np.uint8)
 
@@ -74,7 +74,7 @@ class GridRow:
 def image_grid(rows: Sequence[GridRow], path: str | Path, max_cams: int = 3) -> Path:
     """Write a PNG grid, one row per image: image, GT, a heat map per true class (CAM blended over
     the image), pseudo label."""
-    plt = _pyplot()
+    plt = pyplot()
     n_cams = min(max_cams, max((len(r.cams) for r in rows), default=0))
     cols = 1 + 1 + n_cams + 1
     fig, axes = plt.subplots(len(rows), cols, figsize=(2.6 * cols, 2.2 * len(rows)), dpi=100, squeeze=False)

@@ -1,4 +1,4 @@
-"""The dense CRF's settings (:mod:`cpn_dist.crf` runs it); apart so that the ``--crf-*`` flags of the
+"""The dense CRF's settings (:mod:`cpn_dist.labels.crf` runs it); apart so that the ``--crf-*`` flags of the
 CLI are declared without importing numpy."""
 
 from __future__ import annotations

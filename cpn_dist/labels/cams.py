@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cpn_dist.data.voc import NUM_CLASSES
+from cpn_dist.atomic import write_atomic
+from cpn_dist.data.voc import NUM_CLASSES, NUM_FOREGROUND
 from cpn_dist.errors import CpnError
 
 
@@ -39,11 +40,15 @@ def normalise_released(total: np.ndarray) -> np.ndarray:
 def save_cams(path: str | Path, cams: dict) -> None:
     """Write a CAM dict with ``np.save`` atomically (a temporary file renamed into place)."""
     path = Path(path)
+    # a unique temporary name (mkstemp), removed when the write fails
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
+
+    def write(_: Path) -> None:
         with os.fdopen(fd, "wb") as f:
             np.save(f, cams, allow_pickle=True)
-        os.replace(tmp, path)
+
+    try:
+        write_atomic(path, write, Path(tmp))
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -66,8 +71,8 @@ def load_cams(path: str | Path) -> dict[int, np.ndarray]:
     cams: dict[int, np.ndarray] = {}
     shape = None
     for key, value in obj.items():
-        if not isinstance(key, (int, np.integer)) or not 0 <= int(key) < NUM_CLASSES:
-            raise CpnError(f"{path}: CAM key {key!r} is not a class index 0..{NUM_CLASSES - 1}")
+        if not isinstance(key, (int, np.integer)) or not 0 <= int(key) < NUM_FOREGROUND:
+            raise CpnError(f"{path}: CAM key {key!r} is not a class index 0..{NUM_FOREGROUND - 1}")
         arr = np.asarray(value)
         if arr.ndim != 2 or (shape is not None and arr.shape != shape):
             raise CpnError(f"{path}: CAM of class {key} has shape {arr.shape}, expected one H×W shape for all")
@@ -91,7 +96,7 @@ def foreground_max(cams: dict[int, np.ndarray], shape: tuple[int, int]) -> tuple
     else:
         score = np.full(shape, -np.inf, dtype=np.float32)
         cls = np.zeros(shape, dtype=np.uint8)
-    unlabelled = [c for c in range(NUM_CLASSES) if c not in cams]
+    unlabelled = [c for c in range(NUM_FOREGROUND) if c not in cams]
     if unlabelled:
         # An unlabelled channel holds 0: it takes over where every labelled score is < 0, and on
         # a tie at 0 the lower class index of the two wins.
@@ -154,7 +159,7 @@ def class_map(cams: dict[int, np.ndarray], beta: float | None, shape: tuple[int,
 def released_class_map(cams: dict[int, np.ndarray], beta: float, shape: tuple[int, int]) -> np.ndarray:
     """The released evaluator's computation, literally: a zero 21×H×W float32 tensor, β in channel 0,
     CAMs in channels key+1, ``np.argmax``. Slow; kept as the reference that tests compare against."""
-    tensor = np.zeros((NUM_CLASSES + 1, *shape), np.float32)
+    tensor = np.zeros((NUM_CLASSES, *shape), np.float32)
     for key, value in cams.items():
         tensor[key + 1] = value
     tensor[0] = beta

@@ -2,7 +2,7 @@
 
 Definitions are those of the released ``evaluation_cam.py``: pixels whose ground truth is 255 are
 ignored; at background score β a pixel is background when β ≥ every foreground score (see
-:mod:`cpn_dist.cams`); per class, IoU = TP / (T + P − TP + 1e-10) and mIoU is the mean over all 21
+:mod:`cpn_dist.labels.cams`); per class, IoU = TP / (T + P − TP + 1e-10) and mIoU is the mean over all 21
 classes (a class absent from both prediction and ground truth scores 0, as there).
 
 The released evaluator re-reads every file once per β. Here each image is read once: the
@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cpn_dist.cams import foreground_max, load_cams, released_class_map
 from cpn_dist.data.voc import CLASSES, IGNORE, NUM_CLASSES, read_label_png
 from cpn_dist.errors import CpnError
+from cpn_dist.labels.cams import foreground_max, load_cams, released_class_map
 
 log = logging.getLogger(__name__)
 
-N_LABELS = NUM_CLASSES + 1  # background + 20 classes
+N_LABELS = NUM_CLASSES  # background + 20 classes
 GT_ROWS = IGNORE  # ground-truth values 0..254 are scored (255 is ignored); only 0..20 are classes
 CATEGORIES = ("background", *CLASSES)
 

@@ -15,14 +15,14 @@ with few classes the threshold is often 0 (whose elements have zero gradient thr
 
 Global (``ohem_scope: batch``) selection over ``world_size × accumulation`` chunks of a global batch:
 
-1. each rank, for each of its micro-steps, computes :func:`cpn_dist.losses.ohem_candidates` (a
+1. each rank, for each of its micro-steps, computes :func:`cpn_dist.cpn.loss.ohem_candidates` (a
    no-grad pass when accumulating; the grad pass's outputs when not): a detached float32 copy of the
    CPCR elements, 2 × N·21·H·W values per micro-step;
 2. :func:`global_ohem_selection` finds the exact k-th largest value of the whole global batch with
    a radix select on the float bit patterns: two ``all_reduce``\\ s of 65,536-bin histograms (16 bits
    of the key each, every CPCR term at once), whatever the batch size — no approximation, no all-gather. It runs
    on the device without a host sync and brings the result to the host in one transfer at the end;
-3. each micro-step's :func:`cpn_dist.losses.cpn_loss` call takes the selection (``ohem=``) and
+3. each micro-step's :func:`cpn_dist.cpn.loss.cpn_loss` call takes the selection (``ohem=``) and
    returns its *chunk estimate* ``chunks × (sum of its selected elements) / k``.
 
 The mean of the chunk estimates over the ``chunks`` chunks equals the full-batch OHEM loss, so the

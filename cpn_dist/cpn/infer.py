@@ -8,7 +8,7 @@ Per image (original size H×W, image-level labels y):
 2. the network's refined CAM (or the raw CAM), channels 1..20, already at the input size, is
    resized to H×W (bilinear, align_corners=False), multiplied by y, and un-flipped;
 3. the 2·|scales| maps are summed in float32 in the released order (s₁, s₁ flipped, s₂, …);
-4. :func:`cpn_dist.cams.normalise_released` (negatives → 0, min/max with the 1e-5 epsilons, arg-min
+4. :func:`cpn_dist.labels.cams.normalise_released` (negatives → 0, min/max with the 1e-5 epsilons, arg-min
    pixels negative, halved); only labelled classes are kept.
 
 Unlike the released script (whose thread pool silently keeps the first 12 inputs), every scale is
@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cpn_dist.cams import save_cams
 from cpn_dist.data.inputs import Sample
 from cpn_dist.devices import autocast, to_device
+from cpn_dist.labels.cams import save_cams
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def sum_cams(pending: _Pending, settings: InferSettings) -> torch.Tensor:
 
 
 def normalise_released_torch(total: torch.Tensor) -> torch.Tensor:
-    """:func:`cpn_dist.cams.normalise_released` in torch (on any device), bit-identical in float32."""
+    """:func:`cpn_dist.labels.cams.normalise_released` in torch (on any device), bit-identical in float32."""
     x = total.float().clamp_min(0)
     high = x.amax(dim=(-2, -1), keepdim=True)
     low = x.amin(dim=(-2, -1), keepdim=True)
@@ -167,7 +167,7 @@ def _irn(sample, classes: list[int], total: np.ndarray | None) -> dict:
     return {"keys": np.asarray(classes, dtype=np.int64), "cam": norm(strided), "high_res": norm(t)}
 
 
-def _prefetch(fn: Callable, items: Iterable, workers: int, depth: int) -> Iterator:
+def prefetch(fn: Callable, items: Iterable, workers: int, depth: int) -> Iterator:
     """``map(fn, items)`` on a thread pool, in order, with at most ``depth`` results in flight."""
     if workers <= 0:
         yield from map(fn, items)
@@ -197,7 +197,7 @@ def infer_samples(model: torch.nn.Module, samples: Iterable[Sample], out_dir: st
         (out_dir / "raw").mkdir(exist_ok=True)
     model.eval()
     written: list[str] = []
-    prepared = _prefetch(lambda s: _prepare(s, settings), samples, loader_threads, depth=2 * images_per_step)
+    prepared = prefetch(lambda s: _prepare(s, settings), samples, loader_threads, depth=2 * images_per_step)
     step: list[_Pending] = []
     for pending in prepared:
         step.append(pending)
@@ -239,7 +239,7 @@ def _run_step(model, step: list[_Pending], settings: InferSettings, device, out_
             on_image(p.sample.name)
 
 
-if __name__ == "__main__":  # `accelerate launch -m cpn_dist.infer ...` runs the `cpn infer` command
+if __name__ == "__main__":  # `accelerate launch -m cpn_dist.cpn.infer ...` runs the `cpn infer` command
     from cpn_dist.cli import main
 
     sys.exit(main(["infer", *sys.argv[1:]]))

@@ -5,7 +5,7 @@ small, perfectly discriminative part), 0 = neither, 255 = void. For CAM files in
 format and a background score β, per part (pixel counts summed over all images, void ignored):
 
 * **recall** = pixels of that part whose class map at β (the released evaluator's rule,
-  :func:`cpn_dist.cams.class_map`) is the object's class, over the part's pixels;
+  :func:`cpn_dist.labels.cams.class_map`) is the object's class, over the part's pixels;
 * **magnitude** = mean over the part's pixels of the CAM of the object's class, relative to that
   CAM's peak: ``clip(2 × CAM, 0, 1)`` (released CAMs peak at 0.5; a class missing from a file
   scores 0).
@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from cpn_dist.cams import class_map, load_cams
 from cpn_dist.data.synth import PART_FOLDER
 from cpn_dist.data.synth_parts import PART_BODY, PART_MARKER
 from cpn_dist.data.voc import IGNORE, read_label_png
 from cpn_dist.errors import CpnError
+from cpn_dist.labels.cams import class_map, load_cams
 
 PARTS = {"body": PART_BODY, "marker": PART_MARKER}
 
@@ -114,7 +114,7 @@ MARKER_RING = 2  # body pixels this close to the marker carry its colour (JPEG c
 def _patch_ids(rgb: np.ndarray, size: int, patch, rng: np.random.Generator) -> tuple[np.ndarray, int]:
     """Patch ids of an image placed top-left on a size×size canvas (padding = id n, as the loader)."""
     from cpn_dist.data.cp_pair import grid_ids
-    from cpn_dist.data.pack import superpixels
+    from cpn_dist.data.pack_sample import superpixels
 
     h, w = rgb.shape[:2]
     if patch.kind == "superpixel":
@@ -140,9 +140,9 @@ def premise_share(model, voc_root: str | Path, names: Sequence[str], patch, mean
     ``(seed, image index)``; no other augmentation."""
     import torch
 
+    from cpn_dist.cpn.infer import normalise_image
     from cpn_dist.data.cp_pair import hidden_patches, visible_mask
     from cpn_dist.data.inputs import read_image
-    from cpn_dist.infer import normalise_image
 
     voc_root = Path(voc_root)
     part_dir = voc_root / PART_FOLDER

@@ -4,7 +4,7 @@ CAM-derived class probabilities.
 The probabilities of an image come from its CAM dict and a background score: the scores
 ``[bg, CAM_c for each labelled class c]`` (floored at a small positive value, since released CAMs
 reach −0.5) divided by their per-pixel sum, where bg is a constant β or AffinityNet's
-``(1 − max_c CAM_c)^α`` (see :func:`cpn_dist.cams.background_score`). PSA hands the unnormalised
+``(1 − max_c CAM_c)^α`` (see :func:`cpn_dist.labels.cams.background_score`). PSA hands the unnormalised
 scores to the CRF; dividing by the per-pixel sum adds the same constant to every label's unary at a
 pixel, which leaves the CRF's posterior unchanged. Only the image's labelled classes and the background
 take part, as in AffinityNet/PSA. The default pairwise terms are the ones AffinityNet (PSA) uses for
@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from cpn_dist.cams import background_score
-from cpn_dist.crf_params import CrfParams
 from cpn_dist.errors import CpnError
+from cpn_dist.labels.cams import background_score
+from cpn_dist.labels.crf_params import CrfParams
 
 __all__ = ["CrfParams", "cam_probabilities", "crf_dict", "crf_probabilities", "dense_crf", "to_label_map"]
 

@@ -1,0 +1,239 @@
+"""The steps of the demo (:mod:`cpn_dist.demo.run`), each skipped on a re-run when its output is complete:
+the data, the shared start of every model, training, CAM inference, scoring, the comparison figure."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from cpn_dist.atomic import write_atomic
+from cpn_dist.demo.settings import DemoSettings, ModelScores
+from cpn_dist.errors import CpnError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoData:
+    """Where the demo's data lives: the VOC folder, its packed training split, and whether it has part maps."""
+
+    voc: Path
+    shards: Path
+    split: str  # the packed training split: train_aug, or train when the folder lists no train_aug
+    task: str | None  # the synthetic task, None for a user's folder
+
+    @property
+    def has_parts(self) -> bool:
+        from cpn_dist.data.synth import PART_FOLDER
+
+        return (self.voc / PART_FOLDER).is_dir()
+
+    def overrides(self, settings: DemoSettings) -> tuple[str, ...]:
+        """The run-config overrides that point training at these shards."""
+        return (f"data.shards={self.shards}", f"data.split={self.split}", f"data.patch.segments={settings.segments}")
+
+
+def make_data(out: Path, settings: DemoSettings, overwrite: bool = False,
+              voc_root: str | Path | None = None) -> DemoData:  # fmt: skip
+    """Step 1: the VOC folder — ``settings.task`` synthesised into ``out/VOC2012``, or ``voc_root`` as it
+    is — and its training split packed into ``out/shards``."""
+    from cpn_dist.data.pack import pack_split
+    from cpn_dist.data.shards import META_NAME
+    from cpn_dist.data.synth import synthesize_voc
+
+    shards, stamp = out / "shards", out / ".data.json"
+    if voc_root is None:
+        voc = out / "VOC2012"
+        wanted = {"images": settings.images, "size": settings.size, "seed": settings.data_seed,
+                  "segments": settings.segments, "task": settings.task}  # fmt: skip
+    else:
+        voc = Path(voc_root).resolve()
+        lists = voc / "ImageSets" / "Segmentation"
+        for needed in ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets/Segmentation"):
+            if not (voc / needed).is_dir():
+                raise CpnError(f"--voc-root {voc}: no {needed}/ (a VOC 2012 layout folder is needed)")
+        if not (lists / "train.txt").is_file():
+            raise CpnError(f"--voc-root {voc}: no ImageSets/Segmentation/train.txt (the split the CAMs are scored on)")
+        wanted = {"voc_root": str(voc), "segments": settings.segments}
+    listed = (voc / "ImageSets" / "Segmentation" / "train_aug.txt").is_file()
+    data = DemoData(voc, shards, "train_aug" if voc_root is None or listed else "train",
+                    settings.task if voc_root is None else None)  # fmt: skip
+    if not overwrite and stamp.is_file() and json.loads(stamp.read_text()) == wanted and (shards / META_NAME).is_file():
+        log.info("data: %s and %s are complete", voc, shards)
+        return data
+    if voc_root is None:
+        synthesize_voc(voc, settings.images, size=settings.size, seed=settings.data_seed, workers=2,
+                       overwrite=True, task=settings.task)  # fmt: skip
+    pack_split(voc, data.split, shards, segments=(settings.segments,), workers=2, overwrite=True)
+    stamp.write_text(json.dumps(wanted) + "\n")
+    return data
+
+
+def initial_weights(path: Path, config: str | Path, overrides: Sequence[str], batches: int = 8,
+                    overwrite: bool = False) -> Path:  # fmt: skip
+    """Step 2a: data-dependent initial weights of the tiny model, written to ``path``.
+
+    The tiny backbone's BatchNorms are frozen (as the released code freezes ResNet38's ImageNet
+    statistics) but here they hold their initial values — identity maps — so with PyTorch's default
+    init each block shrinks the signal ~2.5× (the CAM starts near 1e-3) and SGD sits at the label
+    prior for hundreds of steps. These weights are the seeded random init (``train.seed``) with every
+    BatchNorm's running mean and variance measured on ``batches`` micro-batches of training crops:
+    still nothing learnt, but each block's input normalised, as a pre-trained backbone's would be."""
+    import torch
+    from torch import nn
+
+    from cpn_dist.config import load_config
+    from cpn_dist.cpn.model import build_model
+    from cpn_dist.data import build_train_loader
+
+    if path.is_file() and not overwrite:
+        return path
+    cfg = load_config(config, list(overrides))
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model.backbone, "paper", dropout=0.0)
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # a cumulative average over the calibration batches
+        bn.train()
+    loader, _ = build_train_loader(cfg.data, micro_size=cfg.batch.micro_size, global_size=cfg.batch.micro_size,
+                                   rank=0, world_size=1, seed=cfg.train.seed, epoch=0)  # fmt: skip
+    with torch.no_grad():
+        for i, batch in enumerate(loader):
+            if i == batches:
+                break
+            model.backbone(batch["image"])
+    for bn in norms:
+        bn.momentum = 0.1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda tmp: torch.save(model.state_dict(), tmp), path.with_suffix(".tmp"))
+    return path
+
+
+def warm_up(out_dir: Path, config: str | Path, overrides: Sequence[str], epochs: int,
+            overwrite: bool = False) -> Path:  # fmt: skip
+    """Step 2b: the shared start of every model — the plain CAM (L_cls on I, no head) trained for
+    ``epochs`` from the initial weights. It plays the part of the paper's ImageNet initialisation (every
+    model of Tables 1-4 starts from the same classifier), learnt here from the same images and
+    image-level labels only. CPN's TCP and CPCR terms act on max-normalised CAMs, whose gradient
+    scales as 1 / (CAM range): from a random start, with CAMs near zero, they dominate L_cls and the
+    CAM collapses (every logit negative, every map zero)."""
+    return train_model(config, (*overrides, "loss.recipe=cam", "model.head=none", f"train.epochs={epochs}"),
+                       out_dir, overwrite)  # fmt: skip
+
+
+def train_model(config: str | Path, overrides: Sequence[str], out_dir: Path, overwrite: bool = False) -> Path:
+    """Step 3: train one model with :func:`cpn_dist.train.train` (``output.dir`` = ``out_dir``); returns
+    its final weights. A finished run (``model_final.pth`` present) is kept unless ``overwrite``."""
+    import shutil
+
+    from cpn_dist.config import load_config
+    from cpn_dist.train import train
+
+    final = out_dir / "model_final.pth"
+    if final.is_file() and not overwrite:
+        log.info("train: %s exists", final)
+        return final
+    if overwrite and out_dir.exists():
+        shutil.rmtree(out_dir)
+    cfg = load_config(config, [*overrides, f"output.dir={out_dir}"])
+    return train(cfg)
+
+
+def infer_cams(weights: Path, config: str | Path, overrides: Sequence[str], voc: Path, names: Sequence[str],
+               out_dir: Path, settings: DemoSettings, overwrite: bool = False,
+               use: str = "refined") -> Path:  # fmt: skip
+    """Step 4: multi-scale + flip CAM files (released format) of ``names``; refined CAMs for a model
+    with a head (``use="cam"``: its raw CAMs), raw CAMs for ``head: none``. Images whose file exists are
+    skipped unless ``overwrite``."""
+    import torch
+
+    from cpn_dist.config import load_config
+    from cpn_dist.cpn.infer import InferSettings, infer_samples
+    from cpn_dist.cpn.model import build_model
+    from cpn_dist.data.inputs import VocSource
+    from cpn_dist.models import load_weights
+
+    cfg = load_config(config, list(overrides))
+    done = set() if overwrite or not out_dir.is_dir() else {p.stem for p in out_dir.glob("*.npy")}
+    todo = [n for n in names if n not in done]
+    if not todo:
+        return out_dir
+    model = build_model(cfg.model.backbone, cfg.model.head, dropout=0.0)
+    load_weights(model, weights)
+    infer = InferSettings(scales=settings.scales, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std), use=use)
+    with torch.inference_mode():
+        infer_samples(model, VocSource(voc, todo).samples(), out_dir, infer, loader_threads=0)
+    return out_dir
+
+
+def score_cams(name: str, cams: Path, voc: Path, names: Sequence[str], betas: Sequence[float]) -> ModelScores:
+    """Step 5: the β sweep over ``betas`` and, where ``voc`` has part maps, the part scores at the best β."""
+    from cpn_dist.data.synth import PART_FOLDER
+    from cpn_dist.demo.parts import part_scores
+    from cpn_dist.labels.evaluate import GroundTruth, sweep
+
+    result = sweep(cams, GroundTruth(voc / "SegmentationClass"), list(names), list(betas))
+    best = result.summary()
+    scores = ModelScores(name=name, best_beta=float(best["beta"]), miou=best["miou"], foreground=best["foreground"],
+                         background=best["background"], betas=[float(b) for b in result.betas],
+                         curve=[float(m) for m in result.miou])  # fmt: skip
+    if not (voc / PART_FOLDER).is_dir():
+        return scores
+    parts = part_scores(cams, voc, names, best["beta"])
+    return replace(scores, body_recall=parts.recall["body"], marker_recall=parts.recall["marker"],
+                   body_magnitude=parts.magnitude["body"], marker_magnitude=parts.magnitude["marker"])  # fmt: skip
+
+
+def premise(weights: Path | str, config: str | Path, overrides: Sequence[str], voc: Path, names: Sequence[str],
+            kinds: Sequence[str] = ("superpixel", "grid")) -> dict[str, dict]:
+    """CPN's premise (:func:`cpn_dist.demo.parts.premise_share`) of a model's raw CAM, per patch kind: how often
+    the marker-less branch of a CP pair still finds the object."""
+    from cpn_dist.config import load_config
+    from cpn_dist.cpn.model import build_model
+    from cpn_dist.data.cp_pair import PatchParams
+    from cpn_dist.demo.parts import premise_share
+    from cpn_dist.models import load_weights
+
+    cfg = load_config(config, list(overrides))
+    model = build_model(cfg.model.backbone, "none", dropout=0.0)  # the raw CAM is all the premise needs
+    load_weights(model, weights)
+    patch = PatchParams.from_config(cfg.data.patch)
+    return {kind: premise_share(model, voc, names, replace(patch, kind=kind), cfg.data.mean, cfg.data.std).to_json()
+            for kind in kinds}  # fmt: skip
+
+
+def comparison_figure(voc: Path, cams: dict[str, Path], names: Sequence[str], path: Path) -> Path:
+    """Step 6: one row per image — the image, its ground truth, then each model's CAM of the image's
+    classes (their per-pixel maximum) blended over the image."""
+    from cpn_dist.data.inputs import read_image
+    from cpn_dist.data.voc import read_label_png
+    from cpn_dist.demo.show import colour_labels, heat, pyplot
+    from cpn_dist.labels.cams import load_cams
+
+    plt = pyplot()
+    cols = 2 + len(cams)
+    fig, axes = plt.subplots(len(names), cols, figsize=(2.2 * cols, 2.0 * len(names)), dpi=100, squeeze=False)
+    for row, name in enumerate(names):
+        image = np.asarray(read_image(voc / "JPEGImages" / f"{name}.jpg"))
+        panels = [("image", image), ("ground truth", colour_labels(read_label_png(voc / "SegmentationClass"
+                                                                                   / f"{name}.png")))]  # fmt: skip
+        for model, folder in cams.items():
+            maps = load_cams(folder / f"{name}.npy")
+            cam = np.max(np.stack(list(maps.values())), axis=0) if maps else np.zeros(image.shape[:2], np.float32)
+            panels.append((f"{model} CAM", (0.45 * image + 0.55 * heat(cam)).astype(np.uint8)))
+        for ax, (title, picture) in zip(axes[row], panels):
+            ax.imshow(picture)
+            ax.axis("off")
+            if row == 0:
+                ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
