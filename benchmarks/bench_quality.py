@@ -200,6 +200,27 @@ def table(summary: dict[str, dict], title: str) -> Table:
     return t
 
 
+def markdown(summary: dict[str, dict]) -> str:
+    """The summary as a markdown table (what BENCHMARKS.md shows): mean ± std over seeds, per-seed Δ."""
+
+    def pm(e, key, scale=100.0, digits=1):
+        v = e[key]
+        return "—" if v is None else f"{v['mean'] * scale:.{digits}f} ± {v['std'] * scale:.{digits}f}"
+
+    lines = ["| variant | seeds | mIoU % | Δ mIoU vs baseline, per seed | raw CAM mIoU % | best β | body recall % | "
+             "marker recall % | premise % | OHEM drops ≠ 0 | image independence |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for label, e in summary.items():
+        deltas = " / ".join(f"{d * 100:+.1f}" for d in e["delta_miou"]) if not label.startswith("baseline") else "—"
+        betas = f"{e['best_beta']['min']:.3f}–{e['best_beta']['max']:.3f}"
+        drops = "—" if e["ohem_discards"] is None else f"{e['ohem_discards']['mean'] * 100:.0f} % of steps"
+        seeds = ", ".join(map(str, e["seeds"]))
+        lines.append(f"| {label} | {seeds} | {pm(e, 'miou')} | {deltas} | {pm(e, 'raw_miou')} | {betas} | "
+                     f"{pm(e, 'body_recall')} | {pm(e, 'marker_recall')} | {pm(e, 'premise', 100, 0)} | {drops} | "
+                     f"{pm(e, 'image_independence', 1, 2)} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbone", choices=list(CONFIGS), default="tiny")
@@ -250,6 +271,7 @@ def main() -> int:
                               f"{row['body_recall'] * 100:.1f} %, marker {row['marker_recall'] * 100:.1f} %, premise "
                               f"{row['premise'] * 100:.0f} % ({row['total_s']:.0f} s)")  # fmt: skip
     rows = [with_image_independence(out, r, names) for r in rows]
+    rows.sort(key=lambda r: (list(VARIANTS).index(r["variant"]), r["kind"] or "", r["seed"]))  # Table 2's order
     summary = summarise(rows)
     console.print(table(summary, f"{args.task}, {args.backbone}, {len(args.seeds)} seed(s): mean ± std over seeds"))
     for seed, found in starts.items():
@@ -269,7 +291,8 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"bench_quality_{args.task}_{args.backbone}.json"
     path.write_text(json.dumps(record, indent=1, default=str) + "\n")
-    console.print(f"written {path}")
+    path.with_suffix(".md").write_text(markdown(summary))
+    console.print(f"written {path} and {path.with_suffix('.md').name}")
     return 0
 
 

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from cpn_dist.cli import add_command, console
-from cpn_dist.cli.inference import cpu_only, infer_source, parse_scales
+from cpn_dist.cli.inference import (
+    check_found,
+    cpu_only,
+    infer_source,
+    parse_scales,
+    per_process,
+    run_share,  # fmt: skip
+)
 from cpn_dist.errors import CpnError
 
 
@@ -68,7 +73,6 @@ def _model(args, device):
 
 def _run(args) -> int:
     from accelerate import PartialState
-    from accelerate.utils import gather_object
 
     from cpn_dist.cpn.infer import InferSettings, infer_samples
 
@@ -95,30 +99,14 @@ def _run(args) -> int:
     if getattr(source, "names", None) is not None:
         mine = source.names[rank::world]
         total = sum(1 for n in mine if n not in done)
-    with Progress(
-        TextColumn(f"infer (process {rank + 1}/{world})" if world > 1 else "infer"), BarColumn(),
-        MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True, disable=not (console.is_terminal and state.is_main_process),
-    ) as progress:  # fmt: skip
-        task = progress.add_task("images", total=total)
-        samples = source.samples(rank=rank, world=world, skip=done, image=True, labels=True)
-        written = infer_samples(
-            model, samples, out, settings, device=state.device, images_per_step=args.images_per_step,
-            loader_threads=args.loader_threads, on_image=lambda _: progress.advance(task),
-        )  # fmt: skip
-
-    everyone = gather_object([(rank, name) for name in written]) if world > 1 else [(0, n) for n in written]
+    everyone = run_share(state, "infer", total, lambda on_image: infer_samples(
+        model, source.samples(rank=rank, world=world, skip=done, image=True, labels=True), out, settings,
+        device=state.device, images_per_step=args.images_per_step, loader_threads=args.loader_threads,
+        on_image=on_image))  # fmt: skip
     if state.is_main_process:
         names = [n for _, n in everyone]
-        if len(set(names)) != len(names):  # pragma: no cover - would be a slicing bug
-            raise RuntimeError("an image was written by more than one process")
         wanted = getattr(source, "names", None)
-        missing = sorted(set(wanted) - set(names) - done) if wanted is not None else []
-        if missing:
-            raise CpnError(f"{args.shards or args.voc_root}: {len(missing)} listed image(s) not found, "
-                           f"e.g. '{missing[0]}'")  # fmt: skip
-        per_rank = [sum(1 for r, _ in everyone if r == k) for k in range(world)]
-        split = f" (per process: {', '.join(map(str, per_rank))})" if world > 1 else ""
-        console.print(f"wrote {len(names)} CAM files to [bold]{out}[/]{split}")
+        check_found(str(args.shards or args.voc_root), sorted(set(wanted) - set(names) - done) if wanted else [])
+        console.print(f"wrote {len(names)} CAM files to [bold]{out}[/]{per_process(everyone, world)}")
     state.wait_for_everyone()
     return 0

@@ -1,8 +1,15 @@
 """What the commands that run a model on images share (``cpn infer``, ``cpn rw``, ``cpn segment``): the
-images to run on, the test scales, and whether to run on the CPU. Imports no torch until called."""
+images to run on, the test scales, whether to run on the CPU, and the distributed driver (each process
+runs its share with a progress bar; the main process gathers who wrote what). Imports no torch until
+called."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cpn_dist.cli import console
 from cpn_dist.errors import CpnError
 
 
@@ -44,3 +51,37 @@ def cpu_only() -> bool:
     import torch
 
     return os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
+
+
+def run_share(state, label: str, total: int | None, work: Callable[[Callable], Iterable[str]]) -> list[tuple[int, str]]:
+    """Runs ``work(on_image)`` — this process's share of the images — under a progress bar (the main
+    process's, on a terminal), then gathers every process's written image names as (rank, name) pairs,
+    in rank order on every process. An image written by two processes is a slicing bug and raises."""
+    from accelerate.utils import gather_object
+
+    rank, world = state.process_index, state.num_processes
+    with Progress(
+        TextColumn(f"{label} (process {rank + 1}/{world})" if world > 1 else label), BarColumn(),
+        MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True, disable=not (console.is_terminal and state.is_main_process),
+    ) as progress:  # fmt: skip
+        task = progress.add_task("images", total=total)
+        written = list(work(lambda _: progress.advance(task)))
+    everyone = gather_object([(rank, name) for name in written]) if world > 1 else [(0, n) for n in written]
+    names = [n for _, n in everyone]
+    if len(set(names)) != len(names):  # pragma: no cover - would be a slicing bug
+        raise RuntimeError(f"{label}: an image was written by more than one process")
+    return everyone
+
+
+def check_found(where: str, missing: list[str]) -> None:
+    """One line naming how many listed images the input did not have."""
+    if missing:
+        raise CpnError(f"{where}: {len(missing)} listed image(s) not found, e.g. '{missing[0]}'")
+
+
+def per_process(everyone: list[tuple[int, str]], world: int) -> str:
+    """`` (per process: a, b, …)`` for a multi-process run, else nothing."""
+    if world == 1:
+        return ""
+    return f" (per process: {', '.join(str(sum(1 for r, _ in everyone if r == k)) for k in range(world))})"

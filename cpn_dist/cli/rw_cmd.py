@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from cpn_dist.cli import add_command, console
 from cpn_dist.cli.affinity_cmd import add_image_source_arguments, image_source, stage2_names
 from cpn_dist.errors import CpnError
@@ -64,7 +62,7 @@ def _run(args) -> int:
 
     from cpn_dist.affinity.model import build_affinity_model
     from cpn_dist.affinity.random_walk import walk_samples
-    from cpn_dist.cli.inference import cpu_only
+    from cpn_dist.cli.inference import check_found, cpu_only, per_process, run_share
     from cpn_dist.models.weights import read_weights
     from cpn_dist.weights_config import load_checked, weights_config
 
@@ -95,26 +93,22 @@ def _run(args) -> int:
     state.wait_for_everyone()
     mine = [n for n in names[rank::world] if n not in done]  # each process reads only its share
     source = image_source(args, mine)
-    with Progress(
-        TextColumn(f"rw (process {rank + 1}/{world})" if world > 1 else "rw"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=console, transient=True,
-        disable=not (console.is_terminal and state.is_main_process),
-    ) as progress:  # fmt: skip
-        task = progress.add_task("images", total=len(mine))
-        written = walk_samples(
+    written: list[str] = []
+
+    def work(on_image):
+        written.extend(walk_samples(
             model, source.samples(image=True, labels=False), args.cams, out, params, device=state.device,
             mean=tuple(cfg.data.mean), std=tuple(cfg.data.std), batch_size=batch_size, save_cams_dir=args.save_cams,
-            on_image=lambda _: progress.advance(task),
-        )  # fmt: skip
+            on_image=on_image))  # fmt: skip
+        return written
+
+    everyone = run_share(state, "rw", len(mine), work)
     missing = sorted(set(mine) - set(written))
-    everyone = gather_object([(rank, n) for n in written]) if world > 1 else [(0, n) for n in written]
     lost = gather_object(missing) if world > 1 else missing
     if state.is_main_process:
-        if lost:
-            raise CpnError(f"{args.shards or args.voc_root}: {len(lost)} listed image(s) not found, e.g. '{lost[0]}'")
-        per_rank = [sum(1 for r, _ in everyone if r == k) for k in range(world)]
-        split = f" (per process: {', '.join(map(str, per_rank))})" if world > 1 else ""
+        check_found(str(args.shards or args.voc_root), lost)
         console.print(f"wrote {len(everyone)} random-walk labels (α {params.alpha:g}, β {params.beta:g}, "
-                      f"t = 2^{params.logt}, radius {params.radius}) to [bold]{out}[/]{split}")  # fmt: skip
+                      f"t = 2^{params.logt}, radius {params.radius}) to [bold]{out}[/]"
+                      f"{per_process(everyone, world)}")  # fmt: skip
     state.wait_for_everyone()
     return 0

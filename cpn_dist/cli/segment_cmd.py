@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from cpn_dist.cli import add_command, console
 from cpn_dist.errors import CpnError
 
@@ -78,9 +76,8 @@ def _model(args, cfg, state, meta, device):
 
 def _run(args) -> int:
     from accelerate import PartialState
-    from accelerate.utils import gather_object
 
-    from cpn_dist.cli.inference import cpu_only, infer_source, parse_scales
+    from cpn_dist.cli.inference import check_found, cpu_only, infer_source, parse_scales, per_process, run_share
     from cpn_dist.segmentation.infer import segment_samples, segment_settings
 
     if args.batch_size < 1 or args.images_per_step < 1 or args.crf_workers < 0:
@@ -110,31 +107,15 @@ def _run(args) -> int:
     state.wait_for_everyone()
 
     total = sum(1 for n in names[rank::world] if n not in done) if names is not None else None
-    with Progress(
-        TextColumn(f"segment (process {rank + 1}/{world})" if world > 1 else "segment"), BarColumn(),
-        MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True, disable=not (console.is_terminal and state.is_main_process),
-    ) as progress:  # fmt: skip
-        task = progress.add_task("images", total=total)
-        samples = source.samples(rank=rank, world=world, skip=done, image=True, labels=False)
-        written = segment_samples(
-            model, samples, outputs, settings, device=state.device, images_per_step=args.images_per_step,
-            loader_threads=args.loader_threads, crf_workers=args.crf_workers,
-            on_image=lambda _: progress.advance(task),
-        )  # fmt: skip
-
-    everyone = gather_object([(rank, name) for name in written]) if world > 1 else [(0, n) for n in written]
+    everyone = run_share(state, "segment", total, lambda on_image: segment_samples(
+        model, source.samples(rank=rank, world=world, skip=done, image=True, labels=False), outputs, settings,
+        device=state.device, images_per_step=args.images_per_step, loader_threads=args.loader_threads,
+        crf_workers=args.crf_workers, on_image=on_image))  # fmt: skip
     if state.is_main_process:
         got = [n for _, n in everyone]
-        if len(set(got)) != len(got):  # pragma: no cover - would be a slicing bug
-            raise RuntimeError("an image was segmented by more than one process")
         missing = sorted(set(names) - set(got) - done) if names is not None else []
-        if missing:
-            raise CpnError(f"{args.shards or args.voc_root}: {len(missing)} listed image(s) not found, "
-                           f"e.g. '{missing[0]}'")  # fmt: skip
-        per_rank = [sum(1 for r, _ in everyone if r == k) for k in range(world)]
-        split = f" (per process: {', '.join(map(str, per_rank))})" if world > 1 else ""
+        check_found(str(args.shards or args.voc_root), missing)
         where = ", ".join(str(d) for d in (outputs.labels, outputs.crf, outputs.final_dir()) if d is not None)
-        console.print(f"segmented {len(got)} images into [bold]{where}[/]{split}")
+        console.print(f"segmented {len(got)} images into [bold]{where}[/]{per_process(everyone, world)}")
     state.wait_for_everyone()
     return 0
