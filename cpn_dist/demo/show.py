@@ -15,6 +15,18 @@ from cpn_dist.data.voc import CLASSES, PALETTE
 log = logging.getLogger(__name__)
 
 
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Lays out ``fig``, writes it to ``path`` (its folder made) and closes it."""
+    plt = pyplot()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def pyplot():
     import matplotlib
 
@@ -40,12 +52,7 @@ def sweep_plot(betas: Sequence[float], miou: Sequence[float], path: str | Path, 
     ax.set_ylabel("mIoU (%)")
     ax.set_title(title or "mIoU against β")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def colour_labels(label: np.ndarray) -> np.ndarray:
@@ -91,9 +98,4 @@ def image_grid(rows: Sequence[GridRow], path: str | Path, max_cams: int = 3) -> 
             if picture is not None:
                 ax.imshow(picture)
                 ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
