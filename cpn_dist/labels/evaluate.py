@@ -280,15 +280,20 @@ class SweepResult:
         }
 
 
+def _inputs(folder, gt, names: Sequence[str], what: str):
+    """The folder as a Path and the ground truth opened, or one line saying what is missing."""
+    if not names:
+        raise CpnError("the image list is empty")
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CpnError(f"{folder}: {what} not found")
+    return folder, gt if isinstance(gt, (GroundTruth, ShardGroundTruth)) else ground_truth(gt)
+
+
 def sweep(cams_dir: str | Path, gt: GroundTruth | ShardGroundTruth | str | Path, names: Sequence[str],
           betas: Sequence[float], workers: int = 1, on_images: Callable[[int], None] | None = None) -> SweepResult:
     """Confusion matrices, IoU and mIoU of the CAMs in ``cams_dir`` at every β, in one pass."""
-    if not names:
-        raise CpnError("the image list is empty")
-    cams_dir = Path(cams_dir)
-    if not cams_dir.is_dir():
-        raise CpnError(f"{cams_dir}: CAM folder not found")
-    gt = gt if isinstance(gt, (GroundTruth, ShardGroundTruth)) else ground_truth(gt)
+    cams_dir, gt = _inputs(cams_dir, gt, names, "CAM folder")
     b32 = np.asarray(betas, dtype=np.float64).astype(np.float32)  # the released stores β in float32
     sorted_betas, inverse = np.unique(b32, return_inverse=True)
     chunks = _chunks(names, workers, predictions=str(cams_dir), kind="cams", gt=gt, sorted_betas=sorted_betas)
@@ -301,12 +306,7 @@ def sweep(cams_dir: str | Path, gt: GroundTruth | ShardGroundTruth | str | Path,
 def score_labels(labels_dir: str | Path, gt: GroundTruth | ShardGroundTruth | str | Path, names: Sequence[str],
                  workers: int = 1, on_images: Callable[[int], None] | None = None) -> SweepResult:
     """Scores of a folder of label PNGs (one "β", recorded as NaN)."""
-    if not names:
-        raise CpnError("the image list is empty")
-    labels_dir = Path(labels_dir)
-    if not labels_dir.is_dir():
-        raise CpnError(f"{labels_dir}: label folder not found")
-    gt = gt if isinstance(gt, (GroundTruth, ShardGroundTruth)) else ground_truth(gt)
+    labels_dir, gt = _inputs(labels_dir, gt, names, "label folder")
     chunks = _chunks(names, workers, predictions=str(labels_dir), kind="labels", gt=gt, sorted_betas=None)
     conf = _count(chunks, workers, on_images, names)
     # columns 21..255 (predictions outside the classes) count in T, never in P or TP
