@@ -1,28 +1,14 @@
 """``cpn pipeline``: every step from a VOC folder to the scored segmentation model, as named steps in
 the spirit of IRN's ``run_sample.py``.
 
-Steps, in order (each one a call into the library, nothing shells out to ``cpn``):
-
-==================  ===========================================================================
-``pack``            :func:`~cpn_dist.data.pack.pack_split` of the training split into shards
-``train_cpn``       stage 1: :func:`cpn_dist.train.train` of the CPN run config
-``cams``            multi-scale + flip CAMs (:func:`cpn_dist.cpn.infer.infer_samples`) of the training
-                    and evaluation images
-``eval_cams``       the β sweep (:func:`cpn_dist.labels.evaluate.sweep`) on the evaluation split → best β
-``pseudo``          CAM pseudo labels of the training images at that β (optionally CRF-refined)
-``affinity_labels`` stage 2: confident fg / bg / ignore labels (:mod:`cpn_dist.affinity.labels`)
-``train_affinity``  AffinityNet: :func:`cpn_dist.train.train` of the affinity run config
-``rw``              the random walk of the CAMs (:func:`cpn_dist.affinity.random_walk.walk_samples`)
-``eval_rw``         score of the RW labels on the evaluation split
-``train_segmentation``  stage 3: DeepLab on the RW labels (the CAM pseudo labels without stage 2)
-``segment``         multi-scale + flip inference and the dense CRF (one pass: the CRF needs the mean
-                    probabilities, too large to keep on disk) on the val and evaluation splits; the
-                    test split, if any, in the VOC test-server layout
-``eval_segmentation``  scores with and without CRF
-==================  ===========================================================================
+The steps, in order, are the rows of :data:`cpn_dist.pipeline_stages.TABLE` (each one a call into the
+library, nothing shells out to ``cpn``): ``pack`` → stage 1 ``train_cpn``, ``cams``, ``eval_cams`` (the β
+sweep → best β), ``pseudo`` → stage 2 (when ``configs.affinity`` is set) ``affinity_labels``,
+``train_affinity``, ``rw``, ``eval_rw`` → stage 3 ``train_segmentation``, ``segment`` (multi-scale + flip
+and the dense CRF), ``eval_segmentation``. :class:`cpn_dist.runner.StepRunner` runs the table.
 
 Resuming: a finished step leaves a stamp ``{work_dir}/steps/NAME.json`` (its scores and the settings and
-inputs it depended on, :mod:`cpn_dist.pipeline_steps`) and is skipped on the next run — unless those
+inputs it depended on, :func:`cpn_dist.pipeline_steps.step_settings`) and is skipped on the next run — unless those
 settings changed since: then it and every later step run again, and the log says which and why. An
 interrupted step resumes where it stopped — training from its latest checkpoint, inference and label
 steps image by image. ``redo`` reruns a step and every step after it (their outputs are overwritten);
@@ -40,7 +26,6 @@ import logging
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -57,21 +42,10 @@ from cpn_dist.pipeline_config import (  # noqa: F401  (the pipeline config's nam
     SplitsConfig,
     load_pipeline_config,
 )
-from cpn_dist.pipeline_stages import LaterSteps
-from cpn_dist.pipeline_steps import (
-    STAGE2,
-    STEPS,
-    PipelineResult,
-    StageScore,
-    StepReport,
-    other_run,
-    read_stamp,
-    stage_score,
-    stale_reasons,
-    step_settings,
-    write_json,
-)
-from cpn_dist.runlock import lock_on_main, share_from_main
+from cpn_dist.pipeline_stages import STAGE2, STEPS, TABLE  # noqa: F401  (STAGE2, STEPS: importable from here)
+from cpn_dist.pipeline_steps import PipelineResult, StageScore, other_run, stage_score, step_settings
+from cpn_dist.runlock import lock_on_main
+from cpn_dist.runner import StepRunner, write_json
 from cpn_dist.yaml_io import find_config, packaged_config_names
 
 log = logging.getLogger(__name__)
@@ -99,8 +73,9 @@ class _Dist:
         self.state.wait_for_everyone()
 
 
-class Pipeline(LaterSteps):
-    """The steps of one pipeline config; :meth:`run` runs them."""
+class Pipeline:
+    """One pipeline config: its paths and shared pieces, which the steps (:data:`cpn_dist.pipeline_stages.TABLE`)
+    use; :meth:`run` runs them."""
 
     def __init__(self, cfg: PipelineConfig):
         self.cfg = cfg
@@ -164,106 +139,25 @@ class Pipeline(LaterSteps):
             which = "rw" if self.stage2 else "cam"
         return self.work / ("rw" if which == "rw" else "pseudo")
 
-    def _stamp(self, name: str) -> Path:
-        return self.work / "steps" / f"{name}.json"
+    def segment_splits(self) -> list[tuple[str, bool]]:
+        """(split, has ground truth) of the segment step: val, the evaluation split, and test."""
+        splits = [(self.cfg.splits.val, True)]
+        if self.cfg.splits.eval != self.cfg.splits.val:
+            splits.append((self.cfg.splits.eval, True))
+        if self.cfg.splits.test:
+            splits.append((self.cfg.splits.test, False))
+        return splits
 
-    # ---- the loop ------------------------------------------------------------------------------
-    def run(self, only: Sequence[str] | None = None, skip: Sequence[str] = (), redo: str | None = None,
-            on_step: Callable[[str, str], None] | None = None) -> PipelineResult:  # fmt: skip
-        """Run the steps (all, or ``only``) minus ``skip`` and the config's ``skip``; ``redo``: that step
-        and every later one run afresh. ``on_step(name, event)`` hears "start", "ran", "done before",
-        "skipped" and "not configured"."""
-        for name in [*(only or ()), *skip, *([redo] if redo else [])]:
-            if name not in STEPS:
-                raise CpnError(f"unknown step '{name}' (steps: {', '.join(STEPS)})")
-        started = time.perf_counter()
-        self.dist = _Dist()
-        lock = lock_on_main(self.work, "work_dir", self.dist.main, self.dist.world)
-        try:
-            return self._run(only, skip, redo, on_step, started)
-        finally:
-            if lock is not None:
-                lock.release()
+    def best_beta(self) -> float:
+        """The β of the pseudo labels: ``pseudo.beta``, else the best of the ``eval_cams`` sweep."""
+        if self.cfg.pseudo.beta is not None:
+            return self.cfg.pseudo.beta
+        path = self.work / "scores" / "cams.json"
+        if not path.is_file():
+            raise CpnError(f"{path}: no β sweep (run the eval_cams step, or set pseudo.beta)")
+        return float(json.loads(path.read_text())["best"]["beta"])
 
-    def _run(self, only, skip, redo, on_step, started) -> PipelineResult:
-        if self.dist.main:
-            (self.work / "steps").mkdir(parents=True, exist_ok=True)
-        self.dist.barrier()
-        skipped = set(skip) | set(self.cfg.skip)
-        first_redo = STEPS.index(redo) if redo else len(STEPS)
-        tell = on_step or (lambda name, event: None)
-        reports: list[StepReport] = []
-        ids: dict[str, str | None] = {}  # the stamp id of every earlier step: part of each step's settings
-        for index, name in enumerate(STEPS):
-            if name in STAGE2 and not self.stage2:
-                reports.append(StepReport(name, "not configured"))
-                tell(name, "not configured")
-                continue
-            old = read_stamp(self._stamp(name))
-            if (only is not None and name not in only) or name in skipped or self._given(name):
-                ids[name] = (old or {}).get("id")
-                reports.append(StepReport(name, "skipped", scores=self._old_scores(name)))
-                tell(name, "skipped")
-                continue
-            self.overwrite = index >= first_redo
-            settings = {**step_settings(self, name), "after": dict(ids)}
-            if old is not None and not self.overwrite:
-                if "settings" not in old:
-                    log.warning("%s: its stamp records no settings (an older cpn-dist): reused; --redo %s reruns "
-                                "it", name, name)  # fmt: skip
-                    why = []
-                else:
-                    why = stale_reasons(old["settings"], settings)
-                why = share_from_main(why, self.dist.world)  # one decision for every process
-                if not why:
-                    ids[name] = old.get("id")
-                    reports.append(StepReport(name, "done before", scores=self._old_scores(name)))
-                    tell(name, "done before")
-                    continue
-                log.warning("%s: settings changed since it ran (%s): it and every later step run again", name,
-                            "; ".join(why))  # fmt: skip
-                tell(name, "stale: " + "; ".join(why))
-                first_redo, self.overwrite = index, True
-            tell(name, "start")
-            t0 = time.perf_counter()
-            scores = getattr(self, f"step_{name}")() or []
-            self.dist.barrier()
-            seconds = time.perf_counter() - t0
-            ids[name] = share_from_main(uuid.uuid4().hex, self.dist.world)
-            if self.dist.main:
-                write_json(self._stamp(name), {"step": name, "seconds": seconds, "id": ids[name],
-                                               "settings": settings, "scores": [s.to_json() for s in scores]})
-            self.dist.barrier()
-            reports.append(StepReport(name, "ran", seconds, scores))
-            tell(name, "ran")
-        result = PipelineResult(reports, [s for r in reports for s in r.scores], time.perf_counter() - started)
-        if self.dist.main:
-            write_json(self.work / "summary.json", result.to_json())
-        return result
-
-    def _given(self, name: str) -> bool:
-        """A training step whose weights the config gives."""
-        stage = name.removeprefix("train_")
-        return name.startswith("train_") and getattr(self.cfg.weights, stage, None) is not None
-
-    def _old_scores(self, name: str) -> list[StageScore]:
-        stamp = self._stamp(name)
-        if not stamp.is_file():
-            return []
-        return [StageScore(**s) for s in json.loads(stamp.read_text()).get("scores", [])]
-
-    # ---- steps ---------------------------------------------------------------------------------
-    def step_pack(self):
-        if self.dist.main:
-            from cpn_dist.data.pack import pack_split
-
-            patch = self.run_config("cpn").data.patch  # CPN's superpixels must be among those packed
-            segments = set(self.cfg.pack.segments) | ({patch.segments} if patch.kind == "superpixel" else set())
-            pack_split(self.voc, self.cfg.splits.train, self.shards, segments=tuple(sorted(segments)),
-                       shard_size=self.cfg.pack.shard_size, workers=self.cfg.workers,
-                       overwrite=self.overwrite, resume=not self.overwrite)  # fmt: skip
-
-    def _train(self, stage: str) -> None:
+    def train_stage(self, stage: str) -> None:
         """Train ``stage`` into ``work/stage``: resumed from its checkpoints when they are of this config,
         started afresh when they are not (or when the step reruns)."""
         from cpn_dist.train import train
@@ -277,10 +171,7 @@ class Pipeline(LaterSteps):
             return
         train(cfg)
 
-    def step_train_cpn(self):
-        self._train("cpn")
-
-    def _slice(self, names: Sequence[str], done: Callable[[str], bool]):
+    def todo(self, names: Sequence[str], done: Callable[[str], bool]):
         """This process's share of the images not done yet, as samples of the VOC folder."""
         from cpn_dist.data.inputs import VocSource
 
@@ -288,66 +179,8 @@ class Pipeline(LaterSteps):
         self.dist.barrier()  # every process has listed what is done before any of them writes
         return VocSource(self.voc, todo)
 
-    def step_cams(self):
-        import torch
-
-        from cpn_dist.cpn.infer import InferSettings, infer_samples
-        from cpn_dist.cpn.model import build_model
-        from cpn_dist.models import load_weights
-
-        cfg = self.run_config("cpn")
-        names = list(dict.fromkeys(self.names(self.cfg.splits.train) + self.names(self.cfg.splits.eval)))
-        out = self.work / "cams"
-        source = self._slice(names, lambda n: (out / f"{n}.npy").is_file())
-        model = build_model(cfg.model.backbone, cfg.model.head, dropout=0.0)
-        load_weights(model, self.weights("cpn"))
-        settings = InferSettings(scales=tuple(self.cfg.cams.scales), mean=tuple(cfg.data.mean),
-                                 std=tuple(cfg.data.std), use="cam" if cfg.model.head == "none" else "refined")
-        with torch.inference_mode():
-            infer_samples(model.to(self.dist.device), source.samples(self.dist.rank, self.dist.world), out, settings,
-                          device=self.dist.device)  # fmt: skip
-
-    def step_eval_cams(self):
-        if not self.dist.main:
-            return []
-        from cpn_dist.labels.evaluate import parse_betas, sweep
-
-        names = self.names(self.cfg.splits.eval)
-        result = sweep(self.work / "cams", self.gt, names, parse_betas(self.cfg.cams.betas), workers=self.cfg.workers)
-        write_json(self.work / "scores" / "cams.json", result.to_json())
-        best = result.summary()
-        edge = ""
-        if len(result.betas) > 1 and best["beta"] in (min(result.betas), max(result.betas)):
-            edge = " (on the edge of the sweep)"
-            log.warning("eval_cams: the best β %g lies on the edge of the sweep (cams.betas %s): a better one may lie "
-                        "outside; widen cams.betas", best["beta"], self.cfg.cams.betas)  # fmt: skip
-        return [stage_score("CAM", self.cfg.splits.eval, len(names), best, f"best β {best['beta']:.2f}{edge}")]
-
-    def best_beta(self) -> float:
-        if self.cfg.pseudo.beta is not None:
-            return self.cfg.pseudo.beta
-        path = self.work / "scores" / "cams.json"
-        if not path.is_file():
-            raise CpnError(f"{path}: no β sweep (run the eval_cams step, or set pseudo.beta)")
-        return float(json.loads(path.read_text())["best"]["beta"])
-
-    def step_pseudo(self):
-        if not self.dist.main:
-            return []
-        from cpn_dist.labels.crf import CrfParams
-        from cpn_dist.labels.pseudo import Job, pending, run_folder
-
-        beta = self.best_beta()
-        out = self.work / "pseudo"
-        crf = CrfParams() if self.cfg.pseudo.crf else None
-        job = Job(str(self.work / "cams"), str(out), (beta,), crf, str(self.voc), output="png")
-        names = self.names(self.cfg.splits.train)
-        run_folder(job, pending(names, out, ".png", self.overwrite), workers=self.cfg.workers)
-        if not self.cfg.pseudo.crf:
-            return []  # the CAM row at this β already scores these labels
-        return [self._score_labels("CAM pseudo labels + CRF", out, self.cfg.splits.eval, f"β = {beta:.2f}")]
-
-    def _score_labels(self, stage: str, folder: Path, split: str, note: str = "") -> StageScore:
+    def score_labels(self, stage: str, folder: Path, split: str, note: str = "") -> StageScore:
+        """The score of a label folder on ``split`` (written to ``work/scores/``) as a summary row."""
         from cpn_dist.labels.evaluate import score_labels
 
         names = self.names(split)
@@ -355,6 +188,35 @@ class Pipeline(LaterSteps):
         key = stage.lower().replace(" + ", "_").replace(" ", "_")
         write_json(self.work / "scores" / f"{key}_{split}.json", result.to_json())
         return stage_score(stage, split, len(names), result.summary(), note)
+
+    def _given(self, step) -> bool:
+        """A training step whose weights the config gives."""
+        stage = step.name.removeprefix("train_")
+        return step.name.startswith("train_") and getattr(self.cfg.weights, stage, None) is not None
+
+    # ---- the run -------------------------------------------------------------------------------
+    def run(self, only: Sequence[str] | None = None, skip: Sequence[str] = (), redo: str | None = None,
+            on_step: Callable[[str, str], None] | None = None) -> PipelineResult:  # fmt: skip
+        """Run the steps (all, or ``only``) minus ``skip`` and the config's ``skip``; ``redo``: that step
+        and every later one run afresh (see :mod:`cpn_dist.runner`). ``on_step(name, event)`` hears
+        "start", "ran", "done before", "skipped", "not configured" and "stale: <why>"."""
+        started = time.perf_counter()
+        self.dist = _Dist()
+        runner = StepRunner(TABLE, self, self.work / "steps", self.dist, settings=lambda s: step_settings(self, s.name),
+                            configured=lambda s: s.stage != "2" or self.stage2, given=self._given,
+                            revive=lambda score: StageScore(**score))  # fmt: skip
+        runner.check([*(only or ()), *skip, *([redo] if redo else [])])
+        lock = lock_on_main(self.work, "work_dir", self.dist.main, self.dist.world)
+        try:
+            reports = runner.run(only, [*skip, *self.cfg.skip], redo, on_step)
+        finally:
+            if lock is not None:
+                lock.release()
+        result = PipelineResult(reports, [s for r in reports for s in r.scores], time.perf_counter() - started)
+        if self.dist.main:
+            write_json(self.work / "summary.json", result.to_json())
+        return result
+
 
 def run_pipeline(cfg: PipelineConfig, **kwargs) -> PipelineResult:
     """Run the pipeline of ``cfg`` (see :meth:`Pipeline.run` for the arguments)."""

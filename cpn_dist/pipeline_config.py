@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError, model_validator
 from cpn_dist.config import ConfigError, describe_error, parse_yaml
 from cpn_dist.config_base import Section
 from cpn_dist.errors import CpnError
-from cpn_dist.pipeline_steps import STAGE2, STEPS  # noqa: F401  (STAGE2: importable from here too)
+from cpn_dist.pipeline_stages import STEPS
 from cpn_dist.yaml_io import find_config
 
 # --------------------------------------------------------------------------------------------

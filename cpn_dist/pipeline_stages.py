@@ -1,95 +1,186 @@
-"""The steps of stages 2 and 3 of :class:`cpn_dist.pipeline.Pipeline` (a mixin, to keep each module
-small): affinity labels, AffinityNet, random walk and its score; DeepLab, its inference with CRF and
-its scores."""
+"""The steps of ``cpn pipeline`` as a table (:data:`TABLE`: name, function, stage, main process only), run
+by :class:`cpn_dist.runner.StepRunner`. Each step is a function of the :class:`cpn_dist.pipeline.Pipeline`
+(its config, paths, processes, and ``overwrite``, set by the runner before each step) returning its
+scores. Nothing here imports torch or pydantic at module level: ``cpn --help`` lists :data:`STEPS`."""
 
 from __future__ import annotations
 
+import logging
+
 from cpn_dist.errors import CpnError
+from cpn_dist.pipeline_steps import stage_score
+from cpn_dist.runner import Step, write_json
+
+log = logging.getLogger(__name__)
 
 
-class LaterSteps:
-    """Stage 2 and 3 steps; the pipeline supplies ``cfg``, ``work``, ``voc``, ``dist``, ``overwrite``,
-    ``run_config``, ``names``, ``weights``, ``segmentation_labels``, ``_slice``, ``_train`` and
-    ``_score_labels``."""
+# ---- data and stage 1 ------------------------------------------------------------------------
+def pack(p):
+    """:func:`~cpn_dist.data.pack.pack_split` of the training split into shards."""
+    from cpn_dist.data.pack import pack_split
 
-    def step_affinity_labels(self):
-        if not self.dist.main:
-            return
-        from cpn_dist.affinity.labels import AffinityLabelParams, write_affinity_labels
-        from cpn_dist.data.inputs import VocSource
+    patch = p.run_config("cpn").data.patch  # CPN's superpixels must be among those packed
+    segments = set(p.cfg.pack.segments) | ({patch.segments} if patch.kind == "superpixel" else set())
+    pack_split(p.voc, p.cfg.splits.train, p.shards, segments=tuple(sorted(segments)), shard_size=p.cfg.pack.shard_size,
+               workers=p.cfg.workers, overwrite=p.overwrite, resume=not p.overwrite)  # fmt: skip
 
-        cfg = self.run_config("affinity")
-        names = self.names(self.cfg.splits.train)
-        write_affinity_labels(VocSource(self.voc, names), self.work / "cams", self.work / "affinity_labels",
-                              AffinityLabelParams.from_config(cfg.affinity), names, workers=self.cfg.workers,
-                              overwrite=self.overwrite)  # fmt: skip
 
-    def step_train_affinity(self):
-        self._train("affinity")
+def train_cpn(p):
+    """Stage 1: :func:`cpn_dist.train.train` of the CPN run config."""
+    p.train_stage("cpn")
 
-    def step_rw(self):
-        from cpn_dist.affinity.random_walk import WalkParams, load_affinity_model, walk_samples
 
-        cfg = self.run_config("affinity")
-        out = self.work / "rw"
-        names = self.names(self.cfg.splits.train)
-        source = self._slice(names, lambda n: (out / f"{n}.png").is_file())
-        model, _ = load_affinity_model(self.weights("affinity"), cfg.model.backbone, self.dist.device)
-        walk_samples(model, source.samples(self.dist.rank, self.dist.world, labels=False), self.work / "cams", out,
-                     WalkParams.from_config(cfg.affinity), device=self.dist.device, mean=tuple(cfg.data.mean),
-                     std=tuple(cfg.data.std))  # fmt: skip
+def cams(p):
+    """Multi-scale + flip CAMs (:func:`cpn_dist.cpn.infer.infer_samples`) of the training and evaluation images."""
+    import torch
 
-    def step_eval_rw(self):
-        if not self.dist.main:
-            return []
-        return [self._score_labels("RW", self.work / "rw", self.cfg.splits.eval)]
+    from cpn_dist.cpn.infer import InferSettings, infer_samples
+    from cpn_dist.cpn.model import build_model
+    from cpn_dist.models import load_weights
 
-    def step_train_segmentation(self):
-        labels = self.segmentation_labels()
-        if not labels.is_dir():
-            raise CpnError(f"{labels}: no pseudo labels to train the segmentation model on")
-        self._train("segmentation")
+    cfg = p.run_config("cpn")
+    names = list(dict.fromkeys(p.names(p.cfg.splits.train) + p.names(p.cfg.splits.eval)))
+    out = p.work / "cams"
+    source = p.todo(names, lambda n: (out / f"{n}.npy").is_file())
+    model = build_model(cfg.model.backbone, cfg.model.head, dropout=0.0)
+    load_weights(model, p.weights("cpn"))
+    settings = InferSettings(scales=tuple(p.cfg.cams.scales), mean=tuple(cfg.data.mean), std=tuple(cfg.data.std),
+                             use="cam" if cfg.model.head == "none" else "refined")  # fmt: skip
+    with torch.inference_mode():
+        infer_samples(model.to(p.dist.device), source.samples(p.dist.rank, p.dist.world), out, settings,
+                      device=p.dist.device)  # fmt: skip
 
-    def _segment_splits(self) -> list[tuple[str, bool]]:
-        """(split, has ground truth) of the segment step: val, the evaluation split, and test."""
-        splits = [(self.cfg.splits.val, True)]
-        if self.cfg.splits.eval != self.cfg.splits.val:
-            splits.append((self.cfg.splits.eval, True))
-        if self.cfg.splits.test:
-            splits.append((self.cfg.splits.test, False))
-        return splits
 
-    def step_segment(self):
-        from cpn_dist.models import load_weights
-        from cpn_dist.segmentation.infer import Outputs, segment_samples, segment_settings
-        from cpn_dist.segmentation.model import model_from_config
+def eval_cams(p):
+    """The β sweep (:func:`cpn_dist.labels.evaluate.sweep`) on the evaluation split → the best β."""
+    from cpn_dist.labels.evaluate import parse_betas, sweep
 
-        cfg = self.run_config("segmentation")
-        settings = segment_settings(cfg)
-        model = model_from_config(cfg, dropout=False)
-        load_weights(model, self.weights("segmentation"))
-        model.to(self.dist.device)
-        crf = settings.crf is not None
-        for split, scored in self._segment_splits():
-            base = self.work / "segmentation_out"
-            if scored:
-                outputs = Outputs(base / split, base / f"{split}_crf" if crf else None)
-            else:
-                outputs = Outputs(None, None, self.work / "test_server")
-            source = self._slice(self.names(split), outputs.done)
-            segment_samples(model, source.samples(self.dist.rank, self.dist.world, labels=False), outputs, settings,
-                            device=self.dist.device, crf_workers=self.cfg.workers if crf else 0)  # fmt: skip
+    names = p.names(p.cfg.splits.eval)
+    result = sweep(p.work / "cams", p.gt, names, parse_betas(p.cfg.cams.betas), workers=p.cfg.workers)
+    write_json(p.work / "scores" / "cams.json", result.to_json())
+    best = result.summary()
+    edge = ""
+    if len(result.betas) > 1 and best["beta"] in (min(result.betas), max(result.betas)):
+        edge = " (on the edge of the sweep)"
+        log.warning("eval_cams: the best β %g lies on the edge of the sweep (cams.betas %s): a better one may lie "
+                    "outside; widen cams.betas", best["beta"], p.cfg.cams.betas)  # fmt: skip
+    return [stage_score("CAM", p.cfg.splits.eval, len(names), best, f"best β {best['beta']:.2f}{edge}")]
 
-    def step_eval_segmentation(self):
-        if not self.dist.main:
-            return []
-        crf = self.run_config("segmentation").segmentation.crf.enabled
-        base = self.work / "segmentation_out"
-        scores = []
-        for split, scored in self._segment_splits():
-            if not scored:
-                continue
-            scores.append(self._score_labels("segmentation", base / split, split))
-            if crf:
-                scores.append(self._score_labels("segmentation + CRF", base / f"{split}_crf", split))
-        return scores
+
+def pseudo(p):
+    """CAM pseudo labels of the training images at the best β (optionally CRF-refined)."""
+    from cpn_dist.labels.crf import CrfParams
+    from cpn_dist.labels.pseudo import Job, pending, run_folder
+
+    beta = p.best_beta()
+    out = p.work / "pseudo"
+    crf = CrfParams() if p.cfg.pseudo.crf else None
+    job = Job(str(p.work / "cams"), str(out), (beta,), crf, str(p.voc), output="png")
+    run_folder(job, pending(p.names(p.cfg.splits.train), out, ".png", p.overwrite), workers=p.cfg.workers)
+    if not p.cfg.pseudo.crf:
+        return []  # the CAM row at this β already scores these labels
+    return [p.score_labels("CAM pseudo labels + CRF", out, p.cfg.splits.eval, f"β = {beta:.2f}")]
+
+
+# ---- stage 2 ---------------------------------------------------------------------------------
+def affinity_labels(p):
+    """Confident foreground / background / ignore labels (:mod:`cpn_dist.affinity.labels`)."""
+    from cpn_dist.affinity.labels import AffinityLabelParams, write_affinity_labels
+    from cpn_dist.data.inputs import VocSource
+
+    cfg = p.run_config("affinity")
+    names = p.names(p.cfg.splits.train)
+    write_affinity_labels(VocSource(p.voc, names), p.work / "cams", p.work / "affinity_labels",
+                          AffinityLabelParams.from_config(cfg.affinity), names, workers=p.cfg.workers,
+                          overwrite=p.overwrite)  # fmt: skip
+
+
+def train_affinity(p):
+    """AffinityNet: :func:`cpn_dist.train.train` of the affinity run config."""
+    p.train_stage("affinity")
+
+
+def rw(p):
+    """The random walk of the CAMs (:func:`cpn_dist.affinity.random_walk.walk_samples`)."""
+    from cpn_dist.affinity.random_walk import WalkParams, load_affinity_model, walk_samples
+
+    cfg = p.run_config("affinity")
+    out = p.work / "rw"
+    source = p.todo(p.names(p.cfg.splits.train), lambda n: (out / f"{n}.png").is_file())
+    model, _ = load_affinity_model(p.weights("affinity"), cfg.model.backbone, p.dist.device)
+    walk_samples(model, source.samples(p.dist.rank, p.dist.world, labels=False), p.work / "cams", out,
+                 WalkParams.from_config(cfg.affinity), device=p.dist.device, mean=tuple(cfg.data.mean),
+                 std=tuple(cfg.data.std))  # fmt: skip
+
+
+def eval_rw(p):
+    """The score of the random-walk labels on the evaluation split."""
+    return [p.score_labels("RW", p.work / "rw", p.cfg.splits.eval)]
+
+
+# ---- stage 3 ---------------------------------------------------------------------------------
+def train_segmentation(p):
+    """DeepLab on the RW labels (the CAM pseudo labels without stage 2)."""
+    labels = p.segmentation_labels()
+    if not labels.is_dir():
+        raise CpnError(f"{labels}: no pseudo labels to train the segmentation model on")
+    p.train_stage("segmentation")
+
+
+def segment(p):
+    """Multi-scale + flip inference and the dense CRF (one pass: the CRF needs the mean probabilities, too
+    large to keep on disk) on the val and evaluation splits; the test split, if any, in the VOC
+    test-server layout."""
+    from cpn_dist.models import load_weights
+    from cpn_dist.segmentation.infer import Outputs, segment_samples, segment_settings
+    from cpn_dist.segmentation.model import model_from_config
+
+    cfg = p.run_config("segmentation")
+    settings = segment_settings(cfg)
+    model = model_from_config(cfg, dropout=False)
+    load_weights(model, p.weights("segmentation"))
+    model.to(p.dist.device)
+    crf = settings.crf is not None
+    for split, scored in p.segment_splits():
+        base = p.work / "segmentation_out"
+        if scored:
+            outputs = Outputs(base / split, base / f"{split}_crf" if crf else None)
+        else:
+            outputs = Outputs(None, None, p.work / "test_server")
+        source = p.todo(p.names(split), outputs.done)
+        segment_samples(model, source.samples(p.dist.rank, p.dist.world, labels=False), outputs, settings,
+                        device=p.dist.device, crf_workers=p.cfg.workers if crf else 0)  # fmt: skip
+
+
+def eval_segmentation(p):
+    """The segmentation model's scores with and without CRF."""
+    crf = p.run_config("segmentation").segmentation.crf.enabled
+    base = p.work / "segmentation_out"
+    scores = []
+    for split, scored in p.segment_splits():
+        if not scored:
+            continue
+        scores.append(p.score_labels("segmentation", base / split, split))
+        if crf:
+            scores.append(p.score_labels("segmentation + CRF", base / f"{split}_crf", split))
+    return scores
+
+
+# ---- the table -------------------------------------------------------------------------------
+TABLE = (
+    Step("pack", pack, "data", main_only=True),
+    Step("train_cpn", train_cpn, "1"),
+    Step("cams", cams, "1"),
+    Step("eval_cams", eval_cams, "1", main_only=True),
+    Step("pseudo", pseudo, "1", main_only=True),
+    Step("affinity_labels", affinity_labels, "2", main_only=True),
+    Step("train_affinity", train_affinity, "2"),
+    Step("rw", rw, "2"),
+    Step("eval_rw", eval_rw, "2", main_only=True),
+    Step("train_segmentation", train_segmentation, "3"),
+    Step("segment", segment, "3"),
+    Step("eval_segmentation", eval_segmentation, "3", main_only=True),
+)
+STEPS = tuple(step.name for step in TABLE)
+STAGE2 = tuple(step.name for step in TABLE if step.stage == "2")  # run only when configs.affinity is set
+

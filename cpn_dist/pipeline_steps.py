@@ -1,32 +1,23 @@
-"""The steps of ``cpn pipeline`` and their stamps: what a finished step recorded, and whether a re-run
-may reuse it.
+"""What each step of ``cpn pipeline`` depends on, and what the pipeline reports.
 
-A finished step writes ``{work_dir}/steps/NAME.json``: its scores, an ``id`` (new each time it runs)
-and its ``settings`` — every setting it depends on (the pipeline config's keys it reads, the run
-config of its stage minus the keys that change nothing), fingerprints of its inputs from outside the
-work folder (split lists by content; given weights files by size and modification time), and the
-``id`` of every earlier step's stamp. A re-run reuses a step only when its recorded settings equal
-today's; otherwise that step and every later one run again (the ``id`` chain makes a rerun step
-stale its successors). Nothing here imports torch or pydantic (``cpn --help`` lists :data:`STEPS`).
+A finished step's stamp (:mod:`cpn_dist.runner`) records its ``settings`` — every setting it depends on
+(the pipeline config's keys it reads, the run config of its stage minus the keys that change
+nothing) and fingerprints of its inputs from outside the work folder (split lists by content; given
+weights files by size and modification time); :func:`step_settings` computes them. Nothing here
+imports torch or pydantic.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cpn_dist.atomic import write_atomic
+from cpn_dist.runner import StepReport, relative_to
 
 log = logging.getLogger(__name__)
-
-STEPS = ("pack", "train_cpn", "cams", "eval_cams", "pseudo", "affinity_labels", "train_affinity", "rw", "eval_rw",
-         "train_segmentation", "segment", "eval_segmentation")  # fmt: skip
-STAGE2 = ("affinity_labels", "train_affinity", "rw", "eval_rw")
 
 
 def list_fingerprint(path: str | Path) -> str | None:
@@ -44,45 +35,6 @@ def file_fingerprint(path: str | Path | None) -> list | None:
         return [str(p), None, None]
     st = p.stat()
     return [str(p), st.st_size, st.st_mtime_ns]
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict) or not tree:
-        return {prefix.rstrip("."): tree}
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        flat |= _flatten(value, f"{prefix}{key}.")
-    return flat
-
-
-def stale_reasons(recorded: dict[str, Any], now: dict[str, Any], limit: int = 4) -> list[str]:
-    """What differs between a stamp's recorded settings and today's, as short ``key: old → new`` lines
-    (at most ``limit``, then how many more)."""
-    a, b = _flatten(recorded), _flatten(now)
-    keys = [k for k in dict.fromkeys([*a, *b]) if a.get(k, "<absent>") != b.get(k, "<absent>")]
-    shown = []
-    for key in keys[:limit]:
-        if key.startswith("after."):
-            shown.append(f"step {key.removeprefix('after.')} ran again since")
-        else:
-            shown.append(f"{key}: {_short(a.get(key))} → {_short(b.get(key))}")
-    if len(keys) > limit:
-        shown.append(f"and {len(keys) - limit} more")
-    return shown
-
-
-def _short(value: Any, n: int = 48) -> str:
-    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
-def read_stamp(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}  # unreadable: treated as a stamp without settings
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,14 +58,6 @@ class StageScore:
 
 
 @dataclass
-class StepReport:
-    name: str
-    status: str  # "ran", "done before", "skipped", "not configured"
-    seconds: float = 0.0
-    scores: list[StageScore] = field(default_factory=list)
-
-
-@dataclass
 class PipelineResult:
     steps: list[StepReport]
     scores: list[StageScore]
@@ -127,12 +71,6 @@ class PipelineResult:
 
 def stage_score(stage: str, split: str, images: int, summary: dict, note: str = "") -> StageScore:
     return StageScore(stage, split, images, summary["miou"], summary["background"], summary["foreground"], note)
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(data, indent=1) + "\n"
-    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def step_settings(p, name: str) -> dict[str, Any]:
@@ -150,7 +88,7 @@ def step_settings(p, name: str) -> dict[str, Any]:
 
     lists = lambda *splits: {s: list_fingerprint(p.list_path(s)) for s in splits if s}  # noqa: E731
     given = lambda stage: file_fingerprint(getattr(c.weights, stage))  # noqa: E731
-    seg_splits = [s for s, _ in p._segment_splits()]
+    seg_splits = [s for s, _ in p.segment_splits()]
     settings = {  # keys as the user writes them: the pipeline config's, then the stage's run config's
         "pack": lambda: {"voc_root": c.voc_root, "shards": str(p.shards), "lists": lists(c.splits.train),
                          "pack.segments": c.pack.segments, "pack.shard_size": c.pack.shard_size,
@@ -169,18 +107,7 @@ def step_settings(p, name: str) -> dict[str, Any]:
                             **run("segmentation", "segmentation", "model", "data")},
         "eval_segmentation": lambda: {"lists": lists(*seg_splits)},
     }[name]()  # fmt: skip
-    return _in_work(settings, str(p.work))
-
-
-def _in_work(tree: Any, work: str) -> Any:
-    """Paths inside the work folder written relative to it: a moved or copied work folder stays valid."""
-    if isinstance(tree, dict):
-        return {k: _in_work(v, work) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [_in_work(v, work) for v in tree]
-    if isinstance(tree, str) and (tree == work or tree.startswith(work + os.sep)):
-        return "{work_dir}" + tree[len(work):]
-    return tree
+    return relative_to(settings, p.work)
 
 
 def other_run(out: Path, cfg) -> bool:

@@ -10,7 +10,7 @@ from cpn_dist.data.synth import synthesize_voc
 from cpn_dist.data.voc import read_label_png, read_split
 from cpn_dist.demo.parts import part_scores
 from cpn_dist.demo.run import run_demo
-from cpn_dist.demo.settings import DemoSettings
+from cpn_dist.demo.settings import DEMO_MODELS, DemoSettings
 from cpn_dist.errors import CpnError
 from cpn_dist.labels.cams import save_cams
 
@@ -59,10 +59,13 @@ def test_demo_pipeline_on_a_tiny_budget(tmp_path):
     settings = replace(DemoSettings(), images=20, size=48, eval_images=4, figure_images=2, warmup_epochs=1)
     out = tmp_path / "demo"
     tiny = ("train.max_steps=2", "data.workers=0", "data.crop=48", "data.scale_range=[44, 52]")
-    steps = []
-    scores = run_demo(out, settings, overrides=tiny, on_step=steps.append)
+    events = []
+    scores = run_demo(out, settings, overrides=tiny, on_step=lambda name, event: events.append((name, event)))
+    steps = [name for name, event in events if event == "start"]
     assert set(scores) == {"baseline", "hiding", "cpn"}
-    assert steps[:3] == ["data", "init", "train warmup"] and steps[-1] == "figure"
+    assert steps == ["data", "init", "warmup", *(f"{kind}_{m}" for m in ("baseline", "hiding", "cpn")
+                                                 for kind in ("train", "infer", "eval")),
+                     "start_premise", "figure", "results"]  # fmt: skip
     for name, s in scores.items():
         assert 0.0 <= s.miou <= 1.0 and 0.0 <= s.foreground <= 1.0 and 0.0 <= s.background <= 1.0
         assert 0.0 <= s.body_recall <= 1.0 and 0.0 <= s.marker_recall <= 1.0
@@ -77,9 +80,18 @@ def test_demo_pipeline_on_a_tiny_budget(tmp_path):
 
     # a re-run keeps every finished step: nothing is retrained
     stamp = (out / "runs" / "cpn" / "model_final.pth").stat().st_mtime_ns
-    again = run_demo(out, settings, overrides=tiny)
+    events.clear()
+    again = run_demo(out, settings, overrides=tiny, on_step=lambda name, event: events.append((name, event)))
+    assert {event for _, event in events} == {"done before"}
     assert (out / "runs" / "cpn" / "model_final.pth").stat().st_mtime_ns == stamp
     assert again["cpn"].miou == scores["cpn"].miou
+    # a changed setting reruns the steps it stales: those of the model and the report after it
+    events.clear()
+    run_demo(out, settings, overrides=tiny, models={**DEMO_MODELS, "cpn": ("loss.ohem_ratio=0.5",)},
+             on_step=lambda name, event: events.append((name, event)))  # fmt: skip
+    ran = [name for name, event in events if event == "ran"]
+    assert ran == ["train_cpn", "infer_cpn", "eval_cpn", "start_premise", "figure", "results"]
+    assert (out / "runs" / "cpn" / "model_final.pth").stat().st_mtime_ns != stamp
 
 
 VOC_PALETTE = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0, 0, 0, 128, 128, 0, 128, 0, 128, 128, 128, 128, 128,

@@ -95,6 +95,29 @@ def check_beta(value: float | None, flag: str) -> None:
         raise CpnError(f"{flag} {value:g}: a background score β must be a number >= 0 (e.g. 0.3)")
 
 
+def step_printer(shown=lambda: True):
+    """An ``on_step(name, event)`` for :class:`cpn_dist.runner.StepRunner` that shows each step's start, its
+    time when it ran, and any other event (done before, skipped, stale…); ``shown()``: whether this
+    process prints (the main one)."""
+    import time
+
+    started: dict[str, float] = {}
+
+    def on_step(name: str, event: str) -> None:
+        if not shown():
+            return
+        console = _console("console")
+        if event == "start":
+            started[name] = time.perf_counter()
+            console.rule(f"[bold]{name}[/]")
+        elif event == "ran":
+            console.print(f"[green]✓[/] {name} ({time.perf_counter() - started[name]:.1f} s)")
+        else:
+            console.print(f"[dim]· {name}: {event}[/]")
+
+    return on_step
+
+
 def setup_logging(verbosity: int) -> None:
     from rich.logging import RichHandler
 

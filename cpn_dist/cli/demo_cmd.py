@@ -6,7 +6,7 @@ import time
 
 from rich.table import Table
 
-from cpn_dist.cli import add_command, console
+from cpn_dist.cli import add_command, console, step_printer
 
 
 def register(sub) -> None:
@@ -78,11 +78,8 @@ def _run(args) -> int:
         settings = replace(settings, eval_images=args.eval_images)
     started = time.perf_counter()
 
-    def on_step(name: str) -> None:
-        console.print(f"[dim]{time.perf_counter() - started:6.0f} s[/]  {name}")
-
     scores = run_demo(Path(args.out), settings, config=args.config or DEMO_CONFIG, overrides=args.overrides,
-                      overwrite=args.overwrite, on_step=on_step, voc_root=args.voc_root)  # fmt: skip
+                      overwrite=args.overwrite, on_step=step_printer(), voc_root=args.voc_root)  # fmt: skip
     console.print(scores_table(scores))
     console.print(f"β swept over {len(settings.betas)} values, {settings.betas[0]:.3f} … {settings.betas[-1]:.3f}"
                   " (finer below 0.005).")  # fmt: skip

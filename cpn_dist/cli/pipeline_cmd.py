@@ -3,15 +3,13 @@ walk, DeepLab, segmentation with CRF — and print the mIoU after each stage."""
 
 from __future__ import annotations
 
-import time
-
 from rich.table import Table
 
-from cpn_dist.cli import add_command, console
+from cpn_dist.cli import add_command, console, step_printer
 
 
 def register(sub) -> None:
-    from cpn_dist.pipeline_steps import STEPS  # no pydantic, no torch: `cpn --help` stays quick
+    from cpn_dist.pipeline_stages import STEPS  # no pydantic, no torch: `cpn --help` stays quick
 
     p = add_command(
         sub, "pipeline", "run every step from a VOC folder to the scored segmentation model (resumable, skippable)",
@@ -51,19 +49,7 @@ def _run(args) -> int:
     logging.getLogger("cpn_dist").setLevel(logging.INFO)
     quiet_libraries()
     pipeline = Pipeline(load_pipeline_config(args.config, args.overrides))
-    started: dict[str, float] = {}
-
-    def on_step(name: str, event: str) -> None:
-        if pipeline.dist is not None and not pipeline.dist.main:
-            return
-        if event == "start":
-            started[name] = time.perf_counter()
-            console.rule(f"[bold]{name}[/]")
-        elif event == "ran":
-            console.print(f"[green]✓[/] {name} ({time.perf_counter() - started[name]:.1f} s)")
-        else:
-            console.print(f"[dim]· {name}: {event}[/]")
-
+    on_step = step_printer(lambda: pipeline.dist is None or pipeline.dist.main)
     result = pipeline.run(only=_names(args.only), skip=_names(args.skip) or (), redo=args.redo, on_step=on_step)
     if pipeline.dist is not None and not pipeline.dist.main:
         return 0

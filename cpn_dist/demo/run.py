@@ -1,7 +1,10 @@
 """The built-in demo (``cpn demo``, ``make demo``): CPN against the plain CAM, on a synthetic parts task or
 on any VOC-layout folder.
 
-Steps, each skipped on a re-run when its output is complete (``overwrite=True`` redoes them all):
+The steps are a table run by :class:`cpn_dist.runner.StepRunner`, as ``cpn pipeline``'s are: a finished
+step leaves a stamp ``OUT/steps/NAME.json`` and is kept on a re-run unless its settings changed (then it
+and every later step run again); an interrupted step resumes (training from its checkpoint, inference
+image by image); ``overwrite=True`` redoes them all.
 
 1. ``data``: :func:`~cpn_dist.data.synth.synthesize_voc` of ``settings.task`` into ``OUT/VOC2012`` — or,
    with ``voc_root``, the user's folder as it is — then :func:`~cpn_dist.data.pack.pack_split` of its
@@ -10,15 +13,16 @@ Steps, each skipped on a re-run when its output is complete (``overwrite=True`` 
    the EfficientNet-Lite0 backbone: the paper's setting); otherwise (the tiny backbone) ``init`` and
    ``warmup``: data-dependent initial weights ``OUT/init.pth`` (:func:`initial_weights`), then the plain
    CAM trained from them (:func:`warm_up`, ``OUT/runs/warmup``), standing in for the ImageNet start;
-3. ``train``: one :func:`cpn_dist.train.train` per model (:data:`DEMO_MODELS`: the baseline CAM,
+3. ``train_NAME``: one :func:`cpn_dist.train.train` per model (:data:`DEMO_MODELS`: the baseline CAM,
    hiding as augmentation only, CPN) from the warm-up weights into ``OUT/runs/NAME``;
-4. ``infer``: multi-scale + flip CAMs (:func:`cpn_dist.cpn.infer.infer_samples`) of the evaluation
+4. ``infer_NAME``: multi-scale + flip CAMs (:func:`cpn_dist.cpn.infer.infer_samples`) of the evaluation
    split's images into ``OUT/cams/NAME``;
-5. ``eval``: the β sweep (:func:`cpn_dist.labels.evaluate.sweep`) and, where the folder has part maps, at each
+5. ``eval_NAME``: the β sweep (:func:`cpn_dist.labels.evaluate.sweep`) and, where the folder has part maps, at each
    model's best β body and marker recall and CAM magnitude (:func:`cpn_dist.demo.parts.part_scores`) and
    CPN's premise (:func:`cpn_dist.demo.parts.premise_share`) into ``OUT/scores/NAME.json``;
-6. ``figure``: image, ground truth and each model's CAM for a few images, ``OUT/demo.png``;
-7. ``OUT/results.json``: ``{"models": {name: {"miou": percent, "best_beta": …, …}}, "data": …, …}``.
+6. ``start_premise`` (parts tasks): CPN's premise at the shared start, ``OUT/scores/start.json``;
+7. ``figure``: image, ground truth and each model's CAM for a few images, ``OUT/demo.png``;
+8. ``results``: ``OUT/results.json``, ``{"models": {name: {"miou": percent, "best_beta": …, …}}, "data": …, …}``.
 
 The same functions run the quality ablation (``benchmarks/bench_quality.py``).
 """
@@ -27,13 +31,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 from cpn_dist.demo.settings import DEMO_CONFIG, DEMO_MODELS, DemoSettings, ModelScores
 from cpn_dist.demo.steps import (
     DemoData,
     comparison_figure,
+    describe_data,
     infer_cams,
     initial_weights,
     make_data,
@@ -43,6 +49,7 @@ from cpn_dist.demo.steps import (
     warm_up,
 )
 from cpn_dist.errors import CpnError
+from cpn_dist.runner import Step, StepRunner, relative_to, write_json
 
 
 def eval_names(voc: Path, settings: DemoSettings) -> list[str]:
@@ -52,63 +59,159 @@ def eval_names(voc: Path, settings: DemoSettings) -> list[str]:
     return names[: settings.eval_images] if settings.eval_images else names
 
 
+@dataclass
+class Demo:
+    """What every step of one demo run reads (its folder, settings, config and models); ``overwrite`` is
+    set by the runner before each step."""
+
+    out: Path
+    settings: DemoSettings
+    config: str | Path
+    models: dict[str, tuple[str, ...]]
+    overrides: tuple[str, ...]
+    data: DemoData
+    warm: bool  # a random start (the config names no weights): init + warm-up make the shared start
+    overwrite: bool = False
+
+    @property
+    def base(self) -> tuple[str, ...]:
+        """The overrides of every run: the data's, then the user's."""
+        return (*self.data.overrides(self.settings), *self.overrides)
+
+    @property
+    def start(self) -> Path | None:
+        """The warm-up's final weights: the shared start of every model (None: the config's weights)."""
+        return self.out / "runs" / "warmup" / "model_final.pth" if self.warm else None
+
+    def run_overrides(self, name: str) -> tuple[str, ...]:
+        start = (f"model.weights={self.start}",) if self.start is not None else ()
+        return (*self.base, *start, *self.models[name])
+
+    def names(self) -> list[str]:
+        return eval_names(self.data.voc, self.settings)
+
+    def settings_of(self, step: Step) -> dict:
+        """What a step's stamp records (paths inside OUT relative to it)."""
+        model = step.name.split("_", 1)[1] if step.stage == "model" else None
+        s = self.settings
+        record = {
+            "data": lambda: {"voc_root": None if self.data.task else str(self.data.voc), "task": s.task,
+                             "images": s.images, "size": s.size, "data_seed": s.data_seed, "segments": s.segments},
+            "init": lambda: {"config": str(self.config), "overrides": list(self.base)},
+            "warmup": lambda: {"config": str(self.config), "overrides": list(self.base),
+                               "warmup_epochs": s.warmup_epochs},
+            "train": lambda: {"config": str(self.config), "overrides": list(self.run_overrides(model))},
+            "infer": lambda: {"eval": [s.eval_split, s.eval_images], "scales": list(s.scales)},
+            "eval": lambda: {"betas": list(s.betas), "premise_images": s.premise_images},
+            "start_premise": lambda: {"premise_images": s.premise_images},
+            "figure": lambda: {"figure_images": s.figure_images},
+            "results": lambda: {},
+        }[step.name.split("_", 1)[0] if step.stage == "model" else step.name]()  # fmt: skip
+        return relative_to(record, self.out)
+
+    def configured(self, step: Step) -> bool:
+        if step.name in ("init", "warmup"):
+            return self.warm
+        if step.name == "start_premise":
+            return self.data.has_parts and (self.warm or bool(self.start_weights()))
+        return True
+
+    def start_weights(self) -> Path | str | None:
+        """The shared start: the warm-up's weights, else the config's ``model.weights``."""
+        from cpn_dist.config import load_config
+
+        return self.start if self.warm else load_config(self.config, list(self.base)).model.weights
+
+
+# ---- the steps -----------------------------------------------------------------------------------
+def data_step(d: Demo):
+    make_data(d.out, d.settings, d.overwrite, None if d.data.task else d.data.voc)
+
+
+def init_step(d: Demo):
+    initial_weights(d.out / "init.pth", d.config, d.base, overwrite=d.overwrite)
+
+
+def warmup_step(d: Demo):
+    warm_up(d.out / "runs" / "warmup", d.config, (*d.base, f"model.weights={d.out / 'init.pth'}"),
+            d.settings.warmup_epochs, d.overwrite)  # fmt: skip
+
+
+def train_step(name: str, d: Demo):
+    train_model(d.config, d.run_overrides(name), d.out / "runs" / name, d.overwrite)
+
+
+def infer_step(name: str, d: Demo):
+    infer_cams(d.out / "runs" / name / "model_final.pth", d.config, d.run_overrides(name), d.data.voc, d.names(),
+               d.out / "cams" / name, d.settings, d.overwrite)  # fmt: skip
+
+
+def eval_step(name: str, d: Demo):
+    """The β sweep and part scores of a model's CAMs, and its premise, into ``OUT/scores/NAME.json``."""
+    names = d.names()
+    scores = score_cams(name, d.out / "cams" / name, d.data.voc, names, d.settings.betas)
+    if d.data.has_parts:
+        found = premise(d.out / "runs" / name / "model_final.pth", d.config, d.run_overrides(name), d.data.voc,
+                        names[: d.settings.premise_images])  # fmt: skip
+        scores = replace(scores, premise=found)
+    write_json(d.out / "scores" / f"{name}.json", scores.to_json())
+
+
+def start_premise_step(d: Demo):
+    start = (f"model.weights={d.start}",) if d.start is not None else ()
+    found = premise(d.start_weights(), d.config, (*d.base, *start), d.data.voc, d.names()[: d.settings.premise_images])
+    write_json(d.out / "scores" / "start.json", found)
+
+
+def figure_step(d: Demo):
+    comparison_figure(d.data.voc, {n: d.out / "cams" / n for n in d.models}, d.names()[: d.settings.figure_images],
+                      d.out / "demo.png")  # fmt: skip
+
+
+def results_step(d: Demo):
+    start = d.out / "scores" / "start.json"
+    write_results(d.out / "results.json", read_scores(d), d.data, d.settings, d.config, d.overrides, d.names(),
+                  d.start, json.loads(start.read_text()) if start.is_file() else None, d.out / "demo.png")  # fmt: skip
+
+
+def read_scores(d: Demo) -> dict[str, ModelScores]:
+    return {n: ModelScores.from_json(json.loads((d.out / "scores" / f"{n}.json").read_text())) for n in d.models}
+
+
+def demo_table(models: Sequence[str]) -> list[Step]:
+    """The demo's steps, in order, for these models."""
+    per_model = [Step(f"{kind}_{name}", partial(fn, name), "model")
+                 for name in models for kind, fn in (("train", train_step), ("infer", infer_step), ("eval", eval_step))]
+    return [Step("data", data_step, "data"), Step("init", init_step, "start"), Step("warmup", warmup_step, "start"),
+            *per_model, Step("start_premise", start_premise_step, "report"), Step("figure", figure_step, "report"),
+            Step("results", results_step, "report")]  # fmt: skip
+
+
 def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), config: str | Path = DEMO_CONFIG,
              models: dict[str, tuple[str, ...]] | None = None, overrides: Sequence[str] = (),
-             overwrite: bool = False, on_step: Callable[[str], None] | None = None,
+             overwrite: bool = False, on_step: Callable[[str, str], None] | None = None,
              voc_root: str | Path | None = None) -> dict[str, ModelScores]:  # fmt: skip
     """Run every step (see the module docstring) into ``out``; returns each model's scores and writes
     ``out/results.json``.
 
     ``models``: name → dotted overrides of ``config`` (default :data:`DEMO_MODELS`); ``overrides``
     apply to every run, the warm-up included (e.g. ``train.max_steps=2`` for a smoke test);
-    ``voc_root``: a VOC-layout folder to use instead of the synthetic task."""
+    ``voc_root``: a VOC-layout folder to use instead of the synthetic task; ``on_step(name, event)`` hears
+    what :meth:`cpn_dist.runner.StepRunner.run` tells."""
+    from cpn_dist.config import load_config
+
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CpnError(f"{out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     models = DEMO_MODELS if models is None else models
-    step = on_step or (lambda _: None)
-
-    step("data")
-    data = make_data(out, settings, overwrite, voc_root)
-    base = (*data.overrides(settings), *overrides)
-    from cpn_dist.config import load_config
-
-    start: Path | None = None
-    if not load_config(config, list(base)).model.weights:  # a random start: warm up first
-        step("init")
-        init = initial_weights(out / "init.pth", config, base, overwrite=overwrite)
-        step("train warmup")
-        start = warm_up(out / "runs" / "warmup", config, (*base, f"model.weights={init}"), settings.warmup_epochs,
-                        overwrite)  # fmt: skip
-    start_overrides = (f"model.weights={start}",) if start is not None else ()
-    names = eval_names(data.voc, settings)
-    scores: dict[str, ModelScores] = {}
-    for name, extra in models.items():
-        run_overrides = (*base, *start_overrides, *extra)
-        step(f"train {name}")
-        weights = train_model(config, run_overrides, out / "runs" / name, overwrite)
-        step(f"infer {name}")
-        cams = infer_cams(weights, config, run_overrides, data.voc, names, out / "cams" / name, settings, overwrite)
-        step(f"eval {name}")
-        scores[name] = score_cams(name, cams, data.voc, names, settings.betas)
-        if data.has_parts:
-            found = premise(weights, config, run_overrides, data.voc, names[: settings.premise_images])
-            scores[name] = replace(scores[name], premise=found)
-        path = out / "scores" / f"{name}.json"
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(json.dumps(scores[name].to_json(), indent=1) + "\n")
-    step("figure")
-    figure = comparison_figure(data.voc, {n: out / "cams" / n for n in models}, names[: settings.figure_images],
-                               out / "demo.png")  # fmt: skip
-    start_premise = None
-    if data.has_parts:
-        weights = start if start is not None else load_config(config, list(base)).model.weights
-        if weights:
-            start_premise = premise(weights, config, (*base, *start_overrides), data.voc,
-                                    names[: settings.premise_images])  # fmt: skip
-    write_results(out / "results.json", scores, data, settings, config, overrides, names, start, start_premise, figure)
-    return scores
+    data = describe_data(out, settings, voc_root)
+    warm = not load_config(config, [*data.overrides(settings), *overrides]).model.weights
+    demo = Demo(out, settings, config, dict(models), tuple(overrides), data, warm)
+    table = demo_table(list(models))
+    runner = StepRunner(table, demo, out / "steps", settings=demo.settings_of, configured=demo.configured)
+    runner.run(redo=table[0].name if overwrite else None, on_step=on_step)
+    return read_scores(demo)
 
 
 RESULT_PERCENT = ("miou", "foreground", "background", "body_recall", "marker_recall")

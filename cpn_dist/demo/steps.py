@@ -38,6 +38,21 @@ class DemoData:
         return (f"data.shards={self.shards}", f"data.split={self.split}", f"data.patch.segments={settings.segments}")
 
 
+def describe_data(out: Path, settings: DemoSettings, voc_root: str | Path | None = None) -> DemoData:
+    """Where step 1 puts (or finds) the data, without making it: ``out/VOC2012`` and ``out/shards`` for the
+    synthetic task; ``voc_root`` (checked to be a VOC layout folder) and ``out/shards`` for a user's folder."""
+    if voc_root is None:
+        return DemoData(out / "VOC2012", out / "shards", "train_aug", settings.task)
+    voc = Path(voc_root).resolve()
+    lists = voc / "ImageSets" / "Segmentation"
+    for needed in ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets/Segmentation"):
+        if not (voc / needed).is_dir():
+            raise CpnError(f"--voc-root {voc}: no {needed}/ (a VOC 2012 layout folder is needed)")
+    if not (lists / "train.txt").is_file():
+        raise CpnError(f"--voc-root {voc}: no ImageSets/Segmentation/train.txt (the split the CAMs are scored on)")
+    return DemoData(voc, out / "shards", "train_aug" if (lists / "train_aug.txt").is_file() else "train", None)
+
+
 def make_data(out: Path, settings: DemoSettings, overwrite: bool = False,
               voc_root: str | Path | None = None) -> DemoData:  # fmt: skip
     """Step 1: the VOC folder — ``settings.task`` synthesised into ``out/VOC2012``, or ``voc_root`` as it
@@ -46,30 +61,21 @@ def make_data(out: Path, settings: DemoSettings, overwrite: bool = False,
     from cpn_dist.data.shards import META_NAME
     from cpn_dist.data.synth import synthesize_voc
 
-    shards, stamp = out / "shards", out / ".data.json"
+    data = describe_data(out, settings, voc_root)
+    stamp = out / ".data.json"
     if voc_root is None:
-        voc = out / "VOC2012"
         wanted = {"images": settings.images, "size": settings.size, "seed": settings.data_seed,
                   "segments": settings.segments, "task": settings.task}  # fmt: skip
     else:
-        voc = Path(voc_root).resolve()
-        lists = voc / "ImageSets" / "Segmentation"
-        for needed in ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets/Segmentation"):
-            if not (voc / needed).is_dir():
-                raise CpnError(f"--voc-root {voc}: no {needed}/ (a VOC 2012 layout folder is needed)")
-        if not (lists / "train.txt").is_file():
-            raise CpnError(f"--voc-root {voc}: no ImageSets/Segmentation/train.txt (the split the CAMs are scored on)")
-        wanted = {"voc_root": str(voc), "segments": settings.segments}
-    listed = (voc / "ImageSets" / "Segmentation" / "train_aug.txt").is_file()
-    data = DemoData(voc, shards, "train_aug" if voc_root is None or listed else "train",
-                    settings.task if voc_root is None else None)  # fmt: skip
-    if not overwrite and stamp.is_file() and json.loads(stamp.read_text()) == wanted and (shards / META_NAME).is_file():
-        log.info("data: %s and %s are complete", voc, shards)
+        wanted = {"voc_root": str(data.voc), "segments": settings.segments}
+    if not overwrite and stamp.is_file() and json.loads(stamp.read_text()) == wanted and \
+            (data.shards / META_NAME).is_file():  # fmt: skip
+        log.info("data: %s and %s are complete", data.voc, data.shards)
         return data
     if voc_root is None:
-        synthesize_voc(voc, settings.images, size=settings.size, seed=settings.data_seed, workers=2,
+        synthesize_voc(data.voc, settings.images, size=settings.size, seed=settings.data_seed, workers=2,
                        overwrite=True, task=settings.task)  # fmt: skip
-    pack_split(voc, data.split, shards, segments=(settings.segments,), workers=2, overwrite=True)
+    pack_split(data.voc, data.split, data.shards, segments=(settings.segments,), workers=2, overwrite=True)
     stamp.write_text(json.dumps(wanted) + "\n")
     return data
 
