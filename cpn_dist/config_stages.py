@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from cpn_dist.config_base import Section
+from cpn_dist.config_base import PositiveFloat, PositiveInt, Section
 
 
 class CrfConfig(Section):
@@ -93,20 +93,12 @@ class SegmentationConfig(Section):
     head_channels: int = Field(1024, ge=1, le=8192, description="LargeFOV: channels of its two hidden layers")
     head_dropout: float = Field(0.5, ge=0.0, lt=1.0, description="dropout rate inside the head (0 = none)")
     fov_dilation: int = Field(12, ge=1, le=64, description="LargeFOV: dilation of its 3x3 convolution")
-    aspp_rates: list[int] = Field(
+    aspp_rates: list[PositiveInt] = Field(
         [6, 12, 18, 24], min_length=1, max_length=8, description="ASPP: dilations of the parallel 3x3 branches"
     )
-    test_scales: list[float] = Field(
+    test_scales: list[PositiveFloat] = Field(
         [0.5, 0.75, 1.0, 1.25, 1.5], min_length=1,
         description="inference (`cpn segment`, `cpn pipeline`): image scales whose softmax is averaged",
     )
     test_flip: bool = Field(True, description="inference: add the horizontally flipped input of every scale")
     crf: SegmentationCrfConfig = Field(default_factory=SegmentationCrfConfig)
-
-    @model_validator(mode="after")
-    def _positive_rates_and_scales(self) -> SegmentationConfig:
-        if any(r < 1 for r in self.aspp_rates):
-            raise ValueError("aspp_rates: every dilation must be >= 1")
-        if any(not s > 0 for s in self.test_scales):
-            raise ValueError("test_scales: every scale must be > 0")
-        return self

@@ -201,3 +201,35 @@ def test_packaged_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatc
         load_config("nope")
     proc = run_cpn("config", "show", "voc_cpn_paper", cwd=tmp_path, check=True)
     assert yaml.safe_load(proc.stdout)["model"]["backbone"] == "resnet38d"
+
+
+def test_element_checks_name_the_key_and_the_index():
+    for override, expected in (
+        ("data.scale_range=[800, 700]", "data.scale_range: need low <= high, got [800, 700]"),
+        ("data.std=[0.2, 0, 0.2]", "data.std[1]: must be > 0.0, got 0"),
+        ("data.color_jitter=[0.1, 0.1, 0.1, 0.7]", "data.color_jitter: the hue jitter (the 4th value) must be <= 0.5"),
+        ("loss.weights=[1, -1, 1]", "loss.weights[1]: must be >= 0.0, got -1"),
+        ("segmentation.aspp_rates=[6, 0]", "segmentation.aspp_rates[1]: must be > 0, got 0"),
+        ("data.patch.kind=gird", "data.patch.kind: expected one of 'superpixel' or 'grid', got 'gird' "
+                                 "(did you mean 'grid'?)"),
+    ):  # fmt: skip
+        with pytest.raises(ConfigError) as info:
+            load_config(None, [override])
+        assert expected in str(info.value), override
+
+
+def test_pipeline_configs_go_through_the_run_config_loader():
+    from cpn_dist.pipeline_config import load_pipeline_config
+
+    for override, expected in (
+        ("pack.shard_sise=3", "unknown key 'pack.shard_sise' (did you mean 'pack.shard_size'?)"),
+        ("segmentation_labels=rww", "segmentation_labels: expected one of 'auto', 'rw' or 'cam', got 'rww'"),
+        ("skip=[trian_cpn]", "got 'trian_cpn' (did you mean 'train_cpn'?)"),
+        ("cams.betas=0.2:0.6:oops", "cams.betas: '0.2:0.6:oops' expected START:STOP:STEP"),
+        ("workers=0", "workers: must be >= 1, got 0"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            load_pipeline_config("pipeline_demo", [override])
+        assert "pipeline_demo.yaml: " in str(info.value)
+        assert expected in str(info.value), override
+    assert load_pipeline_config("pipeline_demo", ["segmentation_labels=cam"]).segmentation_labels == "cam"
