@@ -23,13 +23,6 @@ class CrfConfig(Section):
     bilateral_srgb: float = Field(13.0, gt=0.0, description="bilateral kernel: colour std (0..255)")
     bilateral_compat: float = Field(10.0, gt=0.0, description="bilateral kernel weight")
 
-    def params(self):
-        """These settings as :class:`cpn_dist.labels.crf.CrfParams`."""
-        from cpn_dist.labels.crf import CrfParams
-
-        return CrfParams(self.iterations, self.gaussian_sxy, self.gaussian_compat, self.bilateral_sxy,
-                         self.bilateral_srgb, self.bilateral_compat)  # fmt: skip
-
 
 class AffinityConfig(Section):
     """Stage 2 (`stage: affinity`): AffinityNet on affinity labels, and the random walk (PSA's defaults)."""

@@ -334,12 +334,12 @@ class Pipeline(LaterSteps):
     def step_pseudo(self):
         if not self.dist.main:
             return []
-        from cpn_dist.labels.crf import CrfParams
+        from cpn_dist.config import CrfConfig
         from cpn_dist.labels.pseudo import Job, pending, run_folder
 
         beta = self.best_beta()
         out = self.work / "pseudo"
-        crf = CrfParams() if self.cfg.pseudo.crf else None
+        crf = CrfConfig() if self.cfg.pseudo.crf else None
         job = Job(str(self.work / "cams"), str(out), (beta,), crf, str(self.voc), output="png")
         names = self.names(self.cfg.splits.train)
         run_folder(job, pending(names, out, ".png", self.overwrite), workers=self.cfg.workers)

@@ -308,9 +308,9 @@ def test_affinity_configs_hold_psas_settings_and_alphas_are_checked():
     assert (c.affinity.low_alpha, c.affinity.high_alpha, c.affinity.rw_alpha) == (4, 32, 16)
     assert (c.affinity.rw_beta, c.affinity.rw_logt) == (8, 8)
     from cpn_dist.affinity.labels import AffinityLabelParams
-    from cpn_dist.labels.crf import CrfParams
+    from cpn_dist.config import CrfConfig
 
-    assert AffinityLabelParams.from_config(c.affinity).crf == CrfParams()  # PSA's CRF
+    assert AffinityLabelParams.from_config(c.affinity).crf == CrfConfig()  # PSA's CRF
     assert AffinityLabelParams.from_config(c.affinity, crf=False).crf is None
     demo = load_config(ROOT / "configs" / "demo_affinity.yaml")
     assert demo.model.backbone == "tiny"
@@ -364,17 +364,19 @@ def test_cams_are_brought_to_psas_scale_before_the_alpha_background():
 
 def test_affinity_label_crf_flags_default_to_the_config():
     import argparse
-    from dataclasses import replace
 
-    from cpn_dist.cli.crf_cmd import add_crf_arguments, crf_params
-    from cpn_dist.labels.crf import CrfParams
+    from cpn_dist.cli.crf_cmd import CRF_KEYS, add_crf_arguments, crf_params
+    from cpn_dist.config import CrfConfig
 
+    assert {k: f.annotation for k, f in CrfConfig.model_fields.items()} == CRF_KEYS  # one flag per key
     p = argparse.ArgumentParser()
     add_crf_arguments(p, from_config="affinity.crf")
-    base = CrfParams(gaussian_sxy=0.5, bilateral_sxy=9.0)
+    base = CrfConfig(gaussian_sxy=0.5, bilateral_sxy=9.0)
     assert crf_params(p.parse_args([]), base) == base
-    assert crf_params(p.parse_args(["--crf-bilateral-sxy", "20"]), base) == replace(base, bilateral_sxy=20.0)
+    given = crf_params(p.parse_args(["--crf-bilateral-sxy", "20"]), base)
+    assert given == base.model_copy(update={"bilateral_sxy": 20.0})
     plain = argparse.ArgumentParser()
     add_crf_arguments(plain)  # `cpn crf`, `cpn pseudo`: PSA's values are the flags' defaults
-    assert crf_params(plain.parse_args([])) == CrfParams()
-    assert crf_params(plain.parse_args(["--crf-iterations", "3"])) == replace(CrfParams(), iterations=3)
+    assert crf_params(plain.parse_args([])) == CrfConfig()
+    assert crf_params(plain.parse_args(["--crf-iterations", "3"])) == CrfConfig(iterations=3)
+    assert "(affinity.crf.bilateral_sxy, PSA: 80.0)" in p.format_help().replace("\n", " ")

@@ -9,10 +9,10 @@ import pytest
 from scipy import ndimage
 
 from cpn_dist.affinity.labels import AffinityLabelParams, affinity_label
+from cpn_dist.config import CrfConfig
 from cpn_dist.data.voc import PALETTE, read_label_png, read_split
 from cpn_dist.errors import CpnError
 from cpn_dist.labels.cams import save_cams
-from cpn_dist.labels.crf import CrfParams
 from cpn_dist.labels.pseudo import confident_label, paired_pseudo_label
 from tests.conftest import run_cpn
 from tests.train_support import accelerate_cpu, launch, pack_shards
@@ -52,7 +52,7 @@ def test_crf_labels_follow_the_image_edge():
     truth[12:36, 20:44] = True
     cam = ndimage.gaussian_filter(np.roll(truth, 3, axis=1).astype(np.float32), 4)
     cam = 0.5 * cam / cam.max()
-    label = affinity_label({2: cam}, image, AffinityLabelParams(crf=CrfParams()))
+    label = affinity_label({2: cam}, image, AffinityLabelParams(crf=CrfConfig()))
     assert set(np.unique(label)) <= {0, 3, X}
     assert (label[truth] != 0).all()  # nothing on the object is called background
     assert (label[~truth] != 3).all()  # nothing off the object is called the class

@@ -27,16 +27,16 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from cpn_dist.atomic import write_atomic
+from cpn_dist.config import CrfConfig
 from cpn_dist.data.voc import save_label_png
 from cpn_dist.errors import CpnError
 from cpn_dist.labels.cams import CAM_NORMS, load_cams, normalise_cams
-from cpn_dist.labels.crf import CrfParams
 from cpn_dist.labels.pseudo import confident_label, pseudo_label
 
 log = logging.getLogger(__name__)
@@ -49,14 +49,14 @@ class AffinityLabelParams:
 
     alphas: tuple[float, float] | None = (4.0, 32.0)
     betas: tuple[float, float] | None = None
-    crf: CrfParams | None = CrfParams()
+    crf: CrfConfig | None = field(default_factory=CrfConfig)
     cam_norm: str = "max"  # see cpn_dist.labels.cams.normalise_cams
 
     @classmethod
     def from_config(cls, affinity, crf: bool = True) -> AffinityLabelParams:
         """PSA's α pair of a run config's ``affinity`` section (``low_alpha``, ``high_alpha``, ``cam_norm``)
         and its CRF (``affinity.crf.*``; none with ``crf=False``)."""
-        return cls(alphas=(affinity.low_alpha, affinity.high_alpha), crf=affinity.crf.params() if crf else None,
+        return cls(alphas=(affinity.low_alpha, affinity.high_alpha), crf=affinity.crf if crf else None,
                    cam_norm=affinity.cam_norm)  # fmt: skip
 
     def __post_init__(self) -> None:

@@ -75,7 +75,7 @@ def _run(args) -> int:
     cfg = load_config(args.config).affinity
     alphas = None if args.betas else tuple(args.alphas or (cfg.low_alpha, cfg.high_alpha))
     params = AffinityLabelParams(alphas=alphas, betas=tuple(args.betas) if args.betas else None,
-                                 crf=None if args.no_crf else crf_params(args, cfg.crf.params()),
+                                 crf=None if args.no_crf else crf_params(args, cfg.crf),
                                  cam_norm=args.cam_norm or cfg.cam_norm)  # fmt: skip
     names = stage2_names(args)
     source = image_source(args, names)

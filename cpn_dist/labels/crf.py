@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from cpn_dist.config import CrfConfig
 from cpn_dist.errors import CpnError
 from cpn_dist.labels.cams import background_score
-from cpn_dist.labels.crf_params import CrfParams
 
-__all__ = ["CrfParams", "cam_probabilities", "crf_dict", "crf_probabilities", "dense_crf", "to_label_map"]
+__all__ = ["cam_probabilities", "crf_dict", "crf_probabilities", "dense_crf", "to_label_map"]
 
 SCORE_FLOOR = 1e-5
 
@@ -40,9 +40,11 @@ def cam_probabilities(cams: dict[int, np.ndarray], beta: float | None = None,
     return scores / scores.sum(axis=0, keepdims=True), [0] + [k + 1 for k in keys]
 
 
-def dense_crf(image: np.ndarray, probs: np.ndarray, params: CrfParams = CrfParams()) -> np.ndarray:
+def dense_crf(image: np.ndarray, probs: np.ndarray, params: CrfConfig | None = None) -> np.ndarray:
     """Mean-field inference of the dense CRF with unary −log(probs) on the RGB ``image`` (H×W×3
-    uint8); returns the posterior marginals, C×H×W float32 (each pixel a distribution)."""
+    uint8); returns the posterior marginals, C×H×W float32 (each pixel a distribution). ``params``: a
+    run config's CRF section (``affinity.crf``, ``segmentation.crf``); None: PSA's, ``CrfConfig()``."""
+    params = CrfConfig() if params is None else params
     import pydensecrf.densecrf as dcrf
     from pydensecrf.utils import unary_from_softmax
 
@@ -62,7 +64,7 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, params: CrfParams = CrfParam
 
 
 def crf_probabilities(image: np.ndarray, cams: dict[int, np.ndarray], beta: float | None,
-                      params: CrfParams = CrfParams(), alpha: float | None = None) -> tuple[np.ndarray, list[int]]:
+                      params: CrfConfig | None = None, alpha: float | None = None) -> tuple[np.ndarray, list[int]]:
     """CRF-refined class probabilities of a CAM dict at ``beta`` or ``alpha`` (see :func:`cam_probabilities`)."""
     probs, classes = cam_probabilities(cams, beta, alpha)
     return dense_crf(image, probs, params), classes
