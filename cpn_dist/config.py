@@ -6,7 +6,8 @@ linked as ``configs/`` in the repository) plus dotted command-line overrides
 an unknown key, a wrong type or an out-of-range value is a :class:`~cpn_dist.errors.ConfigError`
 whose message names the dotted key (and, for a typo, the nearest valid key).
 
-The sections and keys here are a stable interface: later versions add keys, never rename them.
+The sections and keys here are a stable interface: later versions add keys; a renamed key
+(:data:`~cpn_dist.config_renames.RENAMED_KEYS`) fails with a message naming its new name.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from cpn_dist.config_base import Section
+from cpn_dist.config_renames import RENAMED_KEYS
 from cpn_dist.config_sections import (
     BatchConfig,
     DataConfig,
@@ -123,11 +125,6 @@ def _model_at(path: tuple[str, ...], root: type[BaseModel] = Config) -> type[Bas
     return model
 
 
-# Keys that were renamed: an old key fails with a message naming its new one.
-RENAMED_KEYS = {
-}
-
-
 def suggest_key(path: tuple[str, ...], root: type[BaseModel] = Config) -> str | None:
     """The nearest valid dotted key for an unknown key at ``path`` of the schema ``root`` (None if nothing
     is close)."""
@@ -171,9 +168,11 @@ def describe_error(err: dict[str, Any], root: type[BaseModel] = Config) -> str:
     ctx = err.get("ctx", {})
     got = err.get("input")
     if kind == "extra_forbidden":
-        if root is Config and key in RENAMED_KEYS:
-            return f"unknown key '{key}': it was renamed to '{RENAMED_KEYS[key]}'"
-        hint = suggest_key(loc, root)
+        renamed = RENAMED_KEYS if root is Config else {}
+        if key in renamed:
+            return f"unknown key '{key}': it was renamed to '{renamed[key]}'"
+        old = difflib.get_close_matches(key, list(renamed), n=1, cutoff=0.85)  # a typo of an old name
+        hint = renamed[old[0]] if old else suggest_key(loc, root)
         return f"unknown key '{key}'" + (f" (did you mean '{hint}'?)" if hint else "")
     if kind == "literal_error":
         expected = ctx.get("expected", "")

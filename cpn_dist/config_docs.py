@@ -39,8 +39,14 @@ floats (PyYAML alone would read them as strings). Rules between keys are checked
 read as well: `data.crop` may not exceed the upper end of `data.scale_range` (every crop would be
 mostly padding), `batch.global_size` must be a multiple of `batch.micro_size`, `loss.recipe: cam`
 needs `model.head: none`, `loss.recipe: official` keeps `loss.cpcr_stop_gradient` and
-`loss.tcp_background` at `true`, `affinity.low_alpha` must be below `affinity.high_alpha`. Keys are a
-stable interface: new keys may be added, none will be renamed.
+`loss.tcp_background` at `true`, `affinity.low_bg_power` must be below `affinity.high_bg_power`.
+
+Two symbols have one meaning each: β is a constant background score (`cams.betas`, `pseudo.beta`, `cpn eval
+--betas`), α a background power, the background score (1 − max CAM)^α (`loss.bg_power`, `affinity.*_bg_power`);
+the random walk's exponent of the affinities is `affinity.rw_affinity_power`. Keys are a stable interface: new
+keys may be added; a renamed key (`loss.alpha` → `loss.bg_power`, `affinity.low_alpha`, `high_alpha`, `rw_alpha`
+→ `*_bg_power`, `affinity.rw_beta` → `rw_affinity_power`) fails with a message naming its new name, and
+weights and runs that record an old key still load.
 """
 
 _RUN_INTRO = """\

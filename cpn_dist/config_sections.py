@@ -111,8 +111,8 @@ class LossConfig(Section):
     weights: list[NonNegativeFloat] = Field(
         [1.0, 1.0, 1.0], min_length=3, max_length=3, description="w1, w2, w3 of L_cls, L_tcp, L_cpcr (eq. 17)"
     )
-    alpha: float = Field(
-        1.0, gt=0.0, le=10.0, description="paper recipe: background exponent, Y^0 = (1 - max_c Y^c)^alpha (eq. 16)"
+    bg_power: float = Field(
+        1.0, gt=0.0, le=10.0, description="paper recipe: background power α, Y^0 = (1 - max_c Y^c)^α (eq. 16)"
     )
     cpcr_stop_gradient: bool = Field(
         True, description="paper recipe: L_cpcr sends no gradient into the raw CAMs Y_o, Y_h, Y_hbar, only into the "

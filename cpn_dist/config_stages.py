@@ -33,30 +33,34 @@ class AffinityConfig(Section):
         "1..20 class, 255 ignore)",
     )
     radius: int = Field(5, ge=2, le=16, description="pairs closer than this many stride-8 cells are trained and walked")
-    low_alpha: float = Field(
-        4.0, gt=0.0, le=1000.0, description="`cpn affinity-labels`: background (1 - max CAM)^alpha of the la map "
-        "(confident foreground)",
+    low_bg_power: float = Field(
+        4.0, gt=0.0, le=1000.0, description="`cpn affinity-labels`: background power α of the la map, background "
+        "score (1 - max CAM)^α (confident foreground)",
     )
-    high_alpha: float = Field(
-        32.0, gt=0.0, le=1000.0, description="`cpn affinity-labels`: background (1 - max CAM)^alpha of the ha map "
-        "(confident background)",
+    high_bg_power: float = Field(
+        32.0, gt=0.0, le=1000.0, description="`cpn affinity-labels`: background power α of the ha map, background "
+        "score (1 - max CAM)^α (confident background)",
     )
-    rw_alpha: float = Field(
-        16.0, gt=0.0, le=1000.0, description="`cpn rw`: background (1 - max CAM)^alpha walked with the CAMs"
+    rw_bg_power: float = Field(
+        16.0, gt=0.0, le=1000.0, description="`cpn rw`: background power α, background score (1 - max CAM)^α walked "
+        "with the CAMs",
     )
-    rw_beta: float = Field(8.0, gt=0.0, le=100.0, description="`cpn rw`: exponent beta of the affinities (A^beta)")
+    rw_affinity_power: float = Field(
+        8.0, gt=0.0, le=100.0, description="`cpn rw`: the affinities raised to this power (A^8: PSA's exponent)"
+    )
     rw_logt: int = Field(8, ge=0, le=16, description="`cpn rw`: the walk takes t = 2^logt steps")
     cam_norm: Literal["max", "none"] = Field(
         "max", description="affinity labels and `cpn rw`: divide each CAM by its maximum first (PSA's scale, "
-        "which its alphas assume; released CPN CAMs peak at 0.5), or use the stored values",
+        "which its background powers assume; released CPN CAMs peak at 0.5), or use the stored values",
     )
     crf: CrfConfig = Field(default_factory=CrfConfig, description="the dense CRF of the affinity labels "
                                     "(PSA's settings, for ~500-pixel images; the `--crf-*` flags override them)")
 
     @model_validator(mode="after")
-    def _ordered_alphas(self) -> AffinityConfig:
-        if not self.low_alpha < self.high_alpha:
-            raise ValueError(f"low_alpha: must be below high_alpha ({self.low_alpha} >= {self.high_alpha})")
+    def _ordered_bg_powers(self) -> AffinityConfig:
+        if not self.low_bg_power < self.high_bg_power:
+            raise ValueError(f"low_bg_power: must be below high_bg_power ({self.low_bg_power} >= "
+                             f"{self.high_bg_power})")
         return self
 
 

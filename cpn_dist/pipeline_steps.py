@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cpn_dist.atomic import write_atomic
+from cpn_dist.config_renames import renamed_flat
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 def stale_reasons(recorded: dict[str, Any], now: dict[str, Any], limit: int = 4) -> list[str]:
     """What differs between a stamp's recorded settings and today's, as short ``key: old → new`` lines
     (at most ``limit``, then how many more)."""
-    a, b = _flatten(recorded), _flatten(now)
+    a, b = renamed_flat(_flatten(recorded)), _flatten(now)  # stamps of older versions: keys renamed since
     keys = [k for k in dict.fromkeys([*a, *b]) if a.get(k, "<absent>") != b.get(k, "<absent>")]
     shown = []
     for key in keys[:limit]:

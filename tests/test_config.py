@@ -233,3 +233,30 @@ def test_pipeline_configs_go_through_the_run_config_loader():
         assert "pipeline_demo.yaml: " in str(info.value)
         assert expected in str(info.value), override
     assert load_pipeline_config("pipeline_demo", ["segmentation_labels=cam"]).segmentation_labels == "cam"
+
+
+def test_a_renamed_key_fails_naming_its_new_name_and_recorded_configs_still_load():
+    from cpn_dist.config_renames import RENAMED_KEYS, renamed_flat, renamed_tree
+    from cpn_dist.run_start import config_changes
+
+    for old, new in RENAMED_KEYS.items():
+        assert new in all_keys() and old not in all_keys()
+        with pytest.raises(ConfigError, match=f"unknown key '{old}': it was renamed to '{new}'"):
+            load_config(None, [f"{old}=2.0"])
+    with pytest.raises(ConfigError, match="unknown key 'affinity.low_alph' \\(did you mean 'affinity.low_bg_power'"):
+        load_config(None, ["affinity.low_alph=2.0"])
+    # what weights, checkpoints and step stamps of older versions recorded: read under the new names
+    recorded = Config().to_dict()
+    recorded["affinity"] = {("rw_beta" if k == "rw_affinity_power" else k): v for k, v in recorded["affinity"].items()}
+    recorded["loss"] = {("alpha" if k == "bg_power" else k): v for k, v in recorded["loss"].items()}
+    assert Config.model_validate(renamed_tree(recorded)) == Config()
+    assert config_changes(recorded, Config().to_dict()) == []
+    assert renamed_flat({"affinity.rw_alpha": 16.0, "data.crop": 448}) == {"affinity.rw_bg_power": 16.0,
+                                                                           "data.crop": 448}  # fmt: skip
+
+
+def test_renamed_cli_flags_fail_naming_their_new_names():
+    proc = run_cpn("rw", "--checkpoint", "w.pth", "--cams", "c", "--out", "o", "--beta", "8")
+    assert proc.returncode == 2 and "--beta was renamed to --affinity-power" in proc.stderr
+    proc = run_cpn("affinity-labels", "--cams", "c", "--out", "o", "--alphas", "4", "32")
+    assert proc.returncode == 2 and "--alphas was renamed to --bg-powers" in proc.stderr

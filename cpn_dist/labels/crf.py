@@ -26,15 +26,15 @@ SCORE_FLOOR = 1e-5
 
 
 def cam_probabilities(cams: dict[int, np.ndarray], beta: float | None = None,
-                      alpha: float | None = None) -> tuple[np.ndarray, list[int]]:  # fmt: skip
-    """Class probabilities (K+1)×H×W float32 from a CAM dict at background score ``beta`` — or, with
-    ``alpha``, AffinityNet's ``(1 − max_c CAM_c)^α`` — and the VOC class index (0 = background, c + 1
-    for CAM key c) of each channel."""
+                      bg_power: float | None = None) -> tuple[np.ndarray, list[int]]:  # fmt: skip
+    """Class probabilities (K+1)×H×W float32 from a CAM dict at background score ``beta`` — or, with the
+    background power α = ``bg_power``, AffinityNet's ``(1 − max_c CAM_c)^α`` — and the VOC class index
+    (0 = background, c + 1 for CAM key c) of each channel."""
     if not cams:
         raise CpnError("a CAM dict with no classes has no foreground to refine")
     keys = sorted(cams)
     fg = np.stack([np.asarray(cams[k], dtype=np.float32) for k in keys])
-    background = background_score(cams, fg.shape[1:], beta, alpha)
+    background = background_score(cams, fg.shape[1:], beta, bg_power)
     scores = np.concatenate([background[None], fg])
     scores = np.maximum(scores, np.float32(SCORE_FLOOR))
     return scores / scores.sum(axis=0, keepdims=True), [0] + [k + 1 for k in keys]
@@ -64,9 +64,9 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, params: CrfConfig | None = N
 
 
 def crf_probabilities(image: np.ndarray, cams: dict[int, np.ndarray], beta: float | None,
-                      params: CrfConfig | None = None, alpha: float | None = None) -> tuple[np.ndarray, list[int]]:
-    """CRF-refined class probabilities of a CAM dict at ``beta`` or ``alpha`` (see :func:`cam_probabilities`)."""
-    probs, classes = cam_probabilities(cams, beta, alpha)
+                      params: CrfConfig | None = None, bg_power: float | None = None) -> tuple[np.ndarray, list[int]]:
+    """CRF-refined class probabilities of a CAM dict at ``beta`` or ``bg_power`` (see :func:`cam_probabilities`)."""
+    probs, classes = cam_probabilities(cams, beta, bg_power)
     return dense_crf(image, probs, params), classes
 
 

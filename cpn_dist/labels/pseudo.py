@@ -12,7 +12,7 @@ The background score is a constant β (the released evaluator) or AffinityNet's 
   background score is low (a low β, or a high α). The rule is PSA's (``VOC12AffDataset``): the
   foreground-confident map's label where it says foreground; 0 where the background-confident map
   says background (this wins); 255 (ignore) elsewhere. ``cpn pseudo --betas LOW HIGH`` pairs two β;
-  ``cpn affinity-labels`` pairs two α, as PSA's la/ha CRF maps (α = 4 and 32).
+  ``cpn affinity-labels`` pairs two background powers α, as PSA's la/ha CRF maps (α = 4 and 32).
 """
 
 from __future__ import annotations
@@ -38,14 +38,14 @@ log = logging.getLogger(__name__)
 
 def pseudo_label(cams: dict[int, np.ndarray], beta: float | None, shape: tuple[int, int],
                  image: np.ndarray | None = None, crf: CrfConfig | None = None,
-                 alpha: float | None = None) -> np.ndarray:  # fmt: skip
-    """H×W uint8 class map of a CAM dict at background score ``beta`` (or ``(1 − max)^alpha`` with
-    ``beta=None``); CRF-refined on ``image`` when ``crf`` is given."""
+                 bg_power: float | None = None) -> np.ndarray:  # fmt: skip
+    """H×W uint8 class map of a CAM dict at background score ``beta`` (or ``(1 − max)^α`` with the
+    background power α = ``bg_power`` and ``beta=None``); CRF-refined on ``image`` when ``crf`` is given."""
     if crf is None or not cams:
-        return class_map(cams, beta, shape, alpha)
+        return class_map(cams, beta, shape, bg_power)
     if image is None:
         raise CpnError("the CRF needs the image")
-    probs, classes = crf_probabilities(image, cams, beta, crf, alpha)
+    probs, classes = crf_probabilities(image, cams, beta, crf, bg_power)
     return to_label_map(probs, classes)
 
 
