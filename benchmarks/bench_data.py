@@ -133,8 +133,8 @@ def main() -> None:
             image, slic = decode_image(raw["jpg"]), decode_slic(raw["slic300.png"])
             aug_rng, patch_rng = sample_rngs(0, 0, raw["__key__"])
             k = int(slic.max()) + 1
-            x, valid, ids = augment(image, slic, draw_augmentation(aug_rng, maker.augment, *image.size),
-                                    maker.augment, pad_id=k)  # fmt: skip
+            x, valid, ids = augment(image, slic, draw_augmentation(aug_rng, maker.data, *image.size),
+                                    maker.data, pad_id=k)  # fmt: skip
             crops.append((x, valid, ids, k))
 
         rng = np.random.default_rng(0)

@@ -94,12 +94,12 @@ def timed(times: dict, name: str, fn, *args, **kwargs):
 def main() -> None:
     from cpn_dist.affinity.labels import AffinityLabelParams, write_affinity_labels
     from cpn_dist.affinity.random_walk import WalkParams, load_affinity_model, walk_samples
+    from cpn_dist.config import CrfConfig
     from cpn_dist.data.inputs import VocSource
     from cpn_dist.data.voc import read_split
     from cpn_dist.demo.run import eval_names, run_demo
     from cpn_dist.demo.settings import DEMO_CONFIG, DemoSettings
     from cpn_dist.demo.steps import infer_cams, initial_weights, make_data, train_model, warm_up
-    from cpn_dist.labels.crf import CrfParams
     from cpn_dist.labels.evaluate import GroundTruth, score_labels, sweep
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -145,7 +145,7 @@ def main() -> None:
 
     # ---- stage 2 ------------------------------------------------------------------------------------
     scale = args.size / 500  # the CRF's spatial kernels are in pixels
-    crf = CrfParams(gaussian_sxy=3 * scale, bilateral_sxy=80 * scale)
+    crf = CrfConfig(gaussian_sxy=3 * scale, bilateral_sxy=80 * scale)
     labels = out / "affinity_labels"
     timed(times, "affinity labels", write_affinity_labels, VocSource(voc, train_aug), cams, labels,
           AffinityLabelParams(crf=crf), train_aug, workers=2)  # fmt: skip

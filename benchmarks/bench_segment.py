@@ -22,14 +22,15 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from cpn_dist.config import SegmentationCrfConfig
 from cpn_dist.data.inputs import Sample
-from cpn_dist.labels.crf import CrfParams, dense_crf
+from cpn_dist.labels.crf import dense_crf
 from cpn_dist.segmentation.infer import Outputs, SegmentSettings, segment_samples
 from cpn_dist.segmentation.model import build_segmentation_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
-DEEPLAB_CRF = CrfParams(10, 1.0, 3.0, 67.0, 3.0, 4.0)
+DEEPLAB_CRF = SegmentationCrfConfig()  # 10 iterations, Gaussian 1 / 3, bilateral 67 / 3 / 4
 
 
 def timed(fn, repeats: int) -> dict:

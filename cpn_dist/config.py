@@ -6,7 +6,8 @@ linked as ``configs/`` in the repository) plus dotted command-line overrides
 an unknown key, a wrong type or an out-of-range value is a :class:`~cpn_dist.errors.ConfigError`
 whose message names the dotted key (and, for a typo, the nearest valid key).
 
-The sections and keys here are a stable interface: later versions add keys, never rename them.
+The sections and keys here are a stable interface: later versions add keys; a renamed key
+(:data:`~cpn_dist.config_renames.RENAMED_KEYS`) fails with a message naming its new name.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from cpn_dist.config_base import Section
+from cpn_dist.config_renames import RENAMED_KEYS
 from cpn_dist.config_sections import (
     BatchConfig,
     DataConfig,
@@ -34,11 +36,13 @@ from cpn_dist.config_stages import AffinityConfig, CrfConfig, SegmentationConfig
 from cpn_dist.errors import ConfigError
 from cpn_dist.yaml_io import dump_yaml, find_config, parse_yaml
 
+S = TypeVar("S", bound=Section)
+
 __all__ = [
     "AffinityConfig", "BatchConfig", "Config", "ConfigError", "CrfConfig", "DataConfig", "LogConfig", "LossConfig",
-    "ModelConfig", "OptimConfig", "OutputConfig", "PatchConfig", "SegmentationConfig", "SegmentationCrfConfig",
-    "TrainConfig", "all_keys", "apply_override", "describe_error", "key_docs", "load_config", "parse_yaml",
-    "suggest_key", "to_yaml", "validate",
+    "ModelConfig", "OptimConfig", "OutputConfig", "PatchConfig", "RENAMED_KEYS", "SegmentationConfig",
+    "SegmentationCrfConfig", "TrainConfig", "all_keys", "apply_override", "describe_error", "key_docs", "load_config",
+    "parse_yaml", "suggest_key", "to_yaml", "validate",
 ]  # fmt: skip
 
 
@@ -111,8 +115,8 @@ def key_docs() -> list[tuple[str, str, str]]:
     return rows
 
 
-def _model_at(path: tuple[str, ...]) -> type[BaseModel] | None:
-    model: type[BaseModel] | None = Config
+def _model_at(path: tuple[str, ...], root: type[BaseModel] = Config) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = root
     for part in path:
         if model is None:
             return None
@@ -121,17 +125,18 @@ def _model_at(path: tuple[str, ...]) -> type[BaseModel] | None:
     return model
 
 
-def suggest_key(path: tuple[str, ...]) -> str | None:
-    """The nearest valid dotted key for an unknown key at ``path`` (None if nothing is close)."""
+def suggest_key(path: tuple[str, ...], root: type[BaseModel] = Config) -> str | None:
+    """The nearest valid dotted key for an unknown key at ``path`` of the schema ``root`` (None if nothing
+    is close)."""
     parent, name = path[:-1], path[-1]
-    model = _model_at(parent)
+    model = _model_at(parent, root)
     if model is not None:
         close = difflib.get_close_matches(name, list(_section_fields(model)), n=1, cutoff=0.6)
         if close:
             return ".".join((*parent, close[0]))
     # A right key in the wrong section (`lr` at the top level): match on the last component,
     # then on the whole dotted path.
-    keys = all_keys()
+    keys = all_keys(root)
     same_leaf = [k for k in keys if k.rsplit(".", 1)[-1] == name]
     if same_leaf:
         return same_leaf[0]
@@ -151,8 +156,9 @@ _TYPE_NAMES = {
 }
 
 
-def describe_error(err: dict[str, Any]) -> str:
-    """One line for one pydantic error, naming the dotted key (and, for an unknown key, the nearest valid one)."""
+def describe_error(err: dict[str, Any], root: type[BaseModel] = Config) -> str:
+    """One line for one pydantic error of the schema ``root``, naming the dotted key (and, for an unknown key,
+    its new name if it was renamed, else the nearest valid one)."""
     loc = tuple(str(p) for p in err["loc"] if not isinstance(p, int))
     index = [p for p in err["loc"] if isinstance(p, int)]
     key = ".".join(loc) or "<config>"
@@ -162,10 +168,16 @@ def describe_error(err: dict[str, Any]) -> str:
     ctx = err.get("ctx", {})
     got = err.get("input")
     if kind == "extra_forbidden":
-        hint = suggest_key(loc)
+        renamed = RENAMED_KEYS if root is Config else {}
+        if key in renamed:
+            return f"unknown key '{key}': it was renamed to '{renamed[key]}'"
+        old = difflib.get_close_matches(key, list(renamed), n=1, cutoff=0.85)  # a typo of an old name
+        hint = renamed[old[0]] if old else suggest_key(loc, root)
         return f"unknown key '{key}'" + (f" (did you mean '{hint}'?)" if hint else "")
     if kind == "literal_error":
-        return f"{key}: expected one of {ctx.get('expected')}, got {got!r}"
+        expected = ctx.get("expected", "")
+        close = difflib.get_close_matches(str(got), re.findall(r"'([^']*)'", expected), n=1, cutoff=0.6)
+        return f"{key}: expected one of {expected}, got {got!r}" + (f" (did you mean '{close[0]}'?)" if close else "")
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
         bound = next(iter(ctx.values()))
@@ -186,16 +198,16 @@ def describe_error(err: dict[str, Any]) -> str:
     return f"{key}: {err['msg']}"
 
 
-def validate(raw: dict[str, Any] | None, source: str = "config") -> Config:
-    """Validate a raw mapping into a :class:`Config`; errors name the dotted key."""
+def validate(raw: dict[str, Any] | None, source: str = "config", model: type[S] = Config) -> S:
+    """Validate a raw mapping into ``model`` (a :class:`Config` unless told); errors name the dotted key."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
     try:
-        return Config.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
-        lines = [describe_error(e) for e in exc.errors()]
+        lines = [describe_error(e, model) for e in exc.errors()]
         # Whole-section errors repeat what a leaf error already says; keep the most specific.
         raise ConfigError(f"{source}: " + "; ".join(dict.fromkeys(lines))) from None
 
@@ -217,14 +229,16 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     node[path[-1]] = parse_yaml(text, source=f"override {key}")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                model: type[S] = Config, what: str = "config file") -> S:  # fmt: skip
     """Read a YAML config (a path, or a packaged config's name: see :func:`cpn_dist.yaml_io.find_config`;
-    defaults when ``path`` is None), apply dotted overrides, and validate. Raises :class:`ConfigError`
-    with a one-line message on any problem."""
+    defaults when ``path`` is None), apply dotted overrides, and validate it as ``model`` (a run
+    :class:`Config` unless told; :func:`cpn_dist.pipeline_config.load_pipeline_config` reads pipeline
+    configs through here). Raises :class:`ConfigError` with a one-line message on any problem."""
     raw: dict[str, Any] = {}
     source = "config"
     if path is not None:
-        p = find_config(path)
+        p = find_config(path, what)
         source = str(p)
         raw = parse_yaml(p.read_text(), source=source)
         if raw is None:
@@ -233,7 +247,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"{source}: the top level must be a mapping of sections")
     for override in overrides:
         apply_override(raw, override)
-    return validate(raw, source=source)
+    return validate(raw, source=source, model=model)
 
 
 def to_yaml(config: Config) -> str:

@@ -14,8 +14,10 @@ import typing
 from typing import Any, Literal
 
 import annotated_types
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel
 from pydantic.fields import FieldInfo
+
+from cpn_dist.config_base import ascending
 
 __all__ = ["config_reference", "leaf_fields", "render_default", "render_type"]
 
@@ -37,8 +39,14 @@ floats (PyYAML alone would read them as strings). Rules between keys are checked
 read as well: `data.crop` may not exceed the upper end of `data.scale_range` (every crop would be
 mostly padding), `batch.global_size` must be a multiple of `batch.micro_size`, `loss.recipe: cam`
 needs `model.head: none`, `loss.recipe: official` keeps `loss.cpcr_stop_gradient` and
-`loss.tcp_background` at `true`, `affinity.low_alpha` must be below `affinity.high_alpha`. Keys are a
-stable interface: new keys may be added, none will be renamed.
+`loss.tcp_background` at `true`, `affinity.low_bg_power` must be below `affinity.high_bg_power`.
+
+Two symbols have one meaning each: β is a constant background score (`cams.betas`, `pseudo.beta`, `cpn eval
+--betas`), α a background power, the background score (1 − max CAM)^α (`loss.bg_power`, `affinity.*_bg_power`);
+the random walk's exponent of the affinities is `affinity.rw_affinity_power`. Keys are a stable interface: new
+keys may be added; a renamed key (`loss.alpha` → `loss.bg_power`, `affinity.low_alpha`, `high_alpha`, `rw_alpha`
+→ `*_bg_power`, `affinity.rw_beta` → `rw_affinity_power`) fails with a message naming its new name, and
+weights and runs that record an old key still load.
 """
 
 _RUN_INTRO = """\
@@ -72,6 +80,8 @@ def leaf_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, Fie
 def _type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if origin is typing.Annotated:  # a constrained element type: `int > 0`
+        return " ".join([_type_name(args[0]), *_bounds(args[1:])])
     if origin is Literal:
         return " \\| ".join(f"`{a}`" for a in args)
     if origin in (typing.Union, types.UnionType):
@@ -87,14 +97,24 @@ _BOUNDS = ((annotated_types.Ge, "ge", "≥"), (annotated_types.Gt, "gt", ">"),
            (annotated_types.Le, "le", "≤"), (annotated_types.Lt, "lt", "<"))  # fmt: skip
 
 
-def render_type(field: FieldInfo) -> str:
-    """The field's type, with the bounds and list lengths the schema enforces: ``int, ≥ 2, ≤ 100000``."""
-    parts = [_type_name(field.annotation)]
-    lo, hi = None, None
-    for m in field.metadata:
+def _bounds(metadata) -> list[str]:
+    """``["> 0"]``: the bounds among a field's or a type's metadata."""
+    out = []
+    for m in metadata:
         for kind, attr, sign in _BOUNDS:
             if isinstance(m, kind):
-                parts.append(f"{sign} {getattr(m, attr)}")
+                out.append(f"{sign} {getattr(m, attr)}")
+        if isinstance(m, FieldInfo):
+            out.extend(_bounds(m.metadata))
+    return out
+
+
+def render_type(field: FieldInfo) -> str:
+    """The field's type, with the bounds and list lengths the schema enforces: ``int, ≥ 2, ≤ 100000``;
+    ``list[int > 0], 2 items, low ≤ high``."""
+    parts = [_type_name(field.annotation), *_bounds(field.metadata)]
+    lo, hi = None, None
+    for m in field.metadata:
         if isinstance(m, annotated_types.MinLen):
             lo = m.min_length
         if isinstance(m, annotated_types.MaxLen):
@@ -103,6 +123,8 @@ def render_type(field: FieldInfo) -> str:
         parts.append(f"{lo} items")
     elif lo is not None or hi is not None:
         parts.append(" ".join(s for s in (lo and f"≥ {lo}", hi and f"≤ {hi}") if s) + " items")
+    if any(isinstance(m, AfterValidator) and m.func is ascending for m in field.metadata):
+        parts.append("low ≤ high")
     return ", ".join(parts)
 
 

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from cpn_dist.config_base import Section
+from cpn_dist.config_base import NonNegativeFloat, Pair, PositiveFloat, PositiveInt, Section
 
 
 class PatchConfig(Section):
@@ -23,7 +23,7 @@ class PatchConfig(Section):
     segments: int = Field(
         200, ge=2, le=100_000, description="S_N, the SLIC segment count (must be packed in the shards)"
     )
-    grid_sizes: list[int] = Field(
+    grid_sizes: list[PositiveInt] = Field(
         [56, 112], min_length=1, description="K, the grid cell sizes S drawn from evenly (pixels)"
     )
     hide_prob: float = Field(0.5, gt=0.0, lt=1.0, description="p_h, probability that a patch is hidden in I_h")
@@ -36,12 +36,6 @@ class PatchConfig(Section):
         "released: floor((K+1)/2) ids drawn with replacement",
     )
 
-    @model_validator(mode="after")
-    def _positive_grid(self) -> PatchConfig:
-        if any(s < 1 for s in self.grid_sizes):
-            raise ValueError("grid_sizes: every cell size must be >= 1 pixel")
-        return self
-
 
 class DataConfig(Section):
     shards: str = Field(
@@ -49,16 +43,16 @@ class DataConfig(Section):
     )
     split: str = Field("train_aug", description="which split's shards to read from a folder")
     crop: int = Field(448, ge=16, le=4096, description="square training crop (pixels)")
-    scale_range: list[int] = Field(
-        [448, 768], min_length=2, max_length=2, description="random long-side resize range (pixels)"
+    scale_range: Pair[PositiveInt] = Field(
+        [448, 768], description="random long-side resize range (pixels)"
     )
     mean: list[float] = Field(
         [0.485, 0.456, 0.406], min_length=3, max_length=3, description="RGB normalisation mean (0..1)"
     )
-    std: list[float] = Field(
+    std: list[PositiveFloat] = Field(
         [0.229, 0.224, 0.225], min_length=3, max_length=3, description="RGB normalisation std (0..1)"
     )
-    color_jitter: list[float] = Field(
+    color_jitter: list[NonNegativeFloat] = Field(
         [0.3, 0.3, 0.3, 0.1], min_length=4, max_length=4,
         description="brightness, contrast, saturation, hue jitter of the image only (0 = off)",
     )
@@ -77,17 +71,13 @@ class DataConfig(Section):
     patch: PatchConfig = Field(default_factory=PatchConfig)
 
     @model_validator(mode="after")
-    def _ordered_scale_range(self) -> DataConfig:
-        lo, hi = self.scale_range
-        if not 0 < lo <= hi:
-            raise ValueError(f"scale_range: need 0 < low <= high, got [{lo}, {hi}]")
+    def _crop_fits(self) -> DataConfig:
+        hi = self.scale_range[1]
         if self.crop > hi:  # every image is resized to a long side <= hi: each crop would be mostly padding
             raise ValueError(f"crop: {self.crop} is larger than every training image (data.scale_range resizes "
                              f"the long side to at most {hi} pixels); lower data.crop or raise data.scale_range")
-        if any(s <= 0 for s in self.std):
-            raise ValueError("std: every value must be > 0")
-        if any(j < 0 for j in self.color_jitter) or self.color_jitter[3] > 0.5:
-            raise ValueError("color_jitter: values must be >= 0 and the hue jitter <= 0.5")
+        if self.color_jitter[3] > 0.5:
+            raise ValueError(f"color_jitter: the hue jitter (the 4th value) must be <= 0.5, got {self.color_jitter[3]}")
         return self
 
 
@@ -118,11 +108,11 @@ class LossConfig(Section):
     ohem_scope: Literal["batch", "image"] = Field(
         "batch", description="top-k over the whole global batch, or per image"
     )
-    weights: list[float] = Field(
+    weights: list[NonNegativeFloat] = Field(
         [1.0, 1.0, 1.0], min_length=3, max_length=3, description="w1, w2, w3 of L_cls, L_tcp, L_cpcr (eq. 17)"
     )
-    alpha: float = Field(
-        1.0, gt=0.0, le=10.0, description="paper recipe: background exponent, Y^0 = (1 - max_c Y^c)^alpha (eq. 16)"
+    bg_power: float = Field(
+        1.0, gt=0.0, le=10.0, description="paper recipe: background power α, Y^0 = (1 - max_c Y^c)^α (eq. 16)"
     )
     cpcr_stop_gradient: bool = Field(
         True, description="paper recipe: L_cpcr sends no gradient into the raw CAMs Y_o, Y_h, Y_hbar, only into the "
@@ -140,9 +130,7 @@ class LossConfig(Section):
     )
 
     @model_validator(mode="after")
-    def _non_negative_weights(self) -> LossConfig:
-        if any(w < 0 for w in self.weights):
-            raise ValueError("weights: every loss weight must be >= 0")
+    def _official_is_the_released_block(self) -> LossConfig:
         if self.recipe == "official" and not (self.cpcr_stop_gradient and self.tcp_background):
             raise ValueError("recipe: 'official' reproduces the released loss block; cpcr_stop_gradient and "
                              "tcp_background apply to recipe 'paper' only")

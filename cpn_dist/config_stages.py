@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from cpn_dist.config_base import Section
+from cpn_dist.config_base import PositiveFloat, PositiveInt, Section
 
 
 class CrfConfig(Section):
@@ -23,13 +23,6 @@ class CrfConfig(Section):
     bilateral_srgb: float = Field(13.0, gt=0.0, description="bilateral kernel: colour std (0..255)")
     bilateral_compat: float = Field(10.0, gt=0.0, description="bilateral kernel weight")
 
-    def params(self):
-        """These settings as :class:`cpn_dist.labels.crf.CrfParams`."""
-        from cpn_dist.labels.crf import CrfParams
-
-        return CrfParams(self.iterations, self.gaussian_sxy, self.gaussian_compat, self.bilateral_sxy,
-                         self.bilateral_srgb, self.bilateral_compat)  # fmt: skip
-
 
 class AffinityConfig(Section):
     """Stage 2 (`stage: affinity`): AffinityNet on affinity labels, and the random walk (PSA's defaults)."""
@@ -40,30 +33,34 @@ class AffinityConfig(Section):
         "1..20 class, 255 ignore)",
     )
     radius: int = Field(5, ge=2, le=16, description="pairs closer than this many stride-8 cells are trained and walked")
-    low_alpha: float = Field(
-        4.0, gt=0.0, le=1000.0, description="`cpn affinity-labels`: background (1 - max CAM)^alpha of the la map "
-        "(confident foreground)",
+    low_bg_power: float = Field(
+        4.0, gt=0.0, le=1000.0, description="`cpn affinity-labels`: background power α of the la map, background "
+        "score (1 - max CAM)^α (confident foreground)",
     )
-    high_alpha: float = Field(
-        32.0, gt=0.0, le=1000.0, description="`cpn affinity-labels`: background (1 - max CAM)^alpha of the ha map "
-        "(confident background)",
+    high_bg_power: float = Field(
+        32.0, gt=0.0, le=1000.0, description="`cpn affinity-labels`: background power α of the ha map, background "
+        "score (1 - max CAM)^α (confident background)",
     )
-    rw_alpha: float = Field(
-        16.0, gt=0.0, le=1000.0, description="`cpn rw`: background (1 - max CAM)^alpha walked with the CAMs"
+    rw_bg_power: float = Field(
+        16.0, gt=0.0, le=1000.0, description="`cpn rw`: background power α, background score (1 - max CAM)^α walked "
+        "with the CAMs",
     )
-    rw_beta: float = Field(8.0, gt=0.0, le=100.0, description="`cpn rw`: exponent beta of the affinities (A^beta)")
+    rw_affinity_power: float = Field(
+        8.0, gt=0.0, le=100.0, description="`cpn rw`: the affinities raised to this power (A^8: PSA's exponent)"
+    )
     rw_logt: int = Field(8, ge=0, le=16, description="`cpn rw`: the walk takes t = 2^logt steps")
     cam_norm: Literal["max", "none"] = Field(
         "max", description="affinity labels and `cpn rw`: divide each CAM by its maximum first (PSA's scale, "
-        "which its alphas assume; released CPN CAMs peak at 0.5), or use the stored values",
+        "which its background powers assume; released CPN CAMs peak at 0.5), or use the stored values",
     )
     crf: CrfConfig = Field(default_factory=CrfConfig, description="the dense CRF of the affinity labels "
                                     "(PSA's settings, for ~500-pixel images; the `--crf-*` flags override them)")
 
     @model_validator(mode="after")
-    def _ordered_alphas(self) -> AffinityConfig:
-        if not self.low_alpha < self.high_alpha:
-            raise ValueError(f"low_alpha: must be below high_alpha ({self.low_alpha} >= {self.high_alpha})")
+    def _ordered_bg_powers(self) -> AffinityConfig:
+        if not self.low_bg_power < self.high_bg_power:
+            raise ValueError(f"low_bg_power: must be below high_bg_power ({self.low_bg_power} >= "
+                             f"{self.high_bg_power})")
         return self
 
 
@@ -93,20 +90,12 @@ class SegmentationConfig(Section):
     head_channels: int = Field(1024, ge=1, le=8192, description="LargeFOV: channels of its two hidden layers")
     head_dropout: float = Field(0.5, ge=0.0, lt=1.0, description="dropout rate inside the head (0 = none)")
     fov_dilation: int = Field(12, ge=1, le=64, description="LargeFOV: dilation of its 3x3 convolution")
-    aspp_rates: list[int] = Field(
+    aspp_rates: list[PositiveInt] = Field(
         [6, 12, 18, 24], min_length=1, max_length=8, description="ASPP: dilations of the parallel 3x3 branches"
     )
-    test_scales: list[float] = Field(
+    test_scales: list[PositiveFloat] = Field(
         [0.5, 0.75, 1.0, 1.25, 1.5], min_length=1,
         description="inference (`cpn segment`, `cpn pipeline`): image scales whose softmax is averaged",
     )
     test_flip: bool = Field(True, description="inference: add the horizontally flipped input of every scale")
     crf: SegmentationCrfConfig = Field(default_factory=SegmentationCrfConfig)
-
-    @model_validator(mode="after")
-    def _positive_rates_and_scales(self) -> SegmentationConfig:
-        if any(r < 1 for r in self.aspp_rates):
-            raise ValueError("aspp_rates: every dilation must be >= 1")
-        if any(not s > 0 for s in self.test_scales):
-            raise ValueError("test_scales: every scale must be > 0")
-        return self

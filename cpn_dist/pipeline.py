@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cpn_dist.config import ConfigError, load_config
+from cpn_dist.config_renames import renamed_flat
 from cpn_dist.errors import CpnError
 from cpn_dist.pipeline_config import (  # noqa: F401  (the pipeline config's names, importable from here)
     CamSettings,
@@ -204,7 +205,7 @@ class Pipeline:
         self.dist = _Dist()
         runner = StepRunner(TABLE, self, self.work / "steps", self.dist, settings=lambda s: step_settings(self, s.name),
                             configured=lambda s: s.stage != "2" or self.stage2, given=self._given,
-                            revive=lambda score: StageScore(**score))  # fmt: skip
+                            revive=lambda score: StageScore(**score), upgrade=renamed_flat)  # fmt: skip
         runner.check([*(only or ()), *skip, *([redo] if redo else [])])
         lock = lock_on_main(self.work, "work_dir", self.dist.main, self.dist.world)
         try:

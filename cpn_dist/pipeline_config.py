@@ -9,14 +9,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
-from cpn_dist.config import ConfigError, describe_error, parse_yaml
+from cpn_dist.config import load_config
 from cpn_dist.config_base import Section
 from cpn_dist.errors import CpnError
 from cpn_dist.pipeline_stages import STEPS
-from cpn_dist.yaml_io import find_config
+
+
+def _parsed_sweep(text: str) -> str:
+    from cpn_dist.labels.evaluate import parse_betas
+
+    try:
+        parse_betas(text)
+    except CpnError as exc:  # checked when the config is read, not after training
+        raise ValueError(f"'{text}' " + str(exc).split("': ", 1)[-1]) from None
+    return text
+
+
+# a β sweep as `cpn eval --betas` takes it: START:STOP:STEP or a comma list
+BetaSweep = Annotated[str, AfterValidator(_parsed_sweep)]
 
 # --------------------------------------------------------------------------------------------
 # the pipeline config
@@ -56,18 +70,8 @@ class PackSettings(Section):
 
 class CamSettings(Section):
     scales: list[float] = Field([0.5, 1.0, 1.5, 2.0], min_length=1, description="CAM inference scales (+ flips)")
-    betas: str = Field("0.20:0.60:0.01", description="β sweep of `eval_cams` (START:STOP:STEP or a comma list; "
+    betas: BetaSweep = Field("0.20:0.60:0.01", description="β sweep of `eval_cams` (START:STOP:STEP or a comma list; "
                        "checked when the config is read; a best β on the sweep's edge is a warning)")
-
-    @model_validator(mode="after")
-    def _valid_betas(self) -> CamSettings:
-        from cpn_dist.labels.evaluate import parse_betas
-
-        try:
-            parse_betas(self.betas)
-        except CpnError as exc:  # checked when the config is read, not after training
-            raise ValueError(f"betas: '{self.betas}' " + str(exc).split("': ", 1)[-1]) from None
-        return self
 
 
 class PseudoSettings(Section):
@@ -90,38 +94,22 @@ class PipelineConfig(Section):
     pack: PackSettings = Field(default_factory=PackSettings)
     cams: CamSettings = Field(default_factory=CamSettings)
     pseudo: PseudoSettings = Field(default_factory=PseudoSettings)
-    segmentation_labels: str = Field(
+    segmentation_labels: Literal["auto", "rw", "cam"] = Field(
         "auto", description="what DeepLab trains on: rw, cam (the CAM pseudo labels), or auto (rw with stage 2)"
     )
     workers: int = Field(2, ge=1, le=256, description="processes of the CPU steps (scoring, CRF, labels)")
-    skip: list[str] = Field([], description="steps not to run")
+    skip: list[Literal[STEPS]] = Field([], description="steps not to run")
 
     @model_validator(mode="after")
-    def _known_names(self) -> PipelineConfig:
-        unknown = [s for s in self.skip if s not in STEPS]
-        if unknown:
-            raise ValueError(f"skip: unknown step '{unknown[0]}' (steps: {', '.join(STEPS)})")
-        if self.segmentation_labels not in ("auto", "rw", "cam"):
-            raise ValueError(f"segmentation_labels: expected auto, rw or cam, got '{self.segmentation_labels}'")
+    def _rw_needs_stage2(self) -> PipelineConfig:
         if self.segmentation_labels == "rw" and self.configs.affinity is None:
             raise ValueError("segmentation_labels: 'rw' needs configs.affinity (stage 2)")
         return self
 
 
 def load_pipeline_config(path: str | Path, overrides: Sequence[str] = ()) -> PipelineConfig:
-    """Read and validate a pipeline config (a path or a packaged name, e.g. ``pipeline_demo``); relative
-    paths in it are relative to the working directory, run configs are paths or packaged names. Errors
-    are one line naming the file and the dotted key."""
-    from cpn_dist.config import apply_override
-
-    p = find_config(path, "pipeline config")
-    raw = parse_yaml(p.read_text(), source=str(p)) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping")
-    for override in overrides:
-        apply_override(raw, override)
-    try:
-        return PipelineConfig.model_validate(raw)
-    except ValidationError as exc:
-        lines = [describe_error(e) for e in exc.errors()]
-        raise ConfigError(f"{p}: " + "; ".join(dict.fromkeys(lines))) from None
+    """Read and validate a pipeline config (a path or a packaged name, e.g. ``pipeline_demo``) with dotted
+    overrides, through the loader of run configs (:func:`cpn_dist.config.load_config`); relative paths in it
+    are relative to the working directory, run configs are paths or packaged names. Errors are one line
+    naming the file and the dotted key."""
+    return load_config(path, overrides, model=PipelineConfig, what="pipeline config")

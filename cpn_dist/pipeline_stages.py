@@ -69,12 +69,12 @@ def eval_cams(p):
 
 def pseudo(p):
     """CAM pseudo labels of the training images at the best β (optionally CRF-refined)."""
-    from cpn_dist.labels.crf import CrfParams
+    from cpn_dist.config import CrfConfig
     from cpn_dist.labels.pseudo import Job, pending, run_folder
 
     beta = p.best_beta()
     out = p.work / "pseudo"
-    crf = CrfParams() if p.cfg.pseudo.crf else None
+    crf = CrfConfig() if p.cfg.pseudo.crf else None
     job = Job(str(p.work / "cams"), str(out), (beta,), crf, str(p.voc), output="png")
     run_folder(job, pending(p.names(p.cfg.splits.train), out, ".png", p.overwrite), workers=p.cfg.workers)
     if not p.cfg.pseudo.crf:

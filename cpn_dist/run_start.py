@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cpn_dist.checkpoint import complete_checkpoints, read_state, resolve_resume
+from cpn_dist.config_renames import renamed_flat
 from cpn_dist.errors import CpnError, MirroredError
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def _ignored(key: str, ignore: tuple[str, ...]) -> bool:
 
 def config_changes(old: dict, new: dict, ignore: tuple[str, ...] = ALLOWED_TO_DIFFER) -> list[str]:
     """``key: old → new`` for every leaf key that differs between two config dicts, minus ``ignore``."""
-    a, b = flatten(old), flatten(new)
+    a, b = renamed_flat(flatten(old)), flatten(new)  # a recorded config may hold keys renamed since
     keys = [k for k in dict.fromkeys([*a, *b]) if not _ignored(k, ignore) and a.get(k) != b.get(k)]
     return [f"{k}: {_short(a.get(k))} → {_short(b.get(k))}" for k in keys]
 

@@ -94,10 +94,12 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def stale_reasons(recorded: dict[str, Any], now: dict[str, Any], limit: int = 4) -> list[str]:
+def stale_reasons(recorded: dict[str, Any], now: dict[str, Any], limit: int = 4,
+                  upgrade: Callable[[dict], dict] = lambda flat: flat) -> list[str]:  # fmt: skip
     """What differs between a stamp's recorded settings and today's, as short ``key: old → new`` lines
-    (at most ``limit``, then how many more)."""
-    a, b = _flatten(recorded), _flatten(now)
+    (at most ``limit``, then how many more); ``upgrade``: the recorded flat keys as today's version names
+    them (keys renamed since)."""
+    a, b = upgrade(_flatten(recorded)), _flatten(now)
     keys = [k for k in dict.fromkeys([*a, *b]) if a.get(k, "<absent>") != b.get(k, "<absent>")]
     shown = []
     for key in keys[:limit]:
@@ -136,19 +138,22 @@ class StepRunner:
     ``settings(step)``: what the step depends on besides the steps before it (compared with its stamp);
     ``configured(step)``: False leaves it out of this run as "not configured"; ``given(step)``: its output
     is given from outside (configured weights), so it is skipped; ``revive``: a recorded score (JSON) as
-    the object the step returned."""
+    the object the step returned; ``upgrade``: recorded flat settings with keys renamed since moved to
+    their new names."""
 
     def __init__(self, steps: Sequence[Step], context: Any, stamps: str | Path, procs: Processes | None = None,
                  settings: Callable[[Step], dict] = lambda step: {},
                  configured: Callable[[Step], bool] = lambda step: True,
                  given: Callable[[Step], bool] = lambda step: False,
-                 revive: Callable[[dict], Any] = lambda score: score):  # fmt: skip
+                 revive: Callable[[dict], Any] = lambda score: score,
+                 upgrade: Callable[[dict], dict] = lambda flat: flat):  # fmt: skip
         self.steps = list(steps)
         self.names = [s.name for s in self.steps]
         if len(set(self.names)) != len(self.names):
             raise ValueError(f"step names repeat: {self.names}")
         self.context, self.stamps, self.procs = context, Path(stamps), procs or OneProcess()
         self.settings, self.configured, self.given, self.revive = settings, configured, given, revive
+        self.upgrade = upgrade
 
     def check(self, names: Sequence[str]) -> None:
         for name in names:
@@ -197,7 +202,7 @@ class StepRunner:
                                 name, name)  # fmt: skip
                     why = []
                 else:
-                    why = stale_reasons(old["settings"], settings)
+                    why = stale_reasons(old["settings"], settings, upgrade=self.upgrade)
                 why = share_from_main(why, procs.world)  # one decision for every process
                 if not why:
                     ids[name] = old.get("id")

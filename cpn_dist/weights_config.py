@@ -37,6 +37,7 @@ def weights_config(path: str | Path, meta: dict | None, stage: str, config: str 
     command that needs a model of ``stage``. ``flags``: ``{dotted key: (flag name, value or None)}``,
     e.g. ``{"model.head": ("--head", "paper")}``."""
     from cpn_dist.config import apply_override, load_config, validate
+    from cpn_dist.config_renames import renamed_tree
 
     flags = {k: v for k, v in (flags or {}).items() if v[1] is not None}
     if meta is None or not isinstance(meta.get("config"), dict):
@@ -45,7 +46,7 @@ def weights_config(path: str | Path, meta: dict | None, stage: str, config: str 
         for key, (_, value) in flags.items():
             apply_override(raw, f"{key}={value}")
         return validate(raw, source=str(config or "defaults"))
-    recorded = meta["config"]
+    recorded = renamed_tree(meta["config"])  # weights of older versions record keys renamed since
     if meta.get("stage", recorded.get("stage")) != stage:
         raise CpnError(f"{path}: the weights of {KIND.get(meta.get('stage'), meta.get('stage'))}; this command needs "
                        f"{KIND[stage]}")  # fmt: skip

@@ -279,7 +279,7 @@ def test_walk_spreads_a_weak_cam_over_its_region_but_not_across_the_boundary(tmp
     cam = np.zeros((size, size), np.float32)
     cam[:72, :edge] = 0.4  # a weak CAM on three quarters of the left region only
     save_cams(tmp_path / "img.npy", {4: cam})
-    before = class_map({4: cam}, None, cam.shape, alpha=16)
+    before = class_map({4: cam}, None, cam.shape, bg_power=16)
     assert (before[72:, :edge] == 0).all()  # the CAM alone leaves a quarter of the region out
     sample = Sample("img", Image.fromarray(rgb), None, None)
     written = walk_samples(_ColourEmbedding(), [sample], tmp_path, tmp_path / "rw", WalkParams(),
@@ -297,7 +297,7 @@ def test_walk_spreads_a_weak_cam_over_its_region_but_not_across_the_boundary(tmp
 # ---- config --------------------------------------------------------------------------------------
 
 
-def test_affinity_configs_hold_psas_settings_and_alphas_are_checked():
+def test_affinity_configs_hold_psas_settings_and_bg_powers_are_checked():
     from cpn_dist.config import ConfigError, load_config
     from tests.conftest import ROOT
 
@@ -305,12 +305,12 @@ def test_affinity_configs_hold_psas_settings_and_alphas_are_checked():
     assert (c.stage, c.model.backbone, c.data.crop, c.batch.global_size, c.train.epochs) == (
         "affinity", "resnet38d", 448, 8, 8)  # fmt: skip
     assert (c.optim.lr, c.optim.weight_decay, c.affinity.radius) == (0.1, 5e-4, 5)
-    assert (c.affinity.low_alpha, c.affinity.high_alpha, c.affinity.rw_alpha) == (4, 32, 16)
-    assert (c.affinity.rw_beta, c.affinity.rw_logt) == (8, 8)
+    assert (c.affinity.low_bg_power, c.affinity.high_bg_power, c.affinity.rw_bg_power) == (4, 32, 16)
+    assert (c.affinity.rw_affinity_power, c.affinity.rw_logt) == (8, 8)
     from cpn_dist.affinity.labels import AffinityLabelParams
-    from cpn_dist.labels.crf import CrfParams
+    from cpn_dist.config import CrfConfig
 
-    assert AffinityLabelParams.from_config(c.affinity).crf == CrfParams()  # PSA's CRF
+    assert AffinityLabelParams.from_config(c.affinity).crf == CrfConfig()  # PSA's CRF
     assert AffinityLabelParams.from_config(c.affinity, crf=False).crf is None
     demo = load_config(ROOT / "configs" / "demo_affinity.yaml")
     assert demo.model.backbone == "tiny"
@@ -318,8 +318,8 @@ def test_affinity_configs_hold_psas_settings_and_alphas_are_checked():
     assert (scaled.gaussian_sxy, scaled.bilateral_sxy, scaled.bilateral_srgb) == (0.384, 10.24, 13.0)
     with pytest.raises(ConfigError, match="affinity.crf.iterations"):
         load_config(None, ["affinity.crf.iterations=0"])
-    with pytest.raises(ConfigError, match="affinity.low_alpha: must be below high_alpha"):
-        load_config(None, ["affinity.low_alpha=40"])
+    with pytest.raises(ConfigError, match="affinity.low_bg_power: must be below high_bg_power"):
+        load_config(None, ["affinity.low_bg_power=40"])
     with pytest.raises(ConfigError, match="affinity.radius"):
         load_config(None, ["affinity.radius=1"])
 
@@ -348,7 +348,7 @@ def test_batched_walk_of_mixed_sizes_equals_one_image_at_a_time(tmp_path):
             np.testing.assert_allclose(a[k], b[k], atol=1e-5)
 
 
-def test_cams_are_brought_to_psas_scale_before_the_alpha_background():
+def test_cams_are_brought_to_psas_scale_before_the_powered_background():
     from cpn_dist.labels.cams import background_score, normalise_cams
 
     cams = {3: np.array([[0.5, 0.25, -0.1]], np.float32), 8: np.full((1, 3), -0.5, np.float32)}
@@ -356,7 +356,7 @@ def test_cams_are_brought_to_psas_scale_before_the_alpha_background():
     np.testing.assert_allclose(norm[3], [[1.0, 0.5, -0.2]])
     np.testing.assert_array_equal(norm[8], cams[8])  # no positive peak: left alone (not sign-flipped)
     assert normalise_cams(cams, "none") is cams
-    bg = background_score(norm, (1, 3), alpha=16)
+    bg = background_score(norm, (1, 3), bg_power=16)
     np.testing.assert_allclose(bg, [[0.0, 0.5**16, 1.0]], rtol=1e-6)  # negative maxima clip to 1
     with pytest.raises(ValueError):
         normalise_cams(cams, "l2")
@@ -364,17 +364,19 @@ def test_cams_are_brought_to_psas_scale_before_the_alpha_background():
 
 def test_affinity_label_crf_flags_default_to_the_config():
     import argparse
-    from dataclasses import replace
 
-    from cpn_dist.cli.crf_cmd import add_crf_arguments, crf_params
-    from cpn_dist.labels.crf import CrfParams
+    from cpn_dist.cli.crf_cmd import CRF_KEYS, add_crf_arguments, crf_params
+    from cpn_dist.config import CrfConfig
 
+    assert {k: f.annotation for k, f in CrfConfig.model_fields.items()} == CRF_KEYS  # one flag per key
     p = argparse.ArgumentParser()
     add_crf_arguments(p, from_config="affinity.crf")
-    base = CrfParams(gaussian_sxy=0.5, bilateral_sxy=9.0)
+    base = CrfConfig(gaussian_sxy=0.5, bilateral_sxy=9.0)
     assert crf_params(p.parse_args([]), base) == base
-    assert crf_params(p.parse_args(["--crf-bilateral-sxy", "20"]), base) == replace(base, bilateral_sxy=20.0)
+    given = crf_params(p.parse_args(["--crf-bilateral-sxy", "20"]), base)
+    assert given == base.model_copy(update={"bilateral_sxy": 20.0})
     plain = argparse.ArgumentParser()
     add_crf_arguments(plain)  # `cpn crf`, `cpn pseudo`: PSA's values are the flags' defaults
-    assert crf_params(plain.parse_args([])) == CrfParams()
-    assert crf_params(plain.parse_args(["--crf-iterations", "3"])) == replace(CrfParams(), iterations=3)
+    assert crf_params(plain.parse_args([])) == CrfConfig()
+    assert crf_params(plain.parse_args(["--crf-iterations", "3"])) == CrfConfig(iterations=3)
+    assert "(affinity.crf.bilateral_sxy, PSA: 80.0)" in p.format_help().replace("\n", " ")

@@ -9,10 +9,10 @@ import pytest
 from scipy import ndimage
 
 from cpn_dist.affinity.labels import AffinityLabelParams, affinity_label
+from cpn_dist.config import CrfConfig
 from cpn_dist.data.voc import PALETTE, read_label_png, read_split
 from cpn_dist.errors import CpnError
 from cpn_dist.labels.cams import save_cams
-from cpn_dist.labels.crf import CrfParams
 from cpn_dist.labels.pseudo import confident_label, paired_pseudo_label
 from tests.conftest import run_cpn
 from tests.train_support import accelerate_cpu, launch, pack_shards
@@ -23,23 +23,24 @@ X = 255
 def test_psa_label_rule_on_hand_made_cams():
     cams = {6: np.array([[0.5, 0.2, 0.01, -0.5]], np.float32)}
     image = np.zeros((1, 4, 3), np.uint8)
-    label = affinity_label(cams, image, AffinityLabelParams(alphas=(4, 32), crf=None, cam_norm="none"))
+    label = affinity_label(cams, image, AffinityLabelParams(bg_powers=(4, 32), crf=None, cam_norm="none"))
     # 0.5 > (1-0.5)^4: confident class; 0.2 < 0.8^4 but > 0.8^32: unsure; 0.01 < 0.99^32: background
     np.testing.assert_array_equal(label, [[7, X, 0, 0]])
     # PSA's scale (the default): divided by the peak 0.5 first, so 0.2 → 0.4 > 0.6^4 is confident too
-    label = affinity_label(cams, image, AffinityLabelParams(alphas=(4, 32), crf=None))
+    label = affinity_label(cams, image, AffinityLabelParams(bg_powers=(4, 32), crf=None))
     np.testing.assert_array_equal(label, [[7, 7, 0, 0]])
     # the rule: the foreground-confident map's class, background of the other map wins, else ignore
     fg_map, bg_map = np.array([[3, 3, 0, 0]], np.uint8), np.array([[3, 0, 3, 0]], np.uint8)
     np.testing.assert_array_equal(confident_label(fg_map, bg_map), [[3, 0, X, 0]])
     # the β pair goes through the same rule as `cpn pseudo --betas`
-    by_beta = affinity_label(cams, image, AffinityLabelParams(alphas=None, betas=(0.1, 0.3), crf=None, cam_norm="none"))
+    by_beta = affinity_label(cams, image,
+                             AffinityLabelParams(bg_powers=None, betas=(0.1, 0.3), crf=None, cam_norm="none"))
     np.testing.assert_array_equal(by_beta, paired_pseudo_label(cams, 0.1, 0.3, (1, 4)))
     np.testing.assert_array_equal(by_beta, [[7, X, 0, 0]])
     # no labelled class: confident background everywhere
     np.testing.assert_array_equal(affinity_label({}, image, AffinityLabelParams(crf=None)), [[0, 0, 0, 0]])
     with pytest.raises(CpnError, match="low α < high α"):
-        AffinityLabelParams(alphas=(32, 4))
+        AffinityLabelParams(bg_powers=(32, 4))
 
 
 def test_crf_labels_follow_the_image_edge():
@@ -52,7 +53,7 @@ def test_crf_labels_follow_the_image_edge():
     truth[12:36, 20:44] = True
     cam = ndimage.gaussian_filter(np.roll(truth, 3, axis=1).astype(np.float32), 4)
     cam = 0.5 * cam / cam.max()
-    label = affinity_label({2: cam}, image, AffinityLabelParams(crf=CrfParams()))
+    label = affinity_label({2: cam}, image, AffinityLabelParams(crf=CrfConfig()))
     assert set(np.unique(label)) <= {0, 3, X}
     assert (label[truth] != 0).all()  # nothing on the object is called background
     assert (label[~truth] != 3).all()  # nothing off the object is called the class

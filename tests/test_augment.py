@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cpn_dist.data.augment import AugmentParams, augment, crop_box, draw_augmentation, resized_size
+from cpn_dist.config import DataConfig
+from cpn_dist.data.augment import augment, crop_box, draw_augmentation, resized_size
 
 W, H = 120, 90
-NO_JITTER = AugmentParams(crop=64, scale_range=(40, 160), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
-                          color_jitter=(0.0, 0.0, 0.0, 0.0))  # fmt: skip
+NO_JITTER = DataConfig(crop=64, scale_range=[40, 160], mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0],
+                       color_jitter=[0.0, 0.0, 0.0, 0.0])  # fmt: skip
 
 
 def position_ids() -> np.ndarray:
@@ -22,7 +23,7 @@ def ramp_image() -> Image.Image:
     return Image.fromarray(np.stack([2 * xx, 2 * yy, np.full_like(xx, 128)], -1).astype(np.uint8))
 
 
-def draws(params: AugmentParams, n: int = 60):
+def draws(params: DataConfig, n: int = 60):
     for seed in range(n):
         yield draw_augmentation(np.random.default_rng(seed), params, W, H)
 
@@ -54,7 +55,8 @@ def test_slic_map_is_the_nearest_neighbour_of_the_image_geometry():
 
 
 def test_padding_when_the_image_is_smaller_than_the_crop():
-    params = AugmentParams(crop=200, scale_range=(100, 150), color_jitter=(0.3, 0.3, 0.3, 0.1))
+    # the long side is at most the crop, the short side always below it
+    params = DataConfig(crop=150, scale_range=[100, 150], color_jitter=[0.3, 0.3, 0.3, 0.1])
     for d in draws(params, 10):
         image, valid, out = augment(ramp_image(), position_ids(), d, params, pad_id=7777)
         rw, rh = resized_size(W, H, d.long_side)
@@ -65,7 +67,7 @@ def test_padding_when_the_image_is_smaller_than_the_crop():
 
 
 def test_image_path_equals_resize_flip_crop_normalise_reference():
-    params = AugmentParams(crop=64, scale_range=(40, 160), color_jitter=(0.0, 0.0, 0.0, 0.0))
+    params = DataConfig(crop=64, scale_range=[40, 160], color_jitter=[0.0, 0.0, 0.0, 0.0])
     rng = np.random.default_rng(0)
     source = Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8))
     mean, std = np.array(params.mean), np.array(params.std)
@@ -83,9 +85,9 @@ def test_image_path_equals_resize_flip_crop_normalise_reference():
 
 
 def test_jitter_changes_only_the_image_and_is_reproducible():
-    params = AugmentParams(crop=64, scale_range=(60, 100))
+    params = DataConfig(crop=64, scale_range=[60, 100])
     d = draw_augmentation(np.random.default_rng(5), params, W, H)
-    plain = AugmentParams(crop=64, scale_range=(60, 100), color_jitter=(0.0, 0.0, 0.0, 0.0))
+    plain = DataConfig(crop=64, scale_range=[60, 100], color_jitter=[0.0, 0.0, 0.0, 0.0])
     d_plain = draw_augmentation(np.random.default_rng(5), plain, W, H)  # same draws, jitter factors 1 and 0
     assert (d_plain.long_side, d_plain.flip, d_plain.crop_x) == (d.long_side, d.flip, d.crop_x)
     assert (d_plain.brightness, d_plain.hue) == (1.0, 0.0) and d.brightness != 1.0

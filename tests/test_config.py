@@ -201,3 +201,62 @@ def test_packaged_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatc
         load_config("nope")
     proc = run_cpn("config", "show", "voc_cpn_paper", cwd=tmp_path, check=True)
     assert yaml.safe_load(proc.stdout)["model"]["backbone"] == "resnet38d"
+
+
+def test_element_checks_name_the_key_and_the_index():
+    for override, expected in (
+        ("data.scale_range=[800, 700]", "data.scale_range: need low <= high, got [800, 700]"),
+        ("data.std=[0.2, 0, 0.2]", "data.std[1]: must be > 0.0, got 0"),
+        ("data.color_jitter=[0.1, 0.1, 0.1, 0.7]", "data.color_jitter: the hue jitter (the 4th value) must be <= 0.5"),
+        ("loss.weights=[1, -1, 1]", "loss.weights[1]: must be >= 0.0, got -1"),
+        ("segmentation.aspp_rates=[6, 0]", "segmentation.aspp_rates[1]: must be > 0, got 0"),
+        ("data.patch.kind=gird", "data.patch.kind: expected one of 'superpixel' or 'grid', got 'gird' "
+                                 "(did you mean 'grid'?)"),
+    ):  # fmt: skip
+        with pytest.raises(ConfigError) as info:
+            load_config(None, [override])
+        assert expected in str(info.value), override
+
+
+def test_pipeline_configs_go_through_the_run_config_loader():
+    from cpn_dist.pipeline_config import load_pipeline_config
+
+    for override, expected in (
+        ("pack.shard_sise=3", "unknown key 'pack.shard_sise' (did you mean 'pack.shard_size'?)"),
+        ("segmentation_labels=rww", "segmentation_labels: expected one of 'auto', 'rw' or 'cam', got 'rww'"),
+        ("skip=[trian_cpn]", "got 'trian_cpn' (did you mean 'train_cpn'?)"),
+        ("cams.betas=0.2:0.6:oops", "cams.betas: '0.2:0.6:oops' expected START:STOP:STEP"),
+        ("workers=0", "workers: must be >= 1, got 0"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            load_pipeline_config("pipeline_demo", [override])
+        assert "pipeline_demo.yaml: " in str(info.value)
+        assert expected in str(info.value), override
+    assert load_pipeline_config("pipeline_demo", ["segmentation_labels=cam"]).segmentation_labels == "cam"
+
+
+def test_a_renamed_key_fails_naming_its_new_name_and_recorded_configs_still_load():
+    from cpn_dist.config_renames import RENAMED_KEYS, renamed_flat, renamed_tree
+    from cpn_dist.run_start import config_changes
+
+    for old, new in RENAMED_KEYS.items():
+        assert new in all_keys() and old not in all_keys()
+        with pytest.raises(ConfigError, match=f"unknown key '{old}': it was renamed to '{new}'"):
+            load_config(None, [f"{old}=2.0"])
+    with pytest.raises(ConfigError, match="unknown key 'affinity.low_alph' \\(did you mean 'affinity.low_bg_power'"):
+        load_config(None, ["affinity.low_alph=2.0"])
+    # what weights, checkpoints and step stamps of older versions recorded: read under the new names
+    recorded = Config().to_dict()
+    recorded["affinity"] = {("rw_beta" if k == "rw_affinity_power" else k): v for k, v in recorded["affinity"].items()}
+    recorded["loss"] = {("alpha" if k == "bg_power" else k): v for k, v in recorded["loss"].items()}
+    assert Config.model_validate(renamed_tree(recorded)) == Config()
+    assert config_changes(recorded, Config().to_dict()) == []
+    assert renamed_flat({"affinity.rw_alpha": 16.0, "data.crop": 448}) == {"affinity.rw_bg_power": 16.0,
+                                                                           "data.crop": 448}  # fmt: skip
+
+
+def test_renamed_cli_flags_fail_naming_their_new_names():
+    proc = run_cpn("rw", "--checkpoint", "w.pth", "--cams", "c", "--out", "o", "--beta", "8")
+    assert proc.returncode == 2 and "--beta was renamed to --affinity-power" in proc.stderr
+    proc = run_cpn("affinity-labels", "--cams", "c", "--out", "o", "--alphas", "4", "32")
+    assert proc.returncode == 2 and "--alphas was renamed to --bg-powers" in proc.stderr

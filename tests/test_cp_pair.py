@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cpn_dist.data.augment import AugmentParams, augment, draw_augmentation
-from cpn_dist.data.cp_pair import PatchParams, draw_patch_mask, grid_ids, hidden_patches, make_cp_pair
+from cpn_dist.config import DataConfig, PatchConfig
+from cpn_dist.data.augment import augment, draw_augmentation
+from cpn_dist.data.cp_pair import draw_patch_mask, grid_ids, hidden_patches, make_cp_pair
 from cpn_dist.data.pack_sample import superpixels
 
-PARAMS = AugmentParams(crop=96, scale_range=(60, 140))
+PARAMS = DataConfig(crop=96, scale_range=[60, 140])
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def crops():
 @pytest.mark.parametrize("sampling", ["bernoulli", "released"])
 @pytest.mark.parametrize("lambda_mode", ["pixels", "patches"])
 def test_pair_partitions_the_valid_pixels_and_lambda_matches(crops, kind, sampling, lambda_mode):
-    params = PatchParams(kind=kind, grid_sizes=(8, 24), sampling=sampling, lambda_mode=lambda_mode)
+    params = PatchConfig(kind=kind, grid_sizes=[8, 24], sampling=sampling, lambda_mode=lambda_mode)
     for i, (x, valid, ids, k) in enumerate(crops):
         pair = make_cp_pair(x, valid, ids, k, np.random.default_rng(i), params)
         m = pair.mask[0]
@@ -82,7 +83,7 @@ def test_hidden_fraction_of_the_two_sampling_rules():
 
 def test_grid_cells_and_padding_are_never_counted(crops):
     x, valid, ids, k = next(c for c in crops if not c[1].all())
-    params = PatchParams(kind="grid", grid_sizes=(32,), lambda_mode="patches")
+    params = PatchConfig(kind="grid", grid_sizes=[32], lambda_mode="patches")
     pm = draw_patch_mask(valid, None, 0, np.random.default_rng(3), params)
     grid, n = grid_ids(96, 32)
     assert n == 9 and grid[95, 95] == 8 and grid[0, 40] == 1
@@ -94,7 +95,7 @@ def test_grid_cells_and_padding_are_never_counted(crops):
 
 def test_same_generator_same_pair(crops):
     x, valid, ids, k = crops[0]
-    params = PatchParams()
+    params = PatchConfig()
     a = make_cp_pair(x, valid, ids, k, np.random.default_rng(9), params)
     b = make_cp_pair(x, valid, ids, k, np.random.default_rng(9), params)
     c = make_cp_pair(x, valid, ids, k, np.random.default_rng(10), params)

@@ -8,7 +8,7 @@ from scipy import ndimage
 from cpn_dist.data.voc import PALETTE, read_label_png, read_split
 from cpn_dist.errors import CpnError
 from cpn_dist.labels.cams import class_map, load_cams, save_cams
-from cpn_dist.labels.crf import CrfParams, cam_probabilities, dense_crf
+from cpn_dist.labels.crf import cam_probabilities, dense_crf
 from cpn_dist.labels.evaluate import score_labels, sweep
 from cpn_dist.labels.pseudo import paired_pseudo_label, pseudo_label
 from tests.conftest import run_cpn
@@ -53,10 +53,16 @@ def test_crf_output_is_a_distribution_and_sharpens_along_the_edge():
 
 
 def test_crf_parameters_are_checked():
-    with pytest.raises(CpnError, match="iterations"):
-        CrfParams(iterations=0)
-    with pytest.raises(CpnError, match="bilateral srgb"):
-        CrfParams(bilateral_srgb=0)
+    import argparse
+
+    from cpn_dist.cli.crf_cmd import add_crf_arguments, crf_params
+
+    p = argparse.ArgumentParser()
+    add_crf_arguments(p)
+    with pytest.raises(CpnError, match="--crf-iterations: must be >= 1, got 0"):
+        crf_params(p.parse_args(["--crf-iterations", "0"]))
+    with pytest.raises(CpnError, match="--crf-bilateral-srgb: must be > 0.0, got 0.0"):
+        crf_params(p.parse_args(["--crf-bilateral-srgb", "0"]))
 
 
 def test_cam_probabilities_cover_background_and_labelled_classes():

@@ -41,15 +41,15 @@ def test_official_recipe_equals_the_released_loss_block(seed):
         assert (g_ours - g_ref).abs().max() < 1e-6
 
 
-@pytest.mark.parametrize(("seed", "alpha", "stop_gradient", "tcp_background"),
+@pytest.mark.parametrize(("seed", "bg_power", "stop_gradient", "tcp_background"),
                          [(0, 1.0, True, True), (1, 1.0, True, False), (2, 2.0, True, True),
                           (0, 1.0, False, True), (1, 2.0, False, False)])  # fmt: skip
-def test_paper_recipe_equals_eqs_13_to_17(seed, alpha, stop_gradient, tcp_background):
+def test_paper_recipe_equals_eqs_13_to_17(seed, bg_power, stop_gradient, tcp_background):
     six, labels, lam = _inputs(seed)
     cams, refined = tuple(six[0::2]), tuple(six[1::2])
-    ours = cpn_loss(cams, refined, labels, lam, recipe="paper", ohem_scope="batch", alpha=alpha,
+    ours = cpn_loss(cams, refined, labels, lam, recipe="paper", ohem_scope="batch", bg_power=bg_power,
                     cpcr_stop_gradient=stop_gradient, tcp_background=tcp_background)  # fmt: skip
-    ref = paper_loss(cams, refined, labels, lam, ratio=0.2, alpha=alpha, stop_gradient=stop_gradient,
+    ref = paper_loss(cams, refined, labels, lam, ratio=0.2, bg_power=bg_power, stop_gradient=stop_gradient,
                      tcp_background=tcp_background)  # fmt: skip
     for key, value in zip(("total", "cls", "tcp", "cpcr"), ref):
         assert abs(ours[key].item() - value.item()) < 1e-6, key

@@ -1,14 +1,13 @@
 """The parts-reliable task and the measurement of CPN's premise on a parts task (cpn_dist.demo.parts.premise_share)."""
 
 import hashlib
-from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
+from cpn_dist.config import PatchConfig
 from cpn_dist.data import synth_parts
-from cpn_dist.data.cp_pair import PatchParams
 from cpn_dist.data.synth import synthesize_voc
 from cpn_dist.data.voc import read_split
 from cpn_dist.demo.parts import premise_share
@@ -85,12 +84,12 @@ def _saturation(x):  # per pixel, the spread of the three normalised channels: l
 @pytest.mark.parametrize("kind", ["superpixel", "grid"])
 def test_premise_share_is_zero_for_a_marker_detector_and_one_for_an_object_detector(reliable_voc, kind):
     names = read_split(reliable_voc / "ImageSets" / "Segmentation" / "train_aug.txt")
-    patch = replace(PatchParams(), kind=kind, segments=30, grid_sizes=(8, 16))
+    patch = PatchConfig(kind=kind, segments=30, grid_sizes=[8, 16])
     marker_only = premise_share(_Stub(lambda x: _saturation(x) - 2.0), reliable_voc, names, patch, MEAN, STD)
     anything = premise_share(_Stub(lambda x: torch.ones_like(x[:, 0])), reliable_voc, names, patch, MEAN, STD)
     assert marker_only.pairs > 3 and marker_only.pairs == anything.pairs
     assert marker_only.share == 0.0 and anything.share == 1.0
     # the marker detector does fire on the visible markers (so a share of 0 is the hidden marker's doing)
     visible = premise_share(_Stub(lambda x: _saturation(x) - 2.0), reliable_voc, names,
-                            replace(patch, hide_prob=1e-9), MEAN, STD)  # fmt: skip
+                            patch.model_copy(update={"hide_prob": 1e-9}), MEAN, STD)  # fmt: skip
     assert visible.pairs == 0  # with nothing hidden no marker lies in hidden patches: nothing to measure

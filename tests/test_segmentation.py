@@ -223,7 +223,7 @@ import sys
 from pathlib import Path
 import torch
 from cpn_dist.config import load_config
-from cpn_dist.labels.crf import CrfParams
+from cpn_dist.config import CrfConfig
 from cpn_dist.data.inputs import VocSource
 from cpn_dist.models import load_weights
 from cpn_dist.segmentation.infer import Outputs, SegmentSettings, segment_samples
@@ -234,7 +234,7 @@ torch.ones(2048, 2048).mul(2).sum()  # the intra-op thread pool runs before the 
 model = model_from_config(load_config(config), dropout=False)
 load_weights(model, weights)
 names = (voc / "ImageSets" / "Segmentation" / "val.txt").read_text().split()[:4]
-settings = SegmentSettings(scales=(1.0,), crf=CrfParams(iterations=2))
+settings = SegmentSettings(scales=(1.0,), crf=CrfConfig(iterations=2))
 segment_samples(model, VocSource(voc, names).samples(labels=False), Outputs(out / "plain", out / "crf"),
                 settings, images_per_step=2, crf_workers=2)
 print(len(list((out / "crf").glob("*.png"))))

@@ -2,17 +2,17 @@
 CRF maps and the label rule of its ``VOC12AffDataset``).
 
 Per image, two dense-CRF label maps of the CAMs (:func:`cpn_dist.labels.pseudo.pseudo_label`), each with
-AffinityNet's background score ``(1 − max_c CAM_c)^α`` (max over the zero-filled classes, clipped to
-[0, 1]), the CAMs first divided by their maxima (``cam_norm="max"``: PSA's CAMs peak at 1 and its α
-were chosen for that scale; the released CPN format peaks at 0.5):
+AffinityNet's background score ``(1 − max_c CAM_c)^α`` of a background power α (max over the zero-filled
+classes, clipped to [0, 1]), the CAMs first divided by their maxima (``cam_norm="max"``: PSA's CAMs peak
+at 1 and its α were chosen for that scale; the released CPN format peaks at 0.5):
 
 - the *la* map, low α (default 4): the background score is high, so its foreground is confident;
 - the *ha* map, high α (default 32): the background score is low, so its background is confident;
 
 combined by PSA's rule (:func:`cpn_dist.labels.pseudo.confident_label`): the la map's class where la says
 foreground; 0 where ha says background (this wins); 255 (ignore) elsewhere. ``betas=(low, high)``
-replaces the two α by two constant background scores (IRN's way; ``cpn pseudo --betas`` is the same
-rule).
+replaces the two background powers by two constant background scores β (IRN's way; ``cpn pseudo --betas``
+is the same rule).
 
 PSA keeps the two CRF probability maps and combines them after augmentation and 8× average pooling;
 we combine at full resolution and store one palette PNG per image, ``{out}/{image id}.png`` (uint8:
@@ -27,42 +27,45 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from cpn_dist.atomic import write_atomic
+from cpn_dist.config import AffinityConfig, CrfConfig
 from cpn_dist.data.voc import save_label_png
 from cpn_dist.errors import CpnError
 from cpn_dist.labels.cams import CAM_NORMS, load_cams, normalise_cams
-from cpn_dist.labels.crf import CrfParams
 from cpn_dist.labels.pseudo import confident_label, pseudo_label
 
 log = logging.getLogger(__name__)
 
+_DEFAULTS = AffinityConfig.model_fields  # the defaults of AffinityLabelParams
+
 
 @dataclass(frozen=True)
 class AffinityLabelParams:
-    """How the two maps are made: ``alphas`` (low, high) — PSA — or constant ``betas`` (low, high);
-    refined by the dense CRF unless ``crf`` is None."""
+    """How the two maps are made: background powers ``bg_powers`` (low, high) — PSA — or constant background
+    scores ``betas`` (low, high); refined by the dense CRF unless ``crf`` is None. Defaults: those of
+    :class:`cpn_dist.config.AffinityConfig` (PSA's); :meth:`from_config` reads a run config's."""
 
-    alphas: tuple[float, float] | None = (4.0, 32.0)
+    bg_powers: tuple[float, float] | None = (_DEFAULTS["low_bg_power"].default, _DEFAULTS["high_bg_power"].default)
     betas: tuple[float, float] | None = None
-    crf: CrfParams | None = CrfParams()
-    cam_norm: str = "max"  # see cpn_dist.labels.cams.normalise_cams
+    crf: CrfConfig | None = field(default_factory=CrfConfig)
+    cam_norm: str = _DEFAULTS["cam_norm"].default  # see cpn_dist.labels.cams.normalise_cams
 
     @classmethod
-    def from_config(cls, affinity, crf: bool = True) -> AffinityLabelParams:
-        """PSA's α pair of a run config's ``affinity`` section (``low_alpha``, ``high_alpha``, ``cam_norm``)
-        and its CRF (``affinity.crf.*``; none with ``crf=False``)."""
-        return cls(alphas=(affinity.low_alpha, affinity.high_alpha), crf=affinity.crf.params() if crf else None,
+    def from_config(cls, affinity: AffinityConfig, crf: bool = True) -> AffinityLabelParams:
+        """PSA's background power pair of a run config's ``affinity`` section (``low_bg_power``,
+        ``high_bg_power``, ``cam_norm``) and its CRF (``affinity.crf.*``; none with ``crf=False``)."""
+        return cls(bg_powers=(affinity.low_bg_power, affinity.high_bg_power), crf=affinity.crf if crf else None,
                    cam_norm=affinity.cam_norm)  # fmt: skip
 
     def __post_init__(self) -> None:
-        pair = self.alphas if self.betas is None else self.betas
-        if (self.alphas is None) == (self.betas is None) or len(pair) != 2:
-            raise CpnError("affinity labels need exactly one pair: alphas (low, high) or betas (low, high)")
+        pair = self.bg_powers if self.betas is None else self.betas
+        if (self.bg_powers is None) == (self.betas is None) or len(pair) != 2:
+            raise CpnError("affinity labels need exactly one pair: bg_powers (low, high) or betas (low, high)")
         if self.cam_norm not in CAM_NORMS:
             raise CpnError(f"CAM normalisation '{self.cam_norm}': choose from {', '.join(CAM_NORMS)}")
         if not 0 < pair[0] < pair[1]:
@@ -76,9 +79,9 @@ def affinity_label(cams: dict[int, np.ndarray], image: np.ndarray, params: Affin
     shape = image.shape[:2]
     cams = normalise_cams(cams, params.cam_norm)
     if params.betas is None:
-        low, high = params.alphas
-        fg_map = pseudo_label(cams, None, shape, image, params.crf, alpha=low)  # la: confident foreground
-        bg_map = pseudo_label(cams, None, shape, image, params.crf, alpha=high)  # ha: confident background
+        low, high = params.bg_powers
+        fg_map = pseudo_label(cams, None, shape, image, params.crf, bg_power=low)  # la: confident foreground
+        bg_map = pseudo_label(cams, None, shape, image, params.crf, bg_power=high)  # ha: confident background
     else:
         low, high = params.betas
         fg_map = pseudo_label(cams, high, shape, image, params.crf)

@@ -6,9 +6,9 @@ Per image (H×W):
 1. the image, normalised, is padded right/bottom with zeros to a multiple of 8 and run through
    AffinityNet; the affinities of every pair within the radius (:mod:`cpn_dist.affinity.pairs`) fill a
    symmetric n×n matrix ``A`` over the n = ⌈H/8⌉·⌈W/8⌉ positions, with 1 on the diagonal;
-2. the transition matrix ``T = A^∘β D⁻¹`` (β = 8, elementwise power; D = diag of its column sums):
-   every column of T is a probability distribution;
-3. the scores — background ``(1 − max_c CAM_c)^α`` (α = 16) and the CAMs of the labelled classes
+2. the transition matrix ``T = A^∘p D⁻¹`` (the affinity power p = 8, PSA's exponent; elementwise power;
+   D = diag of its column sums): every column of T is a probability distribution;
+3. the scores — background ``(1 − max_c CAM_c)^α`` (background power α = 16) and the CAMs of the labelled classes
    (each divided by its maximum first, ``cam_norm="max"``, PSA's CAM scale), zero-padded like the image
    and 8×8 average-pooled — are walked ``t = 2^logt`` steps (logt = 8):
    ``s ← s · T^t``, where ``T^t`` comes from ``logt`` repeated squarings;
@@ -46,40 +46,47 @@ import torch.nn.functional as F
 
 from cpn_dist.affinity import METHODS  # auto, dense, sparse
 from cpn_dist.affinity.pairs import STRIDE, pair_affinities, pair_index
+from cpn_dist.config import AffinityConfig
 from cpn_dist.data.inputs import Sample
 from cpn_dist.devices import autocast, to_device
 from cpn_dist.errors import CpnError
-from cpn_dist.labels.cams import CAM_NORMS, alpha_background, foreground_max, load_cams, normalise_cams, save_cams
+from cpn_dist.labels.cams import CAM_NORMS, foreground_max, load_cams, normalise_cams, powered_background, save_cams
 
 log = logging.getLogger(__name__)
 
 DENSE_LIMIT = 8192  # most positions for `auto` to pick the dense method (a 256 MiB float32 matrix)
 
+_DEFAULTS = AffinityConfig.model_fields  # the defaults of WalkParams
+
 
 @dataclass(frozen=True)
 class WalkParams:
-    """The random walk's settings (defaults: PSA's ``infer_aff.py``)."""
+    """The random walk's settings: the ``rw_*``, ``radius`` and ``cam_norm`` keys of a run config's
+    ``affinity`` section (:meth:`from_config`; defaults: :class:`cpn_dist.config.AffinityConfig`'s, PSA's
+    ``infer_aff.py``), and the ``method``, which is no config key."""
 
-    alpha: float = 16.0  # background score (1 - max CAM)^alpha
-    beta: float = 8.0  # affinity exponent
-    logt: int = 8  # 2^logt steps
-    radius: int = 5
+    bg_power: float = _DEFAULTS["rw_bg_power"].default  # α: background score (1 - max CAM)^α
+    affinity_power: float = _DEFAULTS["rw_affinity_power"].default  # the affinities raised to it
+    logt: int = _DEFAULTS["rw_logt"].default  # 2^logt steps
+    radius: int = _DEFAULTS["radius"].default
     method: str = "auto"
-    cam_norm: str = "max"  # see cpn_dist.labels.cams.normalise_cams
+    cam_norm: str = _DEFAULTS["cam_norm"].default  # see cpn_dist.labels.cams.normalise_cams
 
     @classmethod
-    def from_config(cls, affinity, method: str = "auto") -> WalkParams:
-        """The walk of a run config's ``affinity`` section (``rw_alpha``, ``rw_beta``, ``rw_logt``,
+    def from_config(cls, affinity: AffinityConfig, method: str = "auto") -> WalkParams:
+        """The walk of a run config's ``affinity`` section (``rw_bg_power``, ``rw_affinity_power``, ``rw_logt``,
         ``radius``, ``cam_norm``)."""
-        return cls(affinity.rw_alpha, affinity.rw_beta, affinity.rw_logt, affinity.radius, method, affinity.cam_norm)
+        return cls(affinity.rw_bg_power, affinity.rw_affinity_power, affinity.rw_logt, affinity.radius, method,
+                   affinity.cam_norm)  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise CpnError(f"random walk method '{self.method}': choose from {', '.join(METHODS)}")
         if self.cam_norm not in CAM_NORMS:
             raise CpnError(f"CAM normalisation '{self.cam_norm}': choose from {', '.join(CAM_NORMS)}")
-        if not (self.alpha > 0 and self.beta > 0 and 0 <= self.logt <= 16 and self.radius >= 2):
-            raise CpnError(f"random walk: need alpha > 0, beta > 0, 0 <= logt <= 16, radius >= 2; got {self}")
+        if not (self.bg_power > 0 and self.affinity_power > 0 and 0 <= self.logt <= 16 and self.radius >= 2):
+            raise CpnError("random walk: need bg_power > 0, affinity_power > 0, 0 <= logt <= 16, radius >= 2; "
+                           f"got {self}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,9 +106,9 @@ def dense_affinity(aff: torch.Tensor, h: int, w: int, radius: int) -> torch.Tens
     return mat
 
 
-def transition_matrix(affinity: torch.Tensor, beta: float) -> torch.Tensor:
-    """``A^∘β`` divided by its column sums: every column a probability distribution (… × n × n)."""
-    powered = affinity.pow(beta)
+def transition_matrix(affinity: torch.Tensor, power: float) -> torch.Tensor:
+    """``A^∘power`` divided by its column sums: every column a probability distribution (… × n × n)."""
+    powered = affinity.pow(power)
     return powered / powered.sum(dim=-2, keepdim=True)
 
 
@@ -112,13 +119,13 @@ def walk_dense(scores: torch.Tensor, transition: torch.Tensor, logt: int) -> tor
     return scores @ transition
 
 
-def walk_sparse(scores: torch.Tensor, aff: torch.Tensor, h: int, w: int, radius: int, beta: float,
+def walk_sparse(scores: torch.Tensor, aff: torch.Tensor, h: int, w: int, radius: int, power: float,
                 logt: int) -> torch.Tensor:  # fmt: skip
     """``scores · T^(2^logt)`` (K×n) for ONE image, as ``2^logt`` products with the sparse transition
     built from the pair affinities ``aff`` (P)."""
     start, end = (i.to(aff.device) for i in pair_index(h, w, radius))
     n = h * w
-    powered = aff.pow(beta)
+    powered = aff.pow(power)
     column = torch.ones(n, dtype=aff.dtype, device=aff.device)
     column.index_add_(0, start, powered).index_add_(0, end, powered)  # A is symmetric: column sums
     diag = torch.arange(n, device=aff.device)
@@ -143,9 +150,9 @@ def random_walk(scores: torch.Tensor, aff: torch.Tensor, h: int, w: int, params:
     if method == "auto":
         method = "dense" if aff.device.type == "cuda" and h * w <= DENSE_LIMIT else "sparse"
     if method == "dense":
-        trans = transition_matrix(dense_affinity(aff, h, w, params.radius), params.beta)
+        trans = transition_matrix(dense_affinity(aff, h, w, params.radius), params.affinity_power)
         return walk_dense(scores, trans, params.logt)
-    return torch.stack([walk_sparse(s, a, h, w, params.radius, params.beta, params.logt)
+    return torch.stack([walk_sparse(s, a, h, w, params.radius, params.affinity_power, params.logt)
                         for s, a in zip(scores, aff)])  # fmt: skip
 
 
@@ -157,13 +164,14 @@ def padded_size(height: int, width: int) -> tuple[int, int]:
     return -(-height // STRIDE) * STRIDE, -(-width // STRIDE) * STRIDE
 
 
-def walk_scores(cams: dict[int, np.ndarray], shape: tuple[int, int], alpha: float) -> tuple[torch.Tensor, list[int]]:
+def walk_scores(cams: dict[int, np.ndarray], shape: tuple[int, int],
+                bg_power: float) -> tuple[torch.Tensor, list[int]]:  # fmt: skip
     """The scores to walk, (1+K)×h×w float32 at stride 8: background ``(1 − max_c CAM_c)^α`` and the K
     labelled classes' CAMs, zero-padded to a multiple of 8 and 8×8 average-pooled; and the VOC class
     index of each row (0, then key + 1)."""
     keys = sorted(cams)
     fg_max, _ = foreground_max(cams, shape)
-    full = np.stack([alpha_background(fg_max, alpha)] + [np.asarray(cams[k], np.float32) for k in keys])
+    full = np.stack([powered_background(fg_max, bg_power)] + [np.asarray(cams[k], np.float32) for k in keys])
     ph, pw = padded_size(*shape)
     padded = F.pad(torch.from_numpy(full), (0, pw - shape[1], 0, ph - shape[0]))
     return F.avg_pool2d(padded[None], STRIDE)[0], [0] + [k + 1 for k in keys]
@@ -196,7 +204,7 @@ def _prepare(sample: Sample, cams_dir: Path, params: WalkParams, mean, std) -> _
     if cams and next(iter(cams.values())).shape != shape:
         got = next(iter(cams.values())).shape
         raise CpnError(f"{path}: CAMs are {got[1]}×{got[0]}, the image is {shape[1]}×{shape[0]}")
-    scores, classes = walk_scores(normalise_cams(cams, params.cam_norm), shape, params.alpha)
+    scores, classes = walk_scores(normalise_cams(cams, params.cam_norm), shape, params.bg_power)
     ph, pw = padded_size(*shape)
     image = np.zeros((3, ph, pw), np.float32)
     image[:, : shape[0], : shape[1]] = normalise_image(rgb, mean, std)

@@ -87,6 +87,22 @@ def output_file(path: str | None, flag: str):
     return out
 
 
+class _Renamed(argparse.Action):
+    """A flag that was renamed: using it is an error naming the new flag."""
+
+    def __init__(self, *args, new: str, **kwargs) -> None:
+        self.new = new
+        super().__init__(*args, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.error(f"{option_string} was renamed to {self.new}")
+
+
+def renamed_flag(p, old: str, new: str, nargs: int | None = None) -> None:
+    """Declare ``old``, hidden, as a flag that fails naming its new name ``new``."""
+    p.add_argument(old, action=_Renamed, new=new, nargs=nargs, dest=f"renamed_{old.lstrip('-')}")
+
+
 def check_beta(value: float | None, flag: str) -> None:
     """A background score β must be a finite number >= 0 (CAMs are >= 0 where they matter)."""
     import math

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cpn_dist.cli import add_command, console
+from cpn_dist.cli import add_command, console, renamed_flag
 from cpn_dist.errors import CpnError
 
 
@@ -44,19 +44,20 @@ def register(sub) -> None:
 
     p = add_command(
         sub, "affinity-labels", "affinity labels from CAMs: confident foreground / background / ignore PNGs",
-        "Two dense-CRF label maps per image with AffinityNet's background (1 - max CAM)^alpha: low alpha "
-        "(confident foreground) and high alpha (confident background); combined as PSA does: the low-alpha "
-        "map's class where it says foreground, 0 where the high-alpha map says background, 255 elsewhere. "
+        "Two dense-CRF label maps per image with AffinityNet's background score (1 - max CAM)^α: a low background "
+        "power α (confident foreground) and a high one (confident background); combined as PSA does: the low-α "
+        "map's class where it says foreground, 0 where the high-α map says background, 255 elsewhere. "
         "Writes OUT/ID.png (VOC palette), the folder `affinity.labels` of `stage: affinity` training.",
     )  # fmt: skip
     add_image_source_arguments(p)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder for ID.png")
-    p.add_argument("--config", metavar="FILE", help="run config: affinity.low_alpha / high_alpha as defaults")
+    p.add_argument("--config", metavar="FILE", help="run config: affinity.low_bg_power / high_bg_power as defaults")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--alphas", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                       help="background exponents of the two maps (default 4 32, PSA)")  # fmt: skip
+    which.add_argument("--bg-powers", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                       help="background powers α of the two maps (default 4 32, PSA)")  # fmt: skip
     which.add_argument("--betas", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                       help="constant background scores instead of the exponents (IRN's way)")  # fmt: skip
+                       help="constant background scores β instead of the powers (IRN's way)")  # fmt: skip
+    renamed_flag(p, "--alphas", "--bg-powers", nargs=2)
     p.add_argument("--no-crf", action="store_true", help="skip the dense CRF (not PSA's recipe)")
     p.add_argument("--cam-norm", choices=("max", "none"),
                    help="divide each CAM by its maximum first: PSA's scale (default: the config's affinity.cam_norm)")
@@ -73,9 +74,9 @@ def _run(args) -> int:
     from cpn_dist.labels.evaluate import default_workers
 
     cfg = load_config(args.config).affinity
-    alphas = None if args.betas else tuple(args.alphas or (cfg.low_alpha, cfg.high_alpha))
-    params = AffinityLabelParams(alphas=alphas, betas=tuple(args.betas) if args.betas else None,
-                                 crf=None if args.no_crf else crf_params(args, cfg.crf.params()),
+    powers = None if args.betas else tuple(args.bg_powers or (cfg.low_bg_power, cfg.high_bg_power))
+    params = AffinityLabelParams(bg_powers=powers, betas=tuple(args.betas) if args.betas else None,
+                                 crf=None if args.no_crf else crf_params(args, cfg.crf),
                                  cam_norm=args.cam_norm or cfg.cam_norm)  # fmt: skip
     names = stage2_names(args)
     source = image_source(args, names)
@@ -90,7 +91,7 @@ def _run(args) -> int:
         written = write_affinity_labels(source, args.cams, args.out, params, names,
                                         workers=args.workers or default_workers(), overwrite=args.overwrite,
                                         on_image=lambda _: progress.advance(task))  # fmt: skip
-    rule = f"α {alphas[0]:g}/{alphas[1]:g}" if alphas else f"β {args.betas[0]:g}/{args.betas[1]:g}"
+    rule = f"background powers {powers[0]:g}/{powers[1]:g}" if powers else f"β {args.betas[0]:g}/{args.betas[1]:g}"
     console.print(f"wrote {len(written)} affinity labels ({rule}{', no CRF' if args.no_crf else ', CRF'}) "
                   f"to [bold]{Path(args.out)}[/]")  # fmt: skip
     return 0

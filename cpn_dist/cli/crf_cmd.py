@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -9,32 +10,63 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from cpn_dist.cli import add_command, console
 from cpn_dist.errors import CpnError
 
+# The keys of a CRF section (:class:`cpn_dist.config.CrfConfig`), each a ``--crf-*`` flag. Named here so that
+# building the parser imports no pydantic (`cpn --help` stays quick); a test checks they are CrfConfig's keys.
+CRF_KEYS = {"iterations": int, "gaussian_sxy": float, "gaussian_compat": float, "bilateral_sxy": float,
+            "bilateral_srgb": float, "bilateral_compat": float}  # fmt: skip
+
+
+class _CrfFlag(argparse.Action):
+    """A ``--crf-*`` flag whose help shows the default from :class:`cpn_dist.config.CrfConfig`, read when
+    the help is shown, not when the parser is built."""
+
+    def __init__(self, *args, key: str, from_config: str | None, **kwargs) -> None:
+        self.key, self.from_config = key, from_config
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+
+    @property
+    def help(self) -> str:
+        from cpn_dist.config import CrfConfig
+
+        default = CrfConfig.model_fields[self.key].default
+        shown = f"{self.from_config}.{self.key}, PSA: {default}" if self.from_config else str(default)
+        return ("mean-field iterations " if self.key == "iterations" else "") + f"({shown})"
+
+    @help.setter
+    def help(self, value) -> None:  # argparse sets it; the property above answers
+        pass
+
 
 def add_crf_arguments(p, title: str = "dense CRF (defaults: AffinityNet/PSA)", from_config: str | None = None) -> None:
-    """The ``--crf-*`` flags. ``from_config``: the config section whose values are their defaults
-    (named in the help; :func:`crf_params` then takes its ``base`` from there)."""
-    from dataclasses import fields
-
-    from cpn_dist.labels.crf_params import CrfParams
-
-    d = CrfParams()
+    """The ``--crf-*`` flags, one per key of :class:`cpn_dist.config.CrfConfig`. ``from_config``: the config
+    section whose values are their defaults (named in the help; :func:`crf_params` then takes its ``base``
+    from there); otherwise the defaults are ``CrfConfig()``'s, PSA's."""
     g = p.add_argument_group(title)
-    for f in fields(CrfParams):
-        default = getattr(d, f.name)
-        shown = f"{from_config}.{f.name}, PSA: {default}" if from_config else str(default)
-        g.add_argument(f"--crf-{f.name.replace('_', '-')}", dest=f"crf_{f.name}", type=type(default),
-                       default=None if from_config else default,
-                       help=("mean-field iterations " if f.name == "iterations" else "") + f"({shown})")  # fmt: skip
+    for key, kind in CRF_KEYS.items():
+        g.add_argument(f"--crf-{key.replace('_', '-')}", dest=f"crf_{key}", type=kind, default=None,
+                       action=_CrfFlag, key=key, from_config=from_config)  # fmt: skip
 
 
 def crf_params(args, base=None):
-    """The CRF settings of the ``--crf-*`` flags; flags left unset take ``base``'s values."""
-    from dataclasses import fields, replace
+    """The CRF section (:class:`cpn_dist.config.CrfConfig`) of the ``--crf-*`` flags; flags left unset take
+    ``base``'s values (default ``CrfConfig()``, PSA's). A bad value is a CpnError naming the flag."""
+    from pydantic import ValidationError
 
-    from cpn_dist.labels.crf_params import CrfParams
+    from cpn_dist.config import CrfConfig, describe_error
 
-    given = {f.name: getattr(args, f"crf_{f.name}") for f in fields(CrfParams)}
-    return replace(base or CrfParams(), **{k: v for k, v in given.items() if v is not None})
+    base = CrfConfig() if base is None else base
+    given = {key: getattr(args, f"crf_{key}") for key in CRF_KEYS if getattr(args, f"crf_{key}") is not None}
+    if not given:
+        return base
+    try:
+        return type(base).model_validate({**base.model_dump(), **given})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = str(err["loc"][0])
+        raise CpnError(describe_error(err, type(base)).replace(key, f"--crf-{key.replace('_', '-')}", 1)) from None
 
 
 def add_folder_arguments(p) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cpn_dist.cli import add_command, console
+from cpn_dist.cli import add_command, console, renamed_flag
 from cpn_dist.cli.affinity_cmd import add_image_source_arguments, image_source, stage2_names
 from cpn_dist.errors import CpnError
 
@@ -14,9 +14,10 @@ def register(sub) -> None:
 
     p = add_command(
         sub, "rw", "random walk of CAMs along AffinityNet's affinities into pseudo-label PNGs",
-        "Per image: AffinityNet affinities within the radius, transition A^beta normalised per column, "
-        "t = 2^logt steps by repeated squaring, applied at stride 8 to the background (1 - max CAM)^alpha "
-        "and the CAMs; upsampled; argmax. Writes OUT/ID.png (VOC palette), which `cpn eval` scores. "
+        "Per image: AffinityNet affinities within the radius raised to the affinity power, normalised per column "
+        "(the transition), t = 2^logt steps by repeated squaring, applied at stride 8 to the background score "
+        "(1 - max CAM)^α of the background power α and the CAMs; upsampled; argmax. Writes OUT/ID.png (VOC "
+        "palette), which `cpn eval` scores. "
         "Distributed: accelerate launch [--multi_gpu --num_processes N] -m cpn_dist.affinity.random_walk ARGS "
         "gives each process every N-th image.",
     )  # fmt: skip
@@ -24,12 +25,17 @@ def register(sub) -> None:
     add_image_source_arguments(p)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder for ID.png")
     p.add_argument("--config", metavar="FILE",
-                   help="run config: model.backbone, data.mean/std, affinity.radius / rw_alpha / rw_beta / rw_logt "
-                        "(default: the one our weights record; released weights: the defaults)")  # fmt: skip
+                   help="run config: model.backbone, data.mean/std, affinity.radius / rw_bg_power / "
+                        "rw_affinity_power / rw_logt (default: the one our weights record; released weights: the "
+                        "defaults)")  # fmt: skip
     p.add_argument("--backbone", choices=("resnet38d", "tiny"),
                    help="for weights that record no model (PSA's): overrides the config's model.backbone")
-    p.add_argument("--alpha", type=float, help="background exponent: (1 - max CAM)^alpha (default 16)")
-    p.add_argument("--beta", type=float, help="affinity exponent: A^beta (default 8)")
+    p.add_argument("--bg-power", type=float, help="background power α: the background score (1 - max CAM)^α "
+                   "(default: the config's affinity.rw_bg_power, 16)")
+    p.add_argument("--affinity-power", type=float,
+                   help="the affinities raised to this power (default: the config's affinity.rw_affinity_power, 8)")
+    renamed_flag(p, "--alpha", "--bg-power", nargs=None)
+    renamed_flag(p, "--beta", "--affinity-power", nargs=None)
     p.add_argument("--logt", type=int, help="the walk takes 2^logt steps (default 8)")
     p.add_argument("--radius", type=int, help="affinity radius in stride-8 cells (default 5)")
     p.add_argument("--method", choices=METHODS, default="auto",
@@ -51,7 +57,7 @@ def _params(args, cfg):
 
     from cpn_dist.affinity.random_walk import WalkParams
 
-    names = ("alpha", "beta", "logt", "radius", "cam_norm")
+    names = ("bg_power", "affinity_power", "logt", "radius", "cam_norm")
     flags = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     return replace(WalkParams.from_config(cfg.affinity, args.method), **flags)
 
@@ -107,7 +113,8 @@ def _run(args) -> int:
     lost = gather_object(missing) if world > 1 else missing
     if state.is_main_process:
         check_found(str(args.shards or args.voc_root), lost)
-        console.print(f"wrote {len(everyone)} random-walk labels (α {params.alpha:g}, β {params.beta:g}, "
+        console.print(f"wrote {len(everyone)} random-walk labels (background power {params.bg_power:g}, "
+                      f"affinity power {params.affinity_power:g}, "
                       f"t = 2^{params.logt}, radius {params.radius}) to [bold]{out}[/]"
                       f"{per_process(everyone, world)}")  # fmt: skip
     state.wait_for_everyone()

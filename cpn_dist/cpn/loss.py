@@ -108,11 +108,11 @@ def _fg_max(m: torch.Tensor) -> torch.Tensor:
     return m[:, 1:].max(dim=1, keepdim=True)[0]
 
 
-def _with_background(m: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+def _with_background(m: torch.Tensor, bg_power: float = 1.0) -> torch.Tensor:
     """Channel 0 := (1 − max over foreground channels)^α (eq. 16)."""
     background = 1 - _fg_max(m)
-    if alpha != 1.0:
-        background = background.clamp_min(0).pow(alpha)
+    if bg_power != 1.0:
+        background = background.clamp_min(0).pow(bg_power)
     return torch.cat([background, m[:, 1:]], dim=1)
 
 
@@ -144,9 +144,9 @@ def _prepare(cams, refined, labels, lam):
     return cams, refined, labels, labels_bg, lam
 
 
-def _paper_maps(cams, refined, labels_bg, alpha):
-    ys = tuple(_with_background(max_norm(a) * labels_bg, alpha) for a in cams)
-    rs = None if refined is None else tuple(_with_background(max_norm(r) * labels_bg, alpha) for r in refined)
+def _paper_maps(cams, refined, labels_bg, bg_power):
+    ys = tuple(_with_background(max_norm(a) * labels_bg, bg_power) for a in cams)
+    rs = None if refined is None else tuple(_with_background(max_norm(r) * labels_bg, bg_power) for r in refined)
     return ys, rs
 
 
@@ -171,23 +171,23 @@ def _official_cpcr(a_hat, r_hat):
 
 
 def cpcr_elements(cams: Triplet, refined: Triplet, labels: torch.Tensor, lam: torch.Tensor,
-                  recipe: str = "paper", alpha: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+                  recipe: str = "paper", bg_power: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """The two CPCR element tensors (e1, e2), each N×21×H×W, of ``recipe`` (paper eq. 15 or released),
     with the paper recipe's default stop-gradient (the values do not depend on it)."""
     cams, refined, _, labels_bg, lam = _prepare(cams, refined, labels, lam)
     if recipe == "paper":
-        return _paper_cpcr(*_paper_maps(cams, refined, labels_bg, alpha), lam)
+        return _paper_cpcr(*_paper_maps(cams, refined, labels_bg, bg_power), lam)
     if recipe == "official":
         return _official_cpcr(*_official_maps(cams, refined, labels_bg, lam))
     raise ValueError(f"recipe {recipe!r} has no CPCR term")
 
 
 def ohem_candidates(cams: Triplet, refined: Triplet | None, labels: torch.Tensor, lam: torch.Tensor,
-                    recipe: str = "paper", alpha: float = 1.0) -> OhemCandidates:  # fmt: skip
+                    recipe: str = "paper", bg_power: float = 1.0) -> OhemCandidates:  # fmt: skip
     """One micro-step's CPCR elements as candidates for :func:`global_ohem_selection` (computed without
     grad; call it on the no-grad pass, or on the grad pass's outputs)."""
     with torch.no_grad():
-        return ohem_candidates_from_elements(cpcr_elements(cams, refined, labels, lam, recipe, alpha))
+        return ohem_candidates_from_elements(cpcr_elements(cams, refined, labels, lam, recipe, bg_power))
 
 
 def _ohem_mean(elements: torch.Tensor, ratio: float, scope: str, selection: TermSelection | None,
@@ -212,7 +212,7 @@ def _ohem_mean(elements: torch.Tensor, ratio: float, scope: str, selection: Term
 
 def cpn_loss(cams: Triplet | torch.Tensor, refined: Triplet | None, labels: torch.Tensor, lam: torch.Tensor | None,
              recipe: str = "paper", ohem_ratio: float = 0.2, ohem_scope: str = "batch",
-             weights: Sequence[float] = (1.0, 1.0, 1.0), alpha: float = 1.0,
+             weights: Sequence[float] = (1.0, 1.0, 1.0), bg_power: float = 1.0,
              ohem: OhemSelection | None = None, cpcr_stop_gradient: bool = True,
              tcp_background: bool = True, with_cpcr: bool = True) -> dict[str, torch.Tensor]:  # fmt: skip
     """The CPN loss of one (micro-)batch: ``{"total", "cls", "tcp", "cpcr"}`` scalar float32 tensors, and
@@ -245,7 +245,7 @@ def cpn_loss(cams: Triplet | torch.Tensor, refined: Triplet | None, labels: torc
     cams, refined, labels, labels_bg, lam = _prepare(cams, refined, labels, lam)
     cls = sum(classification_loss(a, labels) for a in cams) / 3
     if recipe == "paper":
-        ys, rs = _paper_maps(cams, refined, labels_bg, alpha)
+        ys, rs = _paper_maps(cams, refined, labels_bg, bg_power)
         first = 0 if tcp_background else 1  # eq. 16's background channel, or the foreground only
         y_o, y_h, y_hb = (y[:, first:] for y in ys)
         tcp = torch.abs(lam * y_h.detach() + (1 - lam) * y_hb.detach() - y_o).mean()
@@ -286,7 +286,7 @@ def cpcr_loss(cams: Triplet, refined: Triplet, labels: torch.Tensor, lam: torch.
     :class:`~cpn_dist.config.LossConfig`'s settings: ``(cpcr, discards)`` as :func:`cpn_loss` computes them."""
     cams, refined, _, labels_bg, lam = _prepare(cams, refined, labels, lam)
     if cfg.recipe == "paper":
-        elements = _paper_cpcr(*_paper_maps(cams, refined, labels_bg, cfg.alpha), lam, cfg.cpcr_stop_gradient)
+        elements = _paper_cpcr(*_paper_maps(cams, refined, labels_bg, cfg.bg_power), lam, cfg.cpcr_stop_gradient)
     else:
         elements = _official_cpcr(*_official_maps(cams, refined, labels_bg, lam))
     return _cpcr_ohem(elements, cfg.ohem_ratio, cfg.ohem_scope, ohem)
@@ -296,6 +296,6 @@ def cpn_loss_from_config(cams, refined, labels, lam, cfg, ohem: OhemSelection | 
                          with_cpcr: bool = True) -> dict[str, torch.Tensor]:  # fmt: skip
     """:func:`cpn_loss` with the recipe, OHEM and weights of a :class:`~cpn_dist.config.LossConfig`."""
     return cpn_loss(cams, refined, labels, lam, recipe=cfg.recipe, ohem_ratio=cfg.ohem_ratio,
-                    ohem_scope=cfg.ohem_scope, weights=tuple(cfg.weights), alpha=cfg.alpha, ohem=ohem,
+                    ohem_scope=cfg.ohem_scope, weights=tuple(cfg.weights), bg_power=cfg.bg_power, ohem=ohem,
                     cpcr_stop_gradient=cfg.cpcr_stop_gradient, tcp_background=cfg.tcp_background,
                     with_cpcr=with_cpcr)  # fmt: skip

@@ -120,7 +120,7 @@ class CPNTask:
         return batch["labels"].to(device, non_blocking=True), batch["lam"].to(device, non_blocking=True)
 
     def _candidates(self, cams, refined, labels, lam):
-        return L.ohem_candidates(cams, refined, labels, lam, self.cfg.loss.recipe, self.cfg.loss.alpha)
+        return L.ohem_candidates(cams, refined, labels, lam, self.cfg.loss.recipe, self.cfg.loss.bg_power)
 
     def prepare_window(self, model, window, device):
         """With accumulation and global OHEM: the head-only window (see the module docstring), or a no-grad

@@ -14,22 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageEnhance
 
-
-@dataclass(frozen=True)
-class AugmentParams:
-    crop: int = 448
-    scale_range: tuple[int, int] = (448, 768)
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    color_jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
-
-    @classmethod
-    def from_config(cls, data) -> AugmentParams:
-        return cls(data.crop, tuple(data.scale_range), tuple(data.mean), tuple(data.std), tuple(data.color_jitter))
+if TYPE_CHECKING:
+    from cpn_dist.config import DataConfig
 
 
 @dataclass(frozen=True)
@@ -54,7 +45,9 @@ def resized_size(width: int, height: int, long_side: int) -> tuple[int, int]:
     return long_side, int(round(height * long_side / width))
 
 
-def draw_augmentation(rng: np.random.Generator, params: AugmentParams, width: int, height: int) -> Draw:
+def draw_augmentation(rng: np.random.Generator, params: DataConfig, width: int, height: int) -> Draw:
+    """The random choices of one sample's augmentation under the run config's ``data`` section (``crop``,
+    ``scale_range``, ``color_jitter``)."""
     lo, hi = params.scale_range
     long_side = int(rng.integers(lo, hi + 1))
     flip = bool(rng.random() < 0.5)
@@ -135,9 +128,10 @@ def slic_lookup(out_len: int, start: int, resized_len: int, orig_len: int, flip:
 
 
 def augment(
-    image: Image.Image, slic: np.ndarray | None, draw: Draw, params: AugmentParams, pad_id: int = 0
+    image: Image.Image, slic: np.ndarray | None, draw: Draw, params: DataConfig, pad_id: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Apply ``draw`` to an RGB image and (optionally) its H×W SLIC map.
+    """Apply ``draw`` to an RGB image and (optionally) its H×W SLIC map (``params``: the run config's ``data``
+    section: ``crop``, ``mean``, ``std``).
 
     Returns ``(image, valid, ids)``: the normalised 3×C×C float32 crop (0 on padding), the C×C bool
     map of pixels that come from the image, and the C×C intp superpixel ids (``pad_id`` on padding)."""
@@ -155,7 +149,7 @@ def augment(
 
     out = np.zeros((3, c, c), dtype=np.float32)
     pixels = np.asarray(window)
-    for ch, lut in enumerate(_normalise_luts(params.mean, params.std)):  # (x/255 - mean) / std by lookup
+    for ch, lut in enumerate(_normalise_luts(tuple(params.mean), tuple(params.std))):  # (x/255 - mean) / std by lookup
         np.take(lut, pixels[..., ch], out=out[ch, box.top:box.top + box.h, box.left:box.left + box.w])
     valid = np.zeros((c, c), dtype=bool)
     valid[box.top:box.top + box.h, box.left:box.left + box.w] = True

@@ -22,23 +22,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class PatchParams:
-    kind: str = "superpixel"  # superpixel | grid
-    segments: int = 200
-    grid_sizes: tuple[int, ...] = (56, 112)
-    hide_prob: float = 0.5
-    lambda_mode: str = "pixels"  # pixels | patches
-    sampling: str = "bernoulli"  # bernoulli | released
-
-    @classmethod
-    def from_config(cls, patch) -> PatchParams:
-        return cls(patch.kind, patch.segments, tuple(patch.grid_sizes), patch.hide_prob,
-                   patch.lambda_mode, patch.sampling)  # fmt: skip
+if TYPE_CHECKING:
+    from cpn_dist.config import PatchConfig
 
 
 @dataclass(frozen=True)
@@ -104,10 +93,10 @@ def draw_patch_mask(
     slic_ids: np.ndarray | None,
     n_superpixels: int,
     rng: np.random.Generator,
-    params: PatchParams,
+    params: PatchConfig,
 ) -> PatchMask:
-    """Draw the hidden patches of one sample: superpixels of ``slic_ids`` (C×C, ``n_superpixels`` on
-    padding), or grid cells of a size drawn from ``params.grid_sizes``."""
+    """Draw the hidden patches of one sample (``params``: the run config's ``data.patch``): superpixels of
+    ``slic_ids`` (C×C, ``n_superpixels`` on padding), or grid cells of a size drawn from ``params.grid_sizes``."""
     if params.kind == "superpixel":
         if slic_ids is None:
             raise ValueError("superpixel patches need the SLIC ids")
@@ -135,7 +124,7 @@ def make_cp_pair(
     slic_ids: np.ndarray | None,
     n_superpixels: int,
     rng: np.random.Generator,
-    params: PatchParams,
+    params: PatchConfig,
 ) -> CPPair:
     """The whole CP pair of one 3×C×C image (the loader does the same, with the two products done
     once per batch in :func:`~cpn_dist.data.train_sample.collate`)."""

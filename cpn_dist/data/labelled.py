@@ -15,16 +15,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cpn_dist.data.augment import AugmentParams, augment, draw_augmentation
+from cpn_dist.data.augment import augment, draw_augmentation
 from cpn_dist.data.seeding import sample_rngs
 from cpn_dist.data.shards import decode_image, decode_labels
 from cpn_dist.data.train_sample import batch_tensor
 from cpn_dist.data.voc import IGNORE, read_label_png
 from cpn_dist.errors import CpnError
+
+if TYPE_CHECKING:
+    from cpn_dist.config import DataConfig
 
 LABELLED_KEYS = ("key", "image", "label", "labels", "valid")
 
@@ -34,7 +37,7 @@ class LabelledSampleMaker:
     """Raw shard sample + ``{label_dir}/{key}.png`` → augmented image and label map. Randomness from
     (seed, epoch, key) only, as for CPN samples."""
 
-    augment: AugmentParams
+    data: DataConfig  # the run config's data section: the augmentation
     label_dir: str
     seed: int
     epoch: int
@@ -43,7 +46,7 @@ class LabelledSampleMaker:
     def from_config(cls, data, label_dir: str | Path, seed: int, epoch: int) -> LabelledSampleMaker:
         if not Path(label_dir).is_dir():
             raise CpnError(f"{label_dir}: label folder not found")
-        return cls(AugmentParams.from_config(data), str(label_dir), seed, epoch)
+        return cls(data, str(label_dir), seed, epoch)
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -62,8 +65,8 @@ class LabelledSampleMaker:
             raise CpnError(f"{path}: label map is {label.shape[1]}×{label.shape[0]}, "
                            f"image is {image.size[0]}×{image.size[1]}")  # fmt: skip
         aug_rng, _ = sample_rngs(self.seed, self.epoch, key)
-        draw = draw_augmentation(aug_rng, self.augment, *image.size)
-        out, valid, ids = augment(image, label, draw, self.augment, pad_id=IGNORE)
+        draw = draw_augmentation(aug_rng, self.data, *image.size)
+        out, valid, ids = augment(image, label, draw, self.data, pad_id=IGNORE)
         return {"key": key, "image": out, "label": ids.astype(np.int64), "labels": labels, "valid": valid[None]}
 
     # The streaming loader's pipeline stages (decode → augment → CP pair): a labelled sample is made

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cpn_dist.data.augment import AugmentParams, augment, draw_augmentation
-from cpn_dist.data.cp_pair import PatchParams, draw_patch_mask
+from cpn_dist.data.augment import augment, draw_augmentation
+from cpn_dist.data.cp_pair import draw_patch_mask
 from cpn_dist.data.seeding import sample_rngs
 from cpn_dist.data.shards import decode_image, decode_labels, decode_slic, slic_member
 from cpn_dist.errors import CpnError
+
+if TYPE_CHECKING:
+    from cpn_dist.config import DataConfig, PatchConfig
 
 BATCH_KEYS = ("key", "image", "mask", "valid", "labels", "lam")
 
@@ -21,16 +24,17 @@ BATCH_KEYS = ("key", "image", "mask", "valid", "labels", "lam")
 @dataclass(frozen=True)
 class TrainSampleMaker:
     """Callable turning a raw webdataset sample into a training sample of numpy arrays. Its
-    randomness comes from :func:`~cpn_dist.data.seeding.sample_rngs` (seed, epoch, key) only."""
+    randomness comes from :func:`~cpn_dist.data.seeding.sample_rngs` (seed, epoch, key) only. ``data``:
+    the run config's ``data`` section (the augmentation), ``patch``: its ``data.patch`` (the CP pairs)."""
 
-    augment: AugmentParams
-    patch: PatchParams
+    data: DataConfig
+    patch: PatchConfig
     seed: int
     epoch: int
 
     @classmethod
-    def from_config(cls, data, seed: int, epoch: int) -> TrainSampleMaker:
-        return cls(AugmentParams.from_config(data), PatchParams.from_config(data.patch), seed, epoch)
+    def from_config(cls, data: DataConfig, seed: int, epoch: int) -> TrainSampleMaker:
+        return cls(data, data.patch, seed, epoch)
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -66,7 +70,7 @@ class TrainSampleMaker:
         sample["n_superpixels"] = int(slic.max()) + 1 if slic is not None else 0
         try:
             sample["image"], valid, sample["ids"] = augment(
-                image, slic, draw_augmentation(aug_rng, self.augment, *image.size), self.augment,
+                image, slic, draw_augmentation(aug_rng, self.data, *image.size), self.data,
                 pad_id=sample["n_superpixels"],
             )  # fmt: skip
         except ValueError as exc:

@@ -135,7 +135,7 @@ def premise_share(model, voc_root: str | Path, names: Sequence[str], patch, mean
                   std: Sequence[float], seed: int = 0, batch: int = 16) -> PremiseScores:  # fmt: skip
     """CPN's premise on a parts task, measured with ``model``'s raw CAM (see :class:`PremiseScores`).
 
-    Each image gets one CP pair drawn as in training (``patch``: a :class:`~cpn_dist.data.cp_pair.PatchParams`;
+    Each image gets one CP pair drawn as in training (``patch``: a :class:`~cpn_dist.config.PatchConfig`;
     superpixels from SLIC of the whole image with the packed compactness 10) with the generator
     ``(seed, image index)``; no other augmentation."""
     import torch

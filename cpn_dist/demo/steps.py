@@ -202,15 +202,15 @@ def premise(weights: Path | str, config: str | Path, overrides: Sequence[str], v
     the marker-less branch of a CP pair still finds the object."""
     from cpn_dist.config import load_config
     from cpn_dist.cpn.model import build_model
-    from cpn_dist.data.cp_pair import PatchParams
     from cpn_dist.demo.parts import premise_share
     from cpn_dist.models import load_weights
 
     cfg = load_config(config, list(overrides))
     model = build_model(cfg.model.backbone, "none", dropout=0.0)  # the raw CAM is all the premise needs
     load_weights(model, weights)
-    patch = PatchParams.from_config(cfg.data.patch)
-    return {kind: premise_share(model, voc, names, replace(patch, kind=kind), cfg.data.mean, cfg.data.std).to_json()
+    patch = cfg.data.patch
+    return {kind: premise_share(model, voc, names, patch.model_copy(update={"kind": kind}), cfg.data.mean,
+                                cfg.data.std).to_json()
             for kind in kinds}  # fmt: skip
 
 

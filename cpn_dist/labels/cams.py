@@ -112,7 +112,7 @@ CAM_NORMS = ("max", "none")
 
 def normalise_cams(cams: dict[int, np.ndarray], norm: str = "max") -> dict[int, np.ndarray]:
     """``"max"``: each class map divided by its maximum, as AffinityNet's ``infer_cls.py`` normalises
-    its CAMs (peak 1) — the scale its background exponents α were chosen for. The released CPN format
+    its CAMs (peak 1) — the scale its background powers α were chosen for. The released CPN format
     peaks at 0.5, so this doubles it; a map whose maximum is not positive (a labelled class with no
     response, −0.5 everywhere) is left as it is. ``"none"``: the stored values."""
     if norm == "none":
@@ -126,33 +126,34 @@ def normalise_cams(cams: dict[int, np.ndarray], norm: str = "max") -> dict[int, 
     return out
 
 
-def alpha_background(fg_max: np.ndarray, alpha: float) -> np.ndarray:
-    """AffinityNet's background score ``(1 − max_c CAM_c)^α`` (CPN eq. 16) from the per-pixel
-    foreground maximum (zero-filled, as :func:`foreground_max` gives it; clipped to [0, 1] first, so
-    the released format's negative arg-min pixels score 1, not more). float32 H×W."""
-    return np.power(1.0 - np.clip(fg_max, 0.0, 1.0), alpha).astype(np.float32)
+def powered_background(fg_max: np.ndarray, bg_power: float) -> np.ndarray:
+    """AffinityNet's background score ``(1 − max_c CAM_c)^α``, α the background power (CPN eq. 16), from
+    the per-pixel foreground maximum (zero-filled, as :func:`foreground_max` gives it; clipped to [0, 1]
+    first, so the released format's negative arg-min pixels score 1, not more). float32 H×W."""
+    return np.power(1.0 - np.clip(fg_max, 0.0, 1.0), bg_power).astype(np.float32)
 
 
 def background_score(cams: dict[int, np.ndarray], shape: tuple[int, int], beta: float | None = None,
-                     alpha: float | None = None) -> np.ndarray:  # fmt: skip
-    """The background channel of a CAM dict, H×W float32: the constant ``beta`` (the released
-    evaluator, ``cpn eval``), or ``(1 − max_c CAM_c)^alpha`` (AffinityNet/PSA). Give exactly one."""
-    if (beta is None) == (alpha is None):
-        raise ValueError("give exactly one of beta (constant background) and alpha ((1 - max)^alpha)")
-    if alpha is None:
+                     bg_power: float | None = None) -> np.ndarray:  # fmt: skip
+    """The background channel of a CAM dict, H×W float32: the constant score ``beta`` (the released
+    evaluator, ``cpn eval``), or ``(1 − max_c CAM_c)^α`` with α = ``bg_power`` (AffinityNet/PSA). Give
+    exactly one."""
+    if (beta is None) == (bg_power is None):
+        raise ValueError("give exactly one of beta (constant background) and bg_power ((1 - max)^bg_power)")
+    if bg_power is None:
         return np.full(shape, beta, dtype=np.float32)
-    return alpha_background(foreground_max(cams, shape)[0], alpha)
+    return powered_background(foreground_max(cams, shape)[0], bg_power)
 
 
 def class_map(cams: dict[int, np.ndarray], beta: float | None, shape: tuple[int, int],
-              alpha: float | None = None) -> np.ndarray:  # fmt: skip
+              bg_power: float | None = None) -> np.ndarray:  # fmt: skip
     """The released evaluator's class map at background score ``beta``: argmax over
     ``[β, CAM_1 … CAM_20]`` (β compared as float32, as it is stored there). uint8 H×W, 0..20.
-    With ``alpha`` (and ``beta=None``) the background is ``(1 − max_c CAM_c)^α`` instead."""
-    if (beta is None) == (alpha is None):
-        raise ValueError("give exactly one of beta (constant background) and alpha ((1 - max)^alpha)")
+    With ``bg_power`` α (and ``beta=None``) the background is ``(1 − max_c CAM_c)^α`` instead."""
+    if (beta is None) == (bg_power is None):
+        raise ValueError("give exactly one of beta (constant background) and bg_power ((1 - max)^bg_power)")
     score, cls = foreground_max(cams, shape)
-    background = np.float32(beta) if alpha is None else alpha_background(score, alpha)
+    background = np.float32(beta) if bg_power is None else powered_background(score, bg_power)
     return np.where(score > background, cls, np.uint8(0)).astype(np.uint8)
 
 

@@ -16,33 +16,35 @@ from __future__ import annotations
 
 import numpy as np
 
+from cpn_dist.config import CrfConfig
 from cpn_dist.errors import CpnError
 from cpn_dist.labels.cams import background_score
-from cpn_dist.labels.crf_params import CrfParams
 
-__all__ = ["CrfParams", "cam_probabilities", "crf_dict", "crf_probabilities", "dense_crf", "to_label_map"]
+__all__ = ["cam_probabilities", "crf_dict", "crf_probabilities", "dense_crf", "to_label_map"]
 
 SCORE_FLOOR = 1e-5
 
 
 def cam_probabilities(cams: dict[int, np.ndarray], beta: float | None = None,
-                      alpha: float | None = None) -> tuple[np.ndarray, list[int]]:  # fmt: skip
-    """Class probabilities (K+1)×H×W float32 from a CAM dict at background score ``beta`` — or, with
-    ``alpha``, AffinityNet's ``(1 − max_c CAM_c)^α`` — and the VOC class index (0 = background, c + 1
-    for CAM key c) of each channel."""
+                      bg_power: float | None = None) -> tuple[np.ndarray, list[int]]:  # fmt: skip
+    """Class probabilities (K+1)×H×W float32 from a CAM dict at background score ``beta`` — or, with the
+    background power α = ``bg_power``, AffinityNet's ``(1 − max_c CAM_c)^α`` — and the VOC class index
+    (0 = background, c + 1 for CAM key c) of each channel."""
     if not cams:
         raise CpnError("a CAM dict with no classes has no foreground to refine")
     keys = sorted(cams)
     fg = np.stack([np.asarray(cams[k], dtype=np.float32) for k in keys])
-    background = background_score(cams, fg.shape[1:], beta, alpha)
+    background = background_score(cams, fg.shape[1:], beta, bg_power)
     scores = np.concatenate([background[None], fg])
     scores = np.maximum(scores, np.float32(SCORE_FLOOR))
     return scores / scores.sum(axis=0, keepdims=True), [0] + [k + 1 for k in keys]
 
 
-def dense_crf(image: np.ndarray, probs: np.ndarray, params: CrfParams = CrfParams()) -> np.ndarray:
+def dense_crf(image: np.ndarray, probs: np.ndarray, params: CrfConfig | None = None) -> np.ndarray:
     """Mean-field inference of the dense CRF with unary −log(probs) on the RGB ``image`` (H×W×3
-    uint8); returns the posterior marginals, C×H×W float32 (each pixel a distribution)."""
+    uint8); returns the posterior marginals, C×H×W float32 (each pixel a distribution). ``params``: a
+    run config's CRF section (``affinity.crf``, ``segmentation.crf``); None: PSA's, ``CrfConfig()``."""
+    params = CrfConfig() if params is None else params
     import pydensecrf.densecrf as dcrf
     from pydensecrf.utils import unary_from_softmax
 
@@ -62,9 +64,9 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, params: CrfParams = CrfParam
 
 
 def crf_probabilities(image: np.ndarray, cams: dict[int, np.ndarray], beta: float | None,
-                      params: CrfParams = CrfParams(), alpha: float | None = None) -> tuple[np.ndarray, list[int]]:
-    """CRF-refined class probabilities of a CAM dict at ``beta`` or ``alpha`` (see :func:`cam_probabilities`)."""
-    probs, classes = cam_probabilities(cams, beta, alpha)
+                      params: CrfConfig | None = None, bg_power: float | None = None) -> tuple[np.ndarray, list[int]]:
+    """CRF-refined class probabilities of a CAM dict at ``beta`` or ``bg_power`` (see :func:`cam_probabilities`)."""
+    probs, classes = cam_probabilities(cams, beta, bg_power)
     return dense_crf(image, probs, params), classes
 
 

@@ -12,7 +12,7 @@ The background score is a constant β (the released evaluator) or AffinityNet's 
   background score is low (a low β, or a high α). The rule is PSA's (``VOC12AffDataset``): the
   foreground-confident map's label where it says foreground; 0 where the background-confident map
   says background (this wins); 255 (ignore) elsewhere. ``cpn pseudo --betas LOW HIGH`` pairs two β;
-  ``cpn affinity-labels`` pairs two α, as PSA's la/ha CRF maps (α = 4 and 32).
+  ``cpn affinity-labels`` pairs two background powers α, as PSA's la/ha CRF maps (α = 4 and 32).
 """
 
 from __future__ import annotations
@@ -27,24 +27,25 @@ from pathlib import Path
 import numpy as np
 
 from cpn_dist.atomic import write_atomic
+from cpn_dist.config import CrfConfig
 from cpn_dist.data.voc import IGNORE, save_label_png
 from cpn_dist.errors import CpnError
 from cpn_dist.labels.cams import class_map, load_cams
-from cpn_dist.labels.crf import CrfParams, crf_dict, crf_probabilities, to_label_map
+from cpn_dist.labels.crf import crf_dict, crf_probabilities, to_label_map
 
 log = logging.getLogger(__name__)
 
 
 def pseudo_label(cams: dict[int, np.ndarray], beta: float | None, shape: tuple[int, int],
-                 image: np.ndarray | None = None, crf: CrfParams | None = None,
-                 alpha: float | None = None) -> np.ndarray:  # fmt: skip
-    """H×W uint8 class map of a CAM dict at background score ``beta`` (or ``(1 − max)^alpha`` with
-    ``beta=None``); CRF-refined on ``image`` when ``crf`` is given."""
+                 image: np.ndarray | None = None, crf: CrfConfig | None = None,
+                 bg_power: float | None = None) -> np.ndarray:  # fmt: skip
+    """H×W uint8 class map of a CAM dict at background score ``beta`` (or ``(1 − max)^α`` with the
+    background power α = ``bg_power`` and ``beta=None``); CRF-refined on ``image`` when ``crf`` is given."""
     if crf is None or not cams:
-        return class_map(cams, beta, shape, alpha)
+        return class_map(cams, beta, shape, bg_power)
     if image is None:
         raise CpnError("the CRF needs the image")
-    probs, classes = crf_probabilities(image, cams, beta, crf, alpha)
+    probs, classes = crf_probabilities(image, cams, beta, crf, bg_power)
     return to_label_map(probs, classes)
 
 
@@ -59,7 +60,7 @@ def confident_label(fg_map: np.ndarray, bg_map: np.ndarray) -> np.ndarray:
 
 
 def paired_pseudo_label(cams: dict[int, np.ndarray], low: float, high: float, shape: tuple[int, int],
-                        image: np.ndarray | None = None, crf: CrfParams | None = None) -> np.ndarray:
+                        image: np.ndarray | None = None, crf: CrfConfig | None = None) -> np.ndarray:
     """Confident labels from a β pair: the class at ``high`` where it is foreground, background
     where ``low`` says background, 255 elsewhere (:func:`confident_label`)."""
     if not low < high:
@@ -78,7 +79,7 @@ class Job:
     cams_dir: str
     out_dir: str
     betas: tuple[float, ...]  # one β, or (low, high)
-    crf: CrfParams | None
+    crf: CrfConfig | None
     voc_root: str | None  # images, needed by the CRF
     output: str = "png"  # "png": label PNGs; "npy": CRF probabilities in the AffinityNet layout
 

@@ -31,11 +31,12 @@ import torch
 import torch.nn.functional as F
 
 from cpn_dist.atomic import write_atomic
+from cpn_dist.config import CrfConfig
 from cpn_dist.cpn.infer import IMAGENET_MEAN, IMAGENET_STD, forward_by_shape, prefetch, scale_inputs
 from cpn_dist.data.inputs import Sample
 from cpn_dist.data.voc import save_label_png
 from cpn_dist.devices import autocast
-from cpn_dist.labels.crf import CrfParams, dense_crf
+from cpn_dist.labels.crf import dense_crf
 
 SERVER_LAYOUT = Path("results") / "VOC2012" / "Segmentation" / "comp5_test_cls"
 DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
@@ -48,7 +49,7 @@ class SegmentSettings:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     batch_size: int = 8  # most inputs of one size per forward
-    crf: CrfParams | None = None  # None: no CRF
+    crf: CrfConfig | None = None  # None: no CRF
     precision: str = "fp32"  # fp32 | bf16 | fp16: autocast of the network (probabilities stay float32)
 
 
@@ -77,7 +78,7 @@ def segment_settings(cfg, **overrides) -> SegmentSettings:
     """Settings of a run config (``segmentation.test_scales``, ``test_flip``, ``crf.*``, ``data.mean/std``)."""
     seg = cfg.segmentation
     values = dict(scales=tuple(seg.test_scales), flip=seg.test_flip, mean=tuple(cfg.data.mean),
-                  std=tuple(cfg.data.std), crf=seg.crf.params() if seg.crf.enabled else None)  # fmt: skip
+                  std=tuple(cfg.data.std), crf=seg.crf if seg.crf.enabled else None)  # fmt: skip
     values.update(overrides)
     return SegmentSettings(**values)
 
@@ -108,7 +109,7 @@ def _save(label: np.ndarray, path: Path) -> None:
     write_atomic(path, lambda tmp: save_label_png(label, tmp), path.with_name(f".{path.stem}.tmp.png"))
 
 
-def _crf_and_save(image: np.ndarray, probs: np.ndarray, params: CrfParams, paths: list[Path]) -> None:
+def _crf_and_save(image: np.ndarray, probs: np.ndarray, params: CrfConfig, paths: list[Path]) -> None:
     label = to_labels(dense_crf(image, probs, params))
     for path in paths:
         _save(label, path)

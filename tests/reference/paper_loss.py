@@ -13,7 +13,7 @@ def _soft_margin(scores, y):
     return -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()
 
 
-def normalise(a, labels20, alpha):
+def normalise(a, labels20, bg_power):
     """Y: per image and channel relu, minus min, over range (eps 1e-5); × y⁺; background (1 - max fg)^α."""
     N, C, H, W = a.shape
     out = []
@@ -25,7 +25,7 @@ def normalise(a, labels20, alpha):
             keep = 1.0 if c == 0 else labels20[i, c - 1]
             chans.append(v * keep)
         fg = torch.stack(chans[1:])
-        background = (1 - fg.max(dim=0)[0]) ** alpha
+        background = (1 - fg.max(dim=0)[0]) ** bg_power
         out.append(torch.cat([background[None], fg]))
     return torch.stack(out)
 
@@ -36,7 +36,7 @@ def _ohem_mean(e, ratio):
     return torch.sort(flat, descending=True)[0][:k].mean()
 
 
-def paper_loss(cams, refined, labels20, lam, ratio=0.2, alpha=1.0, stop_gradient=True, tcp_background=True):
+def paper_loss(cams, refined, labels20, lam, ratio=0.2, bg_power=1.0, stop_gradient=True, tcp_background=True):
     """(L_all, L_cls, L_tcp, L_cpcr) of eqs. 13-17 with OHEM over the mini-batch, w1 = w2 = w3 = 1.
     ``stop_gradient``: the raw CAMs enter eq. 15 detached; ``tcp_background``: eq. 14 over all 21 channels
     (else the 20 foreground channels)."""
@@ -47,8 +47,8 @@ def paper_loss(cams, refined, labels20, lam, ratio=0.2, alpha=1.0, stop_gradient
     # eq. 13: GAP scores of the foreground channels
     l_cls = sum(_soft_margin(a[:, 1:].mean(dim=(2, 3)), labels20) for a in cams) / 3
     # eq. 16: normalised maps with background
-    y_o, y_h, y_hb = (normalise(a, labels20, alpha) for a in cams)
-    t_o, t_h, t_hb = (normalise(r, labels20, alpha) for r in refined)
+    y_o, y_h, y_hb = (normalise(a, labels20, bg_power) for a in cams)
+    t_o, t_h, t_hb = (normalise(r, labels20, bg_power) for r in refined)
     # eq. 14 (the CP pair's raw CAMs are targets: detached)
     c = 0 if tcp_background else 1
     l_tcp = torch.abs(lam * y_h[:, c:].detach() + lbar * y_hb[:, c:].detach() - y_o[:, c:]).mean() \
