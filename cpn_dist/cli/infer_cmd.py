@@ -7,7 +7,6 @@ from pathlib import Path
 from cpn_dist.cli import add_command, console
 from cpn_dist.cli.inference import (
     check_found,
-    cpu_only,
     infer_source,
     parse_scales,
     per_process,
@@ -75,10 +74,11 @@ def _run(args) -> int:
     from accelerate import PartialState
 
     from cpn_dist.cpn.infer import InferSettings, infer_samples
+    from cpn_dist.devices import use_cpu
 
     if args.batch_size < 1 or args.images_per_step < 1:
         raise CpnError("--batch-size and --images-per-step must be >= 1")
-    state = PartialState(cpu=cpu_only())
+    state = PartialState(cpu=use_cpu())
     rank, world = state.process_index, state.num_processes
     source = infer_source(args)
     out = Path(args.out)
