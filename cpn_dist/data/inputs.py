@@ -8,7 +8,6 @@ order, each process of a distributed run decoding only its own slice.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cpn_dist.data.voc import NUM_FOREGROUND, labels_from_names, read_label_png, read_xml_objects
+from cpn_dist.data.voc import labels_from_names, read_label_png, read_labels_file, read_xml_objects
 from cpn_dist.errors import CpnError
 
 
@@ -26,31 +25,6 @@ class Sample:
     image: Image.Image  # RGB, original size
     labels: np.ndarray | None  # float32 [20]
     gt: np.ndarray | None  # H×W uint8, 0..20 and 255
-
-
-def read_labels_file(path: str | Path) -> dict[str, np.ndarray]:
-    """Image-level labels from the released ``cls_labels.npy`` (a pickled dict {id: 20 floats}) or a
-    JSON file {id: [20 × 0/1]}; returns {id: float32 [20]}."""
-    path = Path(path)
-    if not path.is_file():
-        raise CpnError(f"{path}: labels file not found")
-    try:
-        if path.suffix == ".npy":
-            obj = np.load(path, allow_pickle=True)
-            obj = obj.item() if obj.dtype == object and obj.shape == () else None
-        else:
-            obj = json.loads(path.read_text())
-    except (OSError, ValueError, EOFError) as exc:
-        raise CpnError(f"{path}: unreadable labels file ({exc})") from None
-    if not isinstance(obj, dict):
-        raise CpnError(f"{path}: expected a dict {{image id: 20 labels}}")
-    out = {}
-    for key, value in obj.items():
-        arr = np.asarray(value, dtype=np.float32).reshape(-1)
-        if arr.shape != (NUM_FOREGROUND,):
-            raise CpnError(f"{path}: labels of '{key}' have {arr.size} values, expected {NUM_FOREGROUND}")
-        out[str(key)] = arr
-    return out
 
 
 def read_image(path: str | Path) -> Image.Image:
