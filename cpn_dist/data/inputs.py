@@ -98,6 +98,7 @@ class ShardSource:
         """This rank's share of the wanted samples (every ``world``-th in shard order, from
         ``rank``), minus ``skip``; only the members asked for are decoded."""
         from cpn_dist.data import shards
+        from cpn_dist.data.members import decode_members
 
         members = {"jpg"} if image else set()
         if labels:
@@ -116,18 +117,9 @@ class ShardSource:
             index += 1
             if index % world != rank or key in skip:
                 continue
-            where = raw.get("__url__", self.source)
-            try:
-                img = shards.decode_image(raw["jpg"]) if image else None
-                lab = shards.decode_labels(raw["cls.json"]) if labels else None
-                seg = shards.decode_seg(raw["seg.png"]) if gt and "seg.png" in raw else None
-            except KeyError as exc:
-                raise CpnError(f"{where}: sample {key} has no {exc.args[0]} member") from None
-            except (OSError, ValueError) as exc:
-                raise CpnError(f"{where}: sample {key} does not decode ({exc})") from None
-            if gt and seg is None:
-                raise CpnError(f"{where}: sample {key} has no seg.png (ground truth) member")
-            yield Sample(key, img, lab, seg)
+            wanted = [name for name, want in (("jpg", image), ("cls.json", labels), ("seg.png", gt)) if want]
+            got = decode_members(raw, wanted, where=raw.get("__url__", self.source))
+            yield Sample(key, got.get("jpg"), got.get("cls.json"), got.get("seg.png"))
 
 
 def is_shard_source(source: str | Path) -> bool:

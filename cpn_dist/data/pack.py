@@ -32,6 +32,7 @@ import numpy as np
 
 from cpn_dist import __version__
 from cpn_dist.atomic import write_atomic
+from cpn_dist.data.members import sample_members
 from cpn_dist.data.pack_sample import MAX_SEGMENTS, Prepared, SampleTask, prepare_sample
 from cpn_dist.data.pack_source import PackSource, find_source
 from cpn_dist.data.shards import (
@@ -39,7 +40,6 @@ from cpn_dist.data.shards import (
     FORMAT_VERSION,
     META_NAME,
     parse_meta,
-    sample_members,
     shard_name,
     write_json_atomic,
 )

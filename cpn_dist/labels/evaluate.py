@@ -151,17 +151,13 @@ def _pairs(chunk: _Chunk) -> Iterable[tuple[str, np.ndarray]]:
             yield name, chunk.gt.read(name)
         return
     from cpn_dist.data import shards
+    from cpn_dist.data.members import decode_members
 
     wanted = set(chunk.names)
     for raw in shards.iter_raw_samples([chunk.url], select=_seg_member):
         if raw["__key__"] not in wanted:
             continue
-        if "seg.png" not in raw:
-            raise CpnError(f"{chunk.url}: sample {raw['__key__']} has no seg.png (ground truth) member")
-        try:
-            yield raw["__key__"], shards.decode_seg(raw["seg.png"])
-        except (OSError, ValueError) as exc:
-            raise CpnError(f"{chunk.url}: seg.png of {raw['__key__']} does not decode ({exc})") from None
+        yield raw["__key__"], decode_members(raw, ("seg.png",), where=chunk.url)["seg.png"]
 
 
 # --------------------------------------------------------------------------------------------
