@@ -50,7 +50,7 @@ class LaterSteps:
             raise CpnError(f"{labels}: no pseudo labels to train the segmentation model on")
         self._train("segmentation")
 
-    def _segment_splits(self) -> list[tuple[str, bool]]:
+    def segment_splits(self) -> list[tuple[str, bool]]:
         """(split, has ground truth) of the segment step: val, the evaluation split, and test."""
         splits = [(self.cfg.splits.val, True)]
         if self.cfg.splits.eval != self.cfg.splits.val:
@@ -70,7 +70,7 @@ class LaterSteps:
         load_weights(model, self.weights("segmentation"))
         model.to(self.dist.device)
         crf = settings.crf is not None
-        for split, scored in self._segment_splits():
+        for split, scored in self.segment_splits():
             base = self.work / "segmentation_out"
             if scored:
                 outputs = Outputs(base / split, base / f"{split}_crf" if crf else None)
@@ -86,7 +86,7 @@ class LaterSteps:
         crf = self.run_config("segmentation").segmentation.crf.enabled
         base = self.work / "segmentation_out"
         scores = []
-        for split, scored in self._segment_splits():
+        for split, scored in self.segment_splits():
             if not scored:
                 continue
             scores.append(self._score_labels("segmentation", base / split, split))

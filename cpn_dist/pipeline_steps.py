@@ -150,7 +150,7 @@ def step_settings(p, name: str) -> dict[str, Any]:
 
     lists = lambda *splits: {s: list_fingerprint(p.list_path(s)) for s in splits if s}  # noqa: E731
     given = lambda stage: file_fingerprint(getattr(c.weights, stage))  # noqa: E731
-    seg_splits = [s for s, _ in p._segment_splits()]
+    seg_splits = [s for s, _ in p.segment_splits()]
     settings = {  # keys as the user writes them: the pipeline config's, then the stage's run config's
         "pack": lambda: {"voc_root": c.voc_root, "shards": str(p.shards), "lists": lists(c.splits.train),
                          "pack.segments": c.pack.segments, "pack.shard_size": c.pack.shard_size,
