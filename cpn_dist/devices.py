@@ -1,15 +1,26 @@
-"""Where and in which precision inference runs: the autocast context of a precision, and host → device
-copies that do not stall the device (pinned memory, ``non_blocking``)."""
+"""Where and in which precision models run: the one rule for running on the CPU, the autocast context of
+a precision, and host → device copies that do not stall the device (pinned memory, ``non_blocking``)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 
 import numpy as np
 import torch
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# the values Accelerate reads as true (accelerate.utils.str_to_bool)
+_TRUE = ("1", "true", "yes", "y", "t", "on")
+
+
+def use_cpu() -> bool:
+    """Whether this process runs on the CPU: ``ACCELERATE_USE_CPU`` is set true (as ``accelerate launch
+    --cpu`` sets it), or there is no CUDA device. Pass it as ``cpu=`` to Accelerate's ``PartialState`` /
+    ``Accelerator``: without CUDA, a process of ``accelerate launch --multi_gpu`` joins the gloo group
+    only with ``cpu=True`` (else it reports a world of one)."""
+    return os.environ.get("ACCELERATE_USE_CPU", "").lower() in _TRUE or not torch.cuda.is_available()
 
 
 def autocast(device: torch.device | str, precision: str):

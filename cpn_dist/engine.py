@@ -53,7 +53,8 @@ class Task(Protocol):
 
     def loader(self, *, micro_size: int, global_size: int, rank: int, world_size: int, epoch: int,
                start_step: int) -> tuple[Any, int]:  # fmt: skip
-        """(iterable of this rank's micro-batches from ``start_step`` on, optimizer steps per epoch)."""
+        """(iterable of this rank's micro-batches from ``start_step`` on, optimizer steps per epoch); the
+        steps are those of the run config's data, :func:`cpn_dist.data.loader.epoch_steps`."""
 
     def prepare_window(self, model, window: list[dict], device) -> list | None:
         """Called before the micro-steps of one optimizer step: per-micro-step context (or None)."""
@@ -91,6 +92,8 @@ def run_training(cfg: Config, task: Task, resume: str | None = None, restart: bo
 def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> Path:
     from accelerate.utils import DistributedType, set_seed
 
+    from cpn_dist.data.loader import epoch_steps
+
     # ---- set-up -------------------------------------------------------------------------------
     world_size, rank, device = acc.num_processes, acc.process_index, acc.device
     micro, global_size = cfg.batch.micro_size, cfg.batch.global_size
@@ -115,10 +118,13 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
         model = torch.compile(model)
 
     def loader(epoch: int, start_step: int = 0):
-        return task.loader(micro_size=micro, global_size=global_size, rank=rank, world_size=world_size,
-                           epoch=epoch, start_step=start_step)  # fmt: skip
+        batches, steps = task.loader(micro_size=micro, global_size=global_size, rank=rank, world_size=world_size,
+                                     epoch=epoch, start_step=start_step)  # fmt: skip
+        if steps != steps_per_epoch:
+            raise RuntimeError(f"the loader has {steps} steps per epoch, the split's size gives {steps_per_epoch}")
+        return batches
 
-    _, steps_per_epoch = loader(0)
+    steps_per_epoch = epoch_steps(cfg.data, global_size)  # the split's size; no loader built for it
     total_steps = steps_per_epoch * cfg.train.epochs
     if cfg.train.max_steps:
         total_steps = min(total_steps, cfg.train.max_steps)
@@ -130,6 +136,9 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
         log.info("resumed from %s at step %d", ckpt, global_step)
     start_epoch, start_in_epoch = divmod(global_step, steps_per_epoch)
     resumed_step = global_step
+    # the first epoch's loader is built before anything is logged: bad data stops the run here
+    training = start_epoch < cfg.train.epochs and global_step < total_steps
+    first_loader = loader(start_epoch, start_in_epoch) if training else None
 
     acc.init_trackers(task.name, config=_flat_hparams(cfg))
     monitor = Monitor(acc, total_steps, global_step, cfg.log.every)
@@ -157,7 +166,8 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
         if global_step >= total_steps:
             break
         first = start_in_epoch if epoch == start_epoch else 0
-        batches = prefetch_to_device(iter(loader(epoch, first)[0]), device)
+        batches = prefetch_to_device(iter(first_loader if epoch == start_epoch else loader(epoch, first)), device)
+        first_loader = None
         for _ in range(first, steps_per_epoch):
             t0 = time.perf_counter()
             window = [next(batches) for _ in range(accumulation)]

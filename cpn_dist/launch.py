@@ -10,6 +10,7 @@ import os
 import torch
 
 from cpn_dist.config import Config
+from cpn_dist.devices import use_cpu
 from cpn_dist.errors import CpnError
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def make_accelerator(cfg: Config):
     from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    on_cpu = not torch.cuda.is_available()
+    on_cpu = use_cpu()
     check_precision(cfg.train.precision, deepspeed, on_cpu)
     # BatchNorm is frozen, so there are no buffers to broadcast; gradients live in DDP's buckets (no copy)
     handlers = [DistributedDataParallelKwargs(broadcast_buffers=False, gradient_as_bucket_view=True)]

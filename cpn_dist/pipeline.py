@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -60,12 +59,12 @@ class _Dist:
     """The processes of the run (one, or those of `accelerate launch`)."""
 
     def __init__(self):
-        import torch
         from accelerate import PartialState
 
+        from cpn_dist.devices import use_cpu
+
         # Without CUDA, PartialState needs cpu=True to join the gloo group of `accelerate launch --multi_gpu`.
-        cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
-        self.state = PartialState(cpu=cpu)
+        self.state = PartialState(cpu=use_cpu())
         self.rank, self.world = self.state.process_index, self.state.num_processes
         self.main = self.state.is_main_process
         self.device = self.state.device

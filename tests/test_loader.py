@@ -11,7 +11,7 @@ import torch
 
 from cpn_dist.config import load_config
 from cpn_dist.data.cp_pair import split_image
-from cpn_dist.data.loader import batches_done, build_train_loader, sample_ranges, worker_batches
+from cpn_dist.data.loader import batches_done, build_train_loader, epoch_steps, sample_ranges, worker_batches
 from cpn_dist.data.pack import pack_split
 from cpn_dist.data.shards import read_shard_samples
 from cpn_dist.data.train_sample import BATCH_KEYS
@@ -212,3 +212,23 @@ def test_epoch_split_arithmetic():
     assert sample_ranges([3, 0, 3], 2, 2) == [(0, 2, 1), (2, 0, 1)]
     with pytest.raises(ValueError):
         sample_ranges([3, 3], 4, 5)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("world_size, micro_size, global_size", [
+    (1, 2, 4), (1, 4, 32), (2, 2, 8), (2, 3, 12), (3, 2, 6), (4, 1, 8), (2, 1, 10),
+])  # fmt: skip
+def test_epoch_steps_is_the_loaders_count_without_building_it(shards, deterministic, world_size, micro_size,
+                                                              global_size):  # fmt: skip
+    """What the engine computes from meta.json equals what every rank's loader yields (32 samples; the
+    remainder of the global batch dropped), for several world sizes, micro-batches and accumulations."""
+    data = config(shards, "data.patch.kind=grid", "data.patch.grid_sizes=[8, 16]")
+    steps = epoch_steps(data, global_size)
+    assert steps == 32 // global_size
+    accumulation = global_size // (micro_size * world_size)
+    for rank in range(world_size):
+        batches, loader_steps = run(data, rank=rank, world_size=world_size, micro_size=micro_size,
+                                    global_size=global_size, deterministic=deterministic)  # fmt: skip
+        assert loader_steps == steps and len(batches) == steps * accumulation
+    with pytest.raises(CpnError, match="fewer than one global batch"):
+        epoch_steps(data, 64)

@@ -24,9 +24,7 @@ augmented crop to the stride-8 grid by a block vote (:func:`cpn_dist.affinity.pa
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +36,7 @@ from cpn_dist.data.voc import save_label_png
 from cpn_dist.errors import CpnError
 from cpn_dist.labels.cams import CAM_NORMS, load_cams, normalise_cams
 from cpn_dist.labels.pseudo import confident_label, pseudo_label
+from cpn_dist.parallel import parallel_map
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +95,9 @@ def write_label(out_dir: str | Path, name: str, label: np.ndarray) -> None:
     write_atomic(out / f"{name}.png", lambda tmp: save_label_png(label, tmp), out / f".{name}.tmp.png")
 
 
-def _label_one(cams_dir: str, out_dir: str, name: str, image: np.ndarray, params: AffinityLabelParams) -> str:
+def _label_one(job: tuple[str, str, str, np.ndarray, AffinityLabelParams]) -> str:
+    """(CAM folder, output folder, image id, H×W×3 image, params) → the image id, its label written."""
+    cams_dir, out_dir, name, image, params = job
     path = Path(cams_dir) / f"{name}.npy"
     cams = load_cams(path)
     if cams and next(iter(cams.values())).shape != image.shape[:2]:
@@ -132,18 +133,10 @@ def write_affinity_labels(source, cams_dir: str | Path, out_dir: str | Path, par
         if on_image:
             on_image(name)
 
-    if workers <= 1:
-        for sample in samples:
-            finished(_label_one(cams_dir, out_dir, sample.name, np.asarray(sample.image), params))
-    else:
-        with ProcessPoolExecutor(workers) as pool:
-            queue: deque[Future] = deque()
-            for sample in samples:  # images are decoded here, CAMs read and CRFs run in the workers
-                queue.append(pool.submit(_label_one, cams_dir, out_dir, sample.name, np.asarray(sample.image), params))
-                while len(queue) >= 2 * workers:
-                    finished(queue.popleft().result())
-            while queue:
-                finished(queue.popleft().result())
+    # images are decoded here, CAMs read and CRFs run in the workers
+    jobs = ((cams_dir, out_dir, sample.name, np.asarray(sample.image), params) for sample in samples)
+    for name in parallel_map(_label_one, jobs, workers if workers > 1 else 0):
+        finished(name)
     missing = sorted(set(names) - done - set(written))
     if missing:
         raise CpnError(f"{len(missing)} listed image(s) not found in the image source, e.g. '{missing[0]}'")

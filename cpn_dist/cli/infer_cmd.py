@@ -7,7 +7,6 @@ from pathlib import Path
 from cpn_dist.cli import add_command, console
 from cpn_dist.cli.inference import (
     check_found,
-    cpu_only,
     infer_source,
     parse_scales,
     per_process,
@@ -38,8 +37,8 @@ def register(sub) -> None:
     src.add_argument("--split", help="split inside a shard folder (default: its only split)")
     src.add_argument("--list", metavar="FILE", help="image ids, one per line or the released list format "
                      "(required with --voc-root; restricts --shards)")  # fmt: skip
-    src.add_argument("--labels", metavar="FILE", help="image labels: released cls_labels.npy or JSON {id: [20 × 0/1]} "
-                     "(default: the VOC XMLs)")  # fmt: skip
+    src.add_argument("--labels", metavar="FILE", help="image labels: released cls_labels.npy or JSON {id: [20 × 0/1] "
+                     "or [class names]} (default: the VOC XMLs)")  # fmt: skip
     p.add_argument("--out", required=True, metavar="DIR", help="output folder for NAME.npy")
     p.add_argument("--scales", default="0.5,1.0,1.5,2.0", help="comma list (default 0.5,1.0,1.5,2.0)")
     p.add_argument("--no-flip", action="store_true", help="do not add the flipped inputs")
@@ -75,10 +74,11 @@ def _run(args) -> int:
     from accelerate import PartialState
 
     from cpn_dist.cpn.infer import InferSettings, infer_samples
+    from cpn_dist.devices import use_cpu
 
     if args.batch_size < 1 or args.images_per_step < 1:
         raise CpnError("--batch-size and --images-per-step must be >= 1")
-    state = PartialState(cpu=cpu_only())
+    state = PartialState(cpu=use_cpu())
     rank, world = state.process_index, state.num_processes
     source = infer_source(args)
     out = Path(args.out)

@@ -43,16 +43,6 @@ def infer_source(args):
     return ShardSource(args.shards, args.split, names)
 
 
-def cpu_only() -> bool:
-    """Whether to run on the CPU. PartialState() on a host without a GPU reports one process even
-    under `accelerate launch --multi_gpu`; with cpu=True it joins the gloo group instead."""
-    import os
-
-    import torch
-
-    return os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
-
-
 def run_share(state, label: str, total: int | None, work: Callable[[Callable], Iterable[str]]) -> list[tuple[int, str]]:
     """Runs ``work(on_image)`` — this process's share of the images — under a progress bar (the main
     process's, on a terminal), then gathers every process's written image names as (rank, name) pairs,

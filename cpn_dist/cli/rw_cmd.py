@@ -68,7 +68,8 @@ def _run(args) -> int:
 
     from cpn_dist.affinity.model import build_affinity_model
     from cpn_dist.affinity.random_walk import walk_samples
-    from cpn_dist.cli.inference import check_found, cpu_only, per_process, run_share
+    from cpn_dist.cli.inference import check_found, per_process, run_share
+    from cpn_dist.devices import use_cpu
     from cpn_dist.models.weights import read_weights
     from cpn_dist.weights_config import load_checked, weights_config
 
@@ -77,7 +78,7 @@ def _run(args) -> int:
     cfg = weights_config(args.checkpoint, meta, "affinity", args.config, flags)
     params = _params(args, cfg)
     names = stage2_names(args)
-    state = PartialState(cpu=cpu_only())
+    state = PartialState(cpu=use_cpu())
     rank, world = state.process_index, state.num_processes
     out = Path(args.out)
     batch_size = args.batch_size or (8 if state.device.type == "cuda" else 1)

@@ -77,7 +77,8 @@ def _model(args, cfg, state, meta, device):
 def _run(args) -> int:
     from accelerate import PartialState
 
-    from cpn_dist.cli.inference import check_found, cpu_only, infer_source, parse_scales, per_process, run_share
+    from cpn_dist.cli.inference import check_found, infer_source, parse_scales, per_process, run_share
+    from cpn_dist.devices import use_cpu
     from cpn_dist.segmentation.infer import segment_samples, segment_settings
 
     if args.batch_size < 1 or args.images_per_step < 1 or args.crf_workers < 0:
@@ -92,7 +93,7 @@ def _run(args) -> int:
         settings = segment_settings(cfg, **overrides, crf=None)
     elif settings.crf is None:
         raise CpnError(f"--crf-out: {args.config or args.checkpoint} sets segmentation.crf.enabled: false")
-    state = PartialState(cpu=cpu_only())
+    state = PartialState(cpu=use_cpu())
     rank, world = state.process_index, state.num_processes
     source = infer_source(args)
     model, report = _model(args, cfg, weights, meta, state.device)

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +33,7 @@ from PIL import Image
 from cpn_dist.data.inputs import Sample
 from cpn_dist.devices import autocast, to_device
 from cpn_dist.labels.cams import save_cams
+from cpn_dist.parallel import parallel_map
 
 log = logging.getLogger(__name__)
 
@@ -167,21 +166,6 @@ def _irn(sample, classes: list[int], total: np.ndarray | None) -> dict:
     return {"keys": np.asarray(classes, dtype=np.int64), "cam": norm(strided), "high_res": norm(t)}
 
 
-def prefetch(fn: Callable, items: Iterable, workers: int, depth: int) -> Iterator:
-    """``map(fn, items)`` on a thread pool, in order, with at most ``depth`` results in flight."""
-    if workers <= 0:
-        yield from map(fn, items)
-        return
-    with ThreadPoolExecutor(workers) as pool:
-        queue: deque = deque()
-        for item in items:
-            queue.append(pool.submit(fn, item))
-            if len(queue) >= depth:
-                yield queue.popleft().result()
-        while queue:
-            yield queue.popleft().result()
-
-
 @torch.inference_mode()
 def infer_samples(model: torch.nn.Module, samples: Iterable[Sample], out_dir: str | Path,
                   settings: InferSettings = InferSettings(), device: torch.device | str = "cpu",
@@ -197,7 +181,8 @@ def infer_samples(model: torch.nn.Module, samples: Iterable[Sample], out_dir: st
         (out_dir / "raw").mkdir(exist_ok=True)
     model.eval()
     written: list[str] = []
-    prepared = prefetch(lambda s: _prepare(s, settings), samples, loader_threads, depth=2 * images_per_step)
+    prepared = parallel_map(lambda s: _prepare(s, settings), samples, loader_threads, depth=2 * images_per_step,
+                            threads=True)  # fmt: skip
     step: list[_Pending] = []
     for pending in prepared:
         step.append(pending)

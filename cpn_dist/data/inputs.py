@@ -8,7 +8,6 @@ order, each process of a distributed run decoding only its own slice.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cpn_dist.data.voc import NUM_FOREGROUND, labels_from_names, read_label_png, read_xml_objects
+from cpn_dist.data.voc import labels_from_names, read_label_png, read_labels_file, read_xml_objects
 from cpn_dist.errors import CpnError
 
 
@@ -26,31 +25,6 @@ class Sample:
     image: Image.Image  # RGB, original size
     labels: np.ndarray | None  # float32 [20]
     gt: np.ndarray | None  # H×W uint8, 0..20 and 255
-
-
-def read_labels_file(path: str | Path) -> dict[str, np.ndarray]:
-    """Image-level labels from the released ``cls_labels.npy`` (a pickled dict {id: 20 floats}) or a
-    JSON file {id: [20 × 0/1]}; returns {id: float32 [20]}."""
-    path = Path(path)
-    if not path.is_file():
-        raise CpnError(f"{path}: labels file not found")
-    try:
-        if path.suffix == ".npy":
-            obj = np.load(path, allow_pickle=True)
-            obj = obj.item() if obj.dtype == object and obj.shape == () else None
-        else:
-            obj = json.loads(path.read_text())
-    except (OSError, ValueError, EOFError) as exc:
-        raise CpnError(f"{path}: unreadable labels file ({exc})") from None
-    if not isinstance(obj, dict):
-        raise CpnError(f"{path}: expected a dict {{image id: 20 labels}}")
-    out = {}
-    for key, value in obj.items():
-        arr = np.asarray(value, dtype=np.float32).reshape(-1)
-        if arr.shape != (NUM_FOREGROUND,):
-            raise CpnError(f"{path}: labels of '{key}' have {arr.size} values, expected {NUM_FOREGROUND}")
-        out[str(key)] = arr
-    return out
 
 
 def read_image(path: str | Path) -> Image.Image:
@@ -124,6 +98,7 @@ class ShardSource:
         """This rank's share of the wanted samples (every ``world``-th in shard order, from
         ``rank``), minus ``skip``; only the members asked for are decoded."""
         from cpn_dist.data import shards
+        from cpn_dist.data.members import decode_members
 
         members = {"jpg"} if image else set()
         if labels:
@@ -142,18 +117,9 @@ class ShardSource:
             index += 1
             if index % world != rank or key in skip:
                 continue
-            where = raw.get("__url__", self.source)
-            try:
-                img = shards.decode_image(raw["jpg"]) if image else None
-                lab = shards.decode_labels(raw["cls.json"]) if labels else None
-                seg = shards.decode_seg(raw["seg.png"]) if gt and "seg.png" in raw else None
-            except KeyError as exc:
-                raise CpnError(f"{where}: sample {key} has no {exc.args[0]} member") from None
-            except (OSError, ValueError) as exc:
-                raise CpnError(f"{where}: sample {key} does not decode ({exc})") from None
-            if gt and seg is None:
-                raise CpnError(f"{where}: sample {key} has no seg.png (ground truth) member")
-            yield Sample(key, img, lab, seg)
+            wanted = [name for name, want in (("jpg", image), ("cls.json", labels), ("seg.png", gt)) if want]
+            got = decode_members(raw, wanted, where=raw.get("__url__", self.source))
+            yield Sample(key, got.get("jpg"), got.get("cls.json"), got.get("seg.png"))
 
 
 def is_shard_source(source: str | Path) -> bool:

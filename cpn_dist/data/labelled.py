@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cpn_dist.data.augment import augment, draw_augmentation
+from cpn_dist.data.members import decode_members
 from cpn_dist.data.seeding import sample_rngs
-from cpn_dist.data.shards import decode_image, decode_labels
 from cpn_dist.data.train_sample import batch_tensor
 from cpn_dist.data.voc import IGNORE, read_label_png
 from cpn_dist.errors import CpnError
@@ -54,11 +54,8 @@ class LabelledSampleMaker:
 
     def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
         key = raw["__key__"]
-        try:
-            image = decode_image(raw["jpg"])
-            labels = decode_labels(raw["cls.json"])
-        except (KeyError, OSError, ValueError) as exc:
-            raise CpnError(f"{raw.get('__url__', '?')}: sample {key} does not decode ({exc})") from None
+        got = decode_members(raw, ("jpg", "cls.json"))
+        image, labels = got["jpg"], got["cls.json"]
         path = Path(self.label_dir) / f"{key}.png"
         label = read_label_png(path)
         if label.shape != (image.size[1], image.size[0]):

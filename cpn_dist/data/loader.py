@@ -86,9 +86,7 @@ def build_train_loader(
     if maker is None and data.patch.kind == "superpixel" and data.patch.segments not in shards.segments:
         raise CpnError(f"data.patch.segments: {data.patch.segments} is not packed in {data.shards} "
                        f"(packed: {', '.join(map(str, shards.segments)) or 'none'})")  # fmt: skip
-    steps = shards.total // global_size
-    if steps == 0:
-        raise CpnError(f"{data.shards}: {shards.total} samples, fewer than one global batch ({global_size})")
+    steps = epoch_steps(data, global_size, shards)
     if not 0 <= start_step <= steps:
         raise ValueError(f"start_step {start_step} outside 0..{steps}")
     maker = maker or TrainSampleMaker.from_config(data, seed, epoch)
@@ -122,6 +120,19 @@ def build_train_loader(
     )
     loader = wds.WebLoader(pipeline, batch_size=None, **common)
     return loader.with_length(rank_batches - done_batches, silent=True), steps
+
+
+def epoch_steps(data, global_size: int, shards: ShardSet | None = None) -> int:
+    """Optimizer steps in one epoch of ``data``'s split — the ``steps_per_epoch`` of
+    :func:`build_train_loader`, known without building a loader: the split's sample count (``meta.json``)
+    over ``global_size``, the remainder dropped. In both modes every rank yields exactly
+    ``steps × accumulation`` micro-batches of it, whatever the world size, micro-batch and workers.
+    ``shards``: the split, when already resolved."""
+    shards = shards if shards is not None else resolve_shards(data.shards, data.split, data.meta)
+    steps = shards.total // global_size
+    if steps == 0:
+        raise CpnError(f"{data.shards}: {shards.total} samples, fewer than one global batch ({global_size})")
+    return steps
 
 
 def _worker_init(_: int) -> None:

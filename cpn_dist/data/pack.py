@@ -23,11 +23,8 @@ import shutil
 import signal
 import tarfile
 import time
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +32,7 @@ import numpy as np
 
 from cpn_dist import __version__
 from cpn_dist.atomic import write_atomic
+from cpn_dist.data.members import sample_members
 from cpn_dist.data.pack_sample import MAX_SEGMENTS, Prepared, SampleTask, prepare_sample
 from cpn_dist.data.pack_source import PackSource, find_source
 from cpn_dist.data.shards import (
@@ -42,12 +40,12 @@ from cpn_dist.data.shards import (
     FORMAT_VERSION,
     META_NAME,
     parse_meta,
-    sample_members,
     shard_name,
     write_json_atomic,
 )
 from cpn_dist.data.voc import CLASSES, NUM_FOREGROUND
 from cpn_dist.errors import CpnError
+from cpn_dist.parallel import parallel_map
 
 log = logging.getLogger(__name__)
 
@@ -288,21 +286,8 @@ def _tasks(source: PackSource, segments, compactness, shard_size, skip_shards: s
 
 def _run(tasks, workers: int):
     """prepare_sample over the tasks, results in task order, at most a few tasks ahead per worker."""
-    if workers == 1:
-        yield from map(prepare_sample, tasks)
-        return
-    tasks = iter(tasks)
-    with ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent) as pool:
-        pending = deque(pool.submit(prepare_sample, t) for t in islice(tasks, 4 * workers))
-        try:
-            while pending:
-                result = pending.popleft().result()
-                for t in islice(tasks, 1):
-                    pending.append(pool.submit(prepare_sample, t))
-                yield result
-        finally:
-            for f in pending:
-                f.cancel()
+    return parallel_map(prepare_sample, tasks, workers if workers > 1 else 0, depth=4 * workers,
+                        initializer=_die_with_parent)  # fmt: skip
 
 
 def _die_with_parent() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cpn_dist.data.shards import encode_labels, encode_png, slic_member
+from cpn_dist.data.members import encode_labels, encode_png, slic_member
 from cpn_dist.data.voc import IGNORE, NUM_CLASSES, labels_from_names, read_xml_objects
 from cpn_dist.errors import CpnError, without_addresses
 

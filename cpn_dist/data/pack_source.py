@@ -3,13 +3,12 @@ labels (from the XML annotations or a labels file)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from cpn_dist.data.voc import CLASSES, NUM_FOREGROUND, labels_from_names, read_split
+from cpn_dist.data.voc import NUM_FOREGROUND, read_labels_file, read_split
 from cpn_dist.errors import CpnError
 
 
@@ -50,7 +49,7 @@ def find_source(voc_root: str | Path, split: str, labels_file: str | Path | None
     annotations = None
     labels = None
     if labels_file is not None:
-        labels = load_labels_file(labels_file)
+        labels = pack_labels(labels_file)
         labels_source = str(labels_file)
     else:
         annotations = root / "Annotations"
@@ -61,28 +60,12 @@ def find_source(voc_root: str | Path, split: str, labels_file: str | Path | None
     return PackSource(root, name, list_path, ids, images, annotations, labels, labels_source, masks)
 
 
-def load_labels_file(path: str | Path) -> dict[str, list[int]]:
-    """Image-level labels from a file: JSON ``{id: [20 × 0/1] | [class names]}``, or the released
-    ``cls_labels.npy`` (a pickled dict id → 20 floats)."""
-    p = Path(path)
-    if not p.is_file():
-        raise CpnError(f"{p}: labels file not found")
-    try:
-        # the released cls_labels.npy is a pickled dict
-        raw = np.load(p, allow_pickle=True).item() if p.suffix == ".npy" else json.loads(p.read_text())
-    except (OSError, ValueError, json.JSONDecodeError) as exc:
-        raise CpnError(f"{p}: unreadable labels file ({exc})") from None
-    if not isinstance(raw, dict):
-        raise CpnError(f"{p}: labels file must map image ids to labels")
+def pack_labels(path: str | Path) -> dict[str, list[int]]:
+    """The labels of a labels file (:func:`~cpn_dist.data.voc.read_labels_file`) as shards store them:
+    20 × 0/1 per image id; any other value is a CpnError."""
     out: dict[str, list[int]] = {}
-    for key, value in raw.items():
-        values = list(np.asarray(value).reshape(-1).tolist())
-        if values and all(isinstance(v, str) for v in values):
-            if not set(values) <= set(CLASSES):
-                raise CpnError(f"{p}: {key}: unknown class names {sorted(set(values) - set(CLASSES))}")
-            out[str(key)] = [int(v) for v in labels_from_names(values)]
-        elif len(values) == NUM_FOREGROUND and all(v in (0, 1) for v in values):
-            out[str(key)] = [int(v) for v in values]
-        else:
-            raise CpnError(f"{p}: {key}: expected {NUM_FOREGROUND} values in {{0, 1}} or a list of class names")
+    for key, labels in read_labels_file(path).items():
+        if not np.isin(labels, (0, 1)).all():
+            raise CpnError(f"{path}: {key}: expected {NUM_FOREGROUND} values in {{0, 1}} or a list of class names")
+        out[key] = [int(v) for v in labels]
     return out

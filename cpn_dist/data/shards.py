@@ -20,7 +20,6 @@ from local paths, globs, brace patterns, ``pipe:`` commands and ``http(s)://`` U
 from __future__ import annotations
 
 import glob
-import io
 import json
 import re
 import urllib.request
@@ -31,10 +30,10 @@ from typing import Any
 
 import braceexpand
 import numpy as np
-from PIL import Image
 
 from cpn_dist.atomic import write_atomic
-from cpn_dist.data.voc import CLASSES, NUM_FOREGROUND
+from cpn_dist.data.members import SLIC_MEMBER, decode_members
+from cpn_dist.data.voc import CLASSES
 from cpn_dist.errors import CpnError, without_addresses
 
 META_NAME = "meta.json"
@@ -45,62 +44,6 @@ SHARD_PATTERN = re.compile(r"^(?P<split>.+)-(?P<index>\d{6})\.tar$")
 
 def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:06d}.tar"
-
-
-def slic_member(segments: int) -> str:
-    return f"slic{segments}.png"
-
-
-def sample_members(segments: Iterable[int], with_seg: bool) -> list[str]:
-    """Member suffixes of one sample, in tar order."""
-    return ["jpg", "cls.json", *(slic_member(n) for n in sorted(segments)), *(["seg.png"] if with_seg else [])]
-
-
-# --------------------------------------------------------------------------------------------
-# Member encoding and decoding
-
-
-def encode_labels(labels: np.ndarray) -> bytes:
-    return json.dumps([int(v) for v in np.asarray(labels).reshape(-1)], separators=(",", ":")).encode()
-
-
-def decode_labels(data: bytes) -> np.ndarray:
-    """The 20 image-level labels of a ``cls.json`` member as float32 {0, 1}."""
-    values = json.loads(data)
-    if not isinstance(values, list) or len(values) != NUM_FOREGROUND or any(v not in (0, 1) for v in values):
-        raise ValueError(f"cls.json must be a list of {NUM_FOREGROUND} values in {{0, 1}}")
-    return np.asarray(values, dtype=np.float32)
-
-
-def encode_png(array: np.ndarray) -> bytes:
-    """Lossless PNG bytes of a uint8 or uint16 2-D array (fixed compression: same bytes every time)."""
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
-
-
-def decode_image(data: bytes) -> Image.Image:
-    """An RGB PIL image from encoded bytes (fully loaded, so truncation raises here)."""
-    im = Image.open(io.BytesIO(data))
-    im.load()
-    return im if im.mode == "RGB" else im.convert("RGB")
-
-
-def decode_slic(data: bytes) -> np.ndarray:
-    """A SLIC map member as an H×W uint16 array of superpixel ids."""
-    with Image.open(io.BytesIO(data)) as im:
-        arr = np.asarray(im)
-    if arr.ndim != 2:
-        raise ValueError(f"SLIC map must be a single-channel PNG, got mode {im.mode}")
-    return arr.astype(np.uint16, copy=False)
-
-
-def decode_seg(data: bytes) -> np.ndarray:
-    """A ``seg.png`` member as H×W uint8 class indices."""
-    with Image.open(io.BytesIO(data)) as im:
-        if im.mode not in ("P", "L"):
-            raise ValueError(f"seg.png must be a palette or 8-bit PNG, got mode {im.mode}")
-        return np.array(im, dtype=np.uint8)
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,20 +276,11 @@ def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
     """Decode every member of a raw sample: ``key``, ``url``, ``image`` (H×W×3 uint8), ``labels``
     (float32 [20]), ``slic`` ({N: H×W uint16}), ``seg`` (H×W uint8 or None)."""
     key, url = raw["__key__"], raw.get("__url__", "?")
-    try:
-        image = np.asarray(decode_image(raw["jpg"]))
-        labels = decode_labels(raw["cls.json"])
-        slic = {}
-        for name, data in raw.items():
-            m = re.fullmatch(r"slic(\d+)\.png", name)
-            if m:
-                slic[int(m[1])] = decode_slic(data)
-        seg = decode_seg(raw["seg.png"]) if "seg.png" in raw else None
-    except KeyError as exc:
-        raise CpnError(f"{url}: sample {key} has no {exc.args[0]} member") from None
-    except (OSError, ValueError) as exc:
-        raise CpnError(f"{url}: sample {key} does not decode ({exc})") from None
-    return {"key": key, "url": url, "image": image, "labels": labels, "slic": dict(sorted(slic.items())), "seg": seg}
+    slic_names = [name for name in raw if SLIC_MEMBER.fullmatch(name)]
+    got = decode_members(raw, ["jpg", "cls.json", *slic_names, "seg.png"], optional=["seg.png"], where=url)
+    slic = {int(SLIC_MEMBER.fullmatch(name)[1]): got[name] for name in slic_names}
+    return {"key": key, "url": url, "image": np.asarray(got["jpg"]), "labels": got["cls.json"],
+            "slic": dict(sorted(slic.items())), "seg": got["seg.png"]}  # fmt: skip
 
 
 def read_shard_samples(source: str | Path, split: str | None = None) -> Iterator[dict[str, Any]]:

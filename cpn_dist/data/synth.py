@@ -24,7 +24,6 @@ import colorsys
 import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ from PIL import Image
 from cpn_dist.data.synth_draw import SynthObject, clutter_background, shape_mask, void_border
 from cpn_dist.data.voc import CLASSES, IGNORE, NUM_FOREGROUND, save_label_png
 from cpn_dist.errors import CpnError
+from cpn_dist.parallel import parallel_map
 
 log = logging.getLogger(__name__)
 
@@ -189,16 +189,9 @@ def synthesize_voc(out: str | Path, images: int, size: int = 128, seed: int = 0,
     for sub in subs + ((PART_FOLDER,) if task.startswith("parts") else ()):
         (root / sub).mkdir(parents=True, exist_ok=True)
     jobs = [(root, i, size, seed, task) for i in range(images)]
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            for name in pool.map(_write_one, jobs, chunksize=4):
-                if on_image:
-                    on_image(name)
-    else:
-        for job in jobs:
-            name = _write_one(job)
-            if on_image:
-                on_image(name)
+    for name in parallel_map(_write_one, jobs, workers if workers > 1 else 0):
+        if on_image:
+            on_image(name)
     splits: dict[str, list[str]] = {"train": [], "val": [], "train_aug": []}
     for i in range(images):
         which = split_of(i)

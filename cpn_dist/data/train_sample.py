@@ -11,8 +11,8 @@ import numpy as np
 
 from cpn_dist.data.augment import augment, draw_augmentation
 from cpn_dist.data.cp_pair import draw_patch_mask
+from cpn_dist.data.members import decode_members, slic_member
 from cpn_dist.data.seeding import sample_rngs
-from cpn_dist.data.shards import decode_image, decode_labels, decode_slic, slic_member
 from cpn_dist.errors import CpnError
 
 if TYPE_CHECKING:
@@ -46,22 +46,16 @@ class TrainSampleMaker:
         """Stage 1: decode the JPEG, the labels and (superpixel patches) the SLIC map."""
         key = raw["__key__"]
         where = f"{raw.get('__url__', '?')}: sample {key}"
+        got = decode_members(raw, ("jpg", "cls.json"))
         slic = None
-        try:
-            image = decode_image(raw["jpg"])
-            labels = decode_labels(raw["cls.json"])
-            if self.patch.kind == "superpixel":
-                name = slic_member(self.patch.segments)
-                if name not in raw:
-                    packed = sorted(k for k in raw if k.startswith("slic"))
-                    raise CpnError(f"{where} has no {name} (data.patch.segments={self.patch.segments}; "
-                                   f"packed: {', '.join(packed) or 'none'})")  # fmt: skip
-                slic = decode_slic(raw[name])
-        except KeyError as exc:
-            raise CpnError(f"{where} has no {exc.args[0]} member") from None
-        except (OSError, ValueError) as exc:
-            raise CpnError(f"{where} does not decode ({exc})") from None
-        return {"key": key, "where": where, "pil": image, "slic": slic, "labels": labels}
+        if self.patch.kind == "superpixel":
+            name = slic_member(self.patch.segments)
+            if name not in raw:
+                packed = sorted(k for k in raw if k.startswith("slic"))
+                raise CpnError(f"{where} has no {name} (data.patch.segments={self.patch.segments}; "
+                               f"packed: {', '.join(packed) or 'none'})")  # fmt: skip
+            slic = decode_members(raw, (name,))[name]
+        return {"key": key, "where": where, "pil": got["jpg"], "slic": slic, "labels": got["cls.json"]}
 
     def augment_sample(self, sample: dict[str, Any]) -> dict[str, Any]:
         """Stage 2: joint augmentation of the image and its SLIC map, seeded by (seed, epoch, key)."""

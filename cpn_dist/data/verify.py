@@ -9,16 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cpn_dist.data.shards import (
-    SHARD_PATTERN,
-    decode_image,
-    decode_labels,
-    decode_seg,
-    decode_slic,
-    iter_raw_samples,
-    read_meta,
-    slic_member,
-)
+from cpn_dist.data.members import decode_image, decode_labels, decode_seg, decode_slic, slic_member
+from cpn_dist.data.shards import SHARD_PATTERN, iter_raw_samples, read_meta
 from cpn_dist.data.voc import CLASSES, IGNORE, NUM_CLASSES, NUM_FOREGROUND
 from cpn_dist.errors import CpnError
 

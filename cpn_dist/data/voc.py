@@ -90,6 +90,60 @@ def labels_from_names(names: list[str]) -> np.ndarray:
     return y
 
 
+def read_labels_file(path: str | Path) -> dict[str, np.ndarray]:
+    """The image-level labels of a labels file (``--labels``), as {image id: float32 [20]}.
+
+    The file is the released ``cls_labels.npy`` — a dict saved with ``np.save`` (read with pickle: open
+    only files you trust) — or, with any other suffix, a JSON object. It maps each image id (read as a
+    string) to the image's labels, either
+
+    - 20 numbers in :data:`CLASSES` order (nested lists are flattened; numbers written as strings are
+      read as numbers): 1 for a class present, 0 for one absent; other values are kept, as class
+      weights for inference, or
+    - the names of the classes present (a list of :data:`CLASSES` names, or one name), e.g.
+      ``{"2007_000032": ["aeroplane", "person"]}``.
+
+    ``cpn pack`` further needs every value to be 0 or 1 (shards store {0, 1} labels)."""
+    import json
+    import pickle
+
+    p = Path(path)
+    if not p.is_file():
+        raise CpnError(f"{p}: labels file not found")
+    try:
+        if p.suffix == ".npy":
+            obj = np.load(p, allow_pickle=True)
+            obj = obj.item() if obj.dtype == object and obj.shape == () else None
+        else:
+            obj = json.loads(p.read_text())
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        raise CpnError(f"{p}: unreadable labels file ({exc})") from None
+    if not isinstance(obj, dict):
+        raise CpnError(f"{p}: labels file must map image ids to labels")
+    return {str(key): _label_vector(value, f"{p}: {key}") for key, value in obj.items()}
+
+
+def _label_vector(value, where: str) -> np.ndarray:
+    """float32 [20] of one labels-file entry: 20 numbers, or class names."""
+    try:
+        flat = np.asarray(value).reshape(-1)
+    except ValueError:  # ragged nesting
+        flat = np.asarray([None])
+    items = flat.tolist()
+    names = bool(items) and all(isinstance(v, str) for v in items)
+    if names and set(items) <= set(CLASSES):
+        return labels_from_names(items)
+    try:
+        numbers = flat.astype(np.float32)
+    except (TypeError, ValueError):
+        numbers = None
+    if numbers is not None and numbers.shape == (NUM_FOREGROUND,):
+        return numbers
+    if names:
+        raise CpnError(f"{where}: unknown class names {sorted(set(items) - set(CLASSES))}")
+    raise CpnError(f"{where}: expected {NUM_FOREGROUND} values or a list of class names, got {len(items)} values")
+
+
 def read_split(path: str | Path) -> list[str]:
     """Image ids of a split list: one id per line (extra columns, as in the released lists, ignored)."""
     p = Path(path)

@@ -17,7 +17,6 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 from cpn_dist.data.voc import CLASSES, IGNORE, NUM_CLASSES, read_label_png
 from cpn_dist.errors import CpnError
 from cpn_dist.labels.cams import foreground_max, load_cams, released_class_map
+from cpn_dist.parallel import parallel_map
 
 log = logging.getLogger(__name__)
 
@@ -151,17 +151,13 @@ def _pairs(chunk: _Chunk) -> Iterable[tuple[str, np.ndarray]]:
             yield name, chunk.gt.read(name)
         return
     from cpn_dist.data import shards
+    from cpn_dist.data.members import decode_members
 
     wanted = set(chunk.names)
     for raw in shards.iter_raw_samples([chunk.url], select=_seg_member):
         if raw["__key__"] not in wanted:
             continue
-        if "seg.png" not in raw:
-            raise CpnError(f"{chunk.url}: sample {raw['__key__']} has no seg.png (ground truth) member")
-        try:
-            yield raw["__key__"], shards.decode_seg(raw["seg.png"])
-        except (OSError, ValueError) as exc:
-            raise CpnError(f"{chunk.url}: seg.png of {raw['__key__']} does not decode ({exc})") from None
+        yield raw["__key__"], decode_members(raw, ("seg.png",), where=chunk.url)["seg.png"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,18 +200,12 @@ def _count(chunks: list[_Chunk], workers: int, on_images: Callable[[int], None] 
            names: Sequence[str]) -> np.ndarray:  # fmt: skip
     total = None
     seen: list[str] = []
-    pool = ProcessPoolExecutor(workers) if workers > 1 and len(chunks) > 1 else None
-    results = pool.map(_count_chunk, chunks) if pool is not None else map(_count_chunk, chunks)
-    try:
-        for counts, names_done in results:
-            if counts is not None:
-                total = counts if total is None else total + counts
-            seen += names_done
-            if on_images:
-                on_images(len(names_done))
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+    for counts, names_done in parallel_map(_count_chunk, chunks, workers if workers > 1 and len(chunks) > 1 else 0):
+        if counts is not None:
+            total = counts if total is None else total + counts
+        seen += names_done
+        if on_images:
+            on_images(len(names_done))
     if len(seen) != len(set(seen)) or len(seen) != len(names):
         missing = sorted(set(names) - set(seen))
         if missing:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from cpn_dist.data.voc import IGNORE, save_label_png
 from cpn_dist.errors import CpnError
 from cpn_dist.labels.cams import class_map, load_cams
 from cpn_dist.labels.crf import crf_dict, crf_probabilities, to_label_map
+from cpn_dist.parallel import parallel_map
 
 log = logging.getLogger(__name__)
 
@@ -143,19 +143,10 @@ def run_folder(job: Job, names: Sequence[str], workers: int = 1,
     Path(job.out_dir).mkdir(parents=True, exist_ok=True)
     size = max(1, min(16, math.ceil(len(names) / max(1, 4 * workers))))
     chunks = [(job, tuple(names[i:i + size])) for i in range(0, len(names), size)]
-    if workers <= 1 or len(chunks) <= 1:
-        done = 0
-        for chunk in chunks:
-            n = _run_chunk(chunk)
-            done += n
-            if on_images:
-                on_images(n)
-        return done
     done = 0
-    with ProcessPoolExecutor(workers) as pool:
-        for n in pool.map(_run_chunk, chunks):
-            done += n
-            if on_images:
-                on_images(n)
+    for n in parallel_map(_run_chunk, chunks, workers if workers > 1 and len(chunks) > 1 else 0):
+        done += n
+        if on_images:
+            on_images(n)
     log.info("wrote %d files to %s", done, job.out_dir)
     return done

@@ -21,8 +21,7 @@ evaluation server the final maps (CRF-refined when there is a CRF) are also writ
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,11 +31,12 @@ import torch.nn.functional as F
 
 from cpn_dist.atomic import write_atomic
 from cpn_dist.config import CrfConfig
-from cpn_dist.cpn.infer import IMAGENET_MEAN, IMAGENET_STD, forward_by_shape, prefetch, scale_inputs
+from cpn_dist.cpn.infer import IMAGENET_MEAN, IMAGENET_STD, forward_by_shape, scale_inputs
 from cpn_dist.data.inputs import Sample
 from cpn_dist.data.voc import save_label_png
 from cpn_dist.devices import autocast
 from cpn_dist.labels.crf import dense_crf
+from cpn_dist.parallel import parallel_map
 
 SERVER_LAYOUT = Path("results") / "VOC2012" / "Segmentation" / "comp5_test_cls"
 DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
@@ -109,7 +109,9 @@ def _save(label: np.ndarray, path: Path) -> None:
     write_atomic(path, lambda tmp: save_label_png(label, tmp), path.with_name(f".{path.stem}.tmp.png"))
 
 
-def _crf_and_save(image: np.ndarray, probs: np.ndarray, params: CrfConfig, paths: list[Path]) -> None:
+def _crf_and_save(job: tuple[np.ndarray, np.ndarray, CrfConfig, list[Path]]) -> None:
+    """(RGB image, 21×H×W probabilities, CRF config, paths) → the CRF label map written to every path."""
+    image, probs, params, paths = job
     label = to_labels(dense_crf(image, probs, params))
     for path in paths:
         _save(label, path)
@@ -124,33 +126,8 @@ class _Image:
     outputs: dict[int, torch.Tensor] = field(default_factory=dict)  # input index → 21×h×w scores
 
 
-class _CrfRunner:
-    """Runs the CRF inline, or in ``workers`` processes with a bounded number of images in flight."""
-
-    def __init__(self, workers: int):
-        self.pool = ProcessPoolExecutor(workers) if workers > 0 else None
-        self.limit = 2 * max(workers, 1)
-        self.pending: list[Future] = []
-
-    def submit(self, *args) -> None:
-        if self.pool is None:
-            _crf_and_save(*args)
-            return
-        self.pending.append(self.pool.submit(_crf_and_save, *args))
-        while len(self.pending) >= self.limit:
-            self.pending.pop(0).result()
-
-    def close(self) -> None:
-        if self.pool is None:
-            return
-        try:
-            for future in self.pending:
-                future.result()
-        finally:
-            self.pool.shutdown()
-
-
-def _finish(item: _Image, settings: SegmentSettings, outputs: Outputs, crf: _CrfRunner) -> None:
+def _finish(item: _Image, settings: SegmentSettings, outputs: Outputs) -> Iterator[tuple]:
+    """Write the maps of one image that need no CRF; yields its CRF job, if any."""
     width, height = item.sample.image.size
     probs = mean_probabilities([item.outputs[i] for i in range(len(item.inputs))], (height, width), settings.flip)
     probs = probs.cpu()  # averaged on the device: one copy to the host per image
@@ -165,7 +142,7 @@ def _finish(item: _Image, settings: SegmentSettings, outputs: Outputs, crf: _Crf
     paths = [d / f"{name}.png" for d in (outputs.crf, final) if d is not None]
     if paths:
         image = np.asarray(item.sample.image.convert("RGB"))
-        crf.submit(image, probs.numpy(), settings.crf, paths)
+        yield image, probs.numpy(), settings.crf, paths
 
 
 @torch.inference_mode()
@@ -174,7 +151,8 @@ def segment_samples(model: torch.nn.Module, samples: Iterable[Sample], outputs: 
                     images_per_step: int = 4, loader_threads: int = 2, crf_workers: int = 0,
                     on_image: Callable[[str], None] | None = None) -> list[str]:  # fmt: skip
     """Write the label maps of every sample (see :class:`Outputs`); returns the names done, in order.
-    ``model.score(x)`` gives the stride-8 class scores of a batch."""
+    ``model.score(x)`` gives the stride-8 class scores of a batch. With ``crf_workers`` > 0 the CRF runs
+    in that many processes, at most ``2 × crf_workers`` images in flight; with 0, inline."""
     for folder in (outputs.labels, outputs.crf, outputs.final_dir()):
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
@@ -188,26 +166,28 @@ def segment_samples(model: torch.nn.Module, samples: Iterable[Sample], outputs: 
         with autocast(batch.device, settings.precision):
             return model.score(batch).float()
 
-    crf = _CrfRunner(crf_workers if settings.crf is not None else 0)
-    try:
+    def crf_jobs() -> Iterator[tuple]:
         step: list[_Image] = []
-        for item in prefetch(prepare, samples, loader_threads, depth=2 * images_per_step):
+        prepared = parallel_map(prepare, samples, loader_threads, depth=2 * images_per_step, threads=True)
+        for item in prepared:
             step.append(item)
             if len(step) < images_per_step:
                 continue
-            _run_step(step, forward, settings, device, outputs, crf, written, on_image)
+            yield from _run_step(step, forward, settings, device, outputs, written, on_image)
             step = []
         if step:
-            _run_step(step, forward, settings, device, outputs, crf, written, on_image)
-    finally:
-        crf.close()
+            yield from _run_step(step, forward, settings, device, outputs, written, on_image)
+
+    workers = crf_workers if settings.crf is not None else 0
+    for _ in parallel_map(_crf_and_save, crf_jobs(), workers, depth=2 * max(workers, 1)):
+        pass
     return written
 
 
-def _run_step(step, forward, settings, device, outputs, crf, written, on_image) -> None:
+def _run_step(step, forward, settings, device, outputs, written, on_image) -> Iterator[tuple]:
     forward_by_shape(step, forward, settings.batch_size, device)
     for item in step:
-        _finish(item, settings, outputs, crf)
+        yield from _finish(item, settings, outputs)
         item.outputs.clear()
         written.append(item.sample.name)
         if on_image:
