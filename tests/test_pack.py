@@ -180,10 +180,14 @@ def test_verify_finds_a_damaged_shard(packed, tmp_path):
                 img.save(buf, format="PNG")
                 data = buf.getvalue()
                 info.size = len(data)
+            if info.name.endswith((".jpg", ".cls.json")) and info.name.startswith(members[0][0].name.split(".")[0]):
+                data = b"{not an image, not json"  # the first sample's image and labels do not decode
+                info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     proc = run_cpn("shards", "verify", str(out))
     assert proc.returncode == 1 and "shard verification failed" in proc.stderr
     assert "missing member slic50.png" in proc.stdout and "seg.png is 7×5" in proc.stdout
+    assert "jpg does not decode" in proc.stdout and "cls.json does not decode" in proc.stdout
 
 
 def test_cli_arguments_are_checked(synth_voc, tmp_path):

@@ -81,7 +81,7 @@ class SampleDecodeError(CpnError):
     def __init__(self, where: str, key: str, member: str, problem: Exception | None = None):
         what = f": {member} does not decode ({problem})" if problem else f" has no {_WHAT.get(member, member)} member"
         super().__init__(f"{where}: sample {key}{what}")
-        self.key, self.member = key, member
+        self.key, self.member, self.problem = key, member, problem
 
 
 def decode_member(name: str, data: bytes) -> Any:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cpn_dist.data.members import decode_image, decode_labels, decode_seg, decode_slic, slic_member
+from cpn_dist.data.members import SampleDecodeError, decode_labels, decode_members, slic_member
 from cpn_dist.data.shards import SHARD_PATTERN, iter_raw_samples, read_meta
 from cpn_dist.data.voc import CLASSES, IGNORE, NUM_CLASSES, NUM_FOREGROUND
 from cpn_dist.errors import CpnError
@@ -85,39 +85,25 @@ def _check_sample(raw: dict, shard: str, required: set, allowed: set, segments: 
         check.problems.append((where, f"missing member {name}"))
     for name in sorted(members - allowed):
         check.problems.append((where, f"unexpected member {name}"))
-    try:
-        image = np.asarray(decode_image(raw["jpg"])) if "jpg" in raw else None
-    except OSError as exc:
-        check.problems.append((where, f"jpg does not decode ({exc})"))
+    decoded: dict = {}
+    for name in ["jpg", "cls.json", "seg.png", *(slic_member(n) for n in segments)]:
+        if name in raw:
+            try:
+                decoded |= decode_members(raw, [name], where=shard)
+            except SampleDecodeError as exc:
+                check.problems.append((where, f"{name} does not decode ({exc.problem})"))
+    labels = decoded.get("cls.json")
+    if decoded.get("jpg") is None:
         return
-    labels = None
-    if "cls.json" in raw:
-        try:
-            labels = decode_labels(raw["cls.json"])
-        except ValueError as exc:
-            check.problems.append((where, f"cls.json: {exc}"))
-    if image is None:
-        return
-    size = image.shape[:2]
-    for n in segments:
-        name = slic_member(n)
-        if name not in raw:
-            continue
-        try:
-            ids = decode_slic(raw[name])
-        except (OSError, ValueError) as exc:
-            check.problems.append((where, f"{name} does not decode ({exc})"))
-            continue
+    size = np.asarray(decoded["jpg"]).shape[:2]
+    for name in (slic_member(n) for n in segments if slic_member(n) in decoded):
+        ids = decoded[name]
         if ids.shape != size:
             check.problems.append((where, f"{name} is {ids.shape[1]}×{ids.shape[0]}, image is {size[1]}×{size[0]}"))
         elif not np.bincount(ids.ravel()).all():
             check.problems.append((where, f"{name}: superpixel ids are not consecutive 0..K-1"))
-    if "seg.png" in raw:
-        try:
-            seg = decode_seg(raw["seg.png"])
-        except (OSError, ValueError) as exc:
-            check.problems.append((where, f"seg.png does not decode ({exc})"))
-            return
+    seg = decoded.get("seg.png")
+    if seg is not None:
         if seg.shape != size:
             check.problems.append((where, f"seg.png is {seg.shape[1]}×{seg.shape[0]}, image is {size[1]}×{size[0]}"))
             return
