@@ -4,9 +4,11 @@ one, never a part of one."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def write_atomic(path: Path, write: Callable[[Path], object], tmp: Path | None = None) -> None:
@@ -15,3 +17,10 @@ def write_atomic(path: Path, write: Callable[[Path], object], tmp: Path | None =
     tmp = path.with_name(f".{path.name}.tmp") if tmp is None else tmp
     write(tmp)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any, indent: int = 1, tmp: Path | None = None) -> None:
+    """``data`` as indented JSON with a final newline, written atomically (its folder made if missing)."""
+    text = json.dumps(data, indent=indent) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda t: t.write_text(text), tmp)

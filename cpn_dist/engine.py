@@ -258,10 +258,10 @@ def _write_summary(path: Path, global_step: int, steps: int, sums: dict[str, flo
     speed) over the optimizer steps this process ran (after a resume: the steps since it), e.g.
     ``ohem/discards_nonzero`` = the share of steps in which OHEM left out a non-zero CPCR element,
     ``speed/data_wait_fraction`` = the share of a step spent waiting for the loader."""
-    import json
+    from cpn_dist.atomic import write_json
 
     means = {k: v / steps for k, v in sums.items()} if steps else {}
-    path.write_text(json.dumps({"global_step": global_step, "steps_averaged": steps, "means": means}, indent=1) + "\n")
+    write_json(path, {"global_step": global_step, "steps_averaged": steps, "means": means})
 
 
 def _finish_trackers(acc) -> None:

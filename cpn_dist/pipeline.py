@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from cpn_dist.atomic import write_json
 from cpn_dist.config import ConfigError, load_config
 from cpn_dist.config_renames import renamed_flat
 from cpn_dist.errors import CpnError
@@ -45,7 +46,7 @@ from cpn_dist.pipeline_config import (  # noqa: F401  (the pipeline config's nam
 from cpn_dist.pipeline_stages import STAGE2, STEPS, TABLE  # noqa: F401  (STAGE2, STEPS: importable from here)
 from cpn_dist.pipeline_steps import PipelineResult, StageScore, other_run, stage_score, step_settings
 from cpn_dist.runlock import lock_on_main
-from cpn_dist.runner import StepRunner, write_json
+from cpn_dist.runner import StepRunner
 from cpn_dist.yaml_io import find_config, packaged_config_names
 
 log = logging.getLogger(__name__)

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import logging
 
+from cpn_dist.atomic import write_json
 from cpn_dist.errors import CpnError
 from cpn_dist.pipeline_steps import stage_score
-from cpn_dist.runner import Step, write_json
+from cpn_dist.runner import Step
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from cpn_dist.atomic import write_atomic
+from cpn_dist.atomic import write_json
 from cpn_dist.errors import CpnError
 
 log = logging.getLogger(__name__)
@@ -77,12 +77,6 @@ def read_stamp(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return {}
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(data, indent=1) + "\n"
-    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cpn_dist.atomic import write_json
 from cpn_dist.cli import add_command, console, output_file
 from cpn_dist.errors import CpnError
 
@@ -95,7 +95,7 @@ def _run(args) -> int:
     if kind == "labels":
         data["betas"], data["best"]["beta"] = [None], None
     if json_path:
-        json_path.write_text(json.dumps(data, indent=1) + "\n")
+        write_json(json_path, data)
         console.print(f"scores written to [bold]{json_path}[/]")
     if plot and kind == "cams":
         sweep_plot(result.betas, result.miou, plot, title=f"mIoU against β ({len(names)} images)")

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from cpn_dist import __version__
-from cpn_dist.atomic import write_atomic
+from cpn_dist.atomic import write_atomic, write_json
 from cpn_dist.data.members import sample_members
 from cpn_dist.data.pack_sample import MAX_SEGMENTS, Prepared, SampleTask, prepare_sample
 from cpn_dist.data.pack_source import PackSource, find_source
@@ -41,7 +41,6 @@ from cpn_dist.data.shards import (
     META_NAME,
     parse_meta,
     shard_name,
-    write_json_atomic,
 )
 from cpn_dist.data.voc import CLASSES, NUM_FOREGROUND
 from cpn_dist.errors import CpnError
@@ -186,7 +185,7 @@ def pack_split(
     if overwrite:
         if meta is not None and split in meta["splits"]:  # never leave meta.json naming deleted shards
             del meta["splits"][split]
-            write_json_atomic(meta_path, meta)
+            write_json(meta_path, meta, indent=2)
         for path in existing:
             path.unlink()
         shutil.rmtree(work, ignore_errors=True)
@@ -206,7 +205,7 @@ def pack_split(
         raise CpnError(f"{out}: already holds split '{split}' (use --overwrite to replace it or --resume to finish it)")
 
     work.mkdir(exist_ok=True)
-    write_json_atomic(work / "settings.json", settings)
+    write_json(work / "settings.json", settings, indent=2)
     for stale in out.glob(f".{split}-*.tar.partial"):
         stale.unlink()
     done = {i for i in range(n_shards) if (out / shard_name(split, i)).is_file() and (work / f"{i:06d}.json").is_file()}
@@ -226,7 +225,7 @@ def pack_split(
         kept = [s for s in current if s.skipped is None]
         skipped = [s for s in current if s.skipped is not None]
         name = shard_name(split, current_index)
-        write_json_atomic(work / f"{current_index:06d}.json", _shard_stats(current_index, name, kept, skipped))
+        write_json(work / f"{current_index:06d}.json", _shard_stats(current_index, name, kept, skipped), indent=2)
         write_shard(out / name, kept, kill_midway=written == kill_after)
         written += 1
         current = []
@@ -253,7 +252,7 @@ def pack_split(
     meta["tool"] = f"cpn-dist {__version__}"
     meta["splits"][split] = entry
     meta["splits"] = dict(sorted(meta["splits"].items()))
-    write_json_atomic(meta_path, meta)
+    write_json(meta_path, meta, indent=2)
     shutil.rmtree(work, ignore_errors=True)
     return PackReport(out, split, entry, written, len(done), processed, slic_seconds, time.perf_counter() - started)
 

@@ -31,7 +31,6 @@ from typing import Any
 import braceexpand
 import numpy as np
 
-from cpn_dist.atomic import write_atomic
 from cpn_dist.data.members import SLIC_MEMBER, decode_members
 from cpn_dist.data.voc import CLASSES
 from cpn_dist.errors import CpnError, without_addresses
@@ -82,11 +81,6 @@ def split_meta(meta: dict[str, Any], split: str | None, source: str) -> tuple[st
     if split not in splits:
         raise CpnError(f"{source}: split '{split}' not packed here (packed: {', '.join(sorted(splits)) or 'none'})")
     return split, splits[split]
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
-    write_atomic(path, lambda tmp: tmp.write_text(text), path.with_name(path.name + ".tmp"))
 
 
 # --------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
+from cpn_dist.atomic import write_json
 from cpn_dist.demo.settings import DEMO_CONFIG, DEMO_MODELS, DemoSettings, ModelScores
 from cpn_dist.demo.steps import (
     DemoData,
@@ -49,7 +50,7 @@ from cpn_dist.demo.steps import (
     warm_up,
 )
 from cpn_dist.errors import CpnError
-from cpn_dist.runner import Step, StepRunner, relative_to, write_json
+from cpn_dist.runner import Step, StepRunner, relative_to
 
 
 def eval_names(voc: Path, settings: DemoSettings) -> list[str]:
@@ -238,4 +239,4 @@ def write_results(path: Path, scores: dict[str, ModelScores], data: DemoData, se
         "config": str(config), "overrides": list(overrides), "betas": [settings.betas[0], settings.betas[-1]],
         "scales": list(settings.scales), "figure": str(figure),
     }  # fmt: skip
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    write_json(path, record)
