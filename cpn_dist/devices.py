@@ -23,6 +23,11 @@ def use_cpu() -> bool:
     return os.environ.get("ACCELERATE_USE_CPU", "").lower() in _TRUE or not torch.cuda.is_available()
 
 
+def world_size() -> int:
+    """The processes of the default process group (1 when the run is not distributed)."""
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+
+
 def autocast(device: torch.device | str, precision: str):
     """The autocast context of ``precision`` on ``device`` (a null context for fp32). fp16 is refused on
     the CPU, which has no fast float16 kernels."""

@@ -69,14 +69,30 @@ def _colour_map(x: np.ndarray) -> np.ndarray:
                                   -1), 0, 1)
 
 
+def rgb_image(x: torch.Tensor, mean, std) -> np.ndarray:
+    """A normalised 3×H×W image tensor back in RGB: H×W×3 float in [0, 1]."""
+    mean_t, std_t = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+    return (x.detach().float().cpu() * std_t + mean_t).clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def voc_colours(label: torch.Tensor) -> np.ndarray:
+    """A label map in the VOC palette: H×W×3 float in [0, 1]."""
+    from cpn_dist.data.voc import PALETTE
+
+    return PALETTE[label.detach().cpu().numpy().astype(np.uint8)] / 255.0
+
+
+def panel_image(tiles) -> np.ndarray:
+    """H×W×3 float tiles in [0, 1] side by side, as the 3×H×(k·W) uint8 image TensorBoard takes."""
+    return (np.concatenate(tiles, axis=1).clip(0, 1) * 255).round().astype(np.uint8).transpose(2, 0, 1)
+
+
 def image_panel(batch: dict, cam: torch.Tensor, refined: torch.Tensor | None, mean, std) -> np.ndarray:
     """A 3×H×(k·W) uint8 panel for the first image of a micro-batch: I, I_h, I_hbar, then the CAM and
     the refined CAM of its true classes (max over classes of the max-normalised maps) over I."""
-    mean_t = torch.tensor(mean).view(3, 1, 1)
-    std_t = torch.tensor(std).view(3, 1, 1)
 
     def rgb(x):
-        return (x.detach().float().cpu() * std_t + mean_t).clamp(0, 1).permute(1, 2, 0).numpy()
+        return rgb_image(x, mean, std)
 
     def overlay(maps, base):
         fg = maps.detach().float().cpu()[1:][batch["labels"][0].cpu() > 0]
@@ -93,8 +109,7 @@ def image_panel(batch: dict, cam: torch.Tensor, refined: torch.Tensor | None, me
     tiles = [image, rgb(image_h), rgb(image_hbar), overlay(cam[0], image)]
     if refined is not None:
         tiles.append(overlay(refined[0], image))
-    panel = np.concatenate(tiles, axis=1)
-    return (panel * 255).round().astype(np.uint8).transpose(2, 0, 1)
+    return panel_image(tiles)
 
 
 class Monitor:

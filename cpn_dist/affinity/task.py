@@ -21,14 +21,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cpn_dist import devices
 from cpn_dist.affinity.loss import affinity_loss, pair_counts
 from cpn_dist.affinity.pairs import pair_affinities, pair_labels, reduce_labels
 from cpn_dist.config import Config
-from cpn_dist.data.voc import PALETTE
-
-
-def _world_size() -> int:
-    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+from cpn_dist.monitor import panel_image, rgb_image, voc_colours
 
 
 class AffinityTask:
@@ -67,7 +64,7 @@ class AffinityTask:
         """Pair masks of every micro-step, and the pair counts of the global batch (all ranks)."""
         pairs = [self.pairs(batch, device) for batch in window]
         counts = sum(pair_counts(*p) for p in pairs)
-        world = _world_size()
+        world = devices.world_size()
         if world > 1:
             torch.distributed.all_reduce(counts)
         chunks = world * len(window)
@@ -85,10 +82,7 @@ class AffinityTask:
     def panel(self, batch, embedding):
         """Image | affinity label (VOC colours) | boundaries: 1 − the mean affinity of each stride-8 cell
         to its right and lower neighbours (white = strong boundary), for the first image."""
-        mean = torch.tensor(self.cfg.data.mean).view(3, 1, 1)
-        std = torch.tensor(self.cfg.data.std).view(3, 1, 1)
-        image = (batch["image"][0].float() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
-        label = PALETTE[batch["label"][0].numpy().astype(np.uint8)] / 255.0
+        image = rgb_image(batch["image"][0], self.cfg.data.mean, self.cfg.data.std)
         f = embedding[:1].detach().float().cpu()
         right = torch.exp(-(f[..., :, 1:] - f[..., :, :-1]).abs().mean(1))[0]  # h×(w-1)
         down = torch.exp(-(f[..., 1:, :] - f[..., :-1, :]).abs().mean(1))[0]  # (h-1)×w
@@ -97,20 +91,13 @@ class AffinityTask:
         edge[:-1, :] += 0.5 * (1 - down)
         size = image.shape[:2]
         edge = torch.nn.functional.interpolate(edge[None, None], size, mode="nearest")[0, 0].numpy()
-        panel = np.concatenate([image, label, np.repeat(edge[..., None], 3, axis=2)], axis=1)
-        return (panel.clip(0, 1) * 255).round().astype(np.uint8).transpose(2, 0, 1)
+        return panel_image([image, voc_colours(batch["label"][0]), np.repeat(edge[..., None], 3, axis=2)])
 
     def flops_per_step(self, model):
         """Forward + backward FLOPs of the global batch (backbone and embedding; the pairwise L1
         distances are elementwise and not counted), on a ``meta``-device replica."""
-        from torch.utils.flop_counter import FlopCounterMode
-
         from cpn_dist.affinity.model import build_affinity_model
+        from cpn_dist.models.flops import replica_step_flops
 
-        crop, n = self.cfg.data.crop, self.cfg.batch.global_size
-        with torch.device("meta"):
-            replica = build_affinity_model(self.cfg.model.backbone, dropout=0.0).train()
-            x = torch.empty(n, 3, crop, crop)
-        with FlopCounterMode(display=False) as counter:
-            replica(x).sum().backward()
-        return float(counter.get_total_flops())
+        return replica_step_flops(lambda: build_affinity_model(self.cfg.model.backbone, dropout=0.0),
+                                  self.cfg.batch.global_size, self.cfg.data.crop)  # fmt: skip

@@ -30,6 +30,15 @@ def _count(fn) -> int:
     return int(counter.get_total_flops())
 
 
+def replica_step_flops(build, batch: int, crop: int) -> float:
+    """Forward + backward FLOPs of one step of the model ``build()`` makes over ``batch`` images at
+    ``crop``×``crop`` (the backward of its summed output), counted on a ``meta``-device replica."""
+    with torch.device("meta"):
+        replica = build().train()
+        x = torch.empty(batch, 3, crop, crop)
+    return float(_count(lambda: replica(x).sum().backward()))
+
+
 def training_step_flops(model=None, *, backbone: str | None = None, head: str | None = None, crop: int = 448,
                         batch: int = 4, triplet: bool = True) -> dict[str, int]:  # fmt: skip
     """FLOPs of one training step over ``batch`` images at ``crop``×``crop``: ``{"forward",

@@ -11,16 +11,10 @@ long-side resize in ``data.scale_range``, flip, colour jitter of the image, rand
 
 from __future__ import annotations
 
-import numpy as np
-import torch
-
+from cpn_dist import devices
 from cpn_dist.config import Config
-from cpn_dist.data.voc import PALETTE
+from cpn_dist.monitor import panel_image, rgb_image, voc_colours
 from cpn_dist.segmentation.loss import check_labels, labelled_pixels, segmentation_loss
-
-
-def _world_size() -> int:
-    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
 
 
 class SegmentationTask:
@@ -54,7 +48,7 @@ class SegmentationTask:
         """The global count of labelled pixels (all micro-steps, all ranks) and the chunk count."""
         for batch in window:
             check_labels(batch["label"], batch["key"])
-        world = _world_size()
+        world = devices.world_size()
         total = labelled_pixels(window, device, world)
         return [(total, len(window) * world)] * len(window)
 
@@ -66,24 +60,12 @@ class SegmentationTask:
 
     def panel(self, batch, logits):
         """Image | label | prediction of the first image of the micro-batch (VOC colours)."""
-        mean = torch.tensor(self.cfg.data.mean).view(3, 1, 1)
-        std = torch.tensor(self.cfg.data.std).view(3, 1, 1)
-        image = (batch["image"][0].float() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
-        label = PALETTE[batch["label"][0].numpy().astype(np.uint8)] / 255.0
-        pred = PALETTE[logits[0].detach().argmax(0).cpu().numpy().astype(np.uint8)] / 255.0
-        panel = np.concatenate([image, label, pred], axis=1)
-        return (panel * 255).round().astype(np.uint8).transpose(2, 0, 1)
+        image = rgb_image(batch["image"][0], self.cfg.data.mean, self.cfg.data.std)
+        return panel_image([image, voc_colours(batch["label"][0]), voc_colours(logits[0].argmax(0))])
 
     def flops_per_step(self, model):
         """Forward + backward FLOPs of the global batch, counted on a ``meta``-device replica."""
-        from torch.utils.flop_counter import FlopCounterMode
-
+        from cpn_dist.models.flops import replica_step_flops
         from cpn_dist.segmentation.model import model_from_config
 
-        crop, n = self.cfg.data.crop, self.cfg.batch.global_size
-        with torch.device("meta"):
-            replica = model_from_config(self.cfg).train()
-            x = torch.empty(n, 3, crop, crop)
-        with FlopCounterMode(display=False) as counter:
-            replica(x).sum().backward()
-        return float(counter.get_total_flops())
+        return replica_step_flops(lambda: model_from_config(self.cfg), self.cfg.batch.global_size, self.cfg.data.crop)
