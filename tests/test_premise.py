@@ -93,3 +93,32 @@ def test_premise_share_is_zero_for_a_marker_detector_and_one_for_an_object_detec
     visible = premise_share(_Stub(lambda x: _saturation(x) - 2.0), reliable_voc, names,
                             patch.model_copy(update={"hide_prob": 1e-9}), MEAN, STD)  # fmt: skip
     assert visible.pairs == 0  # with nothing hidden no marker lies in hidden patches: nothing to measure
+
+
+def test_a_starts_premise_is_measured_on_the_model_its_training_starts_from(tmp_path):
+    """Weights without fc8 (as ImageNet weights): the premise's model draws fc8 as the trainer does after
+    its set_seed(train.seed), the same on every call and whatever the global RNG holds, which it leaves
+    as it found it."""
+    from accelerate.utils import set_seed
+
+    from cpn_dist.config import load_config
+    from cpn_dist.cpn.model import build_model
+    from cpn_dist.cpn.task import CPNTask
+    from cpn_dist.demo.steps import raw_cam_model
+
+    backbone = build_model("tiny", "none", dropout=0.0)
+    path = tmp_path / "no_fc8.pth"
+    torch.save({k: v for k, v in backbone.state_dict().items() if not k.startswith("fc8")}, path)
+    cfg = load_config("demo", [f"model.weights={path}", "train.seed=3"])
+    set_seed(3)
+    trainer_start = CPNTask(cfg).build_model()
+    torch.manual_seed(99)
+    rng = torch.random.get_rng_state()
+    first, second = raw_cam_model(path, cfg), raw_cam_model(path, cfg)
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert torch.equal(first.fc8.weight, trainer_start.fc8.weight)
+    assert torch.equal(second.fc8.weight, first.fc8.weight)
+    loaded = dict(first.named_parameters())
+    assert all(torch.equal(loaded[k], v) for k, v in backbone.named_parameters() if not k.startswith("fc8"))
+    other = raw_cam_model(path, load_config("demo", [f"model.weights={path}", "train.seed=4"]))
+    assert not torch.equal(other.fc8.weight, first.fc8.weight)

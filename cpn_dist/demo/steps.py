@@ -196,18 +196,32 @@ def score_cams(name: str, cams: Path, voc: Path, names: Sequence[str], betas: Se
                    body_magnitude=parts.magnitude["body"], marker_magnitude=parts.magnitude["marker"])  # fmt: skip
 
 
+def raw_cam_model(weights: Path | str, cfg):
+    """The CAM network without a head (the raw CAM), with ``weights`` loaded. Layers the weights do not hold
+    (the 20-class fc8 on top of ImageNet weights) start as the trainer's do — drawn after seeding with
+    ``cfg.train.seed`` — so a start's premise is that of the model its training starts from, the same on
+    every call (unseeded, a new fc8 on each call moved an ImageNet start's share by up to 16 points)."""
+    import torch
+
+    from cpn_dist.cpn.model import build_model
+    from cpn_dist.models import load_weights
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)  # as the trainer's set_seed just before it builds its model
+        model = build_model(cfg.model.backbone, "none", dropout=0.0)
+    load_weights(model, weights)
+    return model
+
+
 def premise(weights: Path | str, config: str | Path, overrides: Sequence[str], voc: Path, names: Sequence[str],
             kinds: Sequence[str] = ("superpixel", "grid")) -> dict[str, dict]:
     """CPN's premise (:func:`cpn_dist.demo.parts.premise_share`) of a model's raw CAM, per patch kind: how often
     the marker-less branch of a CP pair still finds the object."""
     from cpn_dist.config import load_config
-    from cpn_dist.cpn.model import build_model
     from cpn_dist.demo.parts import premise_share
-    from cpn_dist.models import load_weights
 
     cfg = load_config(config, list(overrides))
-    model = build_model(cfg.model.backbone, "none", dropout=0.0)  # the raw CAM is all the premise needs
-    load_weights(model, weights)
+    model = raw_cam_model(weights, cfg)
     patch = cfg.data.patch
     return {kind: premise_share(model, voc, names, patch.model_copy(update={"kind": kind}), cfg.data.mean,
                                 cfg.data.std).to_json()
