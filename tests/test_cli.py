@@ -28,3 +28,17 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("error:") and "JPEGImages: VOC folder not found" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_every_backbone_flag_offers_every_backbone_the_models_have():
+    """The CLI lists its --backbone choices without importing torch; they must not drift from the
+    model registry (cpn infer and cpn rw once lacked efficientnet_lite0)."""
+    from cpn_dist.cli import build_parser
+    from cpn_dist.models import BACKBONES
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    flags = {name: a for name, p in sub.choices.items() for a in p._actions if a.dest == "backbone"}
+    assert {"infer", "rw"} <= set(flags)
+    for name, action in flags.items():
+        assert sorted(action.choices) == sorted(BACKBONES), name

@@ -27,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("--config", metavar="FILE",
                    help="run config (model.backbone, model.head, data.mean/std); default: the one our weights "
                         "record (released weights: the defaults)")  # fmt: skip
-    p.add_argument("--backbone", choices=("resnet38d", "tiny"),
+    p.add_argument("--backbone", choices=("resnet38d", "efficientnet_lite0", "tiny"),
                    help="for weights that record no model (released ones): overrides the config's model.backbone")
     p.add_argument("--head", choices=("official", "paper", "pcm", "none"),
                    help="for weights that record no model (released ones): overrides the config's model.head")

@@ -28,7 +28,7 @@ def register(sub) -> None:
                    help="run config: model.backbone, data.mean/std, affinity.radius / rw_bg_power / "
                         "rw_affinity_power / rw_logt (default: the one our weights record; released weights: the "
                         "defaults)")  # fmt: skip
-    p.add_argument("--backbone", choices=("resnet38d", "tiny"),
+    p.add_argument("--backbone", choices=("resnet38d", "efficientnet_lite0", "tiny"),
                    help="for weights that record no model (PSA's): overrides the config's model.backbone")
     p.add_argument("--bg-power", type=float, help="background power α: the background score (1 - max CAM)^α "
                    "(default: the config's affinity.rw_bg_power, 16)")
