@@ -31,7 +31,9 @@ Variants (overrides of the config), in the order of the paper's Table 2, then th
 Columns besides the scores: the premise share (cpn_dist.demo.parts.premise_share: CP pairs whose
 marker-less branch still has a positive raw CAM on the body) of each seed's start and of each trained
 model; for models with a head the raw CAM's mIoU next to the refined CAM's (the refined CAM is what
-is scored, as released); and the share of training steps in which OHEM left out a non-zero CPCR
+is scored, as released); for paper-head models the refined CAM without its PRCM term ("PCM only": the
+same weights run with model.head=pcm, Y_pcm alone — what PRCM adds or costs); and the share of
+training steps in which OHEM left out a non-zero CPCR
 element (train_summary.json's `ohem/discards_nonzero`; with few labels per image at most
 (1 + #labels)/21 of the elements are non-zero, so OHEM at 20 % often keeps them all).
 
@@ -78,9 +80,10 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "official_recipe_paper_head": (*RELEASED, "model.head=paper"),
 }
 HEADLESS = ("baseline", "hiding")
+PAPER_HEAD = ("cpn", "cpn_literal", "official_recipe_paper_head")  # PCM + PRCM (eq. 10-12) on the paper's input
 KINDS = ("superpixel", "grid")
-METRICS = ("miou", "raw_miou", "best_beta", "body_recall", "marker_recall", "body_magnitude", "marker_magnitude",
-           "premise", "ohem_discards", "image_independence")  # fmt: skip
+METRICS = ("miou", "raw_miou", "pcm_only_miou", "best_beta", "body_recall", "marker_recall", "body_magnitude",
+           "marker_magnitude", "premise", "ohem_discards", "image_independence")  # fmt: skip
 
 
 def with_image_independence(out: Path, row: dict, names: list[str]) -> dict:
@@ -95,6 +98,33 @@ def with_image_independence(out: Path, row: dict, names: list[str]) -> dict:
     return row
 
 
+def variant_overrides(name: str, seed: int, kind: str | None, start: tuple[str, ...], data, settings: DemoSettings,
+                      overrides: tuple[str, ...]) -> tuple[str, ...]:  # fmt: skip
+    """The config overrides one variant of one seed trains (and infers) with."""
+    run_overrides = (*data.overrides(settings), *start, f"train.seed={seed}", *overrides, *VARIANTS[name])
+    return run_overrides + ((f"data.patch.kind={kind}",) if kind is not None else ())
+
+
+def with_pcm_only(out: Path, config: Path, row: dict, data, names: list[str], settings: DemoSettings,
+                  overrides: tuple[str, ...]) -> dict:  # fmt: skip
+    """The row with ``pcm_only_miou`` for a paper-head model: its refined CAM without the PRCM term — the same
+    trained weights run with ``model.head=pcm``, so Ŷ = Y_pcm instead of Y_pcm + Y_prcm — what PRCM adds
+    or costs at inference. Written back into the cached row."""
+    if row["variant"] not in PAPER_HEAD or row.get("pcm_only_miou") is not None:
+        return row
+    label = row["variant"] if row["kind"] is None else f"{row['variant']}/{row['kind']}"
+    tag = f"seed{row['seed']}/{label}"
+    weights = out / "runs" / tag / "model_final.pth"
+    if not weights.is_file():
+        return row
+    run_overrides = (*variant_overrides(row["variant"], row["seed"], row["kind"], (), data, settings, overrides),
+                     "model.head=pcm")  # the start weights do not matter here: the trained ones are loaded
+    cams = infer_cams(weights, config, run_overrides, data.voc, names, out / "cams_pcm_only" / tag, settings)
+    row = {**row, "pcm_only_miou": score_cams(label, cams, data.voc, names, settings.betas).miou}
+    (out / "rows" / f"{tag.replace('/', '_')}.json").write_text(json.dumps(row) + "\n")
+    return row
+
+
 def run_one(out: Path, config: Path, name: str, seed: int, kind: str | None, start: tuple[str, ...], data,
             names: list[str], settings: DemoSettings, overrides: tuple[str, ...]) -> dict:  # fmt: skip
     """Train, infer and score one variant; returns its row. Finished steps (and rows) are reused."""
@@ -103,9 +133,7 @@ def run_one(out: Path, config: Path, name: str, seed: int, kind: str | None, sta
     row_path = out / "rows" / f"{tag.replace('/', '_')}.json"
     if row_path.is_file():
         return json.loads(row_path.read_text())
-    run_overrides = (*data.overrides(settings), *start, f"train.seed={seed}", *overrides, *VARIANTS[name])
-    if kind is not None:
-        run_overrides += (f"data.patch.kind={kind}",)
+    run_overrides = variant_overrides(name, seed, kind, start, data, settings, overrides)
     t0 = time.perf_counter()
     weights = train_model(config, run_overrides, out / "runs" / tag)
     t_train = time.perf_counter() - t0
@@ -182,7 +210,7 @@ def summarise(rows: list[dict]) -> dict[str, dict]:
 
 
 def table(summary: dict[str, dict], title: str) -> Table:
-    t = Table("variant", "mIoU %", "Δ vs baseline (per seed)", "raw CAM mIoU %", "best β", "body rec. %",
+    t = Table("variant", "mIoU %", "Δ vs baseline (per seed)", "raw CAM mIoU %", "PCM only %", "best β", "body rec. %",
               "marker rec. %", "body CAM", "premise %", "OHEM drops ≠0", "image-indep.", "train s",
               title=title)  # fmt: skip
 
@@ -194,7 +222,7 @@ def table(summary: dict[str, dict], title: str) -> Table:
         deltas = " ".join(f"{d * 100:+.1f}" for d in e["delta_miou"]) if not label.startswith("baseline") else ""
         betas = f"{e['best_beta']['min']:.3f}–{e['best_beta']['max']:.3f}" + ("" if e["beta_inside"] else " (edge)")
         drops = "—" if e["ohem_discards"] is None else f"{e['ohem_discards']['mean'] * 100:.0f} %"
-        t.add_row(label, pm(e, "miou"), deltas, pm(e, "raw_miou"), betas, pm(e, "body_recall"),
+        t.add_row(label, pm(e, "miou"), deltas, pm(e, "raw_miou"), pm(e, "pcm_only_miou"), betas, pm(e, "body_recall"),
                   pm(e, "marker_recall"), pm(e, "body_magnitude", 1, 3), pm(e, "premise", 100, 0), drops,
                   pm(e, "image_independence", 1, 2), f"{e['train_s']:.0f}")  # fmt: skip
     return t
@@ -207,15 +235,16 @@ def markdown(summary: dict[str, dict]) -> str:
         v = e[key]
         return "—" if v is None else f"{v['mean'] * scale:.{digits}f} ± {v['std'] * scale:.{digits}f}"
 
-    lines = ["| variant | seeds | mIoU % | Δ mIoU vs baseline, per seed | raw CAM mIoU % | best β | body recall % | "
-             "marker recall % | premise % | OHEM drops ≠ 0 | image independence |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| variant | seeds | mIoU % | Δ mIoU vs baseline, per seed | raw CAM mIoU % | PCM only mIoU % | best β | "
+             "body recall % | marker recall % | premise % | OHEM drops ≠ 0 | image independence |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for label, e in summary.items():
         deltas = " / ".join(f"{d * 100:+.1f}" for d in e["delta_miou"]) if not label.startswith("baseline") else "—"
         betas = f"{e['best_beta']['min']:.3f}–{e['best_beta']['max']:.3f}"
         drops = "—" if e["ohem_discards"] is None else f"{e['ohem_discards']['mean'] * 100:.0f} % of steps"
         seeds = ", ".join(map(str, e["seeds"]))
-        lines.append(f"| {label} | {seeds} | {pm(e, 'miou')} | {deltas} | {pm(e, 'raw_miou')} | {betas} | "
+        lines.append(f"| {label} | {seeds} | {pm(e, 'miou')} | {deltas} | {pm(e, 'raw_miou')} | "
+                     f"{pm(e, 'pcm_only_miou')} | {betas} | "
                      f"{pm(e, 'body_recall')} | {pm(e, 'marker_recall')} | {pm(e, 'premise', 100, 0)} | {drops} | "
                      f"{pm(e, 'image_independence', 1, 2)} |")  # fmt: skip
     return "\n".join(lines) + "\n"
@@ -270,7 +299,8 @@ def main() -> int:
                               f"{row['miou'] * 100:.2f}{raw} at β {row['best_beta']:.3f}, body "
                               f"{row['body_recall'] * 100:.1f} %, marker {row['marker_recall'] * 100:.1f} %, premise "
                               f"{row['premise'] * 100:.0f} % ({row['total_s']:.0f} s)")  # fmt: skip
-    rows = [with_image_independence(out, r, names) for r in rows]
+    rows = [with_pcm_only(out, config, with_image_independence(out, r, names), data, names, settings, overrides)
+            for r in rows]
     rows.sort(key=lambda r: (list(VARIANTS).index(r["variant"]), r["kind"] or "", r["seed"]))  # Table 2's order
     summary = summarise(rows)
     console.print(table(summary, f"{args.task}, {args.backbone}, {len(args.seeds)} seed(s): mean ± std over seeds"))
