@@ -30,12 +30,12 @@ Variants (overrides of the config), in the order of the paper's Table 2, then th
 
 Columns besides the scores: the premise share (cpn_dist.demo.parts.premise_share: CP pairs whose
 marker-less branch still has a positive raw CAM on the body) of each seed's start and of each trained
-model; for models with a head the raw CAM's mIoU next to the refined CAM's (the refined CAM is what
-is scored, as released); for paper-head models the refined CAM without its PRCM term ("PCM only": the
-same weights run with model.head=pcm, Y_pcm alone — what PRCM adds or costs); and the share of
-training steps in which OHEM left out a non-zero CPCR
-element (train_summary.json's `ohem/discards_nonzero`; with few labels per image at most
-(1 + #labels)/21 of the elements are non-zero, so OHEM at 20 % often keeps them all).
+model; for models with a head the raw CAM's mIoU next to the refined CAM's (the refined CAM is what is
+scored, as released); for paper-head models the refined CAM without its PRCM term ("PCM only": the same
+weights run with model.head=pcm, Y_pcm alone — what PRCM adds or costs); and the share of training steps
+in which OHEM left out a non-zero CPCR element (train_summary.json's `ohem/discards_nonzero`; with few
+labels per image at most (1 + #labels)/21 of the elements are non-zero, so OHEM at 20 % often keeps them
+all).
 
     .venv/bin/python benchmarks/bench_quality.py --backbone tiny --seeds 0 1 2 --kinds superpixel grid
     .venv/bin/python benchmarks/bench_quality.py --backbone efficientnet_lite0 --seeds 0 1 2
