@@ -25,6 +25,7 @@ that ``accelerator.backward`` applies make one optimizer step independent of the
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -93,6 +94,7 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
     from accelerate.utils import DistributedType, set_seed
 
     from cpn_dist.data.loader import epoch_steps
+    from cpn_dist.run_start import run_length, run_length_source
 
     # ---- set-up -------------------------------------------------------------------------------
     world_size, rank, device = acc.num_processes, acc.process_index, acc.device
@@ -125,9 +127,8 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
         return batches
 
     steps_per_epoch = epoch_steps(cfg.data, global_size)  # the split's size; no loader built for it
-    total_steps = steps_per_epoch * cfg.train.epochs
-    if cfg.train.max_steps:
-        total_steps = min(total_steps, cfg.train.max_steps)
+    total_steps = run_length(cfg.train, steps_per_epoch)
+    epochs = math.ceil(total_steps / steps_per_epoch)
 
     global_step = 0
     if ckpt is not None:
@@ -137,16 +138,15 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
     start_epoch, start_in_epoch = divmod(global_step, steps_per_epoch)
     resumed_step = global_step
     # the first epoch's loader is built before anything is logged: bad data stops the run here
-    training = start_epoch < cfg.train.epochs and global_step < total_steps
-    first_loader = loader(start_epoch, start_in_epoch) if training else None
+    first_loader = loader(start_epoch, start_in_epoch) if global_step < total_steps else None
 
     acc.init_trackers(task.name, config=_flat_hparams(cfg))
     monitor = Monitor(acc, total_steps, global_step, cfg.log.every)
     monitor.text("config", to_yaml(cfg))
     flops = task.flops_per_step(acc.unwrap_model(model)) if device.type == "cuda" else None
     peak = peak_flops_per_device(cfg.log.peak_flops, device, cfg.train.precision)
-    log.info("world %d × micro %d × accumulation %d = global batch %d; %d steps", world_size, micro,
-             accumulation, global_size, total_steps)
+    log.info("world %d × micro %d × accumulation %d = global batch %d; %d steps: %s", world_size, micro,
+             accumulation, global_size, total_steps, run_length_source(cfg.train, steps_per_epoch))
 
     def checkpoint():
         # A skipped non-finite step leaves the weights untouched; this guards against anything else.
@@ -162,7 +162,7 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
     run_sums: dict[str, float] = {}
     run_steps = 0
     model.train()
-    for epoch in range(start_epoch, cfg.train.epochs):
+    for epoch in range(start_epoch, epochs):
         if global_step >= total_steps:
             break
         first = start_in_epoch if epoch == start_epoch else 0

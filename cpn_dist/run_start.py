@@ -76,6 +76,20 @@ def weights_metadata(cfg) -> dict[str, Any]:
             "version": __version__}  # fmt: skip
 
 
+def run_length(train, steps_per_epoch: int) -> int:
+    """The optimizer steps of a run: ``train.max_steps`` when set (the run goes on into further epochs
+    as needed, and ``train.epochs`` is ignored), else ``train.epochs`` × ``steps_per_epoch``."""
+    return train.max_steps or train.epochs * steps_per_epoch
+
+
+def run_length_source(train, steps_per_epoch: int) -> str:
+    """Which limit decides the run's length, for the start-of-run log line."""
+    by_epochs = train.epochs * steps_per_epoch
+    if train.max_steps and train.max_steps != by_epochs:
+        return f"train.max_steps {train.max_steps} overrides train.epochs {train.epochs} ({by_epochs} steps)"
+    return f"train.epochs {train.epochs} × {steps_per_epoch} steps per epoch"
+
+
 @dataclass(frozen=True)
 class StartPlan:
     checkpoint: str | None  # the checkpoint folder to resume from, or None: step 0

@@ -199,6 +199,21 @@ def test_tensorboard_records_scalars_config_and_image_panel(tmp_path, shards):
     assert any("config" in t for t in tags["tensors"])
 
 
+def test_max_steps_is_the_runs_length_and_the_log_says_which_limit_decides(tmp_path, shards):
+    """8 steps per epoch (32 images, global batch 4): max_steps 12 runs into a second epoch, 3 cuts the first."""
+    config = _config(tmp_path, shards, train={"max_steps": 12, "epochs": 1})
+    longer = launch([*CPN, "train", "--config", str(config), f"output.dir={tmp_path / 'long'}"])
+    said = longer.stdout + longer.stderr
+    assert "global batch 4; 12 steps: train.max_steps 12 overrides train.epochs 1 (8 steps)" in said
+    assert "step 12/12" in said
+    state = json.loads((complete_checkpoints(tmp_path / "long")[-1] / "trainer_state.json").read_text())
+    assert (state["global_step"], state["epoch"]) == (12, 1)
+    shorter = launch([*CPN, "train", "--config", str(config), f"output.dir={tmp_path / 'short'}", "train.max_steps=3",
+                      "train.epochs=2"])  # fmt: skip
+    assert "global batch 4; 3 steps: train.max_steps 3 overrides train.epochs 2 (16 steps)" in shorter.stderr
+    assert [p.name for p in complete_checkpoints(tmp_path / "short")] == ["step_00000003"]
+
+
 def test_cli_one_process_with_accumulation_equals_two_processes(tmp_path, shards):
     """From the CLI, data.deterministic: `cpn train` (micro 1, accumulation 4) and `accelerate launch
     --multi_gpu --num_processes 2 -m cpn_dist.train` (micro 2) end with the same model_final.pth."""
