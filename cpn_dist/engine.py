@@ -10,9 +10,10 @@ That is the distributed invariant; docs/design.md states it once, with how each 
 The loop owns everything that is not the model's business: Accelerate (DDP or DeepSpeed, mixed
 precision), SGD with the released four parameter groups and the poly schedule, gradient
 accumulation, non-finite losses, atomic checkpoints and exact resume, pre-emption signals and Ctrl-C
-(:mod:`cpn_dist.stop_signals`), TensorBoard and progress, one run per ``output.dir``
-(:mod:`cpn_dist.runlock`) and how a run starts there — fresh, resumed automatically, or refused
-(:mod:`cpn_dist.run_start`); the Accelerator and the batch layout come from :mod:`cpn_dist.launch`. A
+(:mod:`cpn_dist.stop_signals`), TensorBoard (one run per training run, :mod:`cpn_dist.tensorboard_run`)
+and progress, one run per ``output.dir`` (:mod:`cpn_dist.runlock`) and how a run starts there — fresh,
+resumed automatically, or refused (:mod:`cpn_dist.run_start`); the Accelerator and the batch layout
+come from :mod:`cpn_dist.launch`. A
 :class:`Task` supplies the rest — the model, the data, and the loss of
 one micro-step (which may need a no-grad look at the whole accumulation window first, as CPN's
 global OHEM does).
@@ -95,6 +96,7 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
 
     from cpn_dist.data.loader import epoch_steps
     from cpn_dist.run_start import run_length, run_length_source
+    from cpn_dist.tensorboard_run import STATE_KEY, run_name, start_run
 
     # ---- set-up -------------------------------------------------------------------------------
     world_size, rank, device = acc.num_processes, acc.process_index, acc.device
@@ -130,19 +132,21 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
     total_steps = run_length(cfg.train, steps_per_epoch)
     epochs = math.ceil(total_steps / steps_per_epoch)
 
-    global_step = 0
+    global_step, resumed = 0, None
     if ckpt is not None:
         acc.load_state(str(ckpt))
-        global_step = read_state(ckpt)["global_step"]
+        resumed = read_state(ckpt)
+        global_step = resumed["global_step"]
         log.info("resumed from %s at step %d", ckpt, global_step)
     start_epoch, start_in_epoch = divmod(global_step, steps_per_epoch)
     resumed_step = global_step
     # the first epoch's loader is built before anything is logged: bad data stops the run here
     first_loader = loader(start_epoch, start_in_epoch) if global_step < total_steps else None
 
-    acc.init_trackers(task.name, config=_flat_hparams(cfg))
+    tensorboard_run, new_run = run_name(out_dir, task.name, resumed)
+    start_run(acc, tensorboard_run, new_run, global_step, _flat_hparams(cfg))
     monitor = Monitor(acc, total_steps, global_step, cfg.log.every)
-    monitor.text("config", to_yaml(cfg))
+    monitor.text("config", to_yaml(cfg), step=global_step)
     flops = task.flops_per_step(acc.unwrap_model(model)) if device.type == "cuda" else None
     peak = peak_flops_per_device(cfg.log.peak_flops, device, cfg.train.precision)
     log.info("world %d × micro %d × accumulation %d = global batch %d; %d steps: %s", world_size, micro,
@@ -155,7 +159,8 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
         state = {"global_step": global_step, "epoch": global_step // steps_per_epoch,
                  "steps_per_epoch": steps_per_epoch, "world_size": world_size, "micro_size": micro,
                  "accumulation": accumulation, "distributed_type": acc.distributed_type.value,
-                 "config": cfg.to_dict()}  # what a resume compares against (cpn_dist.run_start)
+                 "config": cfg.to_dict(),  # what a resume compares against (cpn_dist.run_start)
+                 STATE_KEY: tensorboard_run}
         save_checkpoint(acc, out_dir, state, cfg.train.keep_last)
 
     # ---- the step loop ------------------------------------------------------------------------
