@@ -223,6 +223,7 @@ def test_tensorboard_keeps_one_run_per_training_run_whose_steps_never_go_back(tm
     [(first, curve)] = runs.items()
     assert [step for step, _ in curve] == list(range(1, 21))  # strictly increasing, no step twice
     assert curve[:10] == killed[:10]  # the steps before the checkpoint, as the killed process logged them
+    assert json.loads((out / "train_summary.json").read_text())["steps_averaged"] == 20
 
     launch([*CPN, "train", "--config", str(config), f"output.dir={out}", "--restart"])
     runs = tensorboard_scalars(out, "loss/total")
