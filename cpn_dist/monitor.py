@@ -160,10 +160,10 @@ class Monitor:
         if writer is not None:
             writer.add_image("cp_pair_and_cams", panel, global_step=step)
 
-    def text(self, tag: str, text: str) -> None:
+    def text(self, tag: str, text: str, step: int = 0) -> None:
         writer = self.writer()
         if writer is not None:
-            writer.add_text(tag, f"```\n{text}\n```")
+            writer.add_text(tag, f"```\n{text}\n```", global_step=step)
 
     def close(self) -> None:
         if self.progress is not None:

@@ -38,7 +38,9 @@ def register(sub) -> None:
                    help="labels instead of the XMLs: JSON mapping id to 20 labels (0/1) or to class names, "
                         "or the released cls_labels.npy")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace this split's existing shards")
-    p.add_argument("--resume", action="store_true", help="finish an interrupted pack, keeping its completed shards")
+    p.add_argument("--resume", action="store_true",
+                   help="finish an interrupted pack, keeping its completed shards; on a complete split, rebuild "
+                        "the shards that are missing or damaged")  # fmt: skip
     p.add_argument("--strict", action="store_true", help="exit non-zero when any image was skipped")
     p.set_defaults(handler=_run)
 
@@ -59,8 +61,11 @@ def _run(args) -> int:
             overwrite=args.overwrite, resume=args.resume, progress=lambda n: bar.advance(task, n),
         )  # fmt: skip
     meta = report.meta
-    if report.already_complete:
-        console.print(f"[green]{report.out}[/]: split {report.split} is already complete ({meta['count']} samples)")
+    if report.already_complete or report.rebuilt:
+        done = (f"already complete ({meta['count']} samples, {len(meta['shards'])} shards intact)"
+                if report.already_complete else f"rebuilt {', '.join(report.rebuilt)} "
+                f"({report.shards_reused} other shards intact; {meta['count']} samples)")  # fmt: skip
+        console.print(f"[green]{report.out}[/]: split {report.split}: {done}", soft_wrap=True)
         return 0
     summary = Table(title=f"packed {report.split} into {report.out}", show_header=False)
     summary.add_column(style="bold")
