@@ -54,7 +54,8 @@ def thread_count(cores: int, processes: int, env: Mapping[str, str], requested: 
     """The torch CPU threads one process should use: ``requested`` (``--threads``) when given; None —
     torch's own choice — when the environment sets ``OMP_NUM_THREADS`` (torch reads it); otherwise the
     usable cores shared by the machine's processes of the run, ``max(1, cores // processes)``: more
-    threads than cores spin against each other (3–6× slower training on a loaded 2-core machine)."""
+    threads than cores spin against each other (BENCHMARKS.md, issue 20: two trainings side by side on a
+    loaded 2-core machine took 5–6× longer with torch's default of 2 threads each than with 1)."""
     if requested is not None:
         return requested
     if env.get("OMP_NUM_THREADS"):

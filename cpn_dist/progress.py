@@ -6,17 +6,16 @@ a batch job) it logs a plain line on the ``cpn_dist.progress`` logger, which the
 least every ``interval`` seconds while the work advances::
 
     cams: 120/1000 images (3.4 img/s, ETA 4:19)
-    train: 40/400 steps (0.8 steps/s, ETA 7:30) loss 0.6931
+    train: 40/400 steps (0.8 steps/s, ETA 7:30) loss 0.6931, 6.4 img/s
 
 so that a log tells work from a hang. The interval defaults to :data:`INTERVAL_S`, or the environment's
-``CPN_PROGRESS_SECONDS``. Nothing here imports torch; rich only when a bar is drawn.
+``CPN_PROGRESS_SECONDS``. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 
@@ -56,8 +55,6 @@ def progress_line(what: str, done: int, total: int | None, unit: str, rate: floa
 
 def _stdout_is_terminal() -> bool:
     """Whether stdout is a terminal, as rich decides it (``FORCE_TERMINAL`` and the like included)."""
-    if "rich" not in sys.modules and not sys.stdout.isatty():
-        return False  # the common non-terminal case answered without importing rich
     from rich import get_console
 
     return get_console().is_terminal
