@@ -172,6 +172,19 @@ class Pipeline:
             return
         train(cfg)
 
+    def progress(self, what: str, total: int):
+        """The progress of a step's work on this process (:class:`cpn_dist.progress.Progress`, shown by the
+        main process): ``total`` images."""
+        from cpn_dist.progress import Progress
+
+        world = self.dist.world
+        return Progress(what if world == 1 else f"{what} (process {self.dist.rank + 1}/{world})", total,
+                        shown=self.dist.main)  # fmt: skip
+
+    def share(self, source) -> int:
+        """How many of ``source``'s images are this process's (every world-th)."""
+        return len(source.names[self.dist.rank::self.dist.world])
+
     def todo(self, names: Sequence[str], done: Callable[[str], bool]):
         """This process's share of the images not done yet, as samples of the VOC folder."""
         from cpn_dist.data.inputs import VocSource
@@ -185,8 +198,9 @@ class Pipeline:
         from cpn_dist.labels.evaluate import score_labels
 
         names = self.names(split)
-        result = score_labels(folder, self.gt, names, workers=self.cfg.workers)
         key = stage.lower().replace(" + ", "_").replace(" ", "_")
+        with self.progress(f"score {key} on {split}", len(names)) as bar:
+            result = score_labels(folder, self.gt, names, workers=self.cfg.workers, on_images=bar.advance)
         write_json(self.work / "scores" / f"{key}_{split}.json", result.to_json())
         return stage_score(stage, split, len(names), result.summary(), note)
 

@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import os
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from rich.text import Text
 
-from cpn_dist.cli import add_command, console
+from cpn_dist.cli import add_command, console, print_table
 from cpn_dist.errors import CpnError
-
-
-class ImagesPerSecond(ProgressColumn):
-    def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:6.1f} img/s" if speed else "   -.- img/s", style="cyan")
 
 
 def register(sub) -> None:
@@ -48,17 +40,14 @@ def register(sub) -> None:
 def _run(args) -> int:
     from cpn_dist.data.pack import pack_split
     from cpn_dist.data.pack_source import find_source
+    from cpn_dist.progress import Progress
 
     total = len(find_source(args.voc_root, args.split, args.labels).ids)
-    with Progress(
-        TextColumn("pack [bold]{task.description}[/]"), BarColumn(), MofNCompleteColumn(), ImagesPerSecond(),
-        TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal,
-    ) as bar:  # fmt: skip
-        task = bar.add_task(args.split, total=total)
+    with Progress(f"pack {args.split}", total) as bar:
         report = pack_split(
             args.voc_root, args.split, args.out, labels_file=args.labels, segments=args.slic_segments,
             compactness=args.compactness, shard_size=args.shard_size, workers=args.workers,
-            overwrite=args.overwrite, resume=args.resume, progress=lambda n: bar.advance(task, n),
+            overwrite=args.overwrite, resume=args.resume, progress=bar.advance,
         )  # fmt: skip
     meta = report.meta
     if report.already_complete or report.rebuilt:
@@ -85,14 +74,14 @@ def _run(args) -> int:
     ]
     for k, v in rows:
         summary.add_row(k, v)
-    console.print(summary)
+    print_table(summary)
     if meta["skipped"]:
         table = Table("image", "reason", title=f"{len(meta['skipped'])} skipped image(s)", title_style="yellow")
         for item in meta["skipped"][:50]:
             table.add_row(item["id"], item["reason"])
         if len(meta["skipped"]) > 50:
             table.add_row("…", f"{len(meta['skipped']) - 50} more in meta.json")
-        console.print(table)
+        print_table(table)
         if args.strict:
             raise CpnError(f"{report.out}: {len(meta['skipped'])} image(s) skipped (--strict)")
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from cpn_dist.cli import add_command, console
+from cpn_dist.cli import add_command, console, print_table
 from cpn_dist.errors import CpnError
 
 
@@ -25,7 +25,7 @@ def _run(args) -> int:
         table = Table("image", "problem", title=f"{len(report['problems'])} problem(s) in {args.root}")
         for name, reason in report["problems"][:50]:
             table.add_row(name, reason)
-        console.print(table)
+        print_table(table)
         raise CpnError(f"{args.root}: {len(report['problems'])} of {report['images']} images have problems")
     console.print(f"[green]ok[/]: {report['images']} images, {report['masks']} masks, classes agree in every one")
     return 0

@@ -58,8 +58,10 @@ def make_data(out: Path, settings: DemoSettings, overwrite: bool = False,
     """Step 1: the VOC folder — ``settings.task`` synthesised into ``out/VOC2012``, or ``voc_root`` as it
     is — and its training split packed into ``out/shards``."""
     from cpn_dist.data.pack import pack_split
+    from cpn_dist.data.pack_source import find_source
     from cpn_dist.data.shards import META_NAME
     from cpn_dist.data.synth import synthesize_voc
+    from cpn_dist.progress import Progress
 
     data = describe_data(out, settings, voc_root)
     stamp = out / ".data.json"
@@ -73,9 +75,12 @@ def make_data(out: Path, settings: DemoSettings, overwrite: bool = False,
         log.info("data: %s and %s are complete", data.voc, data.shards)
         return data
     if voc_root is None:
-        synthesize_voc(data.voc, settings.images, size=settings.size, seed=settings.data_seed, workers=2,
-                       overwrite=True, task=settings.task)  # fmt: skip
-    pack_split(data.voc, data.split, data.shards, segments=(settings.segments,), workers=2, overwrite=True)
+        with Progress("synth-voc", settings.images) as bar:
+            synthesize_voc(data.voc, settings.images, size=settings.size, seed=settings.data_seed, workers=2,
+                           overwrite=True, task=settings.task, on_image=bar.on_item)  # fmt: skip
+    with Progress("pack", len(find_source(data.voc, data.split).ids)) as bar:
+        pack_split(data.voc, data.split, data.shards, segments=(settings.segments,), workers=2, overwrite=True,
+                   progress=bar.advance)  # fmt: skip
     stamp.write_text(json.dumps(wanted) + "\n")
     return data
 
@@ -164,6 +169,7 @@ def infer_cams(weights: Path, config: str | Path, overrides: Sequence[str], voc:
     from cpn_dist.cpn.model import build_model
     from cpn_dist.data.inputs import VocSource
     from cpn_dist.models import load_weights
+    from cpn_dist.progress import Progress
 
     cfg = load_config(config, list(overrides))
     done = set() if overwrite or not out_dir.is_dir() else {p.stem for p in out_dir.glob("*.npy")}
@@ -173,8 +179,8 @@ def infer_cams(weights: Path, config: str | Path, overrides: Sequence[str], voc:
     model = build_model(cfg.model.backbone, cfg.model.head, dropout=0.0)
     load_weights(model, weights)
     infer = InferSettings(scales=settings.scales, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std), use=use)
-    with torch.inference_mode():
-        infer_samples(model, VocSource(voc, todo).samples(), out_dir, infer, loader_threads=0)
+    with torch.inference_mode(), Progress(f"infer {out_dir.name}", len(todo)) as bar:
+        infer_samples(model, VocSource(voc, todo).samples(), out_dir, infer, loader_threads=0, on_image=bar.on_item)
     return out_dir
 
 
@@ -183,8 +189,10 @@ def score_cams(name: str, cams: Path, voc: Path, names: Sequence[str], betas: Se
     from cpn_dist.data.synth import PART_FOLDER
     from cpn_dist.demo.parts import part_scores
     from cpn_dist.labels.evaluate import GroundTruth, sweep
+    from cpn_dist.progress import Progress
 
-    result = sweep(cams, GroundTruth(voc / "SegmentationClass"), list(names), list(betas))
+    with Progress(f"eval {name}", len(names)) as bar:
+        result = sweep(cams, GroundTruth(voc / "SegmentationClass"), list(names), list(betas), on_images=bar.advance)
     best = result.summary()
     scores = ModelScores(name=name, best_beta=float(best["beta"]), miou=best["miou"], foreground=best["foreground"],
                          background=best["background"], betas=[float(b) for b in result.betas],
