@@ -33,12 +33,19 @@ def world_size() -> int:
     return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
 
 
+# torch's own choice before anything changed it: its physical cores (hyperthreads do not count)
+_TORCH_DEFAULT_THREADS = torch.get_num_threads()
+
+
 def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity: a container's or ``taskset``'s share)."""
+    """The cores this process may run on: its CPU affinity (a container's or ``taskset``'s share), and no
+    more than torch's own default (physical cores: on an SMT machine, threads on both hyperthreads of a
+    core slow each other)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # no affinity on this platform (macOS)
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, _TORCH_DEFAULT_THREADS))
 
 
 def local_processes(env: Mapping[str, str]) -> int:
