@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cpn_dist.cli import add_command, console, renamed_flag
+from cpn_dist.cli import add_command, check_pair, console, renamed_flag
 from cpn_dist.errors import CpnError
 
 
@@ -73,6 +73,9 @@ def _run(args) -> int:
     from cpn_dist.config import load_config
     from cpn_dist.labels.evaluate import default_workers
 
+    for flag, pair in (("--betas", args.betas), ("--bg-powers", args.bg_powers)):
+        if pair:
+            check_pair(pair, flag)
     cfg = load_config(args.config).affinity
     powers = None if args.betas else tuple(args.bg_powers or (cfg.low_bg_power, cfg.high_bg_power))
     params = AffinityLabelParams(bg_powers=powers, betas=tuple(args.betas) if args.betas else None,
