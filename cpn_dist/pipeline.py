@@ -89,7 +89,7 @@ class Pipeline:
             try:
                 find_config(path)
             except ConfigError:
-                names = ", ".join(n.removesuffix(".yaml") for n in packaged_config_names())
+                names = ", ".join(packaged_config_names("run"))
                 raise CpnError(f"configs.{name}: {path} not found (packaged configs, by name: {names})") from None
         self._check_precision()
         self.overwrite = False
