@@ -135,20 +135,16 @@ def warm_up(out_dir: Path, config: str | Path, overrides: Sequence[str], epochs:
 
 def train_model(config: str | Path, overrides: Sequence[str], out_dir: Path, overwrite: bool = False) -> Path:
     """Step 3: train one model with :func:`cpn_dist.train.train` (``output.dir`` = ``out_dir``); returns
-    its final weights. A finished run (``model_final.pth`` present) is kept unless ``overwrite``."""
-    import shutil
-
+    its final weights. A finished run (``model_final.pth`` present) is kept unless ``overwrite``; an
+    interrupted one resumes (:func:`cpn_dist.pipeline_steps.train_owned`)."""
     from cpn_dist.config import load_config
-    from cpn_dist.train import train
+    from cpn_dist.pipeline_steps import train_owned
 
     final = out_dir / "model_final.pth"
     if final.is_file() and not overwrite:
         log.info("train: %s exists", final)
         return final
-    if overwrite and out_dir.exists():
-        shutil.rmtree(out_dir)
-    cfg = load_config(config, [*overrides, f"output.dir={out_dir}"])
-    return train(cfg)
+    return train_owned(load_config(config, [*overrides, f"output.dir={out_dir}"]), "cpn demo --overwrite", overwrite)
 
 
 def infer_cams(weights: Path, config: str | Path, overrides: Sequence[str], voc: Path, names: Sequence[str],
