@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 def pack(p):
     """:func:`~cpn_dist.data.pack.pack_split` of the training split into shards."""
     from cpn_dist.data.pack import pack_split
+    from cpn_dist.data.voc import voc_folder
 
+    voc_folder(p.voc)  # every part the later steps read, before anything is packed
     patch = p.run_config("cpn").data.patch  # CPN's superpixels must be among those packed
     segments = set(p.cfg.pack.segments) | ({patch.segments} if patch.kind == "superpixel" else set())
     pack_split(p.voc, p.cfg.splits.train, p.shards, segments=tuple(sorted(segments)), shard_size=p.cfg.pack.shard_size,

@@ -43,11 +43,10 @@ def describe_data(out: Path, settings: DemoSettings, voc_root: str | Path | None
     synthetic task; ``voc_root`` (checked to be a VOC layout folder) and ``out/shards`` for a user's folder."""
     if voc_root is None:
         return DemoData(out / "VOC2012", out / "shards", "train_aug", settings.task)
-    voc = Path(voc_root).resolve()
+    from cpn_dist.data.voc import voc_folder
+
+    voc = voc_folder(Path(voc_root).resolve())
     lists = voc / "ImageSets" / "Segmentation"
-    for needed in ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets/Segmentation"):
-        if not (voc / needed).is_dir():
-            raise CpnError(f"--voc-root {voc}: no {needed}/ (a VOC 2012 layout folder is needed)")
     if not (lists / "train.txt").is_file():
         raise CpnError(f"--voc-root {voc}: no ImageSets/Segmentation/train.txt (the split the CAMs are scored on)")
     return DemoData(voc, out / "shards", "train_aug" if (lists / "train_aug.txt").is_file() else "train", None)
