@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,7 +43,7 @@ from cpn_dist.pipeline_config import (  # noqa: F401  (the pipeline config's nam
     load_pipeline_config,
 )
 from cpn_dist.pipeline_stages import STAGE2, STEPS, TABLE  # noqa: F401  (STAGE2, STEPS: importable from here)
-from cpn_dist.pipeline_steps import PipelineResult, StageScore, other_run, stage_score, step_settings
+from cpn_dist.pipeline_steps import PipelineResult, StageScore, stage_score, step_settings, train_owned
 from cpn_dist.runlock import lock_on_main
 from cpn_dist.runner import StepRunner
 from cpn_dist.yaml_io import find_config, packaged_config_names
@@ -89,7 +88,7 @@ class Pipeline:
             try:
                 find_config(path)
             except ConfigError:
-                names = ", ".join(n.removesuffix(".yaml") for n in packaged_config_names())
+                names = ", ".join(packaged_config_names("run"))
                 raise CpnError(f"configs.{name}: {path} not found (packaged configs, by name: {names})") from None
         self._check_precision()
         self.overwrite = False
@@ -161,16 +160,7 @@ class Pipeline:
     def train_stage(self, stage: str) -> None:
         """Train ``stage`` into ``work/stage``: resumed from its checkpoints when they are of this config,
         started afresh when they are not (or when the step reruns)."""
-        from cpn_dist.train import train
-
-        out = self.work / stage
-        cfg = self.train_config(stage)
-        if self.dist.main and out.exists() and (self.overwrite or other_run(out, cfg)):
-            shutil.rmtree(out)
-        self.dist.barrier()
-        if (out / "model_final.pth").is_file():
-            return
-        train(cfg)
+        train_owned(self.train_config(stage), f"--redo train_{stage}", self.overwrite, self.dist)
 
     def progress(self, what: str, total: int):
         """The progress of a step's work on this process (:class:`cpn_dist.progress.Progress`, shown by the

@@ -20,7 +20,9 @@ def pack(p):
     """:func:`~cpn_dist.data.pack.pack_split` of the training split into shards."""
     from cpn_dist.data.pack import pack_split
     from cpn_dist.data.pack_source import find_source
+    from cpn_dist.data.voc import voc_folder
 
+    voc_folder(p.voc)  # every part the later steps read, before anything is packed
     patch = p.run_config("cpn").data.patch  # CPN's superpixels must be among those packed
     segments = set(p.cfg.pack.segments) | ({patch.segments} if patch.kind == "superpixel" else set())
     with p.progress("pack", len(find_source(p.voc, p.cfg.splits.train).ids)) as bar:

@@ -158,6 +158,14 @@ def check_beta(value: float | None, flag: str) -> None:
         raise CpnError(f"{flag} {value:g}: a background score β must be a number >= 0 (e.g. 0.3)")
 
 
+def check_pair(pair, flag: str) -> None:
+    """A ``LOW HIGH`` pair given to ``flag`` must rise; the message shows it the right way round."""
+    low, high = pair
+    if not low < high:
+        example = f", e.g. {flag} {high:g} {low:g}" if high < low else ""
+        raise CpnError(f"{flag} {low:g} {high:g}: LOW must be below HIGH{example}")
+
+
 def step_printer(shown=lambda: True):
     """An ``on_step(name, event)`` for :class:`cpn_dist.runner.StepRunner` that shows each step's start, its
     time when it ran, and any other event (done before, skipped, stale…); ``shown()``: whether this

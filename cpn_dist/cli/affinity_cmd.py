@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cpn_dist.cli import add_command, console, renamed_flag
+from cpn_dist.cli import add_command, check_pair, console, renamed_flag
 from cpn_dist.errors import CpnError
 
 
@@ -72,6 +72,9 @@ def _run(args) -> int:
     from cpn_dist.labels.evaluate import default_workers
     from cpn_dist.progress import Progress
 
+    for flag, pair in (("--betas", args.betas), ("--bg-powers", args.bg_powers)):
+        if pair:
+            check_pair(pair, flag)
     cfg = load_config(args.config).affinity
     powers = None if args.betas else tuple(args.bg_powers or (cfg.low_bg_power, cfg.high_bg_power))
     params = AffinityLabelParams(bg_powers=powers, betas=tuple(args.betas) if args.betas else None,

@@ -43,11 +43,10 @@ def describe_data(out: Path, settings: DemoSettings, voc_root: str | Path | None
     synthetic task; ``voc_root`` (checked to be a VOC layout folder) and ``out/shards`` for a user's folder."""
     if voc_root is None:
         return DemoData(out / "VOC2012", out / "shards", "train_aug", settings.task)
-    voc = Path(voc_root).resolve()
+    from cpn_dist.data.voc import voc_folder
+
+    voc = voc_folder(Path(voc_root).resolve())
     lists = voc / "ImageSets" / "Segmentation"
-    for needed in ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets/Segmentation"):
-        if not (voc / needed).is_dir():
-            raise CpnError(f"--voc-root {voc}: no {needed}/ (a VOC 2012 layout folder is needed)")
     if not (lists / "train.txt").is_file():
         raise CpnError(f"--voc-root {voc}: no ImageSets/Segmentation/train.txt (the split the CAMs are scored on)")
     return DemoData(voc, out / "shards", "train_aug" if (lists / "train_aug.txt").is_file() else "train", None)
@@ -140,20 +139,16 @@ def warm_up(out_dir: Path, config: str | Path, overrides: Sequence[str], epochs:
 
 def train_model(config: str | Path, overrides: Sequence[str], out_dir: Path, overwrite: bool = False) -> Path:
     """Step 3: train one model with :func:`cpn_dist.train.train` (``output.dir`` = ``out_dir``); returns
-    its final weights. A finished run (``model_final.pth`` present) is kept unless ``overwrite``."""
-    import shutil
-
+    its final weights. A finished run (``model_final.pth`` present) is kept unless ``overwrite``; an
+    interrupted one resumes (:func:`cpn_dist.pipeline_steps.train_owned`)."""
     from cpn_dist.config import load_config
-    from cpn_dist.train import train
+    from cpn_dist.pipeline_steps import train_owned
 
     final = out_dir / "model_final.pth"
     if final.is_file() and not overwrite:
         log.info("train: %s exists", final)
         return final
-    if overwrite and out_dir.exists():
-        shutil.rmtree(out_dir)
-    cfg = load_config(config, [*overrides, f"output.dir={out_dir}"])
-    return train(cfg)
+    return train_owned(load_config(config, [*overrides, f"output.dir={out_dir}"]), "cpn demo --overwrite", overwrite)
 
 
 def infer_cams(weights: Path, config: str | Path, overrides: Sequence[str], voc: Path, names: Sequence[str],
