@@ -81,33 +81,48 @@ def load_warning(load: float, cores: int, threads: int) -> str | None:
             f"with --threads or OMP_NUM_THREADS")  # fmt: skip
 
 
+_choice: dict = {}  # the last set_torch_threads: threads, why, cores, whether the rule chose, announced
 _load_warned = False
 
 
-def set_torch_threads(requested: int | None = None, env: Mapping[str, str] | None = None) -> int:
+def set_torch_threads(requested: int | None = None, env: Mapping[str, str] | None = None,
+                      announce: bool = True) -> int:  # fmt: skip
     """Apply :func:`thread_count` to torch in this process and say so once per machine (the local main
-    process logs the choice, and warns when the CPU is already loaded); returns the threads in use."""
-    global _load_warned
+    process logs the choice, and warns when the rule chose and the CPU is already loaded); returns the
+    threads in use. ``announce=False`` defers the saying to :func:`announce_threads` (training says it
+    with the run's layout, after the config and weights are known to be good)."""
     env = os.environ if env is None else env
     cores, processes = usable_cores(), local_processes(env)
     count = thread_count(cores, processes, env, requested)
     if count is not None:
         torch.set_num_threads(count)
-    threads = torch.get_num_threads()
-    if env.get("LOCAL_RANK", "0") != "0":
-        return threads
     if requested is not None:
         why = "--threads"
     elif count is None:
         why = f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']}"
     else:
         why = f"{cores} cores, {processes} process{'es' if processes > 1 else ''}"
-    log.info("torch threads: %d per process (%s); set --threads or OMP_NUM_THREADS to choose", threads, why)
-    warning = load_warning(os.getloadavg()[0], cores, threads) if hasattr(os, "getloadavg") else None
-    if warning and not _load_warned:
-        _load_warned = True
-        log.warning("%s", warning)
-    return threads
+    _choice.update(threads=torch.get_num_threads(), why=why, cores=cores, ruled=count is not None and
+                   requested is None, local_main=env.get("LOCAL_RANK", "0") == "0", announced=False)  # fmt: skip
+    if announce:
+        announce_threads()
+    return _choice["threads"]
+
+
+def announce_threads() -> None:
+    """Log the last :func:`set_torch_threads` choice once (local main process only), with the warning when the
+    rule chose the count and the 1-minute load average already exceeds the usable cores."""
+    global _load_warned
+    if not _choice or _choice["announced"] or not _choice["local_main"]:
+        return
+    _choice["announced"] = True
+    log.info("torch threads: %d per process (%s); set --threads or OMP_NUM_THREADS to choose", _choice["threads"],
+             _choice["why"])  # fmt: skip
+    if _choice["ruled"] and hasattr(os, "getloadavg"):
+        warning = load_warning(os.getloadavg()[0], _choice["cores"], _choice["threads"])
+        if warning and not _load_warned:
+            _load_warned = True
+            log.warning("%s", warning)
 
 
 def autocast(device: torch.device | str, precision: str):

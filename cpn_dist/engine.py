@@ -37,6 +37,7 @@ import torch
 
 from cpn_dist.checkpoint import read_state, save_checkpoint, save_weights
 from cpn_dist.config import Config, to_yaml
+from cpn_dist.devices import announce_threads
 from cpn_dist.errors import CpnError
 from cpn_dist.launch import accumulation_steps, make_accelerator, set_batch_layout
 from cpn_dist.monitor import Monitor, peak_flops_per_device, peak_memory_bytes
@@ -157,6 +158,7 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
     peak = peak_flops_per_device(cfg.log.peak_flops, device, cfg.train.precision)
     log.info("world %d × micro %d × accumulation %d = global batch %d; %d steps: %s", world_size, micro,
              accumulation, global_size, total_steps, run_length_source(cfg.train, steps_per_epoch))
+    announce_threads()
 
     def checkpoint():
         # A skipped non-finite step leaves the weights untouched; this guards against anything else.

@@ -114,7 +114,7 @@ def run_main(argv: list[str] | None, prog: str, description: str, train_fn) -> i
     quiet_libraries()
     try:
         cfg = load_config(args.config, args.overrides)
-        set_torch_threads(args.threads)
+        set_torch_threads(args.threads, announce=False)  # the engine says it with the run's layout
         train_fn(cfg, resume=args.resume, restart=args.restart)
     except CpnError as exc:
         if not getattr(exc, "shown_by_main", False):

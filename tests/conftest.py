@@ -12,7 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_cpn(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
     """Run the `cpn` CLI in a fresh process, as a user would."""
     cmd = [sys.executable, "-m", "cpn_dist", *args]
-    proc = subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    # one torch thread per CLI process: tests run many small ones, often beside each other
+    env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    proc = subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

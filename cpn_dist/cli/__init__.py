@@ -27,9 +27,10 @@ COMMANDS = (
 
 
 
-# Loggers the CLI shows at INFO without -v: progress lines of long work and the torch thread choice,
-# what a log of a long run needs to tell work from a hang.
-ALWAYS_SHOWN = ("cpn_dist.progress", "cpn_dist.devices")
+# Loggers the CLI shows at INFO without -v: progress lines of long work, what a log of a long run needs
+# to tell work from a hang. (The torch thread choice is INFO of cpn_dist.devices: shown with -v; its
+# warning on a loaded CPU always.)
+ALWAYS_SHOWN = ("cpn_dist.progress",)
 
 
 def _console(name: str):
@@ -142,12 +143,13 @@ def add_threads_argument(p) -> None:
                         "divided by the processes on this machine)")  # fmt: skip
 
 
-def use_threads(args) -> int:
+def use_threads(args, announce: bool = True) -> int:
     """Set torch's CPU threads of this process (``--threads``, else the rule of
-    :func:`cpn_dist.devices.thread_count`) and log the choice; call where the model work starts."""
+    :func:`cpn_dist.devices.thread_count`) and log the choice (``announce=False``: training logs it with
+    the run's layout); call where the model work starts."""
     from cpn_dist.devices import set_torch_threads
 
-    return set_torch_threads(getattr(args, "threads", None))
+    return set_torch_threads(getattr(args, "threads", None), announce=announce)
 
 
 def check_beta(value: float | None, flag: str) -> None:

@@ -44,7 +44,7 @@ def _run(args) -> int:
     logging.getLogger("cpn_dist").setLevel(logging.INFO)
     quiet_libraries()
     cfg = load_config(args.config, args.overrides)
-    use_threads(args)
+    use_threads(args, announce=False)  # said with the run's layout, once the config and weights are good
     final = train(cfg, resume=args.resume, restart=args.restart)
     console.print(f"final weights: [bold]{final}[/]")
     return 0
