@@ -131,7 +131,8 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
 
     global_step = 0
     if ckpt is not None:
-        acc.load_state(str(ckpt))
+        # checked by start_checkpoint; opted in, the pickled optimizer state may hold more than tensors
+        acc.load_state(str(ckpt), load_kwargs={"weights_only": False} if cfg.model.allow_pickle else None)
         global_step = read_state(ckpt)["global_step"]
         log.info("resumed from %s at step %d", ckpt, global_step)
     start_epoch, start_in_epoch = divmod(global_step, steps_per_epoch)
