@@ -19,7 +19,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev,deepspeed,imagenet]"
+	$(PY) -m pip install --quiet -e ".[dev,deepspeed,imagenet,coco]"
 	touch $(STAMP)
 
 lint: setup

@@ -86,6 +86,22 @@ METRICS = ("miou", "raw_miou", "pcm_only_miou", "best_beta", "body_recall", "mar
            "marker_magnitude", "premise", "ohem_discards", "image_independence")  # fmt: skip
 
 
+def size_overrides(config: Path, size: int, reference: int = 64) -> tuple[str, ...]:
+    """The config's crop, scale range and grid cells scaled from the ``reference`` image size to ``size``
+    (the CAM grid follows: the tiny backbone's stride 8 gives 8×8 at 64 px, 16×16 at 128, 28×28 at 224).
+    The SLIC count stays: superpixels keep their size relative to the image."""
+    if size == reference:
+        return ()
+    from cpn_dist.config import load_config
+
+    data = load_config(config).data
+    scale = size / reference
+    low, high = (round(v * scale) for v in data.scale_range)
+    cells = ", ".join(str(round(g * scale)) for g in data.patch.grid_sizes)
+    return (f"data.crop={round(data.crop * scale)}", f"data.scale_range=[{low}, {high}]",
+            f"data.patch.grid_sizes=[{cells}]")
+
+
 def with_image_independence(out: Path, row: dict, names: list[str]) -> dict:
     """The row with ``image_independence`` (cpn_dist.labels.cams.image_independence) of its scored CAMs: ~0.1 for
     CAMs that follow their objects, ~1 for a CAM collapsed to one image-independent pattern."""
@@ -258,6 +274,8 @@ def main() -> int:
     ap.add_argument("--kinds", nargs="+", default=["superpixel"], choices=KINDS)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--eval-images", type=int, default=200, help="first N images of the train split scored")
+    ap.add_argument("--size", type=int, default=64, help="long side of the task's images: the same task scaled "
+                    "(object and marker sizes are fractions of the image; crop, scale range and grid cells scale too)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is faster on a shared 2-core machine)")
     ap.add_argument("--out", type=Path, default=None, help="default results/quality_<task>_<backbone>")
     ap.add_argument("--report-only", action="store_true", help="only assemble the table from the finished rows")
@@ -270,13 +288,14 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     quiet_libraries()
     console = Console(width=200)
-    out = args.out or RESULTS / f"quality_{args.task}_{args.backbone}"
+    sized = "" if args.size == 64 else f"_{args.size}px"
+    out = args.out or RESULTS / f"quality_{args.task}_{args.backbone}{sized}"
     config = CONFIGS[args.backbone]
-    settings = replace(DemoSettings(), task=args.task, eval_images=args.eval_images)
+    settings = replace(DemoSettings(), task=args.task, eval_images=args.eval_images, size=args.size)
     started = time.perf_counter()
     data = make_data(out, settings)
     names = eval_names(data.voc, settings)
-    overrides = tuple(args.overrides)
+    overrides = (*size_overrides(config, args.size), *args.overrides)
     rows, starts = [], {}
     for seed in args.seeds:
         if args.report_only:
@@ -315,11 +334,12 @@ def main() -> int:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model(),
         "cores": os.cpu_count(), "load_average": os.getloadavg(), "threads": args.threads,
         "python": sys.version.split()[0], "torch": torch.__version__, "backbone": args.backbone, "task": args.task,
+        "size": args.size,
         "config": str(config), "settings": settings.__dict__, "overrides": list(overrides), "seeds": args.seeds,
         "kinds": args.kinds, "wall_s": wall, "start_premise": starts, "rows": rows, "summary": summary,
     }  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"bench_quality_{args.task}_{args.backbone}.json"
+    path = RESULTS / f"bench_quality_{args.task}_{args.backbone}{sized}.json"
     path.write_text(json.dumps(record, indent=1, default=str) + "\n")
     path.with_suffix(".md").write_text(markdown(summary))
     console.print(f"written {path} and {path.with_suffix('.md').name}")

@@ -164,8 +164,11 @@ class OptimConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: int = Field(8, ge=1, description="passes over the training split")
-    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
+    epochs: int = Field(8, ge=1, description="passes over the training split: the run's length unless max_steps is set")
+    max_steps: int | None = Field(
+        None, ge=1, description="the run's length in optimizer steps, replacing epochs (it runs into further epochs "
+        "as needed; the poly schedule ends here); null = epochs × steps per epoch"
+    )  # fmt: skip
     seed: int = Field(0, ge=0, description="seed of every random choice (data order, augmentation, CP masks, init)")
     precision: Literal["no", "bf16", "fp16"] = Field("no", description="mixed precision through Accelerate")
     checkpoint_every: int = Field(1000, ge=1, description="optimizer steps between checkpoints")

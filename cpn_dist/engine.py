@@ -10,9 +10,10 @@ That is the distributed invariant; docs/design.md states it once, with how each 
 The loop owns everything that is not the model's business: Accelerate (DDP or DeepSpeed, mixed
 precision), SGD with the released four parameter groups and the poly schedule, gradient
 accumulation, non-finite losses, atomic checkpoints and exact resume, pre-emption signals and Ctrl-C
-(:mod:`cpn_dist.stop_signals`), TensorBoard and progress, one run per ``output.dir``
-(:mod:`cpn_dist.runlock`) and how a run starts there — fresh, resumed automatically, or refused
-(:mod:`cpn_dist.run_start`); the Accelerator and the batch layout come from :mod:`cpn_dist.launch`. A
+(:mod:`cpn_dist.stop_signals`), TensorBoard (one run per training run, :mod:`cpn_dist.tensorboard_run`)
+and progress, one run per ``output.dir`` (:mod:`cpn_dist.runlock`) and how a run starts there — fresh,
+resumed automatically, finished and left alone, or refused (:mod:`cpn_dist.run_start`); the Accelerator
+and the batch layout come from :mod:`cpn_dist.launch`. A
 :class:`Task` supplies the rest — the model, the data, and the loss of
 one micro-step (which may need a no-grad look at the whole accumulation window first, as CPN's
 global OHEM does).
@@ -24,7 +25,9 @@ that ``accelerator.backward`` applies make one optimizer step independent of the
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -74,16 +77,21 @@ def run_training(cfg: Config, task: Task, resume: str | None = None, restart: bo
 
     The main process holds the lock of ``output.dir`` for the whole run. ``resume`` ('latest' or a
     checkpoint folder) and ``restart`` (delete the folder's checkpoints first) decide how the run starts
-    there, with the checkpoints it holds: see :func:`cpn_dist.run_start.plan_start`."""
-    from cpn_dist.run_start import start_checkpoint
+    there, with the checkpoints it holds: see :func:`cpn_dist.run_start.plan_start`. A finished run
+    returns its final weights at once, changing no file."""
+    from cpn_dist.run_start import start_plan
     from cpn_dist.runlock import lock_on_main
 
     acc = make_accelerator(cfg)
-    lock = lock_on_main(cfg.output.dir, "output.dir", acc.is_main_process, acc.num_processes)
+    lock = lock_on_main(cfg.output.dir, "output.dir", acc.is_main_process, acc.num_processes, record=False)
     try:
-        checkpoint = start_checkpoint(acc, cfg, resume, restart)
+        plan = start_plan(acc, cfg, resume, restart)
+        if plan.finished:
+            return Path(cfg.output.dir) / "model_final.pth"
+        if lock is not None:
+            lock.record()
         with StopFlag() as stop:
-            return _train(acc, cfg, task, checkpoint, stop)
+            return _train(acc, cfg, task, Path(plan.checkpoint) if plan.checkpoint else None, stop)
     finally:
         if lock is not None:
             lock.release()
@@ -93,6 +101,8 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
     from accelerate.utils import DistributedType, set_seed
 
     from cpn_dist.data.loader import epoch_steps
+    from cpn_dist.run_start import run_length, run_length_source
+    from cpn_dist.tensorboard_run import STATE_KEY, run_name, start_run
 
     # ---- set-up -------------------------------------------------------------------------------
     world_size, rank, device = acc.num_processes, acc.process_index, acc.device
@@ -125,29 +135,29 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
         return batches
 
     steps_per_epoch = epoch_steps(cfg.data, global_size)  # the split's size; no loader built for it
-    total_steps = steps_per_epoch * cfg.train.epochs
-    if cfg.train.max_steps:
-        total_steps = min(total_steps, cfg.train.max_steps)
+    total_steps = run_length(cfg.train, steps_per_epoch)
+    epochs = math.ceil(total_steps / steps_per_epoch)
 
-    global_step = 0
+    global_step, resumed = 0, None
     if ckpt is not None:
-        # checked by start_checkpoint; opted in, the pickled optimizer state may hold more than tensors
+        # checked by start_plan; opted in, the pickled optimizer state may hold more than tensors
         acc.load_state(str(ckpt), load_kwargs={"weights_only": False} if cfg.model.allow_pickle else None)
-        global_step = read_state(ckpt)["global_step"]
+        resumed = read_state(ckpt)
+        global_step = resumed["global_step"]
         log.info("resumed from %s at step %d", ckpt, global_step)
     start_epoch, start_in_epoch = divmod(global_step, steps_per_epoch)
     resumed_step = global_step
     # the first epoch's loader is built before anything is logged: bad data stops the run here
-    training = start_epoch < cfg.train.epochs and global_step < total_steps
-    first_loader = loader(start_epoch, start_in_epoch) if training else None
+    first_loader = loader(start_epoch, start_in_epoch) if global_step < total_steps else None
 
-    acc.init_trackers(task.name, config=_flat_hparams(cfg))
+    tensorboard_run, new_run = run_name(out_dir, task.name, resumed)
+    start_run(acc, tensorboard_run, new_run, global_step, _flat_hparams(cfg))
     monitor = Monitor(acc, total_steps, global_step, cfg.log.every)
-    monitor.text("config", to_yaml(cfg))
+    monitor.text("config", to_yaml(cfg), step=global_step)
     flops = task.flops_per_step(acc.unwrap_model(model)) if device.type == "cuda" else None
     peak = peak_flops_per_device(cfg.log.peak_flops, device, cfg.train.precision)
-    log.info("world %d × micro %d × accumulation %d = global batch %d; %d steps", world_size, micro,
-             accumulation, global_size, total_steps)
+    log.info("world %d × micro %d × accumulation %d = global batch %d; %d steps: %s", world_size, micro,
+             accumulation, global_size, total_steps, run_length_source(cfg.train, steps_per_epoch))
 
     def checkpoint():
         # A skipped non-finite step leaves the weights untouched; this guards against anything else.
@@ -156,14 +166,14 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
         state = {"global_step": global_step, "epoch": global_step // steps_per_epoch,
                  "steps_per_epoch": steps_per_epoch, "world_size": world_size, "micro_size": micro,
                  "accumulation": accumulation, "distributed_type": acc.distributed_type.value,
-                 "config": cfg.to_dict()}  # what a resume compares against (cpn_dist.run_start)
+                 "config": cfg.to_dict(),  # what a resume compares against (cpn_dist.run_start)
+                 STATE_KEY: tensorboard_run, "summary": {"steps": run_steps, "sums": run_sums}}
         save_checkpoint(acc, out_dir, state, cfg.train.keep_last)
 
     # ---- the step loop ------------------------------------------------------------------------
-    run_sums: dict[str, float] = {}
-    run_steps = 0
+    run_sums, run_steps = _summary_so_far(resumed, out_dir / SUMMARY_NAME)
     model.train()
-    for epoch in range(start_epoch, cfg.train.epochs):
+    for epoch in range(start_epoch, epochs):
         if global_step >= total_steps:
             break
         first = start_in_epoch if epoch == start_epoch else 0
@@ -254,9 +264,25 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
 SUMMARY_NAME = "train_summary.json"
 
 
+def _summary_so_far(state: dict | None, path: Path) -> tuple[dict[str, float], int]:
+    """(sums of every logged scalar, steps summed) of the run up to the resumed checkpoint (``state``;
+    None: a fresh start). Checkpoints record them; for an older checkpoint they are rebuilt from the
+    earlier ``train_summary.json`` (means × steps) when that ends at the checkpoint's step."""
+    if state is None:
+        return {}, 0
+    if "summary" in state:
+        return dict(state["summary"]["sums"]), state["summary"]["steps"]
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    if earlier.get("global_step") != state["global_step"]:
+        return {}, 0
+    steps = earlier.get("steps_averaged", 0)
+    return {k: v * steps for k, v in earlier.get("means", {}).items()}, steps
+
+
 def _write_summary(path: Path, global_step: int, steps: int, sums: dict[str, float]) -> None:
     """``{output.dir}/train_summary.json``: the mean of every logged scalar (loss terms, diagnostics,
-    speed) over the optimizer steps this process ran (after a resume: the steps since it), e.g.
+    speed) over the optimizer steps of the run — all of them, across resumes and extensions
+    (``steps_averaged``; a run resumed from a checkpoint of an older version: the steps since) — e.g.
     ``ohem/discards_nonzero`` = the share of steps in which OHEM left out a non-zero CPCR element,
     ``speed/data_wait_fraction`` = the share of a step spent waiting for the loader."""
     from cpn_dist.atomic import write_json

@@ -10,7 +10,7 @@ import os
 import torch
 
 from cpn_dist.config import Config
-from cpn_dist.devices import use_cpu
+from cpn_dist.devices import set_torch_threads, use_cpu
 from cpn_dist.errors import CpnError
 
 log = logging.getLogger(__name__)
@@ -95,9 +95,11 @@ def _unhelpful(record: logging.LogRecord) -> bool:
 
 
 def run_main(argv: list[str] | None, prog: str, description: str, train_fn) -> int:
-    """The ``python -m cpn_dist.<stage>`` entry point: parse, train, one-line errors, clean exit."""
+    """The ``python -m cpn_dist.<stage>`` entry point: parse, choose torch's threads, train, one-line errors,
+    clean exit."""
     import argparse
 
+    from cpn_dist.cli import add_threads_argument
     from cpn_dist.config import load_config
 
     parser = argparse.ArgumentParser(prog=prog, description=description)
@@ -105,12 +107,15 @@ def run_main(argv: list[str] | None, prog: str, description: str, train_fn) -> i
     parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
     parser.add_argument("--restart", action="store_true",
                         help="delete output.dir's checkpoints and final weights and train from step 0")
+    add_threads_argument(parser)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_libraries()
     try:
-        train_fn(load_config(args.config, args.overrides), resume=args.resume, restart=args.restart)
+        cfg = load_config(args.config, args.overrides)
+        set_torch_threads(args.threads)
+        train_fn(cfg, resume=args.resume, restart=args.restart)
     except CpnError as exc:
         if not getattr(exc, "shown_by_main", False):
             log.error("%s", exc)

@@ -1,15 +1,16 @@
 """What a training run shows: TensorBoard scalars and image panels (through Accelerate's tracker),
-and a progress bar or plain log lines on the main process."""
+and its progress on the main process (:class:`cpn_dist.progress.Progress`: a bar on a terminal, else a
+line at least every 30 s while steps finish, besides the scalars every ``log.every`` steps)."""
 
 from __future__ import annotations
 
 import logging
 import resource
-import sys
-import time
 
 import numpy as np
 import torch
+
+from cpn_dist.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -120,17 +121,7 @@ class Monitor:
         self.total = total_steps
         self.log_every = log_every
         self.main = accelerator.is_main_process
-        self.progress = None
-        if self.main and sys.stdout.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(
-                TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                TimeRemainingColumn(),
-            )  # fmt: skip
-            self.progress.start()
-            self.task = self.progress.add_task("train", total=total_steps, completed=start_step, info="")
-        self.t_last = time.perf_counter()
+        self.progress = Progress("train", total_steps, "steps", done=start_step, shown=self.main, transient=False)
 
     def writer(self):
         """The TensorBoard SummaryWriter (main process), or None."""
@@ -145,13 +136,11 @@ class Monitor:
         """Record optimizer step ``step`` (1-based count of finished steps)."""
         if not self.main:
             return
-        if self.progress is not None:
-            loss, speed = scalars.get("loss/total", float("nan")), scalars.get("speed/samples_per_s", 0.0)
-            info = f"loss {loss:.4f}  {speed:.1f} img/s"
-            self.progress.update(self.task, completed=step, info=info)
+        loss, speed = scalars.get("loss/total", float("nan")), scalars.get("speed/samples_per_s", 0.0)
+        self.progress.update(step, note=f"loss {loss:.4f}, {speed:.1f} img/s")
         if step % self.log_every == 0 or step == self.total:
             self.acc.log(scalars, step=step)
-            if self.progress is None:
+            if self.progress.bar is None:
                 shown = " ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in scalars.items())
                 log.info("step %d/%d %s", step, self.total, shown)
 
@@ -160,11 +149,10 @@ class Monitor:
         if writer is not None:
             writer.add_image("cp_pair_and_cams", panel, global_step=step)
 
-    def text(self, tag: str, text: str) -> None:
+    def text(self, tag: str, text: str, step: int = 0) -> None:
         writer = self.writer()
         if writer is not None:
-            writer.add_text(tag, f"```\n{text}\n```")
+            writer.add_text(tag, f"```\n{text}\n```", global_step=step)
 
     def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
+        self.progress.close()

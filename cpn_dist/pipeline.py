@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,7 +43,7 @@ from cpn_dist.pipeline_config import (  # noqa: F401  (the pipeline config's nam
     load_pipeline_config,
 )
 from cpn_dist.pipeline_stages import STAGE2, STEPS, TABLE  # noqa: F401  (STAGE2, STEPS: importable from here)
-from cpn_dist.pipeline_steps import PipelineResult, StageScore, other_run, stage_score, step_settings
+from cpn_dist.pipeline_steps import PipelineResult, StageScore, stage_score, step_settings, train_owned
 from cpn_dist.runlock import lock_on_main
 from cpn_dist.runner import StepRunner
 from cpn_dist.yaml_io import find_config, packaged_config_names
@@ -89,7 +88,7 @@ class Pipeline:
             try:
                 find_config(path)
             except ConfigError:
-                names = ", ".join(n.removesuffix(".yaml") for n in packaged_config_names())
+                names = ", ".join(packaged_config_names("run"))
                 raise CpnError(f"configs.{name}: {path} not found (packaged configs, by name: {names})") from None
         self._check_precision()
         self.overwrite = False
@@ -161,16 +160,20 @@ class Pipeline:
     def train_stage(self, stage: str) -> None:
         """Train ``stage`` into ``work/stage``: resumed from its checkpoints when they are of this config,
         started afresh when they are not (or when the step reruns)."""
-        from cpn_dist.train import train
+        train_owned(self.train_config(stage), f"--redo train_{stage}", self.overwrite, self.dist)
 
-        out = self.work / stage
-        cfg = self.train_config(stage)
-        if self.dist.main and out.exists() and (self.overwrite or other_run(out, cfg)):
-            shutil.rmtree(out)
-        self.dist.barrier()
-        if (out / "model_final.pth").is_file():
-            return
-        train(cfg)
+    def progress(self, what: str, total: int):
+        """The progress of a step's work on this process (:class:`cpn_dist.progress.Progress`, shown by the
+        main process): ``total`` images."""
+        from cpn_dist.progress import Progress
+
+        world = self.dist.world
+        return Progress(what if world == 1 else f"{what} (process {self.dist.rank + 1}/{world})", total,
+                        shown=self.dist.main)  # fmt: skip
+
+    def share(self, source) -> int:
+        """How many of ``source``'s images are this process's (every world-th)."""
+        return len(source.names[self.dist.rank::self.dist.world])
 
     def todo(self, names: Sequence[str], done: Callable[[str], bool]):
         """This process's share of the images not done yet, as samples of the VOC folder."""
@@ -185,8 +188,9 @@ class Pipeline:
         from cpn_dist.labels.evaluate import score_labels
 
         names = self.names(split)
-        result = score_labels(folder, self.gt, names, workers=self.cfg.workers)
         key = stage.lower().replace(" + ", "_").replace(" ", "_")
+        with self.progress(f"score {key} on {split}", len(names)) as bar:
+            result = score_labels(folder, self.gt, names, workers=self.cfg.workers, on_images=bar.advance)
         write_json(self.work / "scores" / f"{key}_{split}.json", result.to_json())
         return stage_score(stage, split, len(names), result.summary(), note)
 

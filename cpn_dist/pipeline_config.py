@@ -62,7 +62,7 @@ class RunWeights(Section):
 
 
 class PackSettings(Section):
-    segments: list[int] = Field(
+    segments: list[Annotated[int, Field(ge=2)]] = Field(
         [200], min_length=1, description="SLIC segment counts packed (`cpn pack`), besides the CPN config's"
     )
     shard_size: int = Field(1000, ge=1, description="samples per shard")

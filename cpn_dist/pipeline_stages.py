@@ -19,11 +19,16 @@ log = logging.getLogger(__name__)
 def pack(p):
     """:func:`~cpn_dist.data.pack.pack_split` of the training split into shards."""
     from cpn_dist.data.pack import pack_split
+    from cpn_dist.data.pack_source import find_source
+    from cpn_dist.data.voc import voc_folder
 
+    voc_folder(p.voc)  # every part the later steps read, before anything is packed
     patch = p.run_config("cpn").data.patch  # CPN's superpixels must be among those packed
     segments = set(p.cfg.pack.segments) | ({patch.segments} if patch.kind == "superpixel" else set())
-    pack_split(p.voc, p.cfg.splits.train, p.shards, segments=tuple(sorted(segments)), shard_size=p.cfg.pack.shard_size,
-               workers=p.cfg.workers, overwrite=p.overwrite, resume=not p.overwrite)  # fmt: skip
+    with p.progress("pack", len(find_source(p.voc, p.cfg.splits.train).ids)) as bar:
+        pack_split(p.voc, p.cfg.splits.train, p.shards, segments=tuple(sorted(segments)),
+                   shard_size=p.cfg.pack.shard_size, workers=p.cfg.workers, overwrite=p.overwrite,
+                   resume=not p.overwrite, progress=bar.advance)  # fmt: skip
 
 
 def train_cpn(p):
@@ -47,9 +52,9 @@ def cams(p):
     load_weights(model, p.weights("cpn"), cfg.model.allow_pickle)
     settings = InferSettings(scales=tuple(p.cfg.cams.scales), mean=tuple(cfg.data.mean), std=tuple(cfg.data.std),
                              use="cam" if cfg.model.head == "none" else "refined")  # fmt: skip
-    with torch.inference_mode():
+    with torch.inference_mode(), p.progress("cams", p.share(source)) as bar:
         infer_samples(model.to(p.dist.device), source.samples(p.dist.rank, p.dist.world), out, settings,
-                      device=p.dist.device)  # fmt: skip
+                      device=p.dist.device, on_image=bar.on_item)  # fmt: skip
 
 
 def eval_cams(p):
@@ -57,7 +62,9 @@ def eval_cams(p):
     from cpn_dist.labels.evaluate import parse_betas, sweep
 
     names = p.names(p.cfg.splits.eval)
-    result = sweep(p.work / "cams", p.gt, names, parse_betas(p.cfg.cams.betas), workers=p.cfg.workers)
+    with p.progress("eval_cams", len(names)) as bar:
+        result = sweep(p.work / "cams", p.gt, names, parse_betas(p.cfg.cams.betas), workers=p.cfg.workers,
+                       on_images=bar.advance)  # fmt: skip
     write_json(p.work / "scores" / "cams.json", result.to_json())
     best = result.summary()
     edge = ""
@@ -77,7 +84,9 @@ def pseudo(p):
     out = p.work / "pseudo"
     crf = CrfConfig() if p.cfg.pseudo.crf else None
     job = Job(str(p.work / "cams"), str(out), (beta,), crf, str(p.voc), output="png")
-    run_folder(job, pending(p.names(p.cfg.splits.train), out, ".png", p.overwrite), workers=p.cfg.workers)
+    todo = pending(p.names(p.cfg.splits.train), out, ".png", p.overwrite)
+    with p.progress("pseudo", len(todo)) as bar:
+        run_folder(job, todo, workers=p.cfg.workers, on_images=bar.advance)
     if not p.cfg.pseudo.crf:
         return []  # the CAM row at this β already scores these labels
     return [p.score_labels("CAM pseudo labels + CRF", out, p.cfg.splits.eval, f"β = {beta:.2f}")]
@@ -86,14 +95,16 @@ def pseudo(p):
 # ---- stage 2 ---------------------------------------------------------------------------------
 def affinity_labels(p):
     """Confident foreground / background / ignore labels (:mod:`cpn_dist.affinity.labels`)."""
-    from cpn_dist.affinity.labels import AffinityLabelParams, write_affinity_labels
+    from cpn_dist.affinity.labels import AffinityLabelParams, done_names, write_affinity_labels
     from cpn_dist.data.inputs import VocSource
 
     cfg = p.run_config("affinity")
     names = p.names(p.cfg.splits.train)
-    write_affinity_labels(VocSource(p.voc, names), p.work / "cams", p.work / "affinity_labels",
-                          AffinityLabelParams.from_config(cfg.affinity), names, workers=p.cfg.workers,
-                          overwrite=p.overwrite)  # fmt: skip
+    out = p.work / "affinity_labels"
+    with p.progress("affinity_labels", len(names) - len(done_names(names, out, p.overwrite))) as bar:
+        write_affinity_labels(VocSource(p.voc, names), p.work / "cams", out,
+                              AffinityLabelParams.from_config(cfg.affinity), names, workers=p.cfg.workers,
+                              overwrite=p.overwrite, on_image=bar.on_item)  # fmt: skip
 
 
 def train_affinity(p):
@@ -109,9 +120,10 @@ def rw(p):
     out = p.work / "rw"
     source = p.todo(p.names(p.cfg.splits.train), lambda n: (out / f"{n}.png").is_file())
     model, _ = load_affinity_model(p.weights("affinity"), cfg.model.backbone, p.dist.device, cfg.model.allow_pickle)
-    walk_samples(model, source.samples(p.dist.rank, p.dist.world, labels=False), p.work / "cams", out,
-                 WalkParams.from_config(cfg.affinity), device=p.dist.device, mean=tuple(cfg.data.mean),
-                 std=tuple(cfg.data.std))  # fmt: skip
+    with p.progress("rw", p.share(source)) as bar:
+        walk_samples(model, source.samples(p.dist.rank, p.dist.world, labels=False), p.work / "cams", out,
+                     WalkParams.from_config(cfg.affinity), device=p.dist.device, mean=tuple(cfg.data.mean),
+                     std=tuple(cfg.data.std), on_image=bar.on_item)  # fmt: skip
 
 
 def eval_rw(p):
@@ -149,8 +161,10 @@ def segment(p):
         else:
             outputs = Outputs(None, None, p.work / "test_server")
         source = p.todo(p.names(split), outputs.done)
-        segment_samples(model, source.samples(p.dist.rank, p.dist.world, labels=False), outputs, settings,
-                        device=p.dist.device, crf_workers=p.cfg.workers if crf else 0)  # fmt: skip
+        with p.progress(f"segment {split}", p.share(source)) as bar:
+            segment_samples(model, source.samples(p.dist.rank, p.dist.world, labels=False), outputs, settings,
+                            device=p.dist.device, crf_workers=p.cfg.workers if crf else 0,
+                            on_image=bar.on_item)  # fmt: skip
 
 
 def eval_segmentation(p):

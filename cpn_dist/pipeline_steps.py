@@ -112,16 +112,49 @@ def step_settings(p, name: str) -> dict[str, Any]:
 
 def other_run(out: Path, cfg) -> bool:
     """Whether ``out`` holds the checkpoints or final weights of a run whose config differs from ``cfg`` in
-    what changes its result (run length included: the pipeline's step must then run again)."""
+    what changes its result (run length included: the pipeline's step must then run again), or checkpoints
+    that record no config (an older version's: nothing says they are of this run)."""
     from cpn_dist.checkpoint import complete_checkpoints, read_state
     from cpn_dist.models.weights import read_weights_metadata
     from cpn_dist.run_start import NO_EFFECT, config_changes
 
     done = complete_checkpoints(out)
     recorded = read_state(done[-1]).get("config") if done else None
+    if done and recorded is None:
+        log.warning("%s: holds checkpoints that record no config: training afresh", out)
+        return True
     if recorded is None and (out / "model_final.pth").is_file():
         recorded = (read_weights_metadata(out / "model_final.pth") or {}).get("config")
     changes = config_changes(recorded, cfg.to_dict(), ignore=NO_EFFECT) if recorded is not None else []
     if changes:
         log.warning("%s: holds a run of another config (%s): training afresh", out, "; ".join(changes))
     return bool(changes)
+
+
+def train_owned(cfg, redo: str, afresh: bool = False, procs=None) -> Path:
+    """Train ``cfg`` into its ``output.dir``, a folder that a step of ``cpn pipeline`` or ``cpn demo`` owns;
+    returns its final weights. Final weights already there are kept; the folder is emptied first when
+    ``afresh`` or when it holds another run (:func:`other_run`); checkpoints of this config are resumed,
+    and the log says so naming ``redo``, how that command starts the step over (``--redo train_cpn``,
+    ``--overwrite``) — not the flags of ``cpn train``. ``procs``: the processes of the run (the main one
+    clears the folder, then all meet at a barrier); None: this process alone."""
+    import shutil
+
+    from cpn_dist.checkpoint import complete_checkpoints, read_state
+    from cpn_dist.train import train
+
+    out = Path(cfg.output.dir)
+    if (procs is None or procs.main) and out.exists() and (afresh or other_run(out, cfg)):
+        shutil.rmtree(out)
+    if procs is not None:
+        procs.barrier()
+    final = out / "model_final.pth"
+    if final.is_file():
+        log.info("%s exists: kept", final)
+        return final
+    done = complete_checkpoints(out)
+    if not done:
+        return train(cfg)
+    step = read_state(done[-1]).get("global_step", "?")
+    log.warning("%s holds checkpoints of this config: resuming from step %s (%s starts over)", out, step, redo)
+    return train(cfg, resume="latest")

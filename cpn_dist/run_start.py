@@ -10,8 +10,12 @@ Every checkpoint records the resolved run config (``trainer_state.json``: ``"con
 - neither: a folder without checkpoints starts fresh. One with checkpoints of the same config
   (apart from :data:`ALLOWED_TO_DIFFER`) resumes from the latest automatically — re-running the
   command after a crash or a pre-emption continues the run. Checkpoints of another config, or a
-  finished run's ``model_final.pth``, refuse the start in one line naming ``--resume latest`` and
+  ``model_final.pth`` without checkpoints, refuse the start in one line naming ``--resume latest`` and
   ``--restart``.
+
+A run is **finished** when its latest checkpoint reached this config's length (:func:`run_length`) and
+``model_final.pth`` exists: the same command, with or without ``--resume latest``, says so and how to
+train longer or again, and changes no file. A longer ``train.max_steps`` / ``train.epochs`` continues it.
 
 The decision is taken by the main process (under its lock, :mod:`cpn_dist.runlock`) and shared with
 the others.
@@ -76,10 +80,25 @@ def weights_metadata(cfg) -> dict[str, Any]:
             "version": __version__}  # fmt: skip
 
 
+def run_length(train, steps_per_epoch: int) -> int:
+    """The optimizer steps of a run: ``train.max_steps`` when set (the run goes on into further epochs
+    as needed, and ``train.epochs`` is ignored), else ``train.epochs`` × ``steps_per_epoch``."""
+    return train.max_steps or train.epochs * steps_per_epoch
+
+
+def run_length_source(train, steps_per_epoch: int) -> str:
+    """Which limit decides the run's length, for the start-of-run log line."""
+    by_epochs = train.epochs * steps_per_epoch
+    if train.max_steps and train.max_steps != by_epochs:
+        return f"train.max_steps {train.max_steps} overrides train.epochs {train.epochs} ({by_epochs} steps)"
+    return f"train.epochs {train.epochs} × {steps_per_epoch} steps per epoch"
+
+
 @dataclass(frozen=True)
 class StartPlan:
     checkpoint: str | None  # the checkpoint folder to resume from, or None: step 0
     note: str | None = None  # what to tell the user (logged by every run that has something to say)
+    finished: bool = False  # the run is finished: train nothing, change nothing
 
 
 def plan_start(out_dir: str | Path, cfg, resume: str | None, restart: bool) -> StartPlan:
@@ -104,7 +123,7 @@ def plan_start(out_dir: str | Path, cfg, resume: str | None, restart: bool) -> S
                                "(replacing it), or choose another output.dir")  # fmt: skip
             return StartPlan(None, f"--resume {resume}: no checkpoint in {out} yet, starting at step 0")
         check_resumable(ckpt, cfg, f"--resume {resume}")
-        return StartPlan(str(ckpt))
+        return finished_plan(out, ckpt, cfg) or StartPlan(str(ckpt))
     done = complete_checkpoints(out)
     if done:
         ckpt = done[-1]
@@ -118,12 +137,28 @@ def plan_start(out_dir: str | Path, cfg, resume: str | None, restart: bool) -> S
             raise CpnError(f"{out}: holds checkpoints (up to step {step}) of a run with another config "
                            f"({'; '.join(changes)}); continue that run with its config and --resume latest, or "
                            "start over with --restart (deletes them), or choose another output.dir")  # fmt: skip
-        return StartPlan(str(ckpt), f"{out} holds checkpoints of this config: resuming from step {step} "
-                                    "(--restart starts over)")  # fmt: skip
+        return finished_plan(out, ckpt, cfg) or StartPlan(
+            str(ckpt), f"{out} holds checkpoints of this config: resuming from step {step} (--restart starts over)")
     if final.exists():
         raise CpnError(f"{final}: the weights of a finished run; --restart trains again (replacing them), or "
                        "choose another output.dir")  # fmt: skip
     return StartPlan(None)
+
+
+def finished_plan(out: Path, ckpt: Path, cfg) -> StartPlan | None:
+    """The plan of a finished run — ``ckpt`` (the checkpoint it would resume) reached this config's
+    length and ``model_final.pth`` exists — saying how to train longer or again; None if not finished."""
+    state = read_state(ckpt)
+    step, per_epoch = state.get("global_step", 0), state.get("steps_per_epoch")
+    if not per_epoch or not (out / "model_final.pth").is_file():
+        return None
+    total = run_length(cfg.train, per_epoch)
+    if step < total:
+        return None
+    where = f"step {step} of {total}" if step == total else f"step {step}, past this config's {total} steps"
+    longer = "train.max_steps" if cfg.train.max_steps else "train.epochs (or set train.max_steps)"
+    return StartPlan(str(ckpt), f"{out}: finished ({where}, model_final.pth); to train longer raise {longer} (it "
+                                f"continues from step {step}), --restart trains again from step 0", finished=True)
 
 
 def check_resumable(ckpt: Path, cfg, how: str) -> None:
@@ -144,10 +179,9 @@ def check_resumable(ckpt: Path, cfg, how: str) -> None:
                        f" only {allowed} may differ on resume. Use that run's config, or --restart")  # fmt: skip
 
 
-def start_checkpoint(acc, cfg, resume: str | None, restart: bool) -> Path | None:
-    """The checkpoint to start from (None: step 0), decided by the main process for every process; a
+def start_plan(acc, cfg, resume: str | None, restart: bool) -> StartPlan:
+    """How the run starts (:func:`plan_start`), decided by the main process for every process; a
     checkpoint whose files would run code when loaded is refused (:mod:`cpn_dist.safe_torch`)."""
-    from cpn_dist.run_start import plan_start
     from cpn_dist.runlock import share_from_main
     from cpn_dist.safe_torch import check_checkpoint_folder
 
@@ -155,11 +189,11 @@ def start_checkpoint(acc, cfg, resume: str | None, restart: bool) -> Path | None
     if acc.is_main_process:
         try:
             plan = plan_start(cfg.output.dir, cfg, resume, restart)
-            if plan.checkpoint:  # before Accelerate or DeepSpeed unpickles its files
+            if plan.checkpoint and not plan.finished:  # before Accelerate or DeepSpeed unpickles its files
                 check_checkpoint_folder(plan.checkpoint, cfg.model.allow_pickle)
             if plan.note:
-                log.warning("%s", plan.note)
-            decision = ("ok", plan.checkpoint)
+                (log.info if plan.finished else log.warning)("%s", plan.note)
+            decision = ("ok", plan)
         except CpnError as exc:
             decision = ("error", str(exc), exc.exit_code)
     decision = share_from_main(decision, acc.num_processes)
@@ -167,4 +201,4 @@ def start_checkpoint(acc, cfg, resume: str | None, restart: bool) -> Path | None
         error = CpnError(decision[1]) if acc.is_main_process else MirroredError(decision[1])
         error.exit_code = decision[2]
         raise error
-    return Path(decision[1]) if decision[1] else None
+    return decision[1]

@@ -59,10 +59,11 @@ class DirLock:
         self.path = self.folder / LOCK_NAME
         self.fd: int | None = None
 
-    def acquire(self, grace: float = 15.0) -> DirLock:
+    def acquire(self, grace: float = 15.0, record: bool = True) -> DirLock:
         """Take the lock or raise a one-line CpnError naming the holder's pid and host. A holder that
         is no longer running on this host (its forked children may still be exiting) is waited for
-        up to ``grace`` seconds."""
+        up to ``grace`` seconds. ``record=False``: leave the file as it is until :meth:`record`
+        (a run that may find it has nothing to do changes no file)."""
         if self.folder.exists() and not self.folder.is_dir():
             raise CpnError(f"{self.folder}: exists and is not a folder ({self.what})")
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -88,12 +89,18 @@ class DirLock:
                             self.path, exc.strerror, self.what)
                 os.close(fd)
                 return self
-        os.ftruncate(fd, 0)
-        when = time.strftime("%Y-%m-%d %H:%M:%S")
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {when}\n".encode(), 0)
         self.fd = fd
         _HELD.add(fd)
+        if record:
+            self.record()
         return self
+
+    def record(self) -> None:
+        """Write this process's pid, host and start time into the held lock file (what a refused run names)."""
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            when = time.strftime("%Y-%m-%d %H:%M:%S")
+            os.pwrite(self.fd, f"pid {os.getpid()} on {socket.gethostname()}, since {when}\n".encode(), 0)
 
     @staticmethod
     def _holder_gone(holder: str) -> bool:
@@ -116,13 +123,14 @@ class DirLock:
         self.release()
 
 
-def lock_on_main(folder: str | Path, what: str, main: bool, world: int) -> DirLock | None:
+def lock_on_main(folder: str | Path, what: str, main: bool, world: int, record: bool = True) -> DirLock | None:
     """Under ``world`` processes: the main process takes the lock, every process learns whether it got
-    it (one collective), and a refusal is a CpnError on every process (shown once, by the main one)."""
+    it (one collective), and a refusal is a CpnError on every process (shown once, by the main one).
+    ``record``: see :meth:`DirLock.acquire`."""
     lock, error = None, None
     if main:
         try:
-            lock = DirLock(folder, what).acquire()
+            lock = DirLock(folder, what).acquire(record=record)
         except CpnError as exc:
             error = str(exc)
     error = share_from_main(error, world)

@@ -83,3 +83,38 @@ def load_checked(model, state: dict, path: str | Path, meta: dict | None, cfg, s
             raise
         raise CpnError(f"{exc}. The model was built as {built_as(cfg, stage)}: give {hint} the weights were "
                        "trained with") from None
+
+
+
+# How messages name each stage, and a packaged config whose model.weights shows where a run of it starts.
+STAGE_NAMES = {"cpn": "stage-1 CPN", "affinity": "stage-2 AffinityNet", "segmentation": "stage-3 segmentation"}
+START_EXAMPLES = {"cpn": "configs/voc_cpn_paper.yaml", "affinity": "configs/voc_affinity.yaml",
+                  "segmentation": "configs/voc_segmentation.yaml"}  # fmt: skip
+
+
+def check_start(path: str | Path, meta: dict | None, stage: str) -> None:
+    """Refuse, in one line, weights ``path`` (with metadata ``meta``) as ``model.weights`` of a ``stage`` run
+    when they record a trained model of another stage: a run starts from backbone weights — ImageNet
+    weights, or a CPN trained without a head (a plain CAM classifier, as ``cpn demo``'s warm-up). Weights
+    that record nothing (ImageNet, released files) are not judged here."""
+    recorded = (meta or {}).get("stage")
+    classifier = recorded == "cpn" and meta.get("head") in (None, "none")
+    if recorded is None or recorded == stage or classifier:
+        return
+    head = f", head {meta['head']}" if meta.get("head") else ""
+    raise CpnError(f"{path}: {STAGE_NAMES.get(recorded, recorded)} weights (recorded stage {recorded}{head}), not "
+                   f"a start for a {STAGE_NAMES[stage]} run; its model.weights are backbone weights: the backbone's "
+                   f"ImageNet weights (as in {START_EXAMPLES[stage]}) or a CPN trained without a head (model.head: "
+                   "none, like `cpn demo`'s warm-up)")  # fmt: skip
+
+
+def load_start_weights(model, path: str | Path, stage: str, allow_pickle: bool = False):
+    """Load ``model.weights`` (``path``) into the freshly built ``model`` of a ``stage`` run, as
+    :func:`cpn_dist.models.weights.load_weights` does (returns its report), after :func:`check_start`.
+    ``allow_pickle``: ``model.allow_pickle`` (see :func:`cpn_dist.models.weights.read_state_dict`)."""
+    from cpn_dist.models.weights import load_state, read_weights, resolve_weights
+
+    path = resolve_weights(path, getattr(model, "backbone_name", None))
+    state, meta = read_weights(path, allow_pickle)
+    check_start(path, meta, stage)
+    return load_state(model, state, path)

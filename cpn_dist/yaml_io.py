@@ -76,14 +76,23 @@ def dump_yaml(data: Any) -> str:
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=100)
 
 
-def packaged_config_names() -> list[str]:
-    """The file names of the configs shipped with the package."""
-    return sorted(p.name for p in PACKAGED_CONFIGS.glob("*.yaml"))
+# Packaged pipeline configs are named pipeline_*.yaml; every other packaged config is a run config.
+PIPELINE_PREFIX = "pipeline_"
 
 
-def find_config(name: str | Path, what: str = "config file") -> Path:
+def packaged_config_names(kind: str | None = None) -> list[str]:
+    """The names (without ``.yaml``) of the configs shipped with the package: every one, or only those of
+    ``kind`` ``"run"`` or ``"pipeline"``."""
+    names = sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
+    if kind is None:
+        return names
+    return [n for n in names if n.startswith(PIPELINE_PREFIX) == (kind == "pipeline")]
+
+
+def find_config(name: str | Path, what: str = "config file", kind: str | None = None) -> Path:
     """The file ``name`` means: an existing path, else a packaged config (``demo``, ``demo.yaml``,
-    ``configs/demo.yaml``). A name that is neither is a ConfigError listing the packaged configs."""
+    ``configs/demo.yaml``). A name that is neither is a ConfigError listing the packaged configs (of
+    ``kind``, when given: see :func:`packaged_config_names`)."""
     path = Path(name)
     if path.is_file():
         return path
@@ -92,5 +101,5 @@ def find_config(name: str | Path, what: str = "config file") -> Path:
     packaged = PACKAGED_CONFIGS / stem
     if bare and packaged.is_file():
         return packaged
-    known = ", ".join(p.removesuffix(".yaml") for p in packaged_config_names())
+    known = ", ".join(packaged_config_names(kind))
     raise ConfigError(f"{path}: {what} not found (packaged configs, usable by name: {known})")

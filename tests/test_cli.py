@@ -26,7 +26,7 @@ def test_help_lists_only_implemented_commands():
 def test_user_errors_are_one_line_without_traceback(tmp_path):
     proc = run_cpn("check-voc", str(tmp_path / "missing"))
     assert proc.returncode == 1
-    assert proc.stderr.strip().startswith("error:") and "JPEGImages: VOC folder not found" in proc.stderr
+    assert proc.stderr.strip() == f"error: {tmp_path / 'missing'}: VOC folder not found"
     assert "Traceback" not in proc.stderr
 
 

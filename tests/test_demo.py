@@ -1,6 +1,7 @@
 """`cpn demo`'s pieces: part recall on hand-made CAMs, and the whole pipeline on a tiny budget."""
 
 import json
+import logging
 from dataclasses import replace
 
 import numpy as np
@@ -53,7 +54,7 @@ def test_part_scores_of_hand_made_cams(parts_voc, tmp_path):
         part_scores(tmp_path / "whole", tmp_path, names, beta=0.1)
 
 
-def test_demo_pipeline_on_a_tiny_budget(tmp_path):
+def test_demo_pipeline_on_a_tiny_budget(tmp_path, caplog):
     from cpn_dist.cli.demo_cmd import scores_table
 
     settings = replace(DemoSettings(), images=20, size=48, eval_images=4, figure_images=2, warmup_epochs=1)
@@ -87,11 +88,20 @@ def test_demo_pipeline_on_a_tiny_budget(tmp_path):
     assert again["cpn"].miou == scores["cpn"].miou
     # a changed setting reruns the steps it stales: those of the model and the report after it
     events.clear()
-    run_demo(out, settings, overrides=tiny, models={**DEMO_MODELS, "cpn": ("loss.ohem_ratio=0.5",)},
-             on_step=lambda name, event: events.append((name, event)))  # fmt: skip
+    changed = {**DEMO_MODELS, "cpn": ("loss.ohem_ratio=0.5",)}
+    run_demo(out, settings, overrides=tiny, models=changed, on_step=lambda name, event: events.append((name, event)))
     ran = [name for name, event in events if event == "ran"]
     assert ran == ["train_cpn", "infer_cpn", "eval_cpn", "start_premise", "figure", "results"]
     assert (out / "runs" / "cpn" / "model_final.pth").stat().st_mtime_ns != stamp
+    # a training step that lost its stamp and final weights resumes from its checkpoint, and says how
+    # `cpn demo` starts it over (not `cpn train`'s --restart)
+    (out / "steps" / "train_cpn.json").unlink()
+    (out / "runs" / "cpn" / "model_final.pth").unlink()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cpn_dist"):
+        run_demo(out, settings, overrides=tiny, models=changed)
+    assert "resuming from step 2 (cpn demo --overwrite starts over)" in caplog.text and "--restart" not in caplog.text
+    assert (out / "runs" / "cpn" / "model_final.pth").is_file()
 
 
 VOC_PALETTE = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0, 0, 0, 128, 128, 0, 128, 0, 128, 128, 128, 128, 128,

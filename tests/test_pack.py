@@ -214,3 +214,86 @@ def test_skip_reasons_are_deterministic_and_an_empty_file_is_called_empty(synth_
     assert skipped[ids[4]] == "empty annotation file"
     assert metas[0].replace(str(tmp_path / "a"), "OUT") == metas[1].replace(str(tmp_path / "b"), "OUT")
     assert "0x" not in metas[0]
+
+
+def _one_line(proc) -> str:
+    """stdout with line breaks and runs of spaces made single spaces (rich wraps long lines)."""
+    return " ".join(proc.stdout.split())
+
+
+def test_resume_rebuilds_the_missing_and_damaged_shards_of_a_complete_pack_byte_for_byte(packed, synth_voc, tmp_path):
+    out = tmp_path / "shards"
+    shutil.copytree(packed, out)
+    (out / "train_aug-000001.tar").unlink()
+    damaged = out / "train_aug-000002.tar"
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte flipped: the same size, other bytes
+    damaged.write_bytes(bytes(data))
+    intact = (out / "train_aug-000000.tar").stat().st_mtime_ns
+    resumed = pack(synth_voc, out, "--resume", "--workers", "1")
+    assert "rebuilt train_aug-000001.tar, train_aug-000002.tar (2 other shards intact" in _one_line(resumed)
+    assert shard_bytes(out) == shard_bytes(packed)  # tars and meta.json, byte for byte
+    assert (out / "train_aug-000000.tar").stat().st_mtime_ns == intact  # an intact shard is not rewritten
+    assert not list(out.glob(".*"))
+    assert "already complete (32 samples, 4 shards intact)" in _one_line(pack(synth_voc, out, "--resume"))
+
+
+def test_resume_checks_a_pack_without_checksums_by_decoding_it(packed, synth_voc, tmp_path):
+    """A split packed before meta.json recorded settings and checksums: its settings are read back from
+    its entry, its shards decoded; the damaged ones are rebuilt and meta.json is left as it was."""
+    out = tmp_path / "shards"
+    shutil.copytree(packed, out)
+    meta = json.loads((out / "meta.json").read_text())
+    entry = meta["splits"]["train_aug"]
+    entry.pop("settings", None)
+    for shard in entry["shards"]:
+        shard.pop("size", None), shard.pop("sha256", None)
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    old_meta = (out / "meta.json").read_bytes()
+    (out / "train_aug-000000.tar").unlink()
+    truncated = out / "train_aug-000003.tar"
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    refused = pack(synth_voc, out, "--resume", "--slic-segments", "20", "40", check=False)
+    assert refused.returncode == 1 and "--slic-segments: [20, 50] → [20, 40]" in refused.stderr
+    resumed = pack(synth_voc, out, "--resume", "--workers", "1")
+    assert "rebuilt train_aug-000000.tar, train_aug-000003.tar" in _one_line(resumed)
+    tars = {k: v for k, v in shard_bytes(packed).items() if k.endswith(".tar")}
+    assert shard_bytes(out) == {**tars, "meta.json": old_meta}
+
+
+def test_resume_refuses_other_settings_in_one_line_naming_them_and_overwrite(packed, synth_voc, tmp_path):
+    out = tmp_path / "shards"
+    shutil.copytree(packed, out)
+    before = shard_bytes(out)
+    for flags, named in ((["--slic-segments", "20", "40"], "--slic-segments: [20, 50] → [20, 40]"),
+                         (["--compactness", "5"], "--compactness: 10.0 → 5.0"),
+                         (["--shard-size", "5"], "--shard-size: 10 → 5")):  # fmt: skip
+        proc = pack(synth_voc, out, "--resume", *flags, check=False)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert "split train_aug was packed with other settings" in lines[0] and named in lines[0]
+        assert "--overwrite" in lines[0]
+    assert shard_bytes(out) == before  # nothing rebuilt, nothing deleted
+    # an interrupted pack says the same
+    killed = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-m", "cpn_dist", "pack", "--voc-root", str(synth_voc), "--split",
+                           "train_aug", "--out", str(killed), "--slic-segments", *SEGMENTS, "--shard-size", "10",
+                           "--workers", "1"], capture_output=True, text=True, env={**os.environ, KILL_AFTER_ENV: "1"})
+    assert proc.returncode == -9
+    proc = pack(synth_voc, killed, "--resume", "--slic-segments", "20", "40", check=False)
+    assert proc.returncode == 1 and "the interrupted pack used other settings" in proc.stderr
+    assert "--slic-segments: [20, 50] → [20, 40]" in proc.stderr and "--overwrite" in proc.stderr
+
+
+def test_verify_reports_a_shard_whose_bytes_changed_since_the_pack(packed, tmp_path):
+    out = tmp_path / "shards"
+    shutil.copytree(packed, out)
+    shard = out / "train_aug-000001.tar"
+    with tarfile.open(shard) as tar:
+        jpg = next(m for m in tar.getmembers() if m.name.endswith(".jpg"))
+    data = bytearray(shard.read_bytes())
+    data[jpg.offset_data + jpg.size - 3] ^= 0x01  # a bit of JPEG entropy data: the image still decodes
+    shard.write_bytes(bytes(data))
+    proc = run_cpn("shards", "verify", str(out))
+    assert proc.returncode == 1 and "train_aug-000001.tar" in proc.stdout
+    assert "checksum differs from the one recorded when it was packed" in " ".join(proc.stdout.split())

@@ -125,6 +125,18 @@ def test_an_interrupted_step_resumes_where_it_stopped(done, caplog):
     assert (work / "segmentation" / "model_final.pth").is_file()
 
 
+def test_a_resumed_training_step_names_the_pipelines_own_flag(done):
+    """A training step that lost its final weights resumes from its checkpoint, and the line saying so
+    names `--redo STEP`, which `cpn pipeline` has, not `cpn train`'s `--restart`."""
+    work = done["work"]
+    (work / "steps" / "train_segmentation.json").unlink()
+    (work / "segmentation" / "model_final.pth").unlink()
+    proc = run_cpn("pipeline", "--config", str(done["config"]), "--only", "train_segmentation", check=True)
+    said = " ".join((proc.stdout + proc.stderr).split())
+    assert "holds checkpoints of this config: resuming from step 2 (--redo train_segmentation starts over)" in said
+    assert "--restart" not in said and (work / "segmentation" / "model_final.pth").is_file()
+
+
 def test_redo_reruns_a_step_and_every_later_one(done):
     seg = done["work"] / "segmentation_out" / "train"
     cams = _mtimes(done["work"] / "cams")

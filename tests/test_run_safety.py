@@ -17,7 +17,7 @@ from cpn_dist.checkpoint import complete_checkpoints
 from cpn_dist.config import load_config
 from cpn_dist.errors import CpnError
 from tests.conftest import ROOT
-from tests.train_support import accelerate_cpu, pack_shards, tiny_config
+from tests.train_support import accelerate_cpu, pack_shards, tensorboard_scalars, tiny_config
 
 pytestmark = pytest.mark.slow
 CPN = [sys.executable, "-m", "cpn_dist"]
@@ -76,6 +76,49 @@ def test_rerun_after_sigkill_resumes_instead_of_starting_over(tmp_path, shards):
     assert "resuming from step 3" in log and "step 4/6" in log and "step 1/6" not in log
     assert _mtimes(out)["step_00000003"] == before["step_00000003"]  # the old checkpoint was not rewritten
     assert [p.name for p in complete_checkpoints(out)] == ["step_00000003", "step_00000006"]
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file under ``folder`` (hidden ones, checkpoints, TensorBoard events included): mtime and bytes."""
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*"))
+            if p.is_file()}  # fmt: skip
+
+
+def test_the_same_command_on_a_finished_run_says_so_and_changes_no_file(tmp_path, shards):
+    from cpn_dist.train import train
+
+    config = tiny_config(tmp_path / "c.yaml", shards, train={"max_steps": 2})
+    out = tmp_path / "run"
+    assert _run("train", "--config", str(config), f"output.dir={out}").returncode == 0
+    before = _snapshot(out)
+    assert ".lock" in before and any("tfevents" in name for name in before) and "train_summary.json" in before
+    for how in ([], ["--resume", "latest"]):
+        again = _run("train", "--config", str(config), f"output.dir={out}", *how)
+        said = " ".join((again.stdout + again.stderr).split())
+        assert again.returncode == 0, again.stderr
+        assert (f"{out}: finished (step 2 of 2, model_final.pth); to train longer raise train.max_steps (it "
+                "continues from step 2), --restart trains again from step 0") in said  # fmt: skip
+        assert "resum" not in said and _snapshot(out) == before
+    # a caller in this process (the pipeline, the demo) still gets the final weights back
+    assert train(load_config(config, [f"output.dir={out}"])) == out / "model_final.pth"
+    assert _snapshot(out) == before
+
+
+def test_a_longer_run_continues_a_finished_one_and_its_summary_covers_every_step(tmp_path, shards):
+    config = tiny_config(tmp_path / "c.yaml", shards, train={"max_steps": 2})
+    out = tmp_path / "run"
+    assert _run("train", "--config", str(config), f"output.dir={out}").returncode == 0
+    first = json.loads((out / "train_summary.json").read_text())
+    longer = _run("train", "--config", str(config), f"output.dir={out}", "train.max_steps=4")
+    assert longer.returncode == 0 and "resuming from step 2" in longer.stderr, longer.stderr
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert (summary["global_step"], summary["steps_averaged"]) == (4, 4)
+    [curve] = tensorboard_scalars(out, "loss/total").values()  # one run: steps 1-2, then 3-4
+    assert [step for step, _ in curve] == [1, 2, 3, 4]
+    losses = [value for _, value in curve]
+    assert first["means"]["loss/total"] == pytest.approx(sum(losses[:2]) / 2, rel=1e-5)
+    assert summary["means"]["loss/total"] == pytest.approx(sum(losses) / 4, rel=1e-5)  # not the last 2 only
+    assert set(summary["means"]) == set(first["means"])
 
 
 def test_rerun_with_another_config_is_refused_naming_the_keys_and_both_flags(tmp_path, shards):

@@ -26,6 +26,7 @@ from tests.train_support import (
     load_final,
     pack_shards,
     run_layout,
+    tensorboard_scalars,
     tiny_config,
 )  # fmt: skip
 
@@ -197,6 +198,53 @@ def test_tensorboard_records_scalars_config_and_image_panel(tmp_path, shards):
         assert tag in tags["scalars"], tag
     assert "cp_pair_and_cams" in tags["images"]
     assert any("config" in t for t in tags["tensors"])
+
+
+def test_tensorboard_keeps_one_run_per_training_run_whose_steps_never_go_back(tmp_path, shards):
+    """Killed after logging steps past its last checkpoint, then resumed: one run, steps 1..20 once each.
+    --restart: a second run, from step 1; the first one is kept as it was."""
+    config = _config(tmp_path, shards, train={"max_steps": 20, "epochs": 3, "checkpoint_every": 10})
+    out = tmp_path / "tb"
+    proc = _start([*CPN, "train", "--config", str(config), f"output.dir={out}"])
+    for line in proc.stdout:
+        if "step 11/20" in line:  # logged after the checkpoint of step 10
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert [p.name for p in complete_checkpoints(out)] == ["step_00000010"], "killed too late to test resume"
+    runs = tensorboard_scalars(out, "loss/total")
+    assert len(runs) == 1, sorted(runs)  # no extra run for the hyperparameters
+    [killed] = runs.values()
+    assert killed[-1][0] >= 11
+
+    launch([*CPN, "train", "--config", str(config), f"output.dir={out}"])  # the same command resumes
+    runs = tensorboard_scalars(out, "loss/total")
+    assert len(runs) == 1, sorted(runs)
+    [(first, curve)] = runs.items()
+    assert [step for step, _ in curve] == list(range(1, 21))  # strictly increasing, no step twice
+    assert curve[:10] == killed[:10]  # the steps before the checkpoint, as the killed process logged them
+    assert json.loads((out / "train_summary.json").read_text())["steps_averaged"] == 20
+
+    launch([*CPN, "train", "--config", str(config), f"output.dir={out}", "--restart"])
+    runs = tensorboard_scalars(out, "loss/total")
+    assert len(runs) == 2 and runs[first] == curve
+    [restarted] = [c for name, c in runs.items() if name != first]
+    assert [step for step, _ in restarted] == list(range(1, 21))
+
+
+def test_max_steps_is_the_runs_length_and_the_log_says_which_limit_decides(tmp_path, shards):
+    """8 steps per epoch (32 images, global batch 4): max_steps 12 runs into a second epoch, 3 cuts the first."""
+    config = _config(tmp_path, shards, train={"max_steps": 12, "epochs": 1})
+    longer = launch([*CPN, "train", "--config", str(config), f"output.dir={tmp_path / 'long'}"])
+    said = longer.stdout + longer.stderr
+    assert "global batch 4; 12 steps: train.max_steps 12 overrides train.epochs 1 (8 steps)" in said
+    assert "step 12/12" in said
+    state = json.loads((complete_checkpoints(tmp_path / "long")[-1] / "trainer_state.json").read_text())
+    assert (state["global_step"], state["epoch"]) == (12, 1)
+    shorter = launch([*CPN, "train", "--config", str(config), f"output.dir={tmp_path / 'short'}", "train.max_steps=3",
+                      "train.epochs=2"])  # fmt: skip
+    assert "global batch 4; 3 steps: train.max_steps 3 overrides train.epochs 2 (16 steps)" in shorter.stderr
+    assert [p.name for p in complete_checkpoints(tmp_path / "short")] == ["step_00000003"]
 
 
 def test_cli_one_process_with_accumulation_equals_two_processes(tmp_path, shards):

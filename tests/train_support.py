@@ -79,3 +79,17 @@ def assert_same_weights(a: dict, b: dict, rtol: float = 1e-5, atol: float = 1e-7
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=rtol, atol=atol, msg=lambda m, k=key: f"{k}: {m}")
+
+
+def tensorboard_scalars(folder: Path, tag: str) -> dict[str, list[tuple[int, float]]]:
+    """Every TensorBoard run under ``folder`` (each folder holding event files) → the (step, value) of
+    ``tag`` in it, as TensorBoard shows them (events a resumed writer purged are left out)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = {}
+    for run in sorted({p.parent for p in folder.rglob("events.out.tfevents.*")}):
+        acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+        acc.Reload()
+        scalars = acc.Scalars(tag) if tag in acc.Tags()["scalars"] else []
+        runs[str(run.relative_to(folder))] = [(e.step, e.value) for e in scalars]
+    return runs

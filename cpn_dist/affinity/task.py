@@ -39,11 +39,11 @@ class AffinityTask:
 
     def build_model(self):
         from cpn_dist.affinity.model import build_affinity_model
-        from cpn_dist.models import load_weights
+        from cpn_dist.weights_config import load_start_weights
 
         model = build_affinity_model(self.cfg.model.backbone, dropout=self.cfg.model.dropout)
         if self.cfg.model.weights:
-            load_weights(model, self.cfg.model.weights, self.cfg.model.allow_pickle)
+            load_start_weights(model, self.cfg.model.weights, self.cfg.stage, self.cfg.model.allow_pickle)
         return model
 
     def loader(self, *, micro_size, global_size, rank, world_size, epoch, start_step):

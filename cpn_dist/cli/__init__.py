@@ -27,11 +27,18 @@ COMMANDS = (
 
 
 
+# Loggers the CLI shows at INFO without -v: progress lines of long work and the torch thread choice,
+# what a log of a long run needs to tell work from a hang.
+ALWAYS_SHOWN = ("cpn_dist.progress", "cpn_dist.devices")
+
+
 def _console(name: str):
     if "console" not in globals():
+        from rich import get_console
         from rich.console import Console
 
-        globals().update(console=Console(), err_console=Console(stderr=True))
+        # stdout: rich's shared console, the one progress bars (cpn_dist.progress) draw on
+        globals().update(console=get_console(), err_console=Console(stderr=True))
     return globals()[name]
 
 
@@ -103,12 +110,60 @@ def renamed_flag(p, old: str, new: str, nargs: int | None = None) -> None:
     p.add_argument(old, action=_Renamed, new=new, nargs=nargs, dest=f"renamed_{old.lstrip('-')}")
 
 
+def print_table(table) -> None:
+    """Print a rich table on stdout: on a terminal as rich lays it out there; otherwise (a log file, a
+    pipe) as wide as its content, where rich would cut headers and cells to 80 columns (``base…``)."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    console = _console("console")
+    if console.is_terminal:
+        console.print(table)
+        return
+    natural = Measurement.get(console, console.options.update(width=10_000), table).maximum
+    Console(file=console.file, width=max(natural, console.width)).print(table)  # print() caps at the width
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def add_threads_argument(p) -> None:
+    """``--threads N``: torch CPU threads per process (the commands that run a model)."""
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="torch CPU threads per process (default: OMP_NUM_THREADS if set, else the usable cores "
+                        "divided by the processes on this machine)")  # fmt: skip
+
+
+def use_threads(args) -> int:
+    """Set torch's CPU threads of this process (``--threads``, else the rule of
+    :func:`cpn_dist.devices.thread_count`) and log the choice; call where the model work starts."""
+    from cpn_dist.devices import set_torch_threads
+
+    return set_torch_threads(getattr(args, "threads", None))
+
+
 def check_beta(value: float | None, flag: str) -> None:
     """A background score β must be a finite number >= 0 (CAMs are >= 0 where they matter)."""
     import math
 
     if value is not None and not (math.isfinite(value) and value >= 0):
         raise CpnError(f"{flag} {value:g}: a background score β must be a number >= 0 (e.g. 0.3)")
+
+
+def check_pair(pair, flag: str) -> None:
+    """A ``LOW HIGH`` pair given to ``flag`` must rise; the message shows it the right way round."""
+    low, high = pair
+    if not low < high:
+        example = f", e.g. {flag} {high:g} {low:g}" if high < low else ""
+        raise CpnError(f"{flag} {low:g} {high:g}: LOW must be below HIGH{example}")
 
 
 def step_printer(shown=lambda: True):
@@ -142,6 +197,8 @@ def setup_logging(verbosity: int) -> None:
         level=level, format="%(message)s", datefmt="[%X]",
         handlers=[RichHandler(console=_console("err_console"), show_path=verbosity > 1, rich_tracebacks=False)],
     )  # fmt: skip
+    for name in ALWAYS_SHOWN:
+        logging.getLogger(name).setLevel(min(level, logging.INFO))
 
 
 def main(argv: list[str] | None = None) -> int:

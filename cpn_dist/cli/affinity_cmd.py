@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-from cpn_dist.cli import add_command, console, renamed_flag
+from cpn_dist.cli import add_command, check_pair, console, renamed_flag
 from cpn_dist.errors import CpnError
 
 
@@ -72,7 +70,11 @@ def _run(args) -> int:
     from cpn_dist.cli.crf_cmd import crf_params
     from cpn_dist.config import load_config
     from cpn_dist.labels.evaluate import default_workers
+    from cpn_dist.progress import Progress
 
+    for flag, pair in (("--betas", args.betas), ("--bg-powers", args.bg_powers)):
+        if pair:
+            check_pair(pair, flag)
     cfg = load_config(args.config).affinity
     powers = None if args.betas else tuple(args.bg_powers or (cfg.low_bg_power, cfg.high_bg_power))
     params = AffinityLabelParams(bg_powers=powers, betas=tuple(args.betas) if args.betas else None,
@@ -83,14 +85,10 @@ def _run(args) -> int:
     done = done_names(names, args.out, args.overwrite)
     if done:
         console.print(f"{len(done)} of {len(names)} images already done in {args.out} (--overwrite redoes them)")
-    with Progress(
-        TextColumn("affinity-labels"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True, disable=not console.is_terminal,
-    ) as progress:  # fmt: skip
-        task = progress.add_task("images", total=len(names) - len(done))
+    with Progress("affinity-labels", len(names) - len(done)) as progress:
         written = write_affinity_labels(source, args.cams, args.out, params, names,
                                         workers=args.workers or default_workers(), overwrite=args.overwrite,
-                                        on_image=lambda _: progress.advance(task))  # fmt: skip
+                                        on_image=progress.on_item)  # fmt: skip
     rule = f"background powers {powers[0]:g}/{powers[1]:g}" if powers else f"β {args.betas[0]:g}/{args.betas[1]:g}"
     console.print(f"wrote {len(written)} affinity labels ({rule}{', no CRF' if args.no_crf else ', CRF'}) "
                   f"to [bold]{Path(args.out)}[/]")  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.syntax import Syntax
 from rich.table import Table
 
-from cpn_dist.cli import add_command, console, output_file
+from cpn_dist.cli import add_command, console, output_file, print_table
 
 
 def register(sub) -> None:
@@ -43,7 +43,7 @@ def _keys(args) -> int:
     table = Table("key", "default", "meaning", title="cpn-dist config keys")
     for key, default, doc in key_docs():
         table.add_row(key, default, doc)
-    console.print(table)
+    print_table(table)
     return 0
 
 

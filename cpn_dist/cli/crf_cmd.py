@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from cpn_dist.cli import add_command, console
 from cpn_dist.errors import CpnError
 
@@ -91,17 +89,14 @@ def image_names(args) -> list[str]:
 def run_with_progress(label: str, job, names: list[str], workers: int | None, overwrite: bool, suffix: str) -> int:
     from cpn_dist.labels.evaluate import default_workers
     from cpn_dist.labels.pseudo import pending, run_folder
+    from cpn_dist.progress import Progress
 
     todo = pending(names, job.out_dir, suffix, overwrite)
     if len(todo) < len(names):
         skipped = len(names) - len(todo)
         console.print(f"{skipped} of {len(names)} images already done in {job.out_dir} (--overwrite redoes them)")
-    with Progress(
-        TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True, disable=not console.is_terminal,
-    ) as progress:  # fmt: skip
-        task = progress.add_task("images", total=len(todo))
-        done = run_folder(job, todo, workers or default_workers(), on_images=lambda n: progress.advance(task, n))
+    with Progress(label, len(todo)) as progress:
+        done = run_folder(job, todo, workers or default_workers(), on_images=progress.advance)
     console.print(f"wrote {done} files to [bold]{job.out_dir}[/]")
     return done
 

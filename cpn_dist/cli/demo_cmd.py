@@ -6,7 +6,7 @@ import time
 
 from rich.table import Table
 
-from cpn_dist.cli import add_command, console, step_printer
+from cpn_dist.cli import add_command, add_threads_argument, console, print_table, step_printer, use_threads
 
 
 def register(sub) -> None:
@@ -28,7 +28,7 @@ def register(sub) -> None:
                    help="the synthetic task (default parts-reliable); ignored with --voc-root")
     p.add_argument("--images", type=int, default=None, help="synthetic images (default 1000)")
     p.add_argument("--eval-images", type=int, default=None, help="score only the first N images of the split")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_threads_argument(p)
     p.add_argument("--overwrite", action="store_true", help="redo every step, even the finished ones")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides for every model")
     p.set_defaults(handler=_run)
@@ -64,11 +64,8 @@ def _run(args) -> int:
     from cpn_dist.demo.settings import DEMO_CONFIG, DemoSettings
     from cpn_dist.launch import quiet_libraries
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     quiet_libraries()
+    use_threads(args)
     settings = DemoSettings()
     if args.task:
         settings = replace(settings, task=args.task)
@@ -80,7 +77,7 @@ def _run(args) -> int:
 
     scores = run_demo(Path(args.out), settings, config=args.config or DEMO_CONFIG, overrides=args.overrides,
                       overwrite=args.overwrite, on_step=step_printer(), voc_root=args.voc_root)  # fmt: skip
-    console.print(scores_table(scores))
+    print_table(scores_table(scores))
     console.print(f"β swept over {len(settings.betas)} values, {settings.betas[0]:.3f} … {settings.betas[-1]:.3f}"
                   " (finer below 0.005).")  # fmt: skip
     if any(s.body_recall is not None for s in scores.values()):

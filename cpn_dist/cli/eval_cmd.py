@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cpn_dist.atomic import write_json
-from cpn_dist.cli import add_command, console, output_file
+from cpn_dist.cli import add_command, console, output_file, print_table
 from cpn_dist.errors import CpnError
 
 log = logging.getLogger("cpn_dist.eval")
@@ -46,6 +45,7 @@ def _run(args) -> int:
     from cpn_dist.data.voc import read_split
     from cpn_dist.demo.show import sweep_plot
     from cpn_dist.labels.evaluate import default_workers, ground_truth, parse_betas, score_labels, sweep
+    from cpn_dist.progress import Progress
 
     names = read_split(args.list)
     if not names:
@@ -59,16 +59,11 @@ def _run(args) -> int:
     betas = parse_betas(args.betas) if kind == "cams" else None
     workers = args.workers or default_workers()
     gt = ground_truth(args.gt, args.split)
-    with Progress(
-        TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True, disable=not console.is_terminal,
-    ) as progress:  # fmt: skip
-        task = progress.add_task("images", total=len(names))
-        advance = lambda n: progress.advance(task, n)  # noqa: E731
+    with Progress("eval", len(names)) as progress:
         if kind == "cams":
-            result = sweep(folder, gt, names, betas, workers=workers, on_images=advance)
+            result = sweep(folder, gt, names, betas, workers=workers, on_images=progress.advance)
         else:
-            result = score_labels(folder, gt, names, workers=workers, on_images=advance)
+            result = score_labels(folder, gt, names, workers=workers, on_images=progress.advance)
 
     best = result.summary()
     title = f"{len(names)} images, " + (f"best β = {best['beta']:.3f}" if kind == "cams" else "label PNGs")
@@ -79,14 +74,14 @@ def _run(args) -> int:
     table.add_row("[bold]mIoU[/]", f"[bold]{best['miou'] * 100:.2f}[/]")
     table.add_row("background (bg.)", f"{best['background'] * 100:.2f}")
     table.add_row("foreground (f.)", f"{best['foreground'] * 100:.2f}")
-    console.print(table)
+    print_table(table)
     if kind == "cams" and len(result.betas) > 1:
         curve = Table(*(["β", "mIoU %"] * 4), title="mIoU against β")
         cells = [(f"{b:.3f}", f"{m * 100:.2f}") for b, m in zip(result.betas, result.miou)]
         for i in range(0, len(cells), 4):
             row = [x for pair in cells[i:i + 4] for x in pair]
             curve.add_row(*row, *([""] * (8 - len(row))))
-        console.print(curve)
+        print_table(curve)
         if best["beta"] in (min(result.betas), max(result.betas)):
             log.warning("the best β %g lies on the edge of the sweep (%s): a better one may lie outside; widen "
                         "--betas", best["beta"], args.betas)  # fmt: skip

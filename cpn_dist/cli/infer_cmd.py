@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cpn_dist.cli import add_command, console
+from cpn_dist.cli import add_command, add_threads_argument, console, use_threads
 from cpn_dist.cli.inference import (
     add_allow_pickle,
     check_found,
@@ -52,6 +52,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="most equal-sized inputs per forward (default 8)")
     p.add_argument("--images-per-step", type=int, default=4, help="images prepared together (default 4)")
     p.add_argument("--loader-threads", type=int, default=2, help="threads decoding and resizing images (default 2)")
+    add_threads_argument(p)
     p.add_argument("--overwrite", action="store_true", help="redo images whose CAM file exists")
     p.set_defaults(handler=_run)
 
@@ -85,6 +86,7 @@ def _run(args) -> int:
     source = infer_source(args)
     out = Path(args.out)
     model, report, cfg = _model(args, state.device)
+    use_threads(args)
     settings = InferSettings(
         scales=parse_scales(args.scales), flip=not args.no_flip, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std),
         use=args.use, batch_size=args.batch_size, fmt=args.format, save_raw=args.save_raw,

@@ -1,15 +1,12 @@
 """What the commands that run a model on images share (``cpn infer``, ``cpn rw``, ``cpn segment``): the
 images to run on, the test scales, whether to run on the CPU, and the distributed driver (each process
-runs its share with a progress bar; the main process gathers who wrote what). Imports no torch until
-called."""
+runs its share with progress shown by the main process; the main process gathers who wrote what).
+Imports no torch until called."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-from cpn_dist.cli import console
 from cpn_dist.errors import CpnError
 
 
@@ -51,19 +48,18 @@ def infer_source(args):
 
 
 def run_share(state, label: str, total: int | None, work: Callable[[Callable], Iterable[str]]) -> list[tuple[int, str]]:
-    """Runs ``work(on_image)`` — this process's share of the images — under a progress bar (the main
-    process's, on a terminal), then gathers every process's written image names as (rank, name) pairs,
-    in rank order on every process. An image written by two processes is a slicing bug and raises."""
+    """Runs ``work(on_image)`` — this process's share of the images — with its progress shown by the main
+    process (:class:`cpn_dist.progress.Progress`: a bar on a terminal, else log lines), then gathers every
+    process's written image names as (rank, name) pairs, in rank order on every process. An image written
+    by two processes is a slicing bug and raises."""
     from accelerate.utils import gather_object
 
+    from cpn_dist.progress import Progress
+
     rank, world = state.process_index, state.num_processes
-    with Progress(
-        TextColumn(f"{label} (process {rank + 1}/{world})" if world > 1 else label), BarColumn(),
-        MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True, disable=not (console.is_terminal and state.is_main_process),
-    ) as progress:  # fmt: skip
-        task = progress.add_task("images", total=total)
-        written = list(work(lambda _: progress.advance(task)))
+    what = f"{label} (process {rank + 1}/{world})" if world > 1 else label
+    with Progress(what, total, shown=state.is_main_process) as progress:
+        written = list(work(progress.on_item))
     everyone = gather_object([(rank, name) for name in written]) if world > 1 else [(0, n) for n in written]
     names = [n for _, n in everyone]
     if len(set(names)) != len(names):  # pragma: no cover - would be a slicing bug

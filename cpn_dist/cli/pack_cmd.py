@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import os
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from rich.text import Text
 
-from cpn_dist.cli import add_command, console
+from cpn_dist.cli import add_command, console, print_table
 from cpn_dist.errors import CpnError
-
-
-class ImagesPerSecond(ProgressColumn):
-    def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:6.1f} img/s" if speed else "   -.- img/s", style="cyan")
 
 
 def register(sub) -> None:
@@ -38,7 +30,9 @@ def register(sub) -> None:
                    help="labels instead of the XMLs: JSON mapping id to 20 labels (0/1) or to class names, "
                         "or the released cls_labels.npy")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace this split's existing shards")
-    p.add_argument("--resume", action="store_true", help="finish an interrupted pack, keeping its completed shards")
+    p.add_argument("--resume", action="store_true",
+                   help="finish an interrupted pack, keeping its completed shards; on a complete split, rebuild "
+                        "the shards that are missing or damaged")  # fmt: skip
     p.add_argument("--strict", action="store_true", help="exit non-zero when any image was skipped")
     p.set_defaults(handler=_run)
 
@@ -46,21 +40,21 @@ def register(sub) -> None:
 def _run(args) -> int:
     from cpn_dist.data.pack import pack_split
     from cpn_dist.data.pack_source import find_source
+    from cpn_dist.progress import Progress
 
     total = len(find_source(args.voc_root, args.split, args.labels).ids)
-    with Progress(
-        TextColumn("pack [bold]{task.description}[/]"), BarColumn(), MofNCompleteColumn(), ImagesPerSecond(),
-        TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal,
-    ) as bar:  # fmt: skip
-        task = bar.add_task(args.split, total=total)
+    with Progress(f"pack {args.split}", total) as bar:
         report = pack_split(
             args.voc_root, args.split, args.out, labels_file=args.labels, segments=args.slic_segments,
             compactness=args.compactness, shard_size=args.shard_size, workers=args.workers,
-            overwrite=args.overwrite, resume=args.resume, progress=lambda n: bar.advance(task, n),
+            overwrite=args.overwrite, resume=args.resume, progress=bar.advance,
         )  # fmt: skip
     meta = report.meta
-    if report.already_complete:
-        console.print(f"[green]{report.out}[/]: split {report.split} is already complete ({meta['count']} samples)")
+    if report.already_complete or report.rebuilt:
+        done = (f"already complete ({meta['count']} samples, {len(meta['shards'])} shards intact)"
+                if report.already_complete else f"rebuilt {', '.join(report.rebuilt)} "
+                f"({report.shards_reused} other shards intact; {meta['count']} samples)")  # fmt: skip
+        console.print(f"[green]{report.out}[/]: split {report.split}: {done}", soft_wrap=True)
         return 0
     summary = Table(title=f"packed {report.split} into {report.out}", show_header=False)
     summary.add_column(style="bold")
@@ -80,14 +74,14 @@ def _run(args) -> int:
     ]
     for k, v in rows:
         summary.add_row(k, v)
-    console.print(summary)
+    print_table(summary)
     if meta["skipped"]:
         table = Table("image", "reason", title=f"{len(meta['skipped'])} skipped image(s)", title_style="yellow")
         for item in meta["skipped"][:50]:
             table.add_row(item["id"], item["reason"])
         if len(meta["skipped"]) > 50:
             table.add_row("…", f"{len(meta['skipped']) - 50} more in meta.json")
-        console.print(table)
+        print_table(table)
         if args.strict:
             raise CpnError(f"{report.out}: {len(meta['skipped'])} image(s) skipped (--strict)")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from cpn_dist.cli import add_command, console, step_printer
+from cpn_dist.cli import add_command, add_threads_argument, console, print_table, step_printer, use_threads
 
 
 def register(sub) -> None:
@@ -21,6 +21,7 @@ def register(sub) -> None:
     p.add_argument("--only", metavar="STEPS", help="comma list: run only these steps")
     p.add_argument("--skip", metavar="STEPS", help="comma list: leave these steps out")
     p.add_argument("--redo", metavar="STEP", help="run this step and every later one afresh (outputs overwritten)")
+    add_threads_argument(p)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides of the pipeline config")
     p.set_defaults(handler=_run)
 
@@ -49,6 +50,7 @@ def _run(args) -> int:
     logging.getLogger("cpn_dist").setLevel(logging.INFO)
     quiet_libraries()
     pipeline = Pipeline(load_pipeline_config(args.config, args.overrides))
+    use_threads(args)
     on_step = step_printer(lambda: pipeline.dist is None or pipeline.dist.main)
     result = pipeline.run(only=_names(args.only), skip=_names(args.skip) or (), redo=args.redo, on_step=on_step)
     if pipeline.dist is not None and not pipeline.dist.main:
@@ -56,7 +58,7 @@ def _run(args) -> int:
     steps = Table("step", "status", "seconds", title=f"{pipeline.work}: steps")
     for r in result.steps:
         steps.add_row(r.name, r.status, f"{r.seconds:.1f}" if r.status == "ran" else "")
-    console.print(steps)
-    console.print(score_table(result.scores))
+    print_table(steps)
+    print_table(score_table(result.scores))
     console.print(f"pipeline time {result.seconds:.1f} s; scores in [bold]{pipeline.work / 'summary.json'}[/]")
     return 0

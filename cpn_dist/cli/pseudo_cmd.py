@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cpn_dist.cli import add_command, check_beta
+from cpn_dist.cli import add_command, check_beta, check_pair
 from cpn_dist.cli.crf_cmd import add_crf_arguments, add_folder_arguments, crf_params, image_names, run_with_progress
 from cpn_dist.errors import CpnError
 
@@ -33,8 +33,8 @@ def _run(args) -> int:
     names = image_names(args)
     if not names:
         raise CpnError(f"{args.list or args.cams}: no images to label")
-    if len(betas) == 2 and not betas[0] < betas[1]:
-        raise CpnError(f"--betas {betas[0]} {betas[1]}: LOW must be below HIGH")
+    if len(betas) == 2:
+        check_pair(betas, "--betas")
     if args.crf and not args.voc_root:
         raise CpnError("--crf needs --voc-root (the CRF looks at the images)")
     job = Job(args.cams, args.out, betas, crf_params(args) if args.crf else None, args.voc_root, output="png")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cpn_dist.cli import add_command, console, renamed_flag
+from cpn_dist.cli import add_command, add_threads_argument, console, renamed_flag, use_threads
 from cpn_dist.cli.affinity_cmd import add_image_source_arguments, image_source, stage2_names
 from cpn_dist.cli.inference import add_allow_pickle
 from cpn_dist.errors import CpnError
@@ -49,6 +49,7 @@ def register(sub) -> None:
                    help="equal-sized images walked together (default 8 on a GPU, 1 on the CPU)")  # fmt: skip
     p.add_argument("--save-cams", metavar="DIR",
                    help="also write the walked class scores as CAM files (released format) for `cpn eval`'s β sweep")
+    add_threads_argument(p)
     p.add_argument("--overwrite", action="store_true", help="redo images whose label exists")
     p.set_defaults(handler=_run)
 
@@ -89,6 +90,7 @@ def _run(args) -> int:
     model = build_affinity_model(cfg.model.backbone, dropout=0.0)
     report = load_checked(model, weights, args.checkpoint, meta, cfg, "affinity", "--backbone (or --config)")
     model.to(state.device).eval()
+    use_threads(args)
 
     def finished(name: str) -> bool:
         saved = not args.save_cams or (Path(args.save_cams) / f"{name}.npy").is_file()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cpn_dist.cli import add_command, console
+from cpn_dist.cli import add_command, add_threads_argument, console, use_threads
 from cpn_dist.cli.inference import add_allow_pickle
 from cpn_dist.errors import CpnError
 
@@ -40,6 +40,7 @@ def register(sub) -> None:
     p.add_argument("--images-per-step", type=int, default=4, help="images prepared together (default 4)")
     p.add_argument("--loader-threads", type=int, default=2, help="threads decoding and resizing images (default 2)")
     p.add_argument("--crf-workers", type=int, default=0, help="processes running the CRF (default 0: inline)")
+    add_threads_argument(p)
     p.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
     p.set_defaults(handler=_run, labels=None)
 
@@ -99,6 +100,7 @@ def _run(args) -> int:
     rank, world = state.process_index, state.num_processes
     source = infer_source(args)
     model, report = _model(args, cfg, weights, meta, state.device)
+    use_threads(args)
     names = getattr(source, "names", None)
     done = frozenset()
     if not args.overwrite and names is not None:

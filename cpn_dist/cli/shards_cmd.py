@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cpn_dist.cli import add_command, console
+from cpn_dist.cli import add_command, console, print_table
 from cpn_dist.errors import CpnError
 
 
@@ -24,14 +23,11 @@ def register(sub) -> None:
 
 def _verify(args) -> int:
     from cpn_dist.data.verify import total_samples, verify_shards
+    from cpn_dist.progress import Progress
 
     total = total_samples(args.dir, args.split)
-    with Progress(
-        TextColumn("verify"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True, disable=not console.is_terminal,
-    ) as bar:  # fmt: skip
-        task = bar.add_task("samples", total=total)
-        checks = verify_shards(args.dir, args.split, progress=lambda n: bar.advance(task, n))
+    with Progress("verify", total, unit="samples") as bar:
+        checks = verify_shards(args.dir, args.split, progress=bar.advance)
     failed = False
     for check in checks:
         for kind, items, style in (("problem", check.problems, "red"), ("warning", check.warnings, "yellow")):
@@ -42,7 +38,7 @@ def _verify(args) -> int:
                 table.add_row(where, what)
             if len(items) > 50:
                 table.add_row("…", f"{len(items) - 50} more")
-            console.print(table)
+            print_table(table)
         failed |= bool(check.problems) or (args.strict and bool(check.warnings))
         status = "[red]FAILED[/]" if check.problems else "[green]ok[/]"
         console.print(f"{status} {check.split}: {check.samples} samples in {check.shards} shards, "
@@ -76,14 +72,14 @@ def _info(args) -> int:
         ]
         for k, v in rows:
             t.add_row(k, v)
-        console.print(t)
+        print_table(t)
         counts = Table("class", "images", title=f"{split}: images per class", title_justify="left")
         for name, n in e["class_counts"].items():
             counts.add_row(name, str(n))
-        console.print(counts)
+        print_table(counts)
         if e["skipped"]:
             sk = Table("image", "reason", title=f"{split}: skipped", title_justify="left")
             for item in e["skipped"][:50]:
                 sk.add_row(item["id"], item["reason"])
-            console.print(sk)
+            print_table(sk)
     return 0

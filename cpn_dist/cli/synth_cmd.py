@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from cpn_dist.cli import add_command, console
 
 
@@ -28,15 +26,12 @@ def register(sub) -> None:
 
 def _run(args) -> int:
     from cpn_dist.data.synth import synthesize_voc
+    from cpn_dist.progress import Progress
 
-    with Progress(
-        TextColumn("synth-voc"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True, disable=not console.is_terminal,
-    ) as progress:  # fmt: skip
-        task = progress.add_task("images", total=args.images)
+    with Progress("synth-voc", args.images) as progress:
         root = synthesize_voc(
             args.out, args.images, size=args.size, seed=args.seed, workers=args.workers,
-            overwrite=args.overwrite, on_image=lambda _: progress.advance(task), task=args.task,
+            overwrite=args.overwrite, on_image=progress.on_item, task=args.task,
         )  # fmt: skip
     console.print(f"wrote {args.images} images (task {args.task}, long side {args.size}, seed {args.seed}) "
                   f"to [bold]{root}[/]")  # fmt: skip

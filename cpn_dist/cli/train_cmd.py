@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cpn_dist.cli import add_command, console
+from cpn_dist.cli import add_command, add_threads_argument, console, use_threads
 
 EXAMPLES = """\
 examples:
@@ -29,6 +29,7 @@ def register(sub) -> None:
                      help="'latest' or a checkpoint folder; refused if the config changed what the run computes")
     how.add_argument("--restart", action="store_true",
                      help="delete output.dir's checkpoints and final weights first and train from step 0")
+    add_threads_argument(p)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     p.set_defaults(handler=_run)
 
@@ -42,6 +43,8 @@ def _run(args) -> int:
 
     logging.getLogger("cpn_dist").setLevel(logging.INFO)
     quiet_libraries()
-    final = train(load_config(args.config, args.overrides), resume=args.resume, restart=args.restart)
+    cfg = load_config(args.config, args.overrides)
+    use_threads(args)
+    final = train(cfg, resume=args.resume, restart=args.restart)
     console.print(f"final weights: [bold]{final}[/]")
     return 0

@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.table import Table
 
 from cpn_dist.atomic import write_atomic
-from cpn_dist.cli import add_command, console
+from cpn_dist.cli import add_command, console, print_table
 from cpn_dist.cli.inference import add_allow_pickle
 from cpn_dist.errors import CpnError
 
@@ -76,7 +76,7 @@ def _check(args) -> int:
     table.add_row("loaded", str(len(report.loaded)), ", ".join(report.loaded[:3]))
     table.add_row("missing (keep their init)", str(len(report.missing)), ", ".join(report.missing[:6]))
     table.add_row("unexpected (ignored)", str(len(report.unexpected)), ", ".join(report.unexpected[:6]))
-    console.print(table)
+    print_table(table)
     return 0
 
 

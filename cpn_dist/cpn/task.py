@@ -102,11 +102,11 @@ class CPNTask:
 
     def build_model(self):
         from cpn_dist.cpn.model import build_model
-        from cpn_dist.models import load_weights
+        from cpn_dist.weights_config import load_start_weights
 
         model = build_model(self.cfg.model.backbone, self.cfg.model.head, dropout=self.cfg.model.dropout)
         if self.cfg.model.weights:
-            load_weights(model, self.cfg.model.weights, self.cfg.model.allow_pickle)
+            load_start_weights(model, self.cfg.model.weights, self.cfg.stage, self.cfg.model.allow_pickle)
         return model
 
     def loader(self, *, micro_size, global_size, rank, world_size, epoch, start_step):

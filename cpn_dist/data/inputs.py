@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cpn_dist.data.voc import labels_from_names, read_label_png, read_labels_file, read_xml_objects
+from cpn_dist.data.voc import labels_from_names, read_label_png, read_labels_file, read_xml_objects, voc_folder
 from cpn_dist.errors import CpnError
 
 
@@ -44,9 +44,7 @@ class VocSource:
     file), ground truth ``SegmentationClass/ID.png`` where present."""
 
     def __init__(self, root: str | Path, names: Sequence[str], labels_file: str | Path | None = None):
-        self.root = Path(root)
-        if not (self.root / "JPEGImages").is_dir():
-            raise CpnError(f"{self.root / 'JPEGImages'}: VOC folder not found")
+        self.root = voc_folder(root, ("JPEGImages",))
         self.names = list(names)
         self.labels_file = Path(labels_file) if labels_file else None
         self._labels = read_labels_file(labels_file) if labels_file else None

@@ -36,6 +36,7 @@ import contextlib
 import logging
 import random
 from itertools import islice
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,12 +44,27 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from cpn_dist.data.seeding import order_rng
-from cpn_dist.data.shards import ShardSet, resolve_shards, unreadable_shard
+from cpn_dist.data.shards import ShardSet, is_remote, resolve_shards, unreadable_shard
 from cpn_dist.data.tar_index import TarIndex
 from cpn_dist.data.train_sample import TrainSampleMaker
 from cpn_dist.errors import CpnError
 
 log = logging.getLogger(__name__)
+
+
+def split_shards(data) -> ShardSet:
+    """The shards of ``data.split`` (:func:`~cpn_dist.data.shards.resolve_shards` of ``data.shards``). A
+    ``data.shards`` folder that does not exist (not packed yet; a packaged config's relative ``demo/shards``
+    read from another folder) is one line saying what makes it."""
+    spec = data.shards
+    pattern = is_remote(spec) or any(c in spec for c in "*?[{") or spec.endswith(".tar")
+    if not pattern and not Path(spec).exists():
+        where = "" if Path(spec).is_absolute() else f" (in {Path.cwd()})"
+        demo = ", or `cpn demo` (it packs demo/shards)" if Path(spec) == Path("demo", "shards") else ""
+        raise CpnError(f"data.shards {spec}: shards folder not found{where}; pack the split first: `cpn pack "
+                       f"--voc-root VOC --split {data.split} --out {spec}`{demo}; or set data.shards=DIR to packed "
+                       "shards")  # fmt: skip
+    return resolve_shards(spec, data.split, data.meta)
 
 
 def build_train_loader(
@@ -82,7 +98,7 @@ def build_train_loader(
         raise CpnError(f"batch.global_size: {global_size} is not a multiple of batch.micro_size × world size "
                        f"= {micro_size} × {world_size}")  # fmt: skip
     accumulation = global_size // (micro_size * world_size)
-    shards = resolve_shards(data.shards, data.split, data.meta)
+    shards = split_shards(data)
     if maker is None and data.patch.kind == "superpixel" and data.patch.segments not in shards.segments:
         raise CpnError(f"data.patch.segments: {data.patch.segments} is not packed in {data.shards} "
                        f"(packed: {', '.join(map(str, shards.segments)) or 'none'})")  # fmt: skip
@@ -128,7 +144,7 @@ def epoch_steps(data, global_size: int, shards: ShardSet | None = None) -> int:
     over ``global_size``, the remainder dropped. In both modes every rank yields exactly
     ``steps × accumulation`` micro-batches of it, whatever the world size, micro-batch and workers.
     ``shards``: the split, when already resolved."""
-    shards = shards if shards is not None else resolve_shards(data.shards, data.split, data.meta)
+    shards = shards if shards is not None else split_shards(data)
     steps = shards.total // global_size
     if steps == 0:
         raise CpnError(f"{data.shards}: {shards.total} samples, fewer than one global batch ({global_size})")

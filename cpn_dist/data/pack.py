@@ -5,10 +5,14 @@ training loader then only looks superpixel ids up (see :mod:`cpn_dist.data.cp_pa
 
 Shard ``i`` holds the images at positions ``[i·shard_size, (i+1)·shard_size)`` of the split list,
 minus the skipped ones, so every shard can be (re)built on its own. Each shard is written to a
-hidden temporary file and renamed when complete, after its statistics were saved in the work folder
-``.{split}.pack/``; ``resume=True`` keeps the shards that have both and builds the rest. ``meta.json``
-is written last and the work folder removed. The tar bytes depend only on the input (member order
+hidden temporary file and renamed when complete; then its statistics, size and SHA-256 are saved in
+the work folder ``.{split}.pack/``. ``meta.json`` is written last (with the settings and every shard's
+size and checksum) and the work folder removed. The tar bytes depend only on the input (member order
 fixed, mtime 0, uid/gid 0, no user names, mode 0644), so a re-pack is byte-identical.
+
+``resume=True`` finishes an interrupted pack, keeping the shards that match their statistics and
+building the rest; on a complete split it rebuilds exactly the shards that are missing or damaged
+(:mod:`cpn_dist.data.pack_check`). Either way other settings than the pack's are refused.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import numpy as np
 from cpn_dist import __version__
 from cpn_dist.atomic import write_atomic, write_json
 from cpn_dist.data.members import sample_members
+from cpn_dist.data.pack_check import damaged_shards, recorded_settings, settings_changes
 from cpn_dist.data.pack_sample import MAX_SEGMENTS, Prepared, SampleTask, prepare_sample
 from cpn_dist.data.pack_source import PackSource, find_source
 from cpn_dist.data.shards import (
@@ -42,6 +47,7 @@ from cpn_dist.data.shards import (
     parse_meta,
     shard_name,
 )
+from cpn_dist.data.verify import file_digest, shard_problem
 from cpn_dist.data.voc import CLASSES, NUM_FOREGROUND
 from cpn_dist.errors import CpnError
 from cpn_dist.parallel import parallel_map
@@ -79,7 +85,8 @@ def write_shard(path: Path, samples: list[Prepared], kill_midway: bool = False) 
     write_atomic(path, write, path.with_name(f".{path.name}.partial"))
 
 
-def _shard_stats(index: int, name: str, samples: list[Prepared], skipped: list[Prepared]) -> dict[str, Any]:
+def _shard_stats(index: int, path: Path, samples: list[Prepared], skipped: list[Prepared]) -> dict[str, Any]:
+    """The statistics of the shard written at ``path`` (its samples' and its file's)."""
     class_counts = np.zeros(NUM_FOREGROUND, dtype=np.int64)
     pixel_sum = np.zeros(3, dtype=np.int64)
     spx: dict[str, list[int]] = {}
@@ -89,10 +96,13 @@ def _shard_stats(index: int, name: str, samples: list[Prepared], skipped: list[P
         for n, k in s.superpixels.items():
             lo, total, hi = spx.get(str(n), [k, 0, k])
             spx[str(n)] = [min(lo, k), total + k, max(hi, k)]
+    size, sha256 = file_digest(path)
     return {
         "index": index,
-        "name": name,
+        "name": path.name,
         "count": len(samples),
+        "size": size,
+        "sha256": sha256,
         "with_seg": sum(s.has_seg for s in samples),
         "class_counts": class_counts.tolist(),
         "pixel_sum": pixel_sum.tolist(),
@@ -115,6 +125,7 @@ class PackReport:
     slic_seconds: float  # summed over processed images and segment counts
     seconds: float
     already_complete: bool = False
+    rebuilt: list[str] | None = None  # the shards of a complete split that --resume rebuilt
 
     @property
     def skipped(self) -> list[dict[str, str]]:
@@ -193,12 +204,15 @@ def pack_split(
         if work.is_dir():
             old = json.loads((work / "settings.json").read_text()) if (work / "settings.json").is_file() else None
             if old != settings:
-                diff = sorted(k for k in settings if old is None or old.get(k) != settings[k])
-                raise CpnError(f"{work}: the interrupted pack used other settings ({', '.join(diff)}); use --overwrite")
+                changes = "; ".join(settings_changes(old, settings))
+                raise CpnError(f"{work}: the interrupted pack used other settings ({changes}); use --overwrite")
         elif meta is not None and split in meta["splits"]:
-            log.info("%s: split %s is already complete", out, split)
-            return PackReport(out, split, meta["splits"][split], 0, len(existing), 0, 0.0,
-                              time.perf_counter() - started, already_complete=True)  # fmt: skip
+            entry = meta["splits"][split]
+            changes = settings_changes(recorded_settings(entry), settings)
+            if changes:
+                raise CpnError(f"{out}: split {split} was packed with other settings ({'; '.join(changes)}); "
+                               "use --overwrite")  # fmt: skip
+            return _rebuild(source, settings, out, entry, workers, progress, started)
         elif existing:
             raise CpnError(f"{out}: holds {split} shards that no pack here can resume; use --overwrite")
     elif existing or work.is_dir() or (meta is not None and split in meta["splits"]):
@@ -208,42 +222,22 @@ def pack_split(
     write_json(work / "settings.json", settings, indent=2)
     for stale in out.glob(f".{split}-*.tar.partial"):
         stale.unlink()
-    done = {i for i in range(n_shards) if (out / shard_name(split, i)).is_file() and (work / f"{i:06d}.json").is_file()}
-    if done and progress:
-        progress(sum(min(shard_size, len(source.ids) - i * shard_size) for i in done))
+    done = {i for i in range(n_shards) if _kept(out / shard_name(split, i), work / f"{i:06d}.json")}
+    _advance(progress, source, shard_size, done)
 
-    tasks = _tasks(source, segments, compactness, shard_size, skip_shards=done)
     kill_after = int(os.environ.get(KILL_AFTER_ENV, "-1"))
     written = 0
     processed = 0
     slic_seconds = 0.0
-    current: list[Prepared] = []
-    current_index: int | None = None
-
-    def flush() -> None:
-        nonlocal written, current
-        kept = [s for s in current if s.skipped is None]
-        skipped = [s for s in current if s.skipped is not None]
-        name = shard_name(split, current_index)
-        write_json(work / f"{current_index:06d}.json", _shard_stats(current_index, name, kept, skipped), indent=2)
-        write_shard(out / name, kept, kill_midway=written == kill_after)
+    for index, prepared in _prepared_shards(source, settings, skip=done, workers=workers, progress=progress):
+        kept = [s for s in prepared if s.skipped is None]
+        path = out / shard_name(split, index)
+        write_shard(path, kept, kill_midway=written == kill_after)
+        skipped = [s for s in prepared if s.skipped is not None]
+        write_json(work / f"{index:06d}.json", _shard_stats(index, path, kept, skipped), indent=2)
         written += 1
-        current = []
-
-    for prepared in _run(tasks, workers):
-        index = prepared.position // shard_size
-        if current_index is not None and index != current_index:
-            flush()
-        current_index = index
-        current.append(prepared)
-        processed += 1
-        slic_seconds += prepared.slic_seconds
-        if prepared.skipped:
-            log.warning("%s: skipped (%s)", prepared.key, prepared.skipped)
-        if progress:
-            progress(1)
-    if current:
-        flush()
+        processed += len(prepared)
+        slic_seconds += sum(s.slic_seconds for s in prepared)
 
     entry = _split_entry(source, settings, work, n_shards)
     meta = parse_meta(meta_path.read_bytes(), str(meta_path)) if meta_path.is_file() else None
@@ -255,6 +249,71 @@ def pack_split(
     write_json(meta_path, meta, indent=2)
     shutil.rmtree(work, ignore_errors=True)
     return PackReport(out, split, entry, written, len(done), processed, slic_seconds, time.perf_counter() - started)
+
+
+def _kept(shard: Path, stats: Path) -> bool:
+    """Whether an interrupted pack's shard is complete: its statistics were saved after it and its
+    size and checksum still match them."""
+    return stats.is_file() and shard_problem(shard, json.loads(stats.read_text())) is None
+
+
+def _advance(progress: Callable[[int], None] | None, source: PackSource, shard_size: int, kept: set[int]) -> None:
+    """Count the images of the ``kept`` shards as done."""
+    if kept and progress:
+        progress(sum(min(shard_size, len(source.ids) - i * shard_size) for i in kept))
+
+
+def _rebuild(source: PackSource, settings: dict, out: Path, entry: dict, workers: int,
+             progress: Callable[[int], None] | None, started: float) -> PackReport:  # fmt: skip
+    """``--resume`` on a complete split: rebuild the shards that are missing or damaged, each to the
+    bytes meta.json records (packing is deterministic); meta.json is not touched. A rebuilt shard
+    that differs from the record (the VOC files changed since) is a CpnError naming ``--overwrite``."""
+    split = source.split
+    damaged = damaged_shards(out, split, entry)
+    if not damaged:
+        log.info("%s: split %s is already complete, every shard intact", out, split)
+        return PackReport(out, split, entry, 0, len(entry["shards"]), 0, 0.0, time.perf_counter() - started,
+                          already_complete=True)  # fmt: skip
+    for index, problem in sorted(damaged.items()):
+        log.warning("%s: %s; rebuilding it", out / shard_name(split, index), problem)
+    for stale in out.glob(f".{split}-*.tar.partial"):
+        stale.unlink()
+    intact = set(range(len(entry["shards"]))) - set(damaged)
+    _advance(progress, source, settings["shard_size"], intact)
+    processed, slic_seconds = 0, 0.0
+    for index, prepared in _prepared_shards(source, settings, skip=intact, workers=workers, progress=progress):
+        kept = [s for s in prepared if s.skipped is None]
+        path = out / shard_name(split, index)
+        write_shard(path, kept)
+        record = entry["shards"][index]
+        if len(kept) != record["count"] or shard_problem(path, record):
+            raise CpnError(f"{path}: rebuilt from {source.voc_root}, it differs from the shard meta.json records "
+                           "(the images or labels changed since the pack); re-pack the split with --overwrite")
+        processed += len(prepared)
+        slic_seconds += sum(s.slic_seconds for s in prepared)
+    rebuilt = [shard_name(split, i) for i in sorted(damaged)]
+    return PackReport(out, split, entry, len(damaged), len(intact), processed, slic_seconds,
+                      time.perf_counter() - started, rebuilt=rebuilt)  # fmt: skip
+
+
+def _prepared_shards(source: PackSource, settings: dict, skip: set[int], workers: int,
+                     progress: Callable[[int], None] | None):  # fmt: skip
+    """(shard index, its prepared samples, skipped ones included), shard by shard in order, for every
+    shard of the split not in ``skip``."""
+    shard_size = settings["shard_size"]
+    tasks = _tasks(source, tuple(settings["segments"]), settings["compactness"], shard_size, skip_shards=skip)
+    current: list[Prepared] = []
+    for prepared in _run(tasks, workers):
+        if current and prepared.position // shard_size != current[0].position // shard_size:
+            yield current[0].position // shard_size, current
+            current = []
+        current.append(prepared)
+        if prepared.skipped:
+            log.warning("%s: skipped (%s)", prepared.key, prepared.skipped)
+        if progress:
+            progress(1)
+    if current:
+        yield current[0].position // shard_size, current
 
 
 def _tasks(source: PackSource, segments, compactness, shard_size, skip_shards: set[int]):
@@ -321,7 +380,7 @@ def _split_entry(source: PackSource, settings: dict, work: Path, n_shards: int) 
 
     return {
         "count": count,
-        "shards": [{"name": s["name"], "count": s["count"]} for s in stats],
+        "shards": [{"name": s["name"], "count": s["count"], "size": s["size"], "sha256": s["sha256"]} for s in stats],
         "members": sample_members(settings["segments"], with_seg=False),
         "with_seg": with_seg,
         "slic": {
@@ -342,4 +401,5 @@ def _split_entry(source: PackSource, settings: dict, work: Path, n_shards: int) 
         },
         "shard_size": settings["shard_size"],
         "skipped": [{"id": k, "reason": r} for s in stats for k, r in s["skipped"]],
+        "settings": settings,  # what a --resume compares against (cpn_dist.data.pack_check)
     }

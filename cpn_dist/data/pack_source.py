@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cpn_dist.data.voc import NUM_FOREGROUND, read_labels_file, read_split
+from cpn_dist.data.voc import NUM_FOREGROUND, read_labels_file, read_split, voc_folder
 from cpn_dist.errors import CpnError
 
 
@@ -32,12 +32,8 @@ def find_source(voc_root: str | Path, split: str, labels_file: str | Path | None
 
     ``split`` is a split name (``ImageSets/Segmentation/{split}.txt``) or the path of any list file
     (then the split is named after the file's stem)."""
-    root = Path(voc_root)
-    if not root.is_dir():
-        raise CpnError(f"{root}: VOC folder not found")
+    root = voc_folder(voc_root, ("JPEGImages",))
     images = root / "JPEGImages"
-    if not images.is_dir():
-        raise CpnError(f"{images}: VOC folder not found")
     as_path = Path(split)
     if as_path.suffix == ".txt" or as_path.is_file():
         list_path, name = as_path, as_path.stem

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,25 @@ class SplitCheck:
     warnings: list[tuple[str, str]] = field(default_factory=list)
 
 
+def file_digest(path: Path) -> tuple[int, str]:
+    """(size in bytes, SHA-256 hex digest) of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return path.stat().st_size, digest.hexdigest()
+
+
+def shard_problem(path: Path, record: dict) -> str | None:
+    """What is wrong with a shard against its record (``size``, ``sha256``; an older record has
+    neither and is checked for presence only), or None."""
+    if not path.is_file():
+        return "missing"
+    if "sha256" in record and file_digest(path) != (record["size"], record["sha256"]):
+        return "its size or checksum differs from the one recorded when it was packed"
+    return None
+
+
 def verify_split(folder: Path, split: str, entry: dict, progress: Callable[[int], None] | None = None) -> SplitCheck:
     check = SplitCheck(split)
     segments = entry["slic"]["segments"]
@@ -41,6 +61,9 @@ def verify_split(folder: Path, split: str, entry: dict, progress: Callable[[int]
         if not path.is_file():
             check.problems.append((shard["name"], "shard listed in meta.json not found"))
             continue
+        changed = shard_problem(path, shard)
+        if changed:
+            check.problems.append((shard["name"], changed))
         count = 0
         try:
             for raw in iter_raw_samples([str(path)], hint=False):

@@ -7,6 +7,7 @@ Image-level labels are 20-vectors indexed by ``class index - 1``.
 
 from __future__ import annotations
 
+import logging
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -24,6 +25,12 @@ NUM_FOREGROUND = len(CLASSES)  # the 20 object classes: image-level label vector
 NUM_CLASSES = NUM_FOREGROUND + 1  # with background: masks and score maps use 0..20
 IGNORE = 255
 CLASS_INDEX = {name: i for i, name in enumerate(CLASSES)}
+# The sub-folders of a VOC 2012 folder that cpn-dist reads.
+VOC_PARTS = ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets/Segmentation")
+# The split lists `cpn check-voc` checks by default (train_aug is SBD's list: the stock devkit has none).
+DEFAULT_SPLITS = ("train", "val", "train_aug")
+
+log = logging.getLogger(__name__)
 
 
 def voc_palette() -> np.ndarray:
@@ -157,20 +164,53 @@ def read_split(path: str | Path) -> list[str]:
     return ids
 
 
-def check_voc(root: str | Path, splits: tuple[str, ...] = ("train", "val", "train_aug")) -> dict:
-    """Check a VOC 2012 folder: every listed image decodes, has an annotation, and (where a
-    ``SegmentationClass`` mask exists) a mask of the same size whose classes equal the XML's.
-
-    Returns ``{"images": n, "masks": m, "problems": [(id, reason), ...]}``; raises
-    :class:`CpnError` when a required folder or split list is missing.
-    """
+def voc_folder(root: str | Path, needs: tuple[str, ...] = VOC_PARTS) -> Path:
+    """``root``, checked to be a VOC 2012 folder holding the sub-folders ``needs``. A folder that does not
+    exist, or lacks one of them, is a one-line :class:`CpnError` that says what a VOC folder holds (and,
+    given a VOCdevkit folder, names the VOC2012 folder inside it)."""
     root = Path(root)
-    for sub in ("JPEGImages", "Annotations", "ImageSets/Segmentation"):
-        if not (root / sub).is_dir():
-            raise CpnError(f"{root / sub}: VOC folder not found")
+    if not root.is_dir():
+        raise CpnError(f"{root}: VOC folder not found")
+    missing = [sub for sub in needs if not (root / sub).is_dir()]
+    if missing:
+        inner = next((root / sub for sub in ("VOC2012", "VOCdevkit/VOC2012") if (root / sub).is_dir()), None)
+        lacks = f" (no {', '.join(m + '/' for m in missing)})" if len(missing) < len(needs) else ""
+        hint = f", but {inner} is one" if inner else ""
+        raise CpnError(f"{root}: not a VOC folder{lacks}{hint}; a VOC 2012 folder holds "
+                       f"{', '.join(p + '/' for p in VOC_PARTS)} (`cpn synth-voc --out DIR` writes a synthetic one)")
+    return root
+
+
+def split_lists(root: Path, splits: tuple[str, ...] | None) -> list[Path]:
+    """The split lists of ``root`` to check: ``splits``, each of which must exist, or (None) those of
+    :data:`DEFAULT_SPLITS` that exist — a warning names the absent ones; none at all is a CpnError."""
+    folder = root / "ImageSets" / "Segmentation"
+    if splits is not None:
+        return [folder / f"{split}.txt" for split in splits]
+    found = [folder / f"{s}.txt" for s in DEFAULT_SPLITS if (folder / f"{s}.txt").is_file()]
+    if not found:
+        raise CpnError(f"{folder}: none of the split lists {', '.join(s + '.txt' for s in DEFAULT_SPLITS)}; name "
+                       "the lists to check with --splits")  # fmt: skip
+    absent = [s for s in DEFAULT_SPLITS if not (folder / f"{s}.txt").is_file()]
+    if absent:
+        log.warning("%s: no %s (not checked; checking %s)", folder, ", ".join(s + ".txt" for s in absent),
+                    ", ".join(p.name for p in found))  # fmt: skip
+    return found
+
+
+def check_voc(root: str | Path, splits: tuple[str, ...] | None = None) -> dict:
+    """Check a VOC 2012 folder: every image of the split lists decodes, has an annotation, and (where a
+    ``SegmentationClass`` mask exists) a mask of the same size whose classes equal the XML's. ``splits``:
+    the lists to check, or None for those of :data:`DEFAULT_SPLITS` that exist (:func:`split_lists`).
+
+    Returns ``{"images": n, "masks": m, "splits": [list names], "problems": [(id, reason), ...]}``;
+    raises :class:`CpnError` when a required folder or a named split list is missing.
+    """
+    root = voc_folder(root, ("JPEGImages", "Annotations", "ImageSets/Segmentation"))
+    lists = split_lists(root, splits)
     ids: dict[str, None] = {}
-    for split in splits:
-        for name in read_split(root / "ImageSets" / "Segmentation" / f"{split}.txt"):
+    for path in lists:
+        for name in read_split(path):
             ids[name] = None
     problems: list[tuple[str, str]] = []
     masks = 0
@@ -202,4 +242,4 @@ def check_voc(root: str | Path, splits: tuple[str, ...] = ("train", "val", "trai
         in_mask = {CLASSES[v - 1] for v in values if 1 <= v <= NUM_FOREGROUND}
         if in_mask != set(names):
             problems.append((name, f"XML classes {sorted(set(names))} != mask classes {sorted(in_mask)}"))
-    return {"images": len(ids), "masks": masks, "problems": problems}
+    return {"images": len(ids), "masks": masks, "splits": [p.stem for p in lists], "problems": problems}

@@ -204,10 +204,10 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), config: s
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CpnError(f"{out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
     models = DEMO_MODELS if models is None else models
-    data = describe_data(out, settings, voc_root)
+    data = describe_data(out, settings, voc_root)  # checks --voc-root before anything is written
     warm = not load_config(config, [*data.overrides(settings), *overrides]).model.weights
+    out.mkdir(parents=True, exist_ok=True)
     demo = Demo(out, settings, config, dict(models), tuple(overrides), data, warm)
     table = demo_table(list(models))
     runner = StepRunner(table, demo, out / "steps", settings=demo.settings_of, configured=demo.configured)

@@ -43,11 +43,10 @@ def describe_data(out: Path, settings: DemoSettings, voc_root: str | Path | None
     synthetic task; ``voc_root`` (checked to be a VOC layout folder) and ``out/shards`` for a user's folder."""
     if voc_root is None:
         return DemoData(out / "VOC2012", out / "shards", "train_aug", settings.task)
-    voc = Path(voc_root).resolve()
+    from cpn_dist.data.voc import voc_folder
+
+    voc = voc_folder(Path(voc_root).resolve())
     lists = voc / "ImageSets" / "Segmentation"
-    for needed in ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets/Segmentation"):
-        if not (voc / needed).is_dir():
-            raise CpnError(f"--voc-root {voc}: no {needed}/ (a VOC 2012 layout folder is needed)")
     if not (lists / "train.txt").is_file():
         raise CpnError(f"--voc-root {voc}: no ImageSets/Segmentation/train.txt (the split the CAMs are scored on)")
     return DemoData(voc, out / "shards", "train_aug" if (lists / "train_aug.txt").is_file() else "train", None)
@@ -58,8 +57,10 @@ def make_data(out: Path, settings: DemoSettings, overwrite: bool = False,
     """Step 1: the VOC folder — ``settings.task`` synthesised into ``out/VOC2012``, or ``voc_root`` as it
     is — and its training split packed into ``out/shards``."""
     from cpn_dist.data.pack import pack_split
+    from cpn_dist.data.pack_source import find_source
     from cpn_dist.data.shards import META_NAME
     from cpn_dist.data.synth import synthesize_voc
+    from cpn_dist.progress import Progress
 
     data = describe_data(out, settings, voc_root)
     stamp = out / ".data.json"
@@ -73,9 +74,12 @@ def make_data(out: Path, settings: DemoSettings, overwrite: bool = False,
         log.info("data: %s and %s are complete", data.voc, data.shards)
         return data
     if voc_root is None:
-        synthesize_voc(data.voc, settings.images, size=settings.size, seed=settings.data_seed, workers=2,
-                       overwrite=True, task=settings.task)  # fmt: skip
-    pack_split(data.voc, data.split, data.shards, segments=(settings.segments,), workers=2, overwrite=True)
+        with Progress("synth-voc", settings.images) as bar:
+            synthesize_voc(data.voc, settings.images, size=settings.size, seed=settings.data_seed, workers=2,
+                           overwrite=True, task=settings.task, on_image=bar.on_item)  # fmt: skip
+    with Progress("pack", len(find_source(data.voc, data.split).ids)) as bar:
+        pack_split(data.voc, data.split, data.shards, segments=(settings.segments,), workers=2, overwrite=True,
+                   progress=bar.advance)  # fmt: skip
     stamp.write_text(json.dumps(wanted) + "\n")
     return data
 
@@ -135,20 +139,16 @@ def warm_up(out_dir: Path, config: str | Path, overrides: Sequence[str], epochs:
 
 def train_model(config: str | Path, overrides: Sequence[str], out_dir: Path, overwrite: bool = False) -> Path:
     """Step 3: train one model with :func:`cpn_dist.train.train` (``output.dir`` = ``out_dir``); returns
-    its final weights. A finished run (``model_final.pth`` present) is kept unless ``overwrite``."""
-    import shutil
-
+    its final weights. A finished run (``model_final.pth`` present) is kept unless ``overwrite``; an
+    interrupted one resumes (:func:`cpn_dist.pipeline_steps.train_owned`)."""
     from cpn_dist.config import load_config
-    from cpn_dist.train import train
+    from cpn_dist.pipeline_steps import train_owned
 
     final = out_dir / "model_final.pth"
     if final.is_file() and not overwrite:
         log.info("train: %s exists", final)
         return final
-    if overwrite and out_dir.exists():
-        shutil.rmtree(out_dir)
-    cfg = load_config(config, [*overrides, f"output.dir={out_dir}"])
-    return train(cfg)
+    return train_owned(load_config(config, [*overrides, f"output.dir={out_dir}"]), "cpn demo --overwrite", overwrite)
 
 
 def infer_cams(weights: Path, config: str | Path, overrides: Sequence[str], voc: Path, names: Sequence[str],
@@ -164,6 +164,7 @@ def infer_cams(weights: Path, config: str | Path, overrides: Sequence[str], voc:
     from cpn_dist.cpn.model import build_model
     from cpn_dist.data.inputs import VocSource
     from cpn_dist.models import load_weights
+    from cpn_dist.progress import Progress
 
     cfg = load_config(config, list(overrides))
     done = set() if overwrite or not out_dir.is_dir() else {p.stem for p in out_dir.glob("*.npy")}
@@ -173,8 +174,8 @@ def infer_cams(weights: Path, config: str | Path, overrides: Sequence[str], voc:
     model = build_model(cfg.model.backbone, cfg.model.head, dropout=0.0)
     load_weights(model, weights)
     infer = InferSettings(scales=settings.scales, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std), use=use)
-    with torch.inference_mode():
-        infer_samples(model, VocSource(voc, todo).samples(), out_dir, infer, loader_threads=0)
+    with torch.inference_mode(), Progress(f"infer {out_dir.name}", len(todo)) as bar:
+        infer_samples(model, VocSource(voc, todo).samples(), out_dir, infer, loader_threads=0, on_image=bar.on_item)
     return out_dir
 
 
@@ -183,8 +184,10 @@ def score_cams(name: str, cams: Path, voc: Path, names: Sequence[str], betas: Se
     from cpn_dist.data.synth import PART_FOLDER
     from cpn_dist.demo.parts import part_scores
     from cpn_dist.labels.evaluate import GroundTruth, sweep
+    from cpn_dist.progress import Progress
 
-    result = sweep(cams, GroundTruth(voc / "SegmentationClass"), list(names), list(betas))
+    with Progress(f"eval {name}", len(names)) as bar:
+        result = sweep(cams, GroundTruth(voc / "SegmentationClass"), list(names), list(betas), on_images=bar.advance)
     best = result.summary()
     scores = ModelScores(name=name, best_beta=float(best["beta"]), miou=best["miou"], foreground=best["foreground"],
                          background=best["background"], betas=[float(b) for b in result.betas],

@@ -26,12 +26,12 @@ class SegmentationTask:
         self.cfg = cfg
 
     def build_model(self):
-        from cpn_dist.models import load_weights
         from cpn_dist.segmentation.model import model_from_config
+        from cpn_dist.weights_config import load_start_weights
 
         model = model_from_config(self.cfg)
         if self.cfg.model.weights:
-            load_weights(model, self.cfg.model.weights, self.cfg.model.allow_pickle)
+            load_start_weights(model, self.cfg.model.weights, self.cfg.stage, self.cfg.model.allow_pickle)
         return model
 
     def loader(self, *, micro_size, global_size, rank, world_size, epoch, start_step):
