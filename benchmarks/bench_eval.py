@@ -40,7 +40,7 @@ from scipy import ndimage
 from cpn_dist.data.synth import SHAPES
 from cpn_dist.data.synth_draw import shape_mask, void_border
 from cpn_dist.data.voc import IGNORE, NUM_CLASSES, NUM_FOREGROUND, save_label_png
-from cpn_dist.labels.cams import normalise_released, save_cams
+from cpn_dist.labels.cams import load_cams, normalise_released, save_cams
 from cpn_dist.labels.evaluate import parse_betas, sweep
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -135,7 +135,7 @@ def released_pass(predict_folder: Path, gt_folder: Path, names: list[str], thres
     def compare(start: int, step: int) -> None:
         for idx in range(start, len(names), step):
             name = names[idx]
-            cams = np.load(predict_folder / f"{name}.npy", allow_pickle=True).item()
+            cams = load_cams(predict_folder / f"{name}.npy")
             h, w = next(iter(cams.values())).shape
             tensor = np.zeros((num_cls, h, w), np.float32)
             for key, value in cams.items():

@@ -33,12 +33,11 @@ FOLDERS = [("shards", "pack"), ("cpn", "train_cpn"), ("cams", "cams"), ("pseudo"
 def digest(path: Path) -> str:
     """A content digest: tensors only for weights (a checkpoint also records paths and times)."""
     if path.suffix == ".pth":
-        import torch
+        from cpn_dist.models.weights import read_state_dict
 
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        state = state.get("model", state) if isinstance(state, dict) else state
+        state = read_state_dict(path)
         h = hashlib.sha256()
-        for key in sorted(k for k, v in state.items() if hasattr(v, "numpy")):
+        for key in sorted(state):
             h.update(key.encode())
             h.update(state[key].detach().contiguous().numpy().tobytes())
         return h.hexdigest()

@@ -94,6 +94,11 @@ class ModelConfig(Section):
         None, description="initial weights (.pth: released ResNet38 init, released CPN, ours; imagenet: the packaged "
         "ImageNet weights of efficientnet_lite0)"
     )
+    allow_pickle: bool = Field(
+        False, description="load model.weights, and the checkpoints a run resumes, even when they need full "
+        "unpickling: that RUNS CODE STORED IN THE FILE. Only for files whose source you trust; off, such a file is "
+        "refused (tensors, numbers and strings load either way)"
+    )
     dropout: float = Field(
         1.0, ge=0.0, le=1.0,
         description="scale of the released dropout rates (0.5 before fc8, 0.3/0.5 in b6/b7); 0 = no dropout",

@@ -141,7 +141,8 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
 
     global_step, resumed = 0, None
     if ckpt is not None:
-        acc.load_state(str(ckpt))
+        # checked by start_plan; opted in, the pickled optimizer state may hold more than tensors
+        acc.load_state(str(ckpt), load_kwargs={"weights_only": False} if cfg.model.allow_pickle else None)
         resumed = read_state(ckpt)
         global_step = resumed["global_step"]
         log.info("resumed from %s at step %d", ckpt, global_step)

@@ -49,7 +49,7 @@ def cams(p):
     out = p.work / "cams"
     source = p.todo(names, lambda n: (out / f"{n}.npy").is_file())
     model = build_model(cfg.model.backbone, cfg.model.head, dropout=0.0)
-    load_weights(model, p.weights("cpn"))
+    load_weights(model, p.weights("cpn"), cfg.model.allow_pickle)
     settings = InferSettings(scales=tuple(p.cfg.cams.scales), mean=tuple(cfg.data.mean), std=tuple(cfg.data.std),
                              use="cam" if cfg.model.head == "none" else "refined")  # fmt: skip
     with torch.inference_mode(), p.progress("cams", p.share(source)) as bar:
@@ -119,7 +119,7 @@ def rw(p):
     cfg = p.run_config("affinity")
     out = p.work / "rw"
     source = p.todo(p.names(p.cfg.splits.train), lambda n: (out / f"{n}.png").is_file())
-    model, _ = load_affinity_model(p.weights("affinity"), cfg.model.backbone, p.dist.device)
+    model, _ = load_affinity_model(p.weights("affinity"), cfg.model.backbone, p.dist.device, cfg.model.allow_pickle)
     with p.progress("rw", p.share(source)) as bar:
         walk_samples(model, source.samples(p.dist.rank, p.dist.world, labels=False), p.work / "cams", out,
                      WalkParams.from_config(cfg.affinity), device=p.dist.device, mean=tuple(cfg.data.mean),
@@ -151,7 +151,7 @@ def segment(p):
     cfg = p.run_config("segmentation")
     settings = segment_settings(cfg)
     model = model_from_config(cfg, dropout=False)
-    load_weights(model, p.weights("segmentation"))
+    load_weights(model, p.weights("segmentation"), cfg.model.allow_pickle)
     model.to(p.dist.device)
     crf = settings.crf is not None
     for split, scored in p.segment_splits():

@@ -36,8 +36,8 @@ from cpn_dist.errors import CpnError, MirroredError
 log = logging.getLogger(__name__)
 
 # Keys that do not change a run's result (how often it logs and checkpoints, where it writes, how
-# many loader processes read the data) ...
-NO_EFFECT = ("train.checkpoint_every", "train.keep_last", "log.", "data.workers", "output.")
+# many loader processes read the data, whether files that need full unpickling may load) ...
+NO_EFFECT = ("train.checkpoint_every", "train.keep_last", "log.", "data.workers", "output.", "model.allow_pickle")
 # ... and the length of the run, which a resume may extend or shorten.
 RUN_LENGTH = ("train.epochs", "train.max_steps")
 ALLOWED_TO_DIFFER = RUN_LENGTH + NO_EFFECT
@@ -180,13 +180,17 @@ def check_resumable(ckpt: Path, cfg, how: str) -> None:
 
 
 def start_plan(acc, cfg, resume: str | None, restart: bool) -> StartPlan:
-    """How the run starts (:func:`plan_start`), decided by the main process for every process."""
+    """How the run starts (:func:`plan_start`), decided by the main process for every process; a
+    checkpoint whose files would run code when loaded is refused (:mod:`cpn_dist.safe_torch`)."""
     from cpn_dist.runlock import share_from_main
+    from cpn_dist.safe_torch import check_checkpoint_folder
 
     decision = None
     if acc.is_main_process:
         try:
             plan = plan_start(cfg.output.dir, cfg, resume, restart)
+            if plan.checkpoint and not plan.finished:  # before Accelerate or DeepSpeed unpickles its files
+                check_checkpoint_folder(plan.checkpoint, cfg.model.allow_pickle)
             if plan.note:
                 (log.info if plan.finished else log.warning)("%s", plan.note)
             decision = ("ok", plan)

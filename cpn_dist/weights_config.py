@@ -108,12 +108,13 @@ def check_start(path: str | Path, meta: dict | None, stage: str) -> None:
                    "none, like `cpn demo`'s warm-up)")  # fmt: skip
 
 
-def load_start_weights(model, path: str | Path, stage: str):
+def load_start_weights(model, path: str | Path, stage: str, allow_pickle: bool = False):
     """Load ``model.weights`` (``path``) into the freshly built ``model`` of a ``stage`` run, as
-    :func:`cpn_dist.models.weights.load_weights` does (returns its report), after :func:`check_start`."""
+    :func:`cpn_dist.models.weights.load_weights` does (returns its report), after :func:`check_start`.
+    ``allow_pickle``: ``model.allow_pickle`` (see :func:`cpn_dist.models.weights.read_state_dict`)."""
     from cpn_dist.models.weights import load_state, read_weights, resolve_weights
 
     path = resolve_weights(path, getattr(model, "backbone_name", None))
-    state, meta = read_weights(path)
+    state, meta = read_weights(path, allow_pickle)
     check_start(path, meta, stage)
     return load_state(model, state, path)

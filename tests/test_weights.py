@@ -33,11 +33,14 @@ def test_plain_state_dict_ours_and_prefixed(tmp_path):
         assert all(torch.equal(m.state_dict()[k], v) for k, v in sd.items())
 
 
-def test_checkpoint_with_non_tensor_state_loads_with_a_warning(tmp_path, caplog):
+def test_checkpoint_with_non_tensor_state_is_refused_naming_the_opt_in_and_loads_with_it(tmp_path, caplog):
     path = tmp_path / "ckpt.pth"
     torch.save({"model": _tiny_state(1), "numpy_rng": np.random.get_state()}, path)
+    with pytest.raises(CpnError, match="needs full unpickling") as err:
+        load_weights(build_model("tiny", "official"), path)
+    assert "numpy.ndarray" in str(err.value) and "--allow-pickle" in str(err.value) and "\n" not in str(err.value)
     with caplog.at_level(logging.WARNING):
-        report = load_weights(build_model("tiny", "official"), path)
+        report = load_weights(build_model("tiny", "official"), path, allow_pickle=True)
     assert report.loaded and "full unpickling" in caplog.text
 
 
@@ -56,7 +59,7 @@ def test_errors_name_the_file_and_key(tmp_path):
         load_weights(m, tmp_path / "nope.pth")
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"this is not a checkpoint")
-    with pytest.raises(CpnError, match="bad.pth: cannot read") as err:
+    with pytest.raises(CpnError, match="bad.pth: not a PyTorch checkpoint") as err:
         load_weights(m, bad)
     assert "\n" not in str(err.value)
     shape = tmp_path / "shape.pth"

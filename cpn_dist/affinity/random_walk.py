@@ -222,14 +222,16 @@ def _finish(item: _Item, walked: torch.Tensor, out_dir: Path, save_cams_dir: Pat
         save_cams(save_cams_dir / f"{item.sample.name}.npy", {k: up[i + 1].numpy() for i, k in enumerate(keys)})
 
 
-def load_affinity_model(checkpoint: str | Path, backbone: str = "resnet38d", device: torch.device | str = "cpu"):
+def load_affinity_model(checkpoint: str | Path, backbone: str = "resnet38d", device: torch.device | str = "cpu",
+                        allow_pickle: bool = False):  # fmt: skip
     """An AffinityNet with the weights of ``checkpoint`` (ours or PSA's ``resnet38_aff``), in eval mode
-    on ``device``; returns ``(model, LoadReport)``."""
+    on ``device``; returns ``(model, LoadReport)``. ``allow_pickle``: see
+    :func:`cpn_dist.models.weights.read_state_dict`."""
     from cpn_dist.affinity.model import build_affinity_model
     from cpn_dist.models import load_weights
 
     model = build_affinity_model(backbone, dropout=0.0)
-    report = load_weights(model, checkpoint)
+    report = load_weights(model, checkpoint, allow_pickle)
     return model.to(device).eval(), report
 
 

@@ -43,7 +43,7 @@ class AffinityTask:
 
         model = build_affinity_model(self.cfg.model.backbone, dropout=self.cfg.model.dropout)
         if self.cfg.model.weights:
-            load_start_weights(model, self.cfg.model.weights, self.cfg.stage)
+            load_start_weights(model, self.cfg.model.weights, self.cfg.stage, self.cfg.model.allow_pickle)
         return model
 
     def loader(self, *, micro_size, global_size, rank, world_size, epoch, start_step):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from cpn_dist.cli import add_command, add_threads_argument, console, use_threads
 from cpn_dist.cli.inference import (
+    add_allow_pickle,
     check_found,
     infer_source,
     parse_scales,
@@ -24,6 +25,7 @@ def register(sub) -> None:
         "gives each process every N-th image.",
     )  # fmt: skip
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="weights: ours or the released CPN .pth")
+    add_allow_pickle(p)
     p.add_argument("--config", metavar="FILE",
                    help="run config (model.backbone, model.head, data.mean/std); default: the one our weights "
                         "record (released weights: the defaults)")  # fmt: skip
@@ -62,7 +64,7 @@ def _model(args, device):
     from cpn_dist.models.weights import read_weights
     from cpn_dist.weights_config import load_checked, weights_config
 
-    state, meta = read_weights(args.checkpoint)
+    state, meta = read_weights(args.checkpoint, args.allow_pickle)
     flags = {"model.backbone": ("--backbone", args.backbone), "model.head": ("--head", args.head)}
     cfg = weights_config(args.checkpoint, meta, "cpn", args.config, flags)
     model = build_model(cfg.model.backbone, cfg.model.head, dropout=0.0)

@@ -10,6 +10,13 @@ from collections.abc import Callable, Iterable
 from cpn_dist.errors import CpnError
 
 
+def add_allow_pickle(p) -> None:
+    """The ``--allow-pickle`` flag of the commands that read weights (the run config's ``model.allow_pickle``)."""
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="load weights that need full unpickling: that RUNS CODE STORED IN THE FILE; only for files "
+                        "whose source you trust (without it such a file is refused)")  # fmt: skip
+
+
 def parse_scales(text: str) -> tuple[float, ...]:
     """The scales of a ``--scales`` comma list, each > 0."""
     try:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from cpn_dist.cli import add_command, add_threads_argument, console, renamed_flag, use_threads
 from cpn_dist.cli.affinity_cmd import add_image_source_arguments, image_source, stage2_names
+from cpn_dist.cli.inference import add_allow_pickle
 from cpn_dist.errors import CpnError
 
 
@@ -22,6 +23,7 @@ def register(sub) -> None:
         "gives each process every N-th image.",
     )  # fmt: skip
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="AffinityNet weights (ours or released)")
+    add_allow_pickle(p)
     add_image_source_arguments(p)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder for ID.png")
     p.add_argument("--config", metavar="FILE",
@@ -74,7 +76,7 @@ def _run(args) -> int:
     from cpn_dist.models.weights import read_weights
     from cpn_dist.weights_config import load_checked, weights_config
 
-    weights, meta = read_weights(args.checkpoint)
+    weights, meta = read_weights(args.checkpoint, args.allow_pickle)
     flags = {"model.backbone": ("--backbone", args.backbone)}
     cfg = weights_config(args.checkpoint, meta, "affinity", args.config, flags)
     params = _params(args, cfg)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cpn_dist.cli import add_command, add_threads_argument, console, use_threads
+from cpn_dist.cli.inference import add_allow_pickle
 from cpn_dist.errors import CpnError
 
 
@@ -19,6 +20,7 @@ def register(sub) -> None:
         "gives each process every N-th image.",
     )  # fmt: skip
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="weights of a `stage: segmentation` run")
+    add_allow_pickle(p)
     p.add_argument("--config", metavar="FILE",
                    help="run config (model.backbone, segmentation.*, data.mean/std); default: the one the weights "
                         "record (needed for weights that record none)")  # fmt: skip
@@ -57,7 +59,7 @@ def _config(args):
     from cpn_dist.models.weights import read_weights
     from cpn_dist.weights_config import weights_config
 
-    state, meta = read_weights(args.checkpoint)
+    state, meta = read_weights(args.checkpoint, args.allow_pickle)
     if meta is None and args.config is None:
         raise CpnError(f"{args.checkpoint}: records no model (an older run?); give its --config")
     return weights_config(args.checkpoint, meta, "segmentation", args.config), state, meta

@@ -8,6 +8,7 @@ from rich.table import Table
 
 from cpn_dist.atomic import write_atomic
 from cpn_dist.cli import add_command, console, print_table
+from cpn_dist.cli.inference import add_allow_pickle
 from cpn_dist.errors import CpnError
 
 
@@ -26,6 +27,7 @@ def register(sub) -> None:
                        help="model to check against (default: the one our weights record; else resnet38d)")
     check.add_argument("--head", choices=["official", "paper", "pcm", "none"],
                        help="CPN head (default: the one our weights record; else official)")
+    add_allow_pickle(check)
     check.set_defaults(handler=_check)
 
 
@@ -53,7 +55,7 @@ def _check(args) -> int:
     from cpn_dist.models.weights import match_state_dict, read_weights, resolve_weights
     from cpn_dist.weights_config import built_as, weights_config
 
-    state, meta = read_weights(resolve_weights(args.path, args.backbone or "resnet38d"))
+    state, meta = read_weights(resolve_weights(args.path, args.backbone or "resnet38d"), args.allow_pickle)
     stage = meta.get("stage", "cpn") if meta else "cpn"
     flags = {"model.backbone": ("--backbone", args.backbone), "model.head": ("--head", args.head)}
     if meta is None:  # released weights: the released model unless told otherwise

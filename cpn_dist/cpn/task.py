@@ -106,7 +106,7 @@ class CPNTask:
 
         model = build_model(self.cfg.model.backbone, self.cfg.model.head, dropout=self.cfg.model.dropout)
         if self.cfg.model.weights:
-            load_start_weights(model, self.cfg.model.weights, self.cfg.stage)
+            load_start_weights(model, self.cfg.model.weights, self.cfg.stage, self.cfg.model.allow_pickle)
         return model
 
     def loader(self, *, micro_size, global_size, rank, world_size, epoch, start_step):

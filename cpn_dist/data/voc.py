@@ -100,9 +100,9 @@ def labels_from_names(names: list[str]) -> np.ndarray:
 def read_labels_file(path: str | Path) -> dict[str, np.ndarray]:
     """The image-level labels of a labels file (``--labels``), as {image id: float32 [20]}.
 
-    The file is the released ``cls_labels.npy`` — a dict saved with ``np.save`` (read with pickle: open
-    only files you trust) — or, with any other suffix, a JSON object. It maps each image id (read as a
-    string) to the image's labels, either
+    The file is the released ``cls_labels.npy`` — a dict saved with ``np.save``, unpickled without running
+    code (:mod:`cpn_dist.safe_npy`: a file whose pickle names any other code is refused) — or, with any
+    other suffix, a JSON object. It maps each image id (read as a string) to the image's labels, either
 
     - 20 numbers in :data:`CLASSES` order (nested lists are flattened; numbers written as strings are
       read as numbers): 1 for a class present, 0 for one absent; other values are kept, as class
@@ -112,18 +112,17 @@ def read_labels_file(path: str | Path) -> dict[str, np.ndarray]:
 
     ``cpn pack`` further needs every value to be 0 or 1 (shards store {0, 1} labels)."""
     import json
-    import pickle
+
+    from cpn_dist.safe_npy import ForbiddenGlobal, read_npy_object
 
     p = Path(path)
     if not p.is_file():
         raise CpnError(f"{p}: labels file not found")
     try:
-        if p.suffix == ".npy":
-            obj = np.load(p, allow_pickle=True)
-            obj = obj.item() if obj.dtype == object and obj.shape == () else None
-        else:
-            obj = json.loads(p.read_text())
-    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        obj = read_npy_object(p) if p.suffix == ".npy" else json.loads(p.read_text())
+    except ForbiddenGlobal as exc:
+        raise CpnError(f"{p}: not a labels file ({exc}); refused") from None
+    except (OSError, ValueError) as exc:
         raise CpnError(f"{p}: unreadable labels file ({exc})") from None
     if not isinstance(obj, dict):
         raise CpnError(f"{p}: labels file must map image ids to labels")

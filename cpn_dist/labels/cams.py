@@ -21,6 +21,7 @@ import numpy as np
 from cpn_dist.atomic import write_atomic
 from cpn_dist.data.voc import NUM_CLASSES, NUM_FOREGROUND
 from cpn_dist.errors import CpnError
+from cpn_dist.safe_npy import ForbiddenGlobal, NpyError, read_npy_object
 
 
 def normalise_released(total: np.ndarray) -> np.ndarray:
@@ -55,30 +56,60 @@ def save_cams(path: str | Path, cams: dict) -> None:
 
 
 def load_cams(path: str | Path) -> dict[int, np.ndarray]:
-    """Read a released-format CAM file: ``{class index 0..19: H×W float32}``."""
+    """Read a CAM file as ``{class index 0..19: H×W float32}``: the released layout (a dict of class index
+    → H×W float map) or IRN's (``keys``: class indices, ``high_res``: K×H×W maps; other members ignored).
+    The file is unpickled without running code (:mod:`cpn_dist.safe_npy`); anything else — random bytes,
+    a pickle that names other code, another object — is refused in one line."""
     try:
-        obj = np.load(path, allow_pickle=True)
+        obj = read_npy_object(path)
     except FileNotFoundError:
         raise CpnError(f"{path}: CAM file not found") from None
-    except (OSError, ValueError, EOFError) as exc:
-        raise CpnError(f"{path}: unreadable CAM file ({exc})") from None
-    if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
-        obj = obj.item()
+    except OSError as exc:
+        raise CpnError(f"{path}: unreadable CAM file ({exc.strerror or exc})") from None
+    except ForbiddenGlobal as exc:
+        raise CpnError(f"{path}: not a CAM file ({exc}); refused") from None
+    except NpyError as exc:
+        raise CpnError(f"{path}: not a CAM file ({exc})") from None
     if not isinstance(obj, dict):
-        raise CpnError(f"{path}: expected a dict {{class index: H×W map}}, got {type(obj).__name__}")
-    if "high_res" in obj and "keys" in obj:  # IRN layout (`cpn infer --format irn`)
-        obj = {int(k): v for k, v in zip(np.asarray(obj["keys"]).tolist(), obj["high_res"])}
+        raise CpnError(f"{path}: not a CAM file (expected a dict {{class index: H×W map}}, got {_kind(obj)})")
+    if "high_res" in obj and "keys" in obj:  # IRN layout (`cpn infer --format irn`, IRN's make_cam.py)
+        obj = _irn_cams(path, obj)
     cams: dict[int, np.ndarray] = {}
     shape = None
     for key, value in obj.items():
-        if not isinstance(key, (int, np.integer)) or not 0 <= int(key) < NUM_FOREGROUND:
+        if isinstance(key, bool) or not isinstance(key, (int, np.integer)) or not 0 <= int(key) < NUM_FOREGROUND:
             raise CpnError(f"{path}: CAM key {key!r} is not a class index 0..{NUM_FOREGROUND - 1}")
-        arr = np.asarray(value)
-        if arr.ndim != 2 or (shape is not None and arr.shape != shape):
-            raise CpnError(f"{path}: CAM of class {key} has shape {arr.shape}, expected one H×W shape for all")
+        arr = _numeric(value)
+        if arr is None or arr.ndim != 2 or (shape is not None and arr.shape != shape):
+            raise CpnError(f"{path}: CAM of class {key} is {_kind(value)}, expected H×W float maps of one shape")
         shape = arr.shape
         cams[int(key)] = arr.astype(np.float32, copy=False)
     return cams
+
+
+def _kind(obj) -> str:
+    """A short description of what a CAM file holds where a dict or a map belongs."""
+    if isinstance(obj, np.ndarray):
+        return f"a {obj.dtype} array of shape {obj.shape}"
+    return f"a {type(obj).__name__}"
+
+
+def _numeric(value) -> np.ndarray | None:
+    """``value`` as a real-valued array (a numpy array or a CPU tensor), or None when it is none."""
+    if not hasattr(value, "__array__"):  # a list, a string, a dict …
+        return None
+    arr = np.asarray(value)
+    return arr if arr.dtype.kind in "fiub" else None
+
+
+def _irn_cams(path, obj: dict) -> dict:
+    """The ``{class: map}`` dict of IRN's layout: ``keys`` (K class indices) and ``high_res`` (K×H×W)."""
+    keys, maps = _numeric(obj["keys"]), _numeric(obj["high_res"])
+    if keys is None or keys.ndim != 1 or keys.dtype.kind not in "iu":
+        raise CpnError(f"{path}: not a CAM file (IRN layout whose 'keys' is not a list of class indices)")
+    if maps is None or maps.ndim != 3 or len(maps) != len(keys):
+        raise CpnError(f"{path}: not a CAM file (IRN layout whose 'high_res' is not {len(keys)}×H×W maps)")
+    return dict(zip(keys.tolist(), maps))
 
 
 def foreground_max(cams: dict[int, np.ndarray], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -12,12 +12,15 @@ are reported as unexpected and ignored; model keys the file lacks keep their ini
 reported as missing (``num_batches_tracked`` buffers, absent from old PyTorch checkpoints, are not
 reported). A key whose shape differs is refused with a :class:`~cpn_dist.errors.CpnError` naming it;
 so is a file none of whose keys fit the model.
+
+Reading runs no code stored in a file (:mod:`cpn_dist.safe_torch`): PyTorch files load with
+``weights_only=True``, a file that needs full unpickling is refused unless ``allow_pickle`` (the
+``--allow-pickle`` flag, the ``model.allow_pickle`` key), and a checkpoint folder is scanned first.
 """
 
 from __future__ import annotations
 
 import logging
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +28,7 @@ import torch
 from torch import nn
 
 from cpn_dist.errors import CpnError
+from cpn_dist.safe_torch import check_checkpoint_folder, load_torch_file, not_a_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -69,27 +73,16 @@ def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def _unreadable(path: Path, exc: Exception) -> CpnError:
-    first_line = (str(exc).strip().splitlines() or [""])[0]
-    return CpnError(f"{path}: cannot read as a PyTorch checkpoint ({type(exc).__name__}: {first_line})")
-
-
-def _load_or_fail(path: Path, weights_only: bool):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
-    except Exception as exc:
-        raise _unreadable(path, exc) from None
-
-
 # Model files inside a checkpoint folder (Accelerate's save_state writes model.safetensors).
 _FOLDER_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth")
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
     """The state dict stored in ``path``: a ``.pth``/``.pt``/``.bin`` checkpoint, a ``.safetensors``
     file, an MXNet ``.params`` file, or a checkpoint folder holding one of ``model.safetensors``,
-    ``pytorch_model.bin``, ``model.pth``."""
-    return read_weights(path)[0]
+    ``pytorch_model.bin``, ``model.pth``. ``allow_pickle``: load a PyTorch file that needs full
+    unpickling (it runs code stored in the file), else refused."""
+    return read_weights(path, allow_pickle)[0]
 
 
 def metadata_from_config(config: dict) -> dict:
@@ -101,16 +94,18 @@ def metadata_from_config(config: dict) -> dict:
             "config": config}  # fmt: skip
 
 
-def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """(state dict, metadata) of ``path`` (see :func:`read_state_dict` for the formats). The metadata —
-    ``{"stage", "backbone", "head", "config", "version"}`` — is what our ``model_final.pth`` and checkpoint
-    folders record about their model; None for files that record nothing (released weights, older runs)."""
+def read_weights(path: str | Path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """(state dict, metadata) of ``path`` (see :func:`read_state_dict` for the formats and
+    ``allow_pickle``). The metadata — ``{"stage", "backbone", "head", "config", "version"}`` — is what our
+    ``model_final.pth`` and checkpoint folders record about their model; None for files that record
+    nothing (released weights, older runs)."""
     path = Path(path)
     meta = None
     if path.is_dir():
         found = [path / name for name in _FOLDER_FILES if (path / name).is_file()]
         if not found:
             raise CpnError(f"{path}: a folder without model weights (looked for {', '.join(_FOLDER_FILES)})")
+        check_checkpoint_folder(path, allow_pickle)
         state_file = path / "trainer_state.json"
         if state_file.is_file():
             import json
@@ -130,8 +125,8 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None
         try:
             return _unwrap(load_file(str(path)), path), meta
         except Exception as exc:
-            raise _unreadable(path, exc) from None
-    obj = _load_pth(path)
+            raise not_a_checkpoint(path, exc) from None
+    obj = load_torch_file(path, allow_pickle)
     if isinstance(obj, dict) and isinstance(obj.get("cpn_dist"), dict):
         meta = obj["cpn_dist"]
     return _unwrap(obj, path), meta
@@ -143,20 +138,6 @@ def read_weights_metadata(path: str | Path) -> dict | None:
         return read_weights(path)[1]
     except CpnError:
         return None
-
-
-def _load_pth(path: Path):
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights only" not in str(exc).lower():
-            raise _unreadable(path, exc) from None
-        # Our trainer's checkpoints may hold non-tensor state (e.g. numpy RNG states).
-        log.warning("%s holds more than tensors; loading it with full unpickling (only load files you trust)", path)
-        obj = _load_or_fail(path, weights_only=False)
-    except Exception as exc:  # a truncated or foreign file
-        raise _unreadable(path, exc) from None
-    return obj
 
 
 def match_state_dict(source: dict[str, torch.Tensor], model: nn.Module, path: str | Path) -> tuple[dict, LoadReport]:
@@ -201,12 +182,13 @@ def resolve_weights(path: str | Path, backbone: str | None) -> str | Path:
     return found
 
 
-def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
+def load_weights(model: nn.Module, path: str | Path, allow_pickle: bool = False) -> LoadReport:
     """Load the tensors of ``path`` whose names are in ``model``; refuse shape mismatches; log and return
     the report (loaded / missing / unexpected keys). ``path`` ``imagenet`` is the packaged ImageNet
-    weights of the model's backbone (its ``backbone_name``, set by the ``build_*`` functions)."""
+    weights of the model's backbone (its ``backbone_name``, set by the ``build_*`` functions).
+    ``allow_pickle``: see :func:`read_state_dict`."""
     path = resolve_weights(path, getattr(model, "backbone_name", None))
-    return load_state(model, read_state_dict(path), path)
+    return load_state(model, read_state_dict(path, allow_pickle), path)
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> LoadReport:

@@ -31,7 +31,7 @@ class SegmentationTask:
 
         model = model_from_config(self.cfg)
         if self.cfg.model.weights:
-            load_start_weights(model, self.cfg.model.weights, self.cfg.stage)
+            load_start_weights(model, self.cfg.model.weights, self.cfg.stage, self.cfg.model.allow_pickle)
         return model
 
     def loader(self, *, micro_size, global_size, rank, world_size, epoch, start_step):
