@@ -37,7 +37,7 @@ from cpn_dist.config import Config, to_yaml
 from cpn_dist.errors import CpnError
 from cpn_dist.launch import accumulation_steps, make_accelerator, set_batch_layout
 from cpn_dist.monitor import Monitor, peak_flops_per_device, peak_memory_bytes
-from cpn_dist.optim import build_optimizer, set_poly_lr
+from cpn_dist.optim import LrSchedule, build_optimizer, describe_schedule, set_group_lrs
 from cpn_dist.stop_signals import StopFlag
 
 log = logging.getLogger(__name__)
@@ -129,11 +129,21 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
     if cfg.train.max_steps:
         total_steps = min(total_steps, cfg.train.max_steps)
 
+    schedule = LrSchedule.from_config(cfg.optim, global_size, total_steps, steps_per_epoch)
+
     global_step = 0
     if ckpt is not None:
         acc.load_state(str(ckpt))
-        global_step = read_state(ckpt)["global_step"]
+        state = read_state(ckpt)
+        global_step = state["global_step"]
+        # Accelerate restores its micro-step counter from the checkpoint; on another layout (2 processes ×
+        # accumulation 1 resumed on 1 × 2) that count falls between two optimizer steps and the next
+        # accumulation window would sync (and step) after its first micro-batch. Count from the step.
+        acc.step = global_step * accumulation
         log.info("resumed from %s at step %d", ckpt, global_step)
+        change = layout_change(state, world_size, micro, accumulation)
+        if change:
+            log.warning("resuming at step %d %s", global_step, change)
     start_epoch, start_in_epoch = divmod(global_step, steps_per_epoch)
     resumed_step = global_step
     # the first epoch's loader is built before anything is logged: bad data stops the run here
@@ -147,6 +157,7 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
     peak = peak_flops_per_device(cfg.log.peak_flops, device, cfg.train.precision)
     log.info("world %d × micro %d × accumulation %d = global batch %d; %d steps", world_size, micro,
              accumulation, global_size, total_steps)
+    log.info("%s", describe_schedule(cfg.optim, schedule, global_size))
 
     def checkpoint():
         # A skipped non-finite step leaves the weights untouched; this guards against anything else.
@@ -172,7 +183,8 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
             t0 = time.perf_counter()
             window = [next(batches) for _ in range(accumulation)]
             t_data = time.perf_counter() - t0
-            lr = set_poly_lr(optimizer, specs, cfg.optim, global_step, total_steps)
+            lr = schedule(global_step)
+            set_group_lrs(optimizer, specs, lr)
             contexts = task.prepare_window(model, window, device) or [None] * accumulation
 
             sums, names = None, None
@@ -262,6 +274,17 @@ def _write_summary(path: Path, global_step: int, steps: int, sums: dict[str, flo
 
     means = {k: v / steps for k, v in sums.items()} if steps else {}
     write_json(path, {"global_step": global_step, "steps_averaged": steps, "means": means})
+
+
+def layout_change(state: dict, world_size: int, micro: int, accumulation: int) -> str:
+    """``"on 2 processes, was 1: micro 2 × accumulation 1 (was 2 × 2)"`` when a checkpoint written on
+    another layout of the same global batch is resumed; ``""`` when the layout is the same."""
+    was = (state.get("world_size"), state.get("micro_size"), state.get("accumulation"))
+    if None in was or was == (world_size, micro, accumulation):
+        return ""
+    plural = "es" if world_size > 1 else ""
+    return (f"on {world_size} process{plural}, was {was[0]}: micro {micro} × accumulation {accumulation} "
+            f"(was {was[1]} × {was[2]})")
 
 
 def _finish_trackers(acc) -> None:
