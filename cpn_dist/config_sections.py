@@ -161,6 +161,23 @@ class OptimConfig(Section):
     weight_decay: float = Field(5e-4, ge=0.0, description="weight decay of weight tensors (biases get none)")
     poly_power: float = Field(0.9, ge=0.0, description="lr = base * (1 - step/total)^power")
     grad_clip: float | None = Field(None, gt=0.0, description="max global gradient norm (null = no clipping)")
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field(
+        "none", description="optim.lr at another global batch than optim.reference_batch: none (unchanged), linear "
+        "(× global / reference, Goyal et al. 2017) or sqrt (× its square root)"
+    )
+    reference_batch: int = Field(4, ge=1, description="the global batch optim.lr was chosen for (the paper's 4)")
+    warmup_steps: int = Field(
+        0, ge=0, description="optimizer steps of linear warm-up: the lr rises from optim.warmup_start × lr to the "
+        "poly schedule's value (0: none)"
+    )
+    warmup_epochs: float = Field(0.0, ge=0.0, description="the warm-up in epochs instead (give one of the two)")
+    warmup_start: float = Field(0.1, gt=0.0, le=1.0, description="the warm-up's first lr, as a fraction of the lr")
+
+    @model_validator(mode="after")
+    def _one_warmup(self) -> OptimConfig:
+        if self.warmup_steps and self.warmup_epochs:
+            raise ValueError("warmup_steps and warmup_epochs: give one (the other 0)")
+        return self
 
 
 class TrainConfig(Section):

@@ -41,7 +41,7 @@ from cpn_dist.devices import announce_threads
 from cpn_dist.errors import CpnError
 from cpn_dist.launch import accumulation_steps, make_accelerator, set_batch_layout
 from cpn_dist.monitor import Monitor, peak_flops_per_device, peak_memory_bytes
-from cpn_dist.optim import build_optimizer, set_poly_lr
+from cpn_dist.optim import LrSchedule, build_optimizer, describe_schedule, set_group_lrs
 from cpn_dist.stop_signals import StopFlag
 
 log = logging.getLogger(__name__)
@@ -139,13 +139,22 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
     total_steps = run_length(cfg.train, steps_per_epoch)
     epochs = math.ceil(total_steps / steps_per_epoch)
 
+    schedule = LrSchedule.from_config(cfg.optim, global_size, total_steps, steps_per_epoch)
+
     global_step, resumed = 0, None
     if ckpt is not None:
         # checked by start_plan; opted in, the pickled optimizer state may hold more than tensors
         acc.load_state(str(ckpt), load_kwargs={"weights_only": False} if cfg.model.allow_pickle else None)
         resumed = read_state(ckpt)
         global_step = resumed["global_step"]
+        # Accelerate restores its micro-step counter from the checkpoint; on another layout (2 processes ×
+        # accumulation 1 resumed on 1 × 2) that count falls between two optimizer steps and the next
+        # accumulation window would sync (and step) after its first micro-batch. Count from the step.
+        acc.step = global_step * accumulation
         log.info("resumed from %s at step %d", ckpt, global_step)
+        change = layout_change(resumed, world_size, micro, accumulation)
+        if change:
+            log.warning("resuming at step %d %s", global_step, change)
     start_epoch, start_in_epoch = divmod(global_step, steps_per_epoch)
     resumed_step = global_step
     # the first epoch's loader is built before anything is logged: bad data stops the run here
@@ -159,6 +168,7 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
     peak = peak_flops_per_device(cfg.log.peak_flops, device, cfg.train.precision)
     log.info("world %d × micro %d × accumulation %d = global batch %d; %d steps: %s", world_size, micro,
              accumulation, global_size, total_steps, run_length_source(cfg.train, steps_per_epoch))
+    log.info("%s", describe_schedule(cfg.optim, schedule, global_size))
     announce_threads()
 
     def checkpoint():
@@ -185,7 +195,8 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
             t0 = time.perf_counter()
             window = [next(batches) for _ in range(accumulation)]
             t_data = time.perf_counter() - t0
-            lr = set_poly_lr(optimizer, specs, cfg.optim, global_step, total_steps)
+            lr = schedule(global_step)
+            set_group_lrs(optimizer, specs, lr)
             contexts = task.prepare_window(model, window, device) or [None] * accumulation
 
             sums, names = None, None
@@ -291,6 +302,17 @@ def _write_summary(path: Path, global_step: int, steps: int, sums: dict[str, flo
 
     means = {k: v / steps for k, v in sums.items()} if steps else {}
     write_json(path, {"global_step": global_step, "steps_averaged": steps, "means": means})
+
+
+def layout_change(state: dict, world_size: int, micro: int, accumulation: int) -> str:
+    """``"on 2 processes, was 1: micro 2 × accumulation 1 (was 2 × 2)"`` when a checkpoint written on
+    another layout of the same global batch is resumed; ``""`` when the layout is the same."""
+    was = (state.get("world_size"), state.get("micro_size"), state.get("accumulation"))
+    if None in was or was == (world_size, micro, accumulation):
+        return ""
+    plural = "es" if world_size > 1 else ""
+    return (f"on {world_size} process{plural}, was {was[0]}: micro {micro} × accumulation {accumulation} "
+            f"(was {was[1]} × {was[2]})")
 
 
 def _finish_trackers(acc) -> None:

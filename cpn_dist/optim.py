@@ -4,7 +4,12 @@ The released ``train_cpn.py`` gives backbone weights the base lr with weight dec
 2× lr without decay, new layers (classifier and refinement head) 10× lr with decay and their biases
 20× lr without decay. The lr decays as ``base · (1 − step / total)^power`` (Sec. 4.1: power 0.9).
 
-The schedule is applied by :func:`set_poly_lr` from the global optimizer step, not by a scheduler
+Past the paper's global batch (``optim.reference_batch``, 4), ``optim.lr_scaling`` scales the base lr with
+the global batch — linear (Goyal et al. 2017: lr ∝ batch) or sqrt — and ``optim.warmup_steps`` /
+``warmup_epochs`` ramp it up linearly from ``warmup_start × lr`` at the start (:class:`LrSchedule`).
+At the reference batch without warm-up the schedule is the paper's, unchanged.
+
+The schedule is applied by :func:`set_group_lrs` from the global optimizer step, not by a scheduler
 object: Accelerate steps a wrapped scheduler once per process, and DeepSpeed drops empty parameter
 groups, which would shift per-group multipliers onto the wrong groups. Here every group carries
 its own ``lr_mult``, and empty groups are never created.
@@ -12,6 +17,7 @@ its own ``lr_mult``, and empty groups are never created.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -56,11 +62,57 @@ def poly_lr(base: float, step: int, total: int, power: float) -> float:
     return base * max(0.0, 1.0 - step / max(total, 1)) ** power
 
 
-def set_poly_lr(optimizer, specs: list[GroupSpec], cfg: OptimConfig, step: int, total: int) -> float:
-    """Set every group's lr for optimizer step ``step`` (0-based); returns the base lr."""
-    lr = poly_lr(cfg.lr, step, total, cfg.poly_power)
+def scaled_lr(cfg: OptimConfig, global_size: int) -> float:
+    """``optim.lr`` at a global batch: × ``global / reference`` (linear), × its square root (sqrt), or
+    unchanged (none)."""
+    ratio = global_size / cfg.reference_batch
+    return cfg.lr * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[cfg.lr_scaling]
+
+
+@dataclass(frozen=True)
+class LrSchedule:
+    """The base lr of every optimizer step: the poly policy from the scaled lr, times a linear warm-up
+    factor that rises from ``warmup_start`` at step 0 to 1 at step ``warmup`` (1 from then on)."""
+
+    base: float
+    total: int
+    power: float
+    warmup: int = 0
+    warmup_start: float = 1.0
+
+    @classmethod
+    def from_config(cls, cfg: OptimConfig, global_size: int, total: int, steps_per_epoch: int) -> LrSchedule:
+        warmup = cfg.warmup_steps or round(cfg.warmup_epochs * steps_per_epoch)
+        return cls(scaled_lr(cfg, global_size), total, cfg.poly_power, min(warmup, total), cfg.warmup_start)
+
+    def __call__(self, step: int) -> float:
+        lr = poly_lr(self.base, step, self.total, self.power)
+        if step < self.warmup:
+            lr *= self.warmup_start + (1.0 - self.warmup_start) * step / self.warmup
+        return lr
+
+
+def describe_schedule(cfg: OptimConfig, schedule: LrSchedule, global_size: int) -> str:
+    """One line for the start of a run, e.g. ``global 32 = 8 × reference 4: lr 0.01 → 0.08 (linear),
+    warm-up 200 steps from 0.1 × lr``."""
+    ratio = global_size / cfg.reference_batch
+    text = f"global {global_size} = {ratio:g} × reference {cfg.reference_batch}: lr {cfg.lr:g}"
+    text += f" → {schedule.base:g} ({cfg.lr_scaling})" if schedule.base != cfg.lr else f" ({cfg.lr_scaling} scaling)"
+    if schedule.warmup:
+        text += f", warm-up {schedule.warmup} steps from {schedule.warmup_start:g} × lr"
+    return text + f", poly {schedule.power:g} over {schedule.total} steps"
+
+
+def set_group_lrs(optimizer, specs: list[GroupSpec], lr: float) -> None:
+    """Set every group's lr from the base lr (× the group's multiplier)."""
     if len(optimizer.param_groups) != len(specs):
         raise RuntimeError(f"optimizer has {len(optimizer.param_groups)} groups, expected {len(specs)}")
     for group, spec in zip(optimizer.param_groups, specs):
         group["lr"] = lr * spec.lr_mult
+
+
+def set_poly_lr(optimizer, specs: list[GroupSpec], cfg: OptimConfig, step: int, total: int) -> float:
+    """Set every group's lr for optimizer step ``step`` (0-based) of the plain poly policy; returns the base lr."""
+    lr = poly_lr(cfg.lr, step, total, cfg.poly_power)
+    set_group_lrs(optimizer, specs, lr)
     return lr

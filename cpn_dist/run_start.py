@@ -36,8 +36,10 @@ from cpn_dist.errors import CpnError, MirroredError
 log = logging.getLogger(__name__)
 
 # Keys that do not change a run's result (how often it logs and checkpoints, where it writes, how
-# many loader processes read the data, whether files that need full unpickling may load) ...
-NO_EFFECT = ("train.checkpoint_every", "train.keep_last", "log.", "data.workers", "output.", "model.allow_pickle")
+# many loader processes read the data, whether files that need full unpickling may load, how the
+# global batch is split into micro-batches: the distributed invariant, docs/design.md) ...
+NO_EFFECT = ("train.checkpoint_every", "train.keep_last", "log.", "data.workers", "output.", "model.allow_pickle",
+             "batch.micro_size")
 # ... and the length of the run, which a resume may extend or shorten.
 RUN_LENGTH = ("train.epochs", "train.max_steps")
 ALLOWED_TO_DIFFER = RUN_LENGTH + NO_EFFECT
@@ -59,10 +61,25 @@ def _ignored(key: str, ignore: tuple[str, ...]) -> bool:
 
 
 def config_changes(old: dict, new: dict, ignore: tuple[str, ...] = ALLOWED_TO_DIFFER) -> list[str]:
-    """``key: old → new`` for every leaf key that differs between two config dicts, minus ``ignore``."""
+    """``key: old → new`` for every leaf key that differs between two config dicts, minus ``ignore``. A key
+    added since ``old`` was recorded counts as holding its default there."""
     a, b = renamed_flat(flatten(old)), flatten(new)  # a recorded config may hold keys renamed since
+    for key, value in _defaults_of(new).items():
+        a.setdefault(key, value)
     keys = [k for k in dict.fromkeys([*a, *b]) if not _ignored(k, ignore) and a.get(k) != b.get(k)]
     return [f"{k}: {_short(a.get(k))} → {_short(b.get(k))}" for k in keys]
+
+
+def _defaults_of(config: dict) -> dict[str, Any]:
+    """The flat defaults of the run config schema (empty for a config that is not a run config's dict)."""
+    from pydantic import ValidationError
+
+    from cpn_dist.config import Config
+
+    try:
+        return flatten(Config.model_validate({"stage": config.get("stage", "cpn")}).to_dict())
+    except (ValidationError, TypeError, ValueError):
+        return {}
 
 
 def _short(value: Any, n: int = 40) -> str:
@@ -101,9 +118,11 @@ class StartPlan:
     finished: bool = False  # the run is finished: train nothing, change nothing
 
 
-def plan_start(out_dir: str | Path, cfg, resume: str | None, restart: bool) -> StartPlan:
+def plan_start(out_dir: str | Path, cfg, resume: str | None, restart: bool,
+               world: tuple[int, str] | None = None) -> StartPlan:  # fmt: skip
     """Decide how the run of ``cfg`` starts in ``out_dir`` (see the module docstring); raises a one-line
-    CpnError when it must not. Call on the main process only, holding the folder's lock."""
+    CpnError when it must not. ``world``: (processes, Accelerate's distributed type) of this run, for
+    :func:`check_world`. Call on the main process only, holding the folder's lock."""
     out = Path(out_dir)
     final = out / "model_final.pth"
     if restart:
@@ -123,7 +142,11 @@ def plan_start(out_dir: str | Path, cfg, resume: str | None, restart: bool) -> S
                                "(replacing it), or choose another output.dir")  # fmt: skip
             return StartPlan(None, f"--resume {resume}: no checkpoint in {out} yet, starting at step 0")
         check_resumable(ckpt, cfg, f"--resume {resume}")
-        return finished_plan(out, ckpt, cfg) or StartPlan(str(ckpt))
+        finished = finished_plan(out, ckpt, cfg)
+        if finished:
+            return finished
+        check_world(ckpt, world)
+        return StartPlan(str(ckpt))
     done = complete_checkpoints(out)
     if done:
         ckpt = done[-1]
@@ -137,8 +160,12 @@ def plan_start(out_dir: str | Path, cfg, resume: str | None, restart: bool) -> S
             raise CpnError(f"{out}: holds checkpoints (up to step {step}) of a run with another config "
                            f"({'; '.join(changes)}); continue that run with its config and --resume latest, or "
                            "start over with --restart (deletes them), or choose another output.dir")  # fmt: skip
-        return finished_plan(out, ckpt, cfg) or StartPlan(
-            str(ckpt), f"{out} holds checkpoints of this config: resuming from step {step} (--restart starts over)")
+        finished = finished_plan(out, ckpt, cfg)
+        if finished:
+            return finished
+        check_world(ckpt, world)
+        return StartPlan(str(ckpt), f"{out} holds checkpoints of this config: resuming from step {step} "
+                                    "(--restart starts over)")  # fmt: skip
     if final.exists():
         raise CpnError(f"{final}: the weights of a finished run; --restart trains again (replacing them), or "
                        "choose another output.dir")  # fmt: skip
@@ -179,6 +206,20 @@ def check_resumable(ckpt: Path, cfg, how: str) -> None:
                        f" only {allowed} may differ on resume. Use that run's config, or --restart")  # fmt: skip
 
 
+def check_world(ckpt: Path, world: tuple[int, str] | None) -> None:
+    """Refuse to resume a DeepSpeed checkpoint on another number of processes: ZeRO partitions the optimizer
+    state per rank, and DeepSpeed cannot re-partition it when loading. (DDP checkpoints hold the whole
+    state and resume on any number of processes with the same global batch.)"""
+    state = read_state(ckpt)
+    written, kind = state.get("world_size"), state.get("distributed_type")
+    if world is None or kind != "DEEPSPEED" or written in (None, world[0]):
+        return
+    raise CpnError(f"{ckpt}: written by {written} DeepSpeed processes, whose ZeRO optimizer state is partitioned "
+                   f"per rank; this run has {world[0]}. Resume on {written} processes, or start a new run from its "
+                   "weights (zero_to_fp32.py in that folder writes them; give them as model.weights: the optimizer "
+                   "state starts anew). DDP checkpoints resume on any number of processes")  # fmt: skip
+
+
 def start_plan(acc, cfg, resume: str | None, restart: bool) -> StartPlan:
     """How the run starts (:func:`plan_start`), decided by the main process for every process; a
     checkpoint whose files would run code when loaded is refused (:mod:`cpn_dist.safe_torch`)."""
@@ -188,7 +229,7 @@ def start_plan(acc, cfg, resume: str | None, restart: bool) -> StartPlan:
     decision = None
     if acc.is_main_process:
         try:
-            plan = plan_start(cfg.output.dir, cfg, resume, restart)
+            plan = plan_start(cfg.output.dir, cfg, resume, restart, (acc.num_processes, acc.distributed_type.value))
             if plan.checkpoint and not plan.finished:  # before Accelerate or DeepSpeed unpickles its files
                 check_checkpoint_folder(plan.checkpoint, cfg.model.allow_pickle)
             if plan.note:
