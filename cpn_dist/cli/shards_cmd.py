@@ -49,10 +49,14 @@ def _verify(args) -> int:
 
 
 def _info(args) -> int:
+    from cpn_dist.cli.coco_cmd import describe_protocol
+    from cpn_dist.data.datasets import from_meta
     from cpn_dist.data.shards import read_meta
 
     meta = read_meta(args.dir)
-    console.print(f"[bold]{args.dir}[/] — {meta.get('tool', '?')}, format {meta['format']} v{meta['format_version']}")
+    dataset = from_meta(meta)
+    console.print(f"[bold]{args.dir}[/] — {meta.get('tool', '?')}, format {meta['format']} v{meta['format_version']}, "
+                  f"dataset {dataset.name} ({dataset.num_classes} classes with background)")  # fmt: skip
     for split, e in meta["splits"].items():
         t = Table(title=f"split {split}", show_header=False, title_justify="left")
         t.add_column(style="bold")
@@ -67,7 +71,9 @@ def _info(args) -> int:
             ("SLIC", f"segments {slic['segments']}, compactness {slic['compactness']}, {slic['library']}"),
             *((f"  N={n}", f"K {v['min']}–{v['max']}, mean {v['mean']}") for n, v in slic["superpixels"].items()),
             ("mean RGB", ", ".join(f"{v:.4f}" for v in e["mean_rgb"])),
-            ("source", f"{e['source']['list']} (labels: {e['source']['labels']}, masks: {e['source']['masks']})"),
+            ("source", f"{_source_files(e['source'])} (labels: {e['source']['labels']}, masks: "
+                       f"{e['source']['masks']})"),  # fmt: skip
+            *([("protocol", describe_protocol(e["protocol"]))] if "protocol" in e else []),
             ("skipped", str(len(e["skipped"]))),
         ]
         for k, v in rows:
@@ -83,3 +89,11 @@ def _info(args) -> int:
                 sk.add_row(item["id"], item["reason"])
             print_table(sk)
     return 0
+
+
+def _source_files(source: dict) -> str:
+    """What a split was packed from: a VOC split list, or a COCO annotation file (and the images it dropped)."""
+    if "list" in source:
+        return source["list"]
+    dropped = f", {source['dropped']} images without annotations dropped" if source.get("dropped") else ""
+    return f"{source['annotations']} ({source['listed']} images{dropped})"

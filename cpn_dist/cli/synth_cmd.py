@@ -1,4 +1,5 @@
-"""``cpn synth-voc``: write the built-in synthetic dataset in PASCAL VOC 2012 layout."""
+"""``cpn synth-voc`` / ``cpn synth-coco``: write the built-in synthetic dataset in PASCAL VOC 2012 or MS COCO
+2014 layout."""
 
 from __future__ import annotations
 
@@ -22,6 +23,20 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     p.set_defaults(handler=_run)
+    c = add_command(
+        sub, "synth-coco", "generate a synthetic dataset in MS COCO 2014 layout",
+        "Write train2014/, val2014/ (every fifth image) and annotations/instances_{train,val}2014.json for N "
+        "synthetic images of the 80 COCO categories (their real ids, with the gaps): polygon and RLE "
+        "segmentations, crowd annotations, overlapping instances, images without annotations. Deterministic "
+        "per seed. Needs pycocotools (pip install 'cpn-dist[coco]').",
+    )  # fmt: skip
+    c.add_argument("--out", required=True, help="output folder (the COCO root)")
+    c.add_argument("--images", type=int, required=True, help="number of images over both splits")
+    c.add_argument("--size", type=int, default=160, help="long side of every image in pixels (default 160)")
+    c.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    c.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    c.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
+    c.set_defaults(handler=_run_coco)
 
 
 def _run(args) -> int:
@@ -35,4 +50,18 @@ def _run(args) -> int:
         )  # fmt: skip
     console.print(f"wrote {args.images} images (task {args.task}, long side {args.size}, seed {args.seed}) "
                   f"to [bold]{root}[/]")  # fmt: skip
+    return 0
+
+
+def _run_coco(args) -> int:
+    from cpn_dist.data.coco import pycocotools_mask
+    from cpn_dist.data.synth_coco import synthesize_coco
+    from cpn_dist.progress import Progress
+
+    pycocotools_mask()  # or one line saying how to install pycocotools
+    with Progress("synth-coco", args.images) as progress:
+        root = synthesize_coco(args.out, args.images, size=args.size, seed=args.seed, workers=args.workers,
+                               overwrite=args.overwrite, on_image=progress.on_item)  # fmt: skip
+    console.print(f"wrote {args.images} COCO-layout images (long side {args.size}, seed {args.seed}) to "
+                  f"[bold]{root}[/]")  # fmt: skip
     return 0

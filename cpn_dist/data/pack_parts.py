@@ -115,5 +115,7 @@ def gather_parts(out: Path, split: str, folders: list[Path]) -> int:
         settings = theirs / "settings.json"
         if settings.is_file() and not (work / "settings.json").is_file():
             shutil.copyfile(settings, work / "settings.json")
+        if not any(p.name != "settings.json" for p in theirs.iterdir()):  # all moved: the part folder is done
+            shutil.rmtree(theirs)
     log.info("moved %d shards of %s from %d part folder(s) into %s", moved, split, len(folders), out)
     return moved
