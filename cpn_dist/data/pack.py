@@ -256,7 +256,7 @@ def pack_source(
             for index in mine:
                 stats_path(work, index).unlink(missing_ok=True)
     elif resume:
-        if work.is_dir():
+        if work.is_dir() and (part is None or (work / "settings.json").is_file()):  # a part may be first
             old = json.loads((work / "settings.json").read_text()) if (work / "settings.json").is_file() else None
             if old != settings:
                 changes = "; ".join(settings_changes(old, settings))
