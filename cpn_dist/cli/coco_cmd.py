@@ -81,6 +81,7 @@ def register(sub) -> None:
 
 
 def _check(args) -> int:
+    from cpn_dist.cli.shards_cmd import print_findings
     from cpn_dist.data.coco_check import check_images, coco_folder, coco_splits, read_split_check
     from cpn_dist.progress import Progress
 
@@ -92,15 +93,7 @@ def _check(args) -> int:
             check_images(check, images, args.workers, bar.advance)
         checks.append(check)
     for check in checks:
-        for kind, items, style in (("problem", check.problems, "red"), ("warning", check.warnings, "yellow")):
-            if not items:
-                continue
-            table = Table("where", kind, title=f"{check.split}: {len(items)} {kind}(s)", title_style=style)
-            for where, what in items[:50]:
-                table.add_row(where, what)
-            if len(items) > 50:
-                table.add_row("…", f"{len(items) - 50} more")
-            print_table(table)
+        print_findings(check.split, check.problems, check.warnings)
     summary = Table("split", "images", "annotations", "crowd", "without annotations", "problems", "warnings",
                     title=f"{args.root}")  # fmt: skip
     for c in checks:

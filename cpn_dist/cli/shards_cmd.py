@@ -21,6 +21,19 @@ def register(sub) -> None:
     i.set_defaults(handler=_info)
 
 
+def print_findings(split: str, problems: list[tuple[str, str]], warnings: list[tuple[str, str]]) -> None:
+    """A table of a split's problems and one of its warnings (where, what), the first 50 of each."""
+    for kind, items, style in (("problem", problems, "red"), ("warning", warnings, "yellow")):
+        if not items:
+            continue
+        table = Table("where", kind, title=f"{split}: {len(items)} {kind}(s)", title_style=style)
+        for where, what in items[:50]:
+            table.add_row(where, what)
+        if len(items) > 50:
+            table.add_row("…", f"{len(items) - 50} more")
+        print_table(table)
+
+
 def _verify(args) -> int:
     from cpn_dist.data.verify import total_samples, verify_shards
     from cpn_dist.progress import Progress
@@ -30,15 +43,7 @@ def _verify(args) -> int:
         checks = verify_shards(args.dir, args.split, progress=bar.advance)
     failed = False
     for check in checks:
-        for kind, items, style in (("problem", check.problems, "red"), ("warning", check.warnings, "yellow")):
-            if not items:
-                continue
-            table = Table("where", kind, title=f"{check.split}: {len(items)} {kind}(s)", title_style=style)
-            for where, what in items[:50]:
-                table.add_row(where, what)
-            if len(items) > 50:
-                table.add_row("…", f"{len(items) - 50} more")
-            print_table(table)
+        print_findings(check.split, check.problems, check.warnings)
         failed |= bool(check.problems) or (args.strict and bool(check.warnings))
         status = "[red]FAILED[/]" if check.problems else "[green]ok[/]"
         console.print(f"{status} {check.split}: {check.samples} samples in {check.shards} shards, "

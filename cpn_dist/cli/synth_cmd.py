@@ -6,22 +6,27 @@ from __future__ import annotations
 from cpn_dist.cli import add_command, console
 
 
+def _add_common(p, root: str, size: int) -> None:
+    """The flags both synthetic datasets take."""
+    p.add_argument("--out", required=True, help=f"output folder (the {root} root)")
+    p.add_argument("--images", type=int, required=True, help="number of images")
+    p.add_argument("--size", type=int, default=size, help=f"long side of every image in pixels (default {size})")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
+
+
 def register(sub) -> None:
     p = add_command(
         sub, "synth-voc", "generate a synthetic dataset in PASCAL VOC 2012 layout",
         "Write JPEGImages/, Annotations/, SegmentationClass/ and ImageSets/Segmentation/"
         "{train,val,train_aug}.txt for N synthetic images of the 20 VOC classes. Deterministic per seed.",
     )  # fmt: skip
-    p.add_argument("--out", required=True, help="output folder (the VOC2012 root)")
-    p.add_argument("--images", type=int, required=True, help="number of images")
-    p.add_argument("--size", type=int, default=128, help="long side of every image in pixels (default 128)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    _add_common(p, "VOC2012", 128)
     p.add_argument("--task", choices=("shapes", "parts", "parts-reliable"), default="shapes",
                    help="shapes: class-coloured striped shapes (default); parts: a weakly, noisily textured body "
                         "with a small class-coloured marker, plus SegmentationPart/ (1 body, 2 marker); "
                         "parts-reliable: the same with a reliable body texture (CPN's premise holds)")  # fmt: skip
-    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     p.set_defaults(handler=_run)
     c = add_command(
         sub, "synth-coco", "generate a synthetic dataset in MS COCO 2014 layout",
@@ -30,12 +35,7 @@ def register(sub) -> None:
         "segmentations, crowd annotations, overlapping instances, images without annotations. Deterministic "
         "per seed. Needs pycocotools (pip install 'cpn-dist[coco]').",
     )  # fmt: skip
-    c.add_argument("--out", required=True, help="output folder (the COCO root)")
-    c.add_argument("--images", type=int, required=True, help="number of images over both splits")
-    c.add_argument("--size", type=int, default=160, help="long side of every image in pixels (default 160)")
-    c.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    c.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    c.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
+    _add_common(c, "COCO", 160)
     c.set_defaults(handler=_run_coco)
 
 
