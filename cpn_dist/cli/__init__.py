@@ -2,7 +2,8 @@
 
 Each module in :data:`COMMANDS` has ``register(subparsers)``, which adds its parser and sets
 ``handler``. Registering imports no torch, and neither do ``cpn --version``, ``--help`` and the
-commands that run no model (eval, pseudo, crf, show, pack, shards, check-voc, synth-voc, config):
+commands that run no model (eval, pseudo, crf, show, pack, shards, check-voc, synth-voc, check-coco,
+synth-coco, coco-masks, config):
 handlers import heavy libraries (torch, accelerate) lazily, where a model runs (tests check it).
 A :class:`~cpn_dist.errors.CpnError` is shown as one red line and a non-zero exit code; anything
 else is a bug and keeps its traceback.
@@ -20,7 +21,7 @@ from cpn_dist.errors import CpnError
 
 # Subcommand modules, in the order `cpn --help` lists them.
 COMMANDS = (
-    "config_cmd", "synth_cmd", "voc_cmd", "eval_cmd", "pack_cmd", "shards_cmd", "crf_cmd", "pseudo_cmd",
+    "config_cmd", "synth_cmd", "voc_cmd", "coco_cmd", "eval_cmd", "pack_cmd", "shards_cmd", "crf_cmd", "pseudo_cmd",
     "infer_cmd", "show_cmd", "weights_cmd", "train_cmd", "affinity_cmd", "rw_cmd",
     "segment_cmd", "pipeline_cmd", "demo_cmd",
 )  # fmt: skip

@@ -21,6 +21,19 @@ def register(sub) -> None:
     i.set_defaults(handler=_info)
 
 
+def print_findings(split: str, problems: list[tuple[str, str]], warnings: list[tuple[str, str]]) -> None:
+    """A table of a split's problems and one of its warnings (where, what), the first 50 of each."""
+    for kind, items, style in (("problem", problems, "red"), ("warning", warnings, "yellow")):
+        if not items:
+            continue
+        table = Table("where", kind, title=f"{split}: {len(items)} {kind}(s)", title_style=style)
+        for where, what in items[:50]:
+            table.add_row(where, what)
+        if len(items) > 50:
+            table.add_row("…", f"{len(items) - 50} more")
+        print_table(table)
+
+
 def _verify(args) -> int:
     from cpn_dist.data.verify import total_samples, verify_shards
     from cpn_dist.progress import Progress
@@ -30,15 +43,7 @@ def _verify(args) -> int:
         checks = verify_shards(args.dir, args.split, progress=bar.advance)
     failed = False
     for check in checks:
-        for kind, items, style in (("problem", check.problems, "red"), ("warning", check.warnings, "yellow")):
-            if not items:
-                continue
-            table = Table("where", kind, title=f"{check.split}: {len(items)} {kind}(s)", title_style=style)
-            for where, what in items[:50]:
-                table.add_row(where, what)
-            if len(items) > 50:
-                table.add_row("…", f"{len(items) - 50} more")
-            print_table(table)
+        print_findings(check.split, check.problems, check.warnings)
         failed |= bool(check.problems) or (args.strict and bool(check.warnings))
         status = "[red]FAILED[/]" if check.problems else "[green]ok[/]"
         console.print(f"{status} {check.split}: {check.samples} samples in {check.shards} shards, "
@@ -49,10 +54,14 @@ def _verify(args) -> int:
 
 
 def _info(args) -> int:
+    from cpn_dist.cli.coco_cmd import describe_protocol
+    from cpn_dist.data.datasets import from_meta
     from cpn_dist.data.shards import read_meta
 
     meta = read_meta(args.dir)
-    console.print(f"[bold]{args.dir}[/] — {meta.get('tool', '?')}, format {meta['format']} v{meta['format_version']}")
+    dataset = from_meta(meta)
+    console.print(f"[bold]{args.dir}[/] — {meta.get('tool', '?')}, format {meta['format']} v{meta['format_version']}, "
+                  f"dataset {dataset.name} ({dataset.num_classes} classes with background)")  # fmt: skip
     for split, e in meta["splits"].items():
         t = Table(title=f"split {split}", show_header=False, title_justify="left")
         t.add_column(style="bold")
@@ -67,7 +76,9 @@ def _info(args) -> int:
             ("SLIC", f"segments {slic['segments']}, compactness {slic['compactness']}, {slic['library']}"),
             *((f"  N={n}", f"K {v['min']}–{v['max']}, mean {v['mean']}") for n, v in slic["superpixels"].items()),
             ("mean RGB", ", ".join(f"{v:.4f}" for v in e["mean_rgb"])),
-            ("source", f"{e['source']['list']} (labels: {e['source']['labels']}, masks: {e['source']['masks']})"),
+            ("source", f"{_source_files(e['source'])} (labels: {e['source']['labels']}, masks: "
+                       f"{e['source']['masks']})"),  # fmt: skip
+            *([("protocol", describe_protocol(e["protocol"]))] if "protocol" in e else []),
             ("skipped", str(len(e["skipped"]))),
         ]
         for k, v in rows:
@@ -83,3 +94,11 @@ def _info(args) -> int:
                 sk.add_row(item["id"], item["reason"])
             print_table(sk)
     return 0
+
+
+def _source_files(source: dict) -> str:
+    """What a split was packed from: a VOC split list, or a COCO annotation file (and the images it dropped)."""
+    if "list" in source:
+        return source["list"]
+    dropped = f", {source['dropped']} images without annotations dropped" if source.get("dropped") else ""
+    return f"{source['annotations']} ({source['listed']} images{dropped})"

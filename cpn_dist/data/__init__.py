@@ -1,5 +1,5 @@
-"""Data: VOC reading, synthetic VOC, ``cpn pack`` shards, the shard reader, augmentation, CP pairs
-and the training loader.
+"""Data: VOC and COCO reading, synthetic VOC and COCO, ``cpn pack`` shards, the shard reader (and the
+dataset its meta.json records: ``shards_dataset``), augmentation, CP pairs and the training loader.
 
 The main entry points are importable from here; they load lazily so that ``cpn pack`` does not
 import torch.
@@ -14,7 +14,9 @@ _EXPORTS = {
     "read_shard_samples": "cpn_dist.data.shards",
     "resolve_shards": "cpn_dist.data.shards",
     "read_meta": "cpn_dist.data.shards",
+    "shards_dataset": "cpn_dist.data.shards",
     "pack_split": "cpn_dist.data.pack",
+    "pack_coco_split": "cpn_dist.data.pack",
     "verify_shards": "cpn_dist.data.verify",
 }
 

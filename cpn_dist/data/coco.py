@@ -39,8 +39,13 @@ from typing import Any
 
 import numpy as np
 
+from cpn_dist.data.coco_protocol import CROWD_MASKS, EMPTY_IMAGES, OVERLAPS, PROTOCOLS, CocoProtocol
 from cpn_dist.data.voc import IGNORE
 from cpn_dist.errors import CpnError
+
+__all__ = ["COCO_CATEGORIES", "CROWD_MASKS", "EMPTY_IMAGES", "OVERLAPS", "PROTOCOLS", "CocoImage", "CocoProtocol",
+           "CocoSplit", "Instance", "annotation_path", "class_mask", "instance_mask", "pycocotools_mask",
+           "read_coco_split"]
 
 log = logging.getLogger(__name__)
 
@@ -62,36 +67,6 @@ COCO_CATEGORIES: tuple[tuple[int, str], ...] = (
     (89, "hair drier"), (90, "toothbrush"),
 )  # fmt: skip
 
-CROWD_MASKS = ("background", "ignore", "class")
-OVERLAPS = ("last", "smallest")
-EMPTY_IMAGES = ("keep", "drop")
-
-
-@dataclass(frozen=True)
-class CocoProtocol:
-    """How image labels and ground-truth masks are made from the annotations (see the module table)."""
-
-    crowd_labels: bool = True  # crowd annotations count in the image-level labels
-    crowd_mask: str = "background"  # crowd pixels: background (not drawn) | ignore (255) | class
-    overlap: str = "last"  # where instances overlap: the one written last wins | the smallest on top
-    empty: str = "keep"  # images without any annotation: keep (all-background mask) | drop
-
-    def __post_init__(self) -> None:
-        for name, value, choices in (("crowd_mask", self.crowd_mask, CROWD_MASKS),
-                                     ("overlap", self.overlap, OVERLAPS), ("empty", self.empty, EMPTY_IMAGES)):
-            if value not in choices:
-                raise CpnError(f"COCO protocol {name}: '{value}' is not one of {', '.join(choices)}")
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-# The protocols of the papers one compares against (docs/coco.md): the flags of `cpn pack --coco-root`.
-PROTOCOLS = {
-    "recam": CocoProtocol(),
-    "sipe": CocoProtocol(empty="drop"),
-    "toco": CocoProtocol(crowd_mask="class", overlap="smallest", empty="drop"),
-}
 
 
 @dataclass(frozen=True)
@@ -241,7 +216,8 @@ def _check_segmentation(seg: Any, image: CocoImage, where: str) -> None:
     raise CpnError(f"{where}: segmentation is neither polygons nor an RLE")
 
 
-def _mask_api():
+def pycocotools_mask():
+    """``pycocotools.mask``, or a one-line CpnError saying how to install it."""
     try:
         from pycocotools import mask as mask_api
     except ImportError:
@@ -251,7 +227,7 @@ def _mask_api():
 
 def instance_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
     """The H×W uint8 {0, 1} mask of one annotation's segmentation, as ``COCO.annToMask`` decodes it."""
-    mask_api = _mask_api()
+    mask_api = pycocotools_mask()
     if isinstance(segmentation, list):
         rle = mask_api.merge(mask_api.frPyObjects(segmentation, height, width))
     elif isinstance(segmentation["counts"], list):

@@ -1,8 +1,9 @@
 """Where inference, refinement and evaluation read their images: a VOC root or packed shards.
 
-Both sources yield :class:`Sample` records — image id, the original RGB image, its 20 image-level
+Both sources yield :class:`Sample` records — image id, the original RGB image, its C-1 image-level
 labels and (when there is one) the ground-truth mask — so the steps after training do not care
-where the data lives. A VOC root is read by image id (random access); shards are streamed in
+where the data lives; each has a ``dataset`` (:class:`~cpn_dist.data.datasets.DatasetInfo`: VOC for a
+VOC root, what ``meta.json`` records for shards). A VOC root is read by image id (random access); shards are streamed in
 order, each process of a distributed run decoding only its own slice.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cpn_dist.data.datasets import DatasetInfo, voc
 from cpn_dist.data.voc import labels_from_names, read_label_png, read_labels_file, read_xml_objects, voc_folder
 from cpn_dist.errors import CpnError
 
@@ -23,8 +25,8 @@ from cpn_dist.errors import CpnError
 class Sample:
     name: str
     image: Image.Image  # RGB, original size
-    labels: np.ndarray | None  # float32 [20]
-    gt: np.ndarray | None  # H×W uint8, 0..20 and 255
+    labels: np.ndarray | None  # float32 [C-1]
+    gt: np.ndarray | None  # H×W uint8, 0..C-1 and 255
 
 
 def read_image(path: str | Path) -> Image.Image:
@@ -45,6 +47,7 @@ class VocSource:
 
     def __init__(self, root: str | Path, names: Sequence[str], labels_file: str | Path | None = None):
         self.root = voc_folder(root, ("JPEGImages",))
+        self.dataset: DatasetInfo = voc()
         self.names = list(names)
         self.labels_file = Path(labels_file) if labels_file else None
         self._labels = read_labels_file(labels_file) if labels_file else None
@@ -85,9 +88,10 @@ class ShardSource:
 
         self.source = str(source)
         if not shards.is_remote(self.source) and Path(self.source).is_file():
-            self.urls = [self.source]
+            self.urls, self.dataset = [self.source], shards.shards_dataset(self.source)
         else:
-            self.urls = shards.resolve_shards(self.source, split).urls
+            resolved = shards.resolve_shards(self.source, split)
+            self.urls, self.dataset = resolved.urls, resolved.dataset
         self.names = list(names) if names is not None else None
         self._wanted = frozenset(self.names) if self.names is not None else None
 
@@ -116,7 +120,8 @@ class ShardSource:
             if index % world != rank or key in skip:
                 continue
             wanted = [name for name, want in (("jpg", image), ("cls.json", labels), ("seg.png", gt)) if want]
-            got = decode_members(raw, wanted, where=raw.get("__url__", self.source))
+            got = decode_members(raw, wanted, where=raw.get("__url__", self.source),
+                                 num_foreground=self.dataset.num_foreground)  # fmt: skip
             yield Sample(key, got.get("jpg"), got.get("cls.json"), got.get("seg.png"))
 
 

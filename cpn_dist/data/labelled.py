@@ -8,7 +8,8 @@ CPN training (random long-side resize, flip, colour jitter on the image, normali
 the label map by nearest neighbour; crop padding is labelled 255 (ignored).
 
 Use it through the training loader: ``build_train_loader(data, ..., maker=LabelledSampleMaker(...))``;
-the batch is ``{"key", "image" N×3×C×C float32, "label" N×C×C int64, "labels" N×20, "valid" N×1×C×C}``.
+the batch is ``{"key", "image" N×3×S×S float32, "label" N×S×S int64, "labels" N×(C-1), "valid" N×1×S×S}``
+(S the crop, C the classes of the shards' dataset).
 """
 
 from __future__ import annotations
@@ -41,12 +42,16 @@ class LabelledSampleMaker:
     label_dir: str
     seed: int
     epoch: int
+    num_foreground: int | None = None  # C-1 of the shards' dataset (None: VOC's)
 
     @classmethod
     def from_config(cls, data, label_dir: str | Path, seed: int, epoch: int) -> LabelledSampleMaker:
+        """The maker of ``data``'s shards (their dataset from meta.json) and the label maps in ``label_dir``."""
+        from cpn_dist.data.shards import shards_dataset
+
         if not Path(label_dir).is_dir():
             raise CpnError(f"{label_dir}: label folder not found")
-        return cls(data, str(label_dir), seed, epoch)
+        return cls(data, str(label_dir), seed, epoch, shards_dataset(data).num_foreground)
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -54,7 +59,7 @@ class LabelledSampleMaker:
 
     def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
         key = raw["__key__"]
-        got = decode_members(raw, ("jpg", "cls.json"))
+        got = decode_members(raw, ("jpg", "cls.json"), num_foreground=self.num_foreground)
         image, labels = got["jpg"], got["cls.json"]
         path = Path(self.label_dir) / f"{key}.png"
         label = read_label_png(path)

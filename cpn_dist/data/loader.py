@@ -105,7 +105,7 @@ def build_train_loader(
     steps = epoch_steps(data, global_size, shards)
     if not 0 <= start_step <= steps:
         raise ValueError(f"start_step {start_step} outside 0..{steps}")
-    maker = maker or TrainSampleMaker.from_config(data, seed, epoch)
+    maker = maker or TrainSampleMaker.from_config(data, seed, epoch, shards.dataset)
     rank_batches = steps * accumulation
     done_batches = start_step * accumulation
     common = dict(num_workers=data.workers, pin_memory=torch.cuda.is_available(), worker_init_fn=_worker_init)

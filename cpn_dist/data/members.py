@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cpn_dist.data.voc import NUM_FOREGROUND
 from cpn_dist.errors import CpnError
 
 SLIC_MEMBER = re.compile(r"slic(\d+)\.png")
@@ -31,11 +30,20 @@ def encode_labels(labels: np.ndarray) -> bytes:
     return json.dumps([int(v) for v in np.asarray(labels).reshape(-1)], separators=(",", ":")).encode()
 
 
-def decode_labels(data: bytes) -> np.ndarray:
-    """The 20 image-level labels of a ``cls.json`` member as float32 {0, 1}."""
+def voc_foreground() -> int:
+    """C - 1 of the data a sample decodes as when its shards record no dataset: PASCAL VOC's."""
+    from cpn_dist.data.datasets import voc
+
+    return voc().num_foreground
+
+
+def decode_labels(data: bytes, num_foreground: int | None = None) -> np.ndarray:
+    """The C-1 image-level labels of a ``cls.json`` member as float32 {0, 1}; ``num_foreground`` is C-1 of
+    the shards' dataset (``meta.json``; None: VOC's, for shards that record none)."""
+    n = voc_foreground() if num_foreground is None else num_foreground
     values = json.loads(data)
-    if not isinstance(values, list) or len(values) != NUM_FOREGROUND or any(v not in (0, 1) for v in values):
-        raise ValueError(f"cls.json must be a list of {NUM_FOREGROUND} values in {{0, 1}}")
+    if not isinstance(values, list) or len(values) != n or any(v not in (0, 1) for v in values):
+        raise ValueError(f"cls.json must be a list of {n} values in {{0, 1}}")
     return np.asarray(values, dtype=np.float32)
 
 
@@ -84,13 +92,13 @@ class SampleDecodeError(CpnError):
         self.key, self.member, self.problem = key, member, problem
 
 
-def decode_member(name: str, data: bytes) -> Any:
-    """One member by its name: ``jpg`` → RGB PIL image, ``cls.json`` → float32 [20], ``slic{N}.png`` →
-    H×W uint16, ``seg.png`` → H×W uint8."""
+def decode_member(name: str, data: bytes, num_foreground: int | None = None) -> Any:
+    """One member by its name: ``jpg`` → RGB PIL image, ``cls.json`` → float32 [C-1] (``num_foreground``:
+    see :func:`decode_labels`), ``slic{N}.png`` → H×W uint16, ``seg.png`` → H×W uint8."""
     if name == "jpg":
         return decode_image(data)
     if name == "cls.json":
-        return decode_labels(data)
+        return decode_labels(data, num_foreground)
     if name == "seg.png":
         return decode_seg(data)
     if SLIC_MEMBER.fullmatch(name):
@@ -99,10 +107,11 @@ def decode_member(name: str, data: bytes) -> Any:
 
 
 def decode_members(raw: dict[str, Any], members: Sequence[str], optional: Iterable[str] = (),
-                   where: str | None = None) -> dict[str, Any]:  # fmt: skip
+                   where: str | None = None, num_foreground: int | None = None) -> dict[str, Any]:  # fmt: skip
     """The decoded ``members`` of a raw webdataset sample (``{"__key__", "__url__", name: bytes}``), by
     name, decoded in the order given (see :func:`decode_member`); members of ``optional`` the sample
-    lacks are None. A missing member, or one that does not decode, is a :class:`SampleDecodeError`
+    lacks are None. ``num_foreground``: C-1 of the shards' dataset, the length ``cls.json`` must have
+    (None: VOC's). A missing member, or one that does not decode, is a :class:`SampleDecodeError`
     naming ``where`` (default: the sample's ``__url__``), the key and the member."""
     key = raw["__key__"]
     where = where if where is not None else raw.get("__url__", "?")
@@ -115,7 +124,7 @@ def decode_members(raw: dict[str, Any], members: Sequence[str], optional: Iterab
                 continue
             raise SampleDecodeError(where, key, name)
         try:
-            out[name] = decode_member(name, raw[name])
+            out[name] = decode_member(name, raw[name], num_foreground)
         except (OSError, ValueError) as exc:
             raise SampleDecodeError(where, key, name, exc) from None
     return out

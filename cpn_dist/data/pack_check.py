@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cpn_dist.data.datasets import DatasetInfo
 from cpn_dist.data.shards import SHARD_PATTERN
 from cpn_dist.data.verify import shard_problem, verify_split
 
@@ -26,6 +27,10 @@ SETTING_NAMES = {
     "shard_size": "--shard-size",
     "labels": "--labels",
     "masks": "the mask folder",
+    "crowd_labels": "--crowd-labels",
+    "crowd_mask": "--crowd-mask",
+    "overlap": "--overlap",
+    "empty": "--empty",
     "skimage": "scikit-image",
 }
 
@@ -53,15 +58,17 @@ def recorded_settings(entry: dict[str, Any]) -> dict[str, Any]:
     return derived
 
 
-def damaged_shards(folder: Path, split: str, entry: dict[str, Any]) -> dict[int, str]:
-    """Shard index → what is wrong, for each shard of a complete split that is missing or damaged."""
+def damaged_shards(folder: Path, split: str, entry: dict[str, Any],
+                   dataset: DatasetInfo | None = None) -> dict[int, str]:  # fmt: skip
+    """Shard index → what is wrong, for each shard of a complete split that is missing or damaged
+    (``dataset``: the folder's, for a split without checksums, whose samples are decoded; VOC when None)."""
     records = {int(SHARD_PATTERN.match(s["name"])["index"]): s for s in entry["shards"]}
     if all("sha256" in s for s in records.values()):
         found = {i: shard_problem(folder / s["name"], s) for i, s in records.items()}
         return {i: problem for i, problem in found.items() if problem}
     by_name = {s["name"]: i for i, s in records.items()}
     damaged: dict[int, str] = {}
-    for where, what in verify_split(folder, split, entry).problems:
+    for where, what in verify_split(folder, split, entry, dataset=dataset).problems:
         index = by_name.get(where.split(":")[0])
         if index is not None:
             damaged.setdefault(index, what)

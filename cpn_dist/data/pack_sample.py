@@ -1,5 +1,6 @@
 """One image of ``cpn pack``, prepared in a worker process: the JPEG bytes as they are, the labels, the
-SLIC superpixel maps and the ground-truth mask, checked and encoded as shard members."""
+SLIC superpixel maps and the ground-truth mask (a VOC mask PNG, or a COCO image's mask built from its
+annotations here, in the worker), checked and encoded as shard members."""
 
 from __future__ import annotations
 
@@ -7,20 +8,26 @@ import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from cpn_dist.data.members import encode_labels, encode_png, slic_member
-from cpn_dist.data.voc import IGNORE, NUM_CLASSES, labels_from_names, read_xml_objects
+from cpn_dist.data.voc import IGNORE, labels_from_names, read_xml_objects
 from cpn_dist.errors import CpnError, without_addresses
+
+if TYPE_CHECKING:
+    from cpn_dist.data.coco import CocoImage, CocoProtocol
 
 MAX_SEGMENTS = 65535  # ids are stored as uint16
 
 
 @dataclass(frozen=True)
 class SampleTask:
-    """One image to prepare: its position in the split list, its files and the SLIC settings."""
+    """One image to prepare: its position in the split list, its files, the SLIC settings and C, the
+    dataset's classes (mask values must be 0..C-1 or 255). A COCO image carries its annotations
+    (``coco``) and the ``protocol`` its mask is made by; its labels come made (``labels``)."""
 
     position: int
     key: str
@@ -30,7 +37,10 @@ class SampleTask:
     xml: Path | None
     labels: list[int] | None
     mask: Path | None
+    num_classes: int
     skip: str | None = None  # decided in the parent (duplicate id, bad key)
+    coco: CocoImage | None = None
+    protocol: CocoProtocol | None = None
 
 
 @dataclass
@@ -97,25 +107,11 @@ def prepare_sample(task: SampleTask) -> Prepared:
             msg = str(exc)
             out.skipped = "annotation not found" if msg.endswith("annotation not found") else msg.split(": ", 1)[-1]
             return out
-    seg_png = None
-    if task.mask is not None and task.mask.is_file():
-        try:
-            with Image.open(task.mask) as m:
-                if m.mode not in ("P", "L"):
-                    raise OSError(f"mode {m.mode}, expected a palette or 8-bit PNG")
-                seg = np.array(m, dtype=np.uint8)
-        except OSError as exc:
-            empty = not task.mask.stat().st_size
-            out.skipped = "empty mask file" if empty else f"unreadable mask ({without_addresses(str(exc))})"
-            return out
-        if seg.shape != image.shape[:2]:
-            out.skipped = f"mask is {seg.shape[1]}×{seg.shape[0]}, image is {image.shape[1]}×{image.shape[0]}"
-            return out
-        bad = set(np.unique(seg).tolist()) - set(range(NUM_CLASSES)) - {IGNORE}
-        if bad:
-            out.skipped = f"mask holds values outside 0..20 and 255: {sorted(bad)}"
-            return out
-        seg_png = encode_png(seg)
+    seg, reason = _ground_truth(task, image)
+    if reason is not None:
+        out.skipped = reason
+        return out
+    seg_png = encode_png(seg) if seg is not None else None
 
     out.members.append(("jpg", data))
     out.members.append(("cls.json", encode_labels(np.asarray(labels))))
@@ -132,3 +128,31 @@ def prepare_sample(task: SampleTask) -> Prepared:
     out.pixel_sum = [int(v) for v in image.reshape(-1, 3).sum(axis=0, dtype=np.int64)]
     out.pixels = int(image.shape[0] * image.shape[1])
     return out
+
+
+def _ground_truth(task: SampleTask, image: np.ndarray) -> tuple[np.ndarray | None, str | None]:
+    """(the image's H×W uint8 ground truth or None, None) — or (None, why the image is skipped)."""
+    if task.coco is not None:
+        from cpn_dist.data.coco import class_mask
+
+        if (task.coco.height, task.coco.width) != image.shape[:2]:
+            return None, (f"image is {image.shape[1]}×{image.shape[0]}, the annotations say "
+                          f"{task.coco.width}×{task.coco.height}")  # fmt: skip
+        seg = class_mask(task.coco, task.protocol)
+    elif task.mask is not None and task.mask.is_file():
+        try:
+            with Image.open(task.mask) as m:
+                if m.mode not in ("P", "L"):
+                    raise OSError(f"mode {m.mode}, expected a palette or 8-bit PNG")
+                seg = np.array(m, dtype=np.uint8)
+        except OSError as exc:
+            empty = not task.mask.stat().st_size
+            return None, "empty mask file" if empty else f"unreadable mask ({without_addresses(str(exc))})"
+        if seg.shape != image.shape[:2]:
+            return None, f"mask is {seg.shape[1]}×{seg.shape[0]}, image is {image.shape[1]}×{image.shape[0]}"
+    else:
+        return None, None
+    bad = set(np.unique(seg).tolist()) - set(range(task.num_classes)) - {IGNORE}
+    if bad:
+        return None, f"mask holds values outside 0..{task.num_classes - 1} and {IGNORE}: {sorted(bad)}"
+    return seg, None

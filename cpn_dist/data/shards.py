@@ -1,17 +1,20 @@
 """The shard format written by ``cpn pack`` and its readers.
 
 A packed folder holds webdataset shards ``{split}-NNNNNN.tar`` and one ``meta.json``. One sample per
-image, key = VOC image id, members (in this order inside the tar):
+image, key = the image id (VOC) or the file name's stem (COCO), members (in this order inside the tar):
 
 - ``{key}.jpg``         the original JPEG bytes, untouched
-- ``{key}.cls.json``    the 20 image-level labels, a JSON list of 0/1 in :data:`~cpn_dist.data.voc.CLASSES` order
+- ``{key}.cls.json``    the C-1 image-level labels, a JSON list of 0/1 in the order of ``meta["classes"]``
+                        (20 for VOC, 80 for COCO)
 - ``{key}.slic{N}.png`` the SLIC superpixel map of the original image for segment count N,
                         uint16 PNG, ids 0..K-1 (one member per packed N, ascending)
-- ``{key}.seg.png``     the ground-truth class mask (0..20, 255 = void) when the split has one
+- ``{key}.seg.png``     the ground-truth class mask (0..C-1, 255 = void or ignored) when the split has one
 
-``meta.json`` describes every split packed into the folder (``meta["splits"][split]``): sample count,
-the shards with their sample counts, members, SLIC settings, mean RGB, per-class image counts, the
-source, and the skipped files with reasons.
+``meta.json`` records the dataset (``"dataset"``: its name, ``"classes"``: its object classes; a folder
+packed before datasets were recorded has no name and is PASCAL VOC, :func:`~cpn_dist.data.datasets.from_meta`)
+and describes every split packed into the folder (``meta["splits"][split]``): sample count, the shards
+with their sample counts, members, SLIC settings, mean RGB, per-class image counts, the source (and,
+for COCO, the protocol of its labels and masks), and the skipped files with reasons.
 
 Shards are plain tar files (readable by ``tar`` and by any webdataset pipeline) and can be read
 from local paths, globs, brace patterns, ``pipe:`` commands and ``http(s)://`` URLs.
@@ -24,15 +27,15 @@ import json
 import re
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import braceexpand
 import numpy as np
 
+from cpn_dist.data.datasets import DatasetInfo, from_meta, voc
 from cpn_dist.data.members import SLIC_MEMBER, decode_members
-from cpn_dist.data.voc import CLASSES
 from cpn_dist.errors import CpnError, without_addresses
 
 META_NAME = "meta.json"
@@ -96,6 +99,7 @@ class ShardSet:
     split: str
     meta: dict[str, Any]  # the split's entry in meta.json
     local: bool  # every URL is a local file path
+    dataset: DatasetInfo = field(default_factory=voc)  # what meta.json records (VOC when nothing)
 
     @property
     def total(self) -> int:
@@ -137,15 +141,15 @@ def resolve_shards(spec: str, split: str | None = None, meta_location: str | Non
         for url in urls:
             if not Path(url).is_file():
                 raise CpnError(f"{url}: shard listed in {meta_src} not found")
-        return ShardSet(urls, [int(s["count"]) for s in entry["shards"]], name, entry, local=True)
+        return ShardSet(urls, [int(s["count"]) for s in entry["shards"]], name, entry, local=True,
+                        dataset=from_meta(meta))  # fmt: skip
 
     urls = _expand(spec)
     local = not any(is_remote(u) for u in urls)
     if meta_location is None:
-        first = urls[0]
-        if first.startswith("pipe:"):
+        if urls[0].startswith("pipe:"):
             raise CpnError(f"{spec}: a pipe: source needs data.meta (the meta.json written by `cpn pack`)")
-        meta_location = first.rsplit("/", 1)[0] + "/" + META_NAME if "/" in first else META_NAME
+        meta_location = _beside(urls[0])
     meta = _load_meta(meta_location)
     by_name = {s["name"]: (name, int(s["count"])) for name, e in meta["splits"].items() for s in e["shards"]}
     counts, names = [], set()
@@ -159,7 +163,37 @@ def resolve_shards(spec: str, split: str | None = None, meta_location: str | Non
     if len(names) != 1:
         raise CpnError(f"{spec}: shards of several splits ({', '.join(sorted(names))}); use one split")
     name = names.pop()  # an explicit pattern names its shards: data.split only selects within a folder
-    return ShardSet(urls, counts, name, meta["splits"][name], local=local)
+    return ShardSet(urls, counts, name, meta["splits"][name], local=local, dataset=from_meta(meta))
+
+
+def _beside(url: str) -> str:
+    """The ``meta.json`` beside a shard URL."""
+    return url.rsplit("/", 1)[0] + "/" + META_NAME if "/" in url else META_NAME
+
+
+def shards_dataset(source: Any, meta_location: str | None = None) -> DatasetInfo:
+    """The dataset (:class:`~cpn_dist.data.datasets.DatasetInfo`: its name and C classes) of packed shards,
+    as their ``meta.json`` records it — PASCAL VOC for a pack that records none.
+
+    ``source``: a run config's ``data`` section (its ``shards`` and ``meta``), or what ``data.shards``
+    takes (a folder written by ``cpn pack``, a shard pattern or URL), or one ``.tar`` shard (its
+    ``meta.json`` beside it, VOC when there is none). ``meta_location`` overrides where meta.json is
+    (``data.meta``). Only meta.json is read."""
+    if hasattr(source, "shards"):
+        source, meta_location = source.shards, meta_location or getattr(source, "meta", None)
+    spec = str(source)
+    if meta_location is None:
+        if not is_remote(spec) and Path(spec).is_dir():
+            meta_location = str(Path(spec) / META_NAME)
+        elif not is_remote(spec) and Path(spec).is_file():
+            beside = Path(spec).with_name(META_NAME)
+            return from_meta(_load_meta(str(beside))) if beside.is_file() else voc()
+        else:
+            urls = _expand(spec)
+            if urls[0].startswith("pipe:"):
+                raise CpnError(f"{spec}: a pipe: source needs data.meta (the meta.json written by `cpn pack`)")
+            meta_location = _beside(urls[0])
+    return from_meta(_load_meta(meta_location))
 
 
 def _load_meta(location: str) -> dict[str, Any]:
@@ -266,12 +300,14 @@ def _local_samples(path: str, select: Callable[[str], bool] | None) -> Iterator[
         yield sample
 
 
-def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
+def decode_sample(raw: dict[str, Any], num_foreground: int | None = None) -> dict[str, Any]:
     """Decode every member of a raw sample: ``key``, ``url``, ``image`` (H×W×3 uint8), ``labels``
-    (float32 [20]), ``slic`` ({N: H×W uint16}), ``seg`` (H×W uint8 or None)."""
+    (float32 [C-1]; ``num_foreground`` = C-1 of the shards' dataset, None: VOC's), ``slic``
+    ({N: H×W uint16}), ``seg`` (H×W uint8 or None)."""
     key, url = raw["__key__"], raw.get("__url__", "?")
     slic_names = [name for name in raw if SLIC_MEMBER.fullmatch(name)]
-    got = decode_members(raw, ["jpg", "cls.json", *slic_names, "seg.png"], optional=["seg.png"], where=url)
+    got = decode_members(raw, ["jpg", "cls.json", *slic_names, "seg.png"], optional=["seg.png"], where=url,
+                         num_foreground=num_foreground)  # fmt: skip
     slic = {int(SLIC_MEMBER.fullmatch(name)[1]): got[name] for name in slic_names}
     return {"key": key, "url": url, "image": np.asarray(got["jpg"]), "labels": got["cls.json"],
             "slic": dict(sorted(slic.items())), "seg": got["seg.png"]}  # fmt: skip
@@ -282,15 +318,21 @@ def read_shard_samples(source: str | Path, split: str | None = None) -> Iterator
 
     ``source`` is a folder written by ``cpn pack`` (``split`` picks the split; ``None`` = the only
     one), one ``.tar`` shard, or any webdataset source pattern. Each sample is a dict with ``key``
-    (image id), ``url`` (its shard), ``image`` (H×W×3 uint8 RGB), ``labels`` (float32 [20], 0/1),
-    ``slic`` ({segment count N: H×W uint16 ids}) and ``seg`` (H×W uint8 VOC class indices,
-    255 = void, or None when the split has no ground truth).
+    (image id), ``url`` (its shard), ``image`` (H×W×3 uint8 RGB), ``labels`` (float32 [C-1], 0/1, C
+    from the shards' meta.json: :func:`shards_dataset`), ``slic`` ({segment count N: H×W uint16 ids}) and
+    ``seg`` (H×W uint8 class indices 0..C-1, 255 = void, or None when the split has no ground truth).
     """
     source = str(source)
-    urls = [source] if not is_remote(source) and Path(source).is_file() else resolve_shards(source, split).urls
+    if not is_remote(source) and Path(source).is_file():
+        urls, dataset = [source], shards_dataset(source)
+    else:
+        shards = resolve_shards(source, split)
+        urls, dataset = shards.urls, shards.dataset
     for raw in iter_raw_samples(urls):
-        yield decode_sample(raw)
+        yield decode_sample(raw, dataset.num_foreground)
 
 
-def class_names(labels: np.ndarray) -> list[str]:
-    return [CLASSES[i] for i in np.flatnonzero(np.asarray(labels) > 0.5)]
+def class_names(labels: np.ndarray, dataset: DatasetInfo | None = None) -> list[str]:
+    """The names of the classes a label vector marks present (``dataset``: VOC when None)."""
+    names = (dataset or voc()).foreground
+    return [names[i] for i in np.flatnonzero(np.asarray(labels) > 0.5)]

@@ -17,6 +17,7 @@ from cpn_dist.errors import CpnError
 
 if TYPE_CHECKING:
     from cpn_dist.config import DataConfig, PatchConfig
+    from cpn_dist.data.datasets import DatasetInfo
 
 BATCH_KEYS = ("key", "image", "mask", "valid", "labels", "lam")
 
@@ -25,16 +26,23 @@ BATCH_KEYS = ("key", "image", "mask", "valid", "labels", "lam")
 class TrainSampleMaker:
     """Callable turning a raw webdataset sample into a training sample of numpy arrays. Its
     randomness comes from :func:`~cpn_dist.data.seeding.sample_rngs` (seed, epoch, key) only. ``data``:
-    the run config's ``data`` section (the augmentation), ``patch``: its ``data.patch`` (the CP pairs)."""
+    the run config's ``data`` section (the augmentation), ``patch``: its ``data.patch`` (the CP pairs);
+    ``num_foreground``: C-1 of the shards' dataset, the labels each ``cls.json`` holds (None: VOC's)."""
 
     data: DataConfig
     patch: PatchConfig
     seed: int
     epoch: int
+    num_foreground: int | None = None
 
     @classmethod
-    def from_config(cls, data: DataConfig, seed: int, epoch: int) -> TrainSampleMaker:
-        return cls(data, data.patch, seed, epoch)
+    def from_config(cls, data: DataConfig, seed: int, epoch: int,
+                    dataset: DatasetInfo | None = None) -> TrainSampleMaker:  # fmt: skip
+        """The maker of ``data``'s shards; ``dataset``: theirs when already known (else read from meta.json)."""
+        from cpn_dist.data.shards import shards_dataset
+
+        dataset = dataset if dataset is not None else shards_dataset(data)
+        return cls(data, data.patch, seed, epoch, dataset.num_foreground)
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -46,7 +54,7 @@ class TrainSampleMaker:
         """Stage 1: decode the JPEG, the labels and (superpixel patches) the SLIC map."""
         key = raw["__key__"]
         where = f"{raw.get('__url__', '?')}: sample {key}"
-        got = decode_members(raw, ("jpg", "cls.json"))
+        got = decode_members(raw, ("jpg", "cls.json"), num_foreground=self.num_foreground)
         slic = None
         if self.patch.kind == "superpixel":
             name = slic_member(self.patch.segments)

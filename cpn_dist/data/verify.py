@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cpn_dist.data.datasets import DatasetInfo, from_meta, voc
 from cpn_dist.data.members import SampleDecodeError, decode_labels, decode_members, slic_member
 from cpn_dist.data.shards import SHARD_PATTERN, iter_raw_samples, read_meta
-from cpn_dist.data.voc import CLASSES, IGNORE, NUM_CLASSES, NUM_FOREGROUND
+from cpn_dist.data.voc import IGNORE
 from cpn_dist.errors import CpnError
 
 
@@ -47,13 +48,17 @@ def shard_problem(path: Path, record: dict) -> str | None:
     return None
 
 
-def verify_split(folder: Path, split: str, entry: dict, progress: Callable[[int], None] | None = None) -> SplitCheck:
+def verify_split(folder: Path, split: str, entry: dict, progress: Callable[[int], None] | None = None,
+                 dataset: DatasetInfo | None = None) -> SplitCheck:  # fmt: skip
+    """Decode every sample of one split (``entry``: its meta.json entry; ``dataset``: the folder's, VOC
+    when None) and check it against the entry."""
+    dataset = dataset or voc()
     check = SplitCheck(split)
     segments = entry["slic"]["segments"]
     required = {"jpg", "cls.json", *(slic_member(n) for n in segments)}
     allowed = required | {"seg.png"}
     keys: set[str] = set()
-    class_counts = np.zeros(NUM_FOREGROUND, dtype=np.int64)
+    class_counts = np.zeros(dataset.num_foreground, dtype=np.int64)
     with_seg = 0
     for shard in entry["shards"]:
         path = folder / shard["name"]
@@ -68,14 +73,14 @@ def verify_split(folder: Path, split: str, entry: dict, progress: Callable[[int]
         try:
             for raw in iter_raw_samples([str(path)], hint=False):
                 count += 1
-                _check_sample(raw, shard["name"], required, allowed, segments, check)
+                _check_sample(raw, shard["name"], required, allowed, segments, check, dataset)
                 key = raw["__key__"]
                 if key in keys:
                     check.problems.append((f"{shard['name']}:{key}", "duplicate key"))
                 keys.add(key)
                 if "cls.json" in raw:
                     with contextlib.suppress(ValueError):  # reported by _check_sample
-                        class_counts += decode_labels(raw["cls.json"]).astype(np.int64)
+                        class_counts += decode_labels(raw["cls.json"], dataset.num_foreground).astype(np.int64)
                 with_seg += "seg.png" in raw
                 if progress:
                     progress(1)
@@ -87,7 +92,7 @@ def verify_split(folder: Path, split: str, entry: dict, progress: Callable[[int]
         check.samples += count
     if check.samples != entry["count"]:
         check.problems.append((split, f"{check.samples} samples in the shards, meta.json says {entry['count']}"))
-    expected = [entry["class_counts"].get(c, 0) for c in CLASSES]
+    expected = [entry["class_counts"].get(c, 0) for c in dataset.foreground]
     if class_counts.tolist() != expected:
         check.problems.append((split, "per-class image counts differ from meta.json"))
     if with_seg != entry.get("with_seg", 0):
@@ -100,7 +105,8 @@ def verify_split(folder: Path, split: str, entry: dict, progress: Callable[[int]
     return check
 
 
-def _check_sample(raw: dict, shard: str, required: set, allowed: set, segments: list[int], check: SplitCheck) -> None:
+def _check_sample(raw: dict, shard: str, required: set, allowed: set, segments: list[int], check: SplitCheck,
+                  dataset: DatasetInfo) -> None:  # fmt: skip
     key = raw["__key__"]
     where = f"{shard}:{key}"
     members = {k for k in raw if not k.startswith("__")}
@@ -112,7 +118,7 @@ def _check_sample(raw: dict, shard: str, required: set, allowed: set, segments: 
     for name in ["jpg", "cls.json", "seg.png", *(slic_member(n) for n in segments)]:
         if name in raw:
             try:
-                decoded |= decode_members(raw, [name], where=shard)
+                decoded |= decode_members(raw, [name], where=shard, num_foreground=dataset.num_foreground)
             except SampleDecodeError as exc:
                 check.problems.append((where, f"{name} does not decode ({exc.problem})"))
     labels = decoded.get("cls.json")
@@ -131,14 +137,15 @@ def _check_sample(raw: dict, shard: str, required: set, allowed: set, segments: 
             check.problems.append((where, f"seg.png is {seg.shape[1]}×{seg.shape[0]}, image is {size[1]}×{size[0]}"))
             return
         values = set(np.unique(seg).tolist())
-        if not values <= set(range(NUM_CLASSES)) | {IGNORE}:
-            check.problems.append((where, f"seg.png holds values outside 0..20 and 255: {sorted(values)}"))
+        if not values <= set(range(dataset.num_classes)) | {IGNORE}:
+            check.problems.append((where, f"seg.png holds values outside 0..{dataset.num_classes - 1} and {IGNORE}: "
+                                          f"{sorted(values)}"))  # fmt: skip
         elif labels is not None:
-            in_mask = {v - 1 for v in values if 1 <= v <= NUM_FOREGROUND}
+            in_mask = {v - 1 for v in values if 1 <= v <= dataset.num_foreground}
             in_labels = set(np.flatnonzero(labels).tolist())
             if in_mask != in_labels:
-                extra = sorted(CLASSES[i] for i in in_mask - in_labels)
-                missing = sorted(CLASSES[i] for i in in_labels - in_mask)
+                extra = sorted(dataset.foreground[i] for i in in_mask - in_labels)
+                missing = sorted(dataset.foreground[i] for i in in_labels - in_mask)
                 what = "; ".join(x for x in (extra and f"in mask, not in labels: {extra}",
                                              missing and f"in labels, not in mask: {missing}") if x)  # fmt: skip
                 check.warnings.append((where, what))
@@ -154,7 +161,7 @@ def verify_shards(folder: str | Path, split: str | None = None,
     if split is not None and split not in splits:
         raise CpnError(f"{folder}: split '{split}' not packed here (packed: {', '.join(sorted(splits))})")
     names = [split] if split else sorted(splits)
-    return [verify_split(folder, name, splits[name], progress) for name in names]
+    return [verify_split(folder, name, splits[name], progress, from_meta(meta)) for name in names]
 
 
 def total_samples(folder: str | Path, split: str | None = None) -> int:

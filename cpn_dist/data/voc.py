@@ -10,11 +10,15 @@ from __future__ import annotations
 import logging
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from cpn_dist.errors import CpnError
+
+if TYPE_CHECKING:
+    from cpn_dist.data.datasets import DatasetInfo
 
 CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -89,25 +93,28 @@ def read_xml_objects(path: str | Path) -> list[str]:
     return names
 
 
-def labels_from_names(names: list[str]) -> np.ndarray:
-    """The 20-dim {0,1} float32 image-level label vector of a list of class names."""
-    y = np.zeros(NUM_FOREGROUND, dtype=np.float32)
+def labels_from_names(names: list[str], dataset: DatasetInfo | None = None) -> np.ndarray:
+    """The (C-1)-dim {0,1} float32 image-level label vector of a list of class names of ``dataset``
+    (None: VOC, C-1 = 20)."""
+    index = CLASS_INDEX if dataset is None else {name: i for i, name in enumerate(dataset.foreground)}
+    y = np.zeros(len(index), dtype=np.float32)
     for name in names:
-        y[CLASS_INDEX[name]] = 1.0
+        y[index[name]] = 1.0
     return y
 
 
-def read_labels_file(path: str | Path) -> dict[str, np.ndarray]:
-    """The image-level labels of a labels file (``--labels``), as {image id: float32 [20]}.
+def read_labels_file(path: str | Path, dataset: DatasetInfo | None = None) -> dict[str, np.ndarray]:
+    """The image-level labels of a labels file (``--labels``), as {image id: float32 [C-1]}, for the
+    object classes of ``dataset`` (None: VOC's 20, :data:`CLASSES`).
 
     The file is the released ``cls_labels.npy`` — a dict saved with ``np.save``, unpickled without running
     code (:mod:`cpn_dist.safe_npy`: a file whose pickle names any other code is refused) — or, with any
     other suffix, a JSON object. It maps each image id (read as a string) to the image's labels, either
 
-    - 20 numbers in :data:`CLASSES` order (nested lists are flattened; numbers written as strings are
-      read as numbers): 1 for a class present, 0 for one absent; other values are kept, as class
+    - C-1 numbers in the dataset's class order (nested lists are flattened; numbers written as strings
+      are read as numbers): 1 for a class present, 0 for one absent; other values are kept, as class
       weights for inference, or
-    - the names of the classes present (a list of :data:`CLASSES` names, or one name), e.g.
+    - the names of the classes present (a list of the dataset's class names, or one name), e.g.
       ``{"2007_000032": ["aeroplane", "person"]}``.
 
     ``cpn pack`` further needs every value to be 0 or 1 (shards store {0, 1} labels)."""
@@ -126,28 +133,29 @@ def read_labels_file(path: str | Path) -> dict[str, np.ndarray]:
         raise CpnError(f"{p}: unreadable labels file ({exc})") from None
     if not isinstance(obj, dict):
         raise CpnError(f"{p}: labels file must map image ids to labels")
-    return {str(key): _label_vector(value, f"{p}: {key}") for key, value in obj.items()}
+    return {str(key): _label_vector(value, f"{p}: {key}", dataset) for key, value in obj.items()}
 
 
-def _label_vector(value, where: str) -> np.ndarray:
-    """float32 [20] of one labels-file entry: 20 numbers, or class names."""
+def _label_vector(value, where: str, dataset: DatasetInfo | None) -> np.ndarray:
+    """float32 [C-1] of one labels-file entry: C-1 numbers, or class names of ``dataset`` (None: VOC)."""
+    classes = CLASSES if dataset is None else dataset.foreground
     try:
         flat = np.asarray(value).reshape(-1)
     except ValueError:  # ragged nesting
         flat = np.asarray([None])
     items = flat.tolist()
     names = bool(items) and all(isinstance(v, str) for v in items)
-    if names and set(items) <= set(CLASSES):
-        return labels_from_names(items)
+    if names and set(items) <= set(classes):
+        return labels_from_names(items, dataset)
     try:
         numbers = flat.astype(np.float32)
     except (TypeError, ValueError):
         numbers = None
-    if numbers is not None and numbers.shape == (NUM_FOREGROUND,):
+    if numbers is not None and numbers.shape == (len(classes),):
         return numbers
     if names:
-        raise CpnError(f"{where}: unknown class names {sorted(set(items) - set(CLASSES))}")
-    raise CpnError(f"{where}: expected {NUM_FOREGROUND} values or a list of class names, got {len(items)} values")
+        raise CpnError(f"{where}: unknown class names {sorted(set(items) - set(classes))}")
+    raise CpnError(f"{where}: expected {len(classes)} values or a list of class names, got {len(items)} values")
 
 
 def read_split(path: str | Path) -> list[str]:
