@@ -116,8 +116,9 @@ def announce_threads() -> None:
     if not _choice or _choice["announced"] or not _choice["local_main"]:
         return
     _choice["announced"] = True
-    log.info("torch threads: %d per process (%s); set --threads or OMP_NUM_THREADS to choose", _choice["threads"],
-             _choice["why"])  # fmt: skip
+    policy = os.environ.get("OMP_WAIT_POLICY")
+    log.info("torch threads: %d per process (%s)%s; set --threads or OMP_NUM_THREADS to choose", _choice["threads"],
+             _choice["why"], f", OMP_WAIT_POLICY={policy}" if policy else "")  # fmt: skip
     if _choice["ruled"] and hasattr(os, "getloadavg"):
         warning = load_warning(os.getloadavg()[0], _choice["cores"], _choice["threads"])
         if warning and not _load_warned:

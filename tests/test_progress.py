@@ -207,3 +207,14 @@ def test_tables_fit_their_content_when_stdout_is_not_a_terminal(synth_voc, tmp_p
     for text in ("baseline", "hiding", "body rec.", "marker rec.", "body CAM", "marker CAM", "premise sp / grid",
                  "(IoU and recall in %)"):  # fmt: skip
         assert text in shown.stdout, shown.stdout
+
+
+def test_a_command_started_on_a_loaded_cpu_lets_openmp_threads_sleep_unless_the_user_chose():
+    from cpn_dist.cli import passive_when_loaded
+
+    env: dict[str, str] = {}
+    assert passive_when_loaded(env, load=5.2, cores=2, torch_loaded=False) and env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert not passive_when_loaded(env := {}, load=1.5, cores=2, torch_loaded=False) and env == {}  # idle: nothing
+    assert not passive_when_loaded(env := {"OMP_WAIT_POLICY": "ACTIVE"}, load=9, cores=2, torch_loaded=False)
+    assert env == {"OMP_WAIT_POLICY": "ACTIVE"}  # the user's choice stays
+    assert not passive_when_loaded(env := {}, load=9, cores=2, torch_loaded=True) and env == {}  # too late to matter

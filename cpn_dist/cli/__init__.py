@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from cpn_dist import __version__
@@ -192,6 +193,25 @@ def step_printer(shown=lambda: True):
     return on_step
 
 
+def passive_when_loaded(env, load: float | None = None, cores: int | None = None,
+                        torch_loaded: bool | None = None) -> bool:  # fmt: skip
+    """On a CPU already busier than its cores when a command starts, let OpenMP's idle threads sleep instead of
+    spin (``OMP_WAIT_POLICY=PASSIVE``, read when torch loads): spinning threads of processes that share the
+    cores slowed two trainings 5–6× (BENCHMARKS.md, "Torch threads when two trainings share 2 cores");
+    passive waiting changes no result, only how idle threads wait. Nothing is changed when the user set the
+    policy, when torch is already loaded, or on an idle machine. Returns whether it set the policy."""
+    torch_loaded = "torch" in sys.modules if torch_loaded is None else torch_loaded
+    if "OMP_WAIT_POLICY" in env or torch_loaded or not hasattr(os, "getloadavg"):
+        return False
+    load = os.getloadavg()[0] if load is None else load
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) \
+        if cores is None else cores
+    if load <= cores:
+        return False
+    env["OMP_WAIT_POLICY"] = "PASSIVE"
+    return True
+
+
 def setup_logging(verbosity: int) -> None:
     from rich.logging import RichHandler
 
@@ -221,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     setup_logging(args.verbose)
+    passive_when_loaded(os.environ)
     try:
         return int(args.handler(args) or 0)
     except CpnError as exc:
