@@ -136,3 +136,22 @@ def build_model(backbone: str = "resnet38d", head: str = "official", dropout: fl
     model = CPNet(BACKBONES[backbone](dropout=dropout), head=head, dropout=dropout, num_classes=num_classes)
     model.backbone_name = backbone
     return model
+
+
+def model_for_weights(path, backbone: str, head: str, *, dropout: float = 0.0, allow_pickle: bool = False,
+                      fallback=None):  # fmt: skip
+    """``(model, load report, dataset)``: a CPN built over the classes the weights at ``path`` score — the
+    dataset they record, else as many as their ``fc8`` has (:func:`cpn_dist.dataset_of.weights_dataset`), else
+    ``fallback`` (a :class:`~cpn_dist.data.datasets.DatasetInfo`, or a function giving one, asked only then;
+    None: VOC) for weights without a classifier (a backbone's ImageNet weights) — with those weights loaded."""
+    from cpn_dist.data.datasets import voc
+    from cpn_dist.dataset_of import weights_dataset
+    from cpn_dist.models.weights import load_state, read_weights, resolve_weights
+
+    path = resolve_weights(path, backbone)
+    state, meta = read_weights(path, allow_pickle)
+    dataset = weights_dataset(path, meta, state, "cpn")
+    if dataset is None:
+        dataset = (fallback() if callable(fallback) else fallback) or voc()
+    model = build_model(backbone, head, dropout=dropout, num_classes=dataset.num_classes)
+    return model, load_state(model, state, path), dataset
