@@ -33,8 +33,9 @@ import numpy as np
 
 from cpn_dist.atomic import write_atomic
 from cpn_dist.config import AffinityConfig, CrfConfig
-from cpn_dist.data.datasets import DatasetInfo, voc, write_folder_dataset
+from cpn_dist.data.datasets import DatasetInfo, voc
 from cpn_dist.data.voc import NUM_FOREGROUND, save_label_png
+from cpn_dist.dataset_of import record_dataset
 from cpn_dist.errors import CpnError
 from cpn_dist.labels.cams import CAM_NORMS, cam_file, load_cams, normalise_cams
 from cpn_dist.labels.pseudo import confident_label, pseudo_label
@@ -131,7 +132,7 @@ def write_affinity_labels(source, cams_dir: str | Path, out_dir: str | Path, par
         raise CpnError(f"{cams_dir}: CAM folder not found")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     if dataset is not None:
-        write_folder_dataset(out_dir, dataset)
+        record_dataset(out_dir, dataset)
     num_foreground = (dataset or voc()).num_foreground
     done = done_names(names, out_dir, overwrite)
     samples = source.samples(skip=done, image=True, labels=False)

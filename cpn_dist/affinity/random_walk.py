@@ -48,8 +48,9 @@ import torch.nn.functional as F
 from cpn_dist.affinity import METHODS  # auto, dense, sparse
 from cpn_dist.affinity.pairs import STRIDE, pair_affinities, pair_index
 from cpn_dist.config import AffinityConfig
-from cpn_dist.data.datasets import DatasetInfo, voc, write_folder_dataset
+from cpn_dist.data.datasets import DatasetInfo, voc
 from cpn_dist.data.inputs import Sample
+from cpn_dist.dataset_of import record_dataset
 from cpn_dist.devices import autocast, to_device
 from cpn_dist.errors import CpnError
 from cpn_dist.labels.cams import (
@@ -267,7 +268,7 @@ def walk_samples(model: torch.nn.Module, samples: Iterable[Sample], cams_dir: st
         save_cams_dir.mkdir(parents=True, exist_ok=True)
     for folder in (out_dir, save_cams_dir):
         if dataset is not None and folder is not None:
-            write_folder_dataset(folder, dataset)
+            record_dataset(folder, dataset)
     num_foreground = (dataset or voc()).num_foreground
     device = torch.device(device)
     model.eval()

@@ -45,6 +45,15 @@ MEANS = ("present", "all")  # what the mIoU averages over (module docstring)
 
 SWEEP_FORMS = "START:STOP:STEP (e.g. 0.20:0.60:0.01) or a list 0.2,0.3"
 MAX_BETAS = 10_000  # a sweep longer than this is a typo in STEP (the released sweep has 40 values)
+VOC_BETAS = "0.20:0.60:0.01"  # the released sweep, around VOC's best β
+# Elsewhere (COCO) the best β is not known in advance: every β at which a released-format map (peak just
+# under 0.5) can still be foreground.
+WIDE_BETAS = "0.01:0.50:0.01"
+
+
+def default_betas(dataset: DatasetInfo | None = None) -> str:
+    """The β sweep of ``cpn eval`` when none is given: the released one on VOC, :data:`WIDE_BETAS` on others."""
+    return VOC_BETAS if dataset is None or dataset.name == "voc" else WIDE_BETAS
 
 
 def parse_betas(spec: str) -> list[float]:

@@ -27,8 +27,9 @@ import numpy as np
 
 from cpn_dist.atomic import write_atomic
 from cpn_dist.config import CrfConfig
-from cpn_dist.data.datasets import DatasetInfo, voc, write_folder_dataset
+from cpn_dist.data.datasets import DatasetInfo, voc
 from cpn_dist.data.voc import IGNORE, NUM_FOREGROUND, save_label_png
+from cpn_dist.dataset_of import record_dataset
 from cpn_dist.errors import CpnError
 from cpn_dist.labels.cams import class_map, read_cams
 from cpn_dist.labels.crf import crf_dict, crf_probabilities, to_label_map
@@ -151,7 +152,7 @@ def run_folder(job: Job, names: Sequence[str], workers: int = 1,
         raise CpnError(f"{job.voc_root}/JPEGImages: the CRF needs the images (--voc-root)")
     Path(job.out_dir).mkdir(parents=True, exist_ok=True)
     if job.dataset is not None:
-        write_folder_dataset(job.out_dir, job.dataset)
+        record_dataset(job.out_dir, job.dataset)
     size = max(1, min(16, math.ceil(len(names) / max(1, 4 * workers))))
     chunks = [(job, tuple(names[i:i + size])) for i in range(0, len(names), size)]
     done = 0

@@ -32,8 +32,10 @@ import torch.nn.functional as F
 from cpn_dist.atomic import write_atomic
 from cpn_dist.config import CrfConfig
 from cpn_dist.cpn.infer import IMAGENET_MEAN, IMAGENET_STD, forward_by_shape, scale_inputs
+from cpn_dist.data.datasets import DatasetInfo
 from cpn_dist.data.inputs import Sample
 from cpn_dist.data.voc import save_label_png
+from cpn_dist.dataset_of import record_dataset
 from cpn_dist.devices import autocast
 from cpn_dist.labels.crf import dense_crf
 from cpn_dist.parallel import parallel_map
@@ -149,13 +151,18 @@ def _finish(item: _Image, settings: SegmentSettings, outputs: Outputs) -> Iterat
 def segment_samples(model: torch.nn.Module, samples: Iterable[Sample], outputs: Outputs,
                     settings: SegmentSettings = SegmentSettings(), device: torch.device | str = "cpu",
                     images_per_step: int = 4, loader_threads: int = 2, crf_workers: int = 0,
-                    on_image: Callable[[str], None] | None = None) -> list[str]:  # fmt: skip
+                    on_image: Callable[[str], None] | None = None,
+                    dataset: DatasetInfo | None = None) -> list[str]:  # fmt: skip
     """Write the label maps of every sample (see :class:`Outputs`); returns the names done, in order.
     ``model.score(x)`` gives the stride-8 class scores of a batch. With ``crf_workers`` > 0 the CRF runs
-    in that many processes, at most ``2 × crf_workers`` images in flight; with 0, inline."""
+    in that many processes, at most ``2 × crf_workers`` images in flight; with 0, inline. ``dataset`` (a
+    :class:`~cpn_dist.data.datasets.DatasetInfo`, the model's classes) is recorded in the label folders
+    (not in the test-server layout, which holds only the server's PNGs)."""
     for folder in (outputs.labels, outputs.crf, outputs.final_dir()):
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
+            if dataset is not None and folder != outputs.final_dir():
+                record_dataset(folder, dataset)
     model.eval()
     written: list[str] = []
 
