@@ -125,7 +125,8 @@ def folders_dataset(name: str | None, *folders: str | Path | None) -> DatasetInf
 def record_dataset(folder: str | Path, dataset: DatasetInfo) -> None:
     """Record ``dataset`` in ``folder``'s ``dataset.json`` (CAM files, label maps) for the commands that read
     it next, as :func:`cpn_dist.data.datasets.write_folder_dataset` does, under a temporary name of its own:
-    the processes of a distributed run may all record it at once."""
+    the processes of a distributed run may all record it at once. Written on every call, as the outputs
+    of the work that calls it are (a rerun step's files are all new)."""
     import os
     import tempfile
 
@@ -133,8 +134,6 @@ def record_dataset(folder: str | Path, dataset: DatasetInfo) -> None:
     from cpn_dist.data.datasets import FOLDER_FILE
 
     folder = Path(folder)
-    if read_folder_dataset(folder) == dataset:
-        return
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{FOLDER_FILE}.", suffix=".tmp")
     os.close(fd)
     try:
