@@ -220,7 +220,8 @@ def raw_cam_model(weights: Path | str, cfg):
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)  # as the trainer's set_seed just before it builds its model
-        model, _, _ = model_for_weights(weights, cfg.model.backbone, "none", fallback=lambda: run_dataset(cfg.data))
+        model, _, _ = model_for_weights(weights, cfg.model.backbone, "none",
+                                        fallback=lambda: run_dataset(cfg.data, missing_ok=True))  # fmt: skip
     return model
 
 
