@@ -355,3 +355,30 @@ def test_infer_format_compact_writes_npz_files_that_decode_to_the_released_maps(
     assert not list((tmp_path / "compact").glob("*.npz")) and len(list((tmp_path / "compact").glob("*.npy"))) == 3
     wrong = run_cpn(*base, "--out", str(tmp_path / "x"), "--compact-stride", "2")
     assert wrong.returncode == 1 and "--compact-stride and --compact-dtype go with --format compact" in wrong.stderr
+
+
+def test_the_pipelines_cams_step_writes_the_compact_store_and_scores_average_as_mean_iou_says(synth_voc, tmp_path):
+    import yaml
+
+    from cpn_dist.cpn.model import build_model
+    from cpn_dist.pipeline import Pipeline, load_pipeline_config
+
+    torch.manual_seed(0)
+    torch.save(build_model("tiny", "official").state_dict(), tmp_path / "cpn.pth")
+    cpn = tiny_config(tmp_path / "cpn.yaml", tmp_path / "unused")
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump({
+        "voc_root": str(synth_voc), "work_dir": str(tmp_path / "work"), "configs": {"cpn": str(cpn)},
+        "splits": {"train": "val", "eval": "val"}, "weights": {"cpn": str(tmp_path / "cpn.pth")},
+        "cams": {"scales": [1.0], "betas": "0.0:0.6:0.1", "format": "compact"}, "workers": 1}))  # fmt: skip
+    Pipeline(load_pipeline_config(config)).run(only=["cams", "eval_cams"])
+    cams = tmp_path / "work" / "cams"
+    names = read_split(synth_voc / "ImageSets" / "Segmentation" / "val.txt")
+    assert sorted(p.stem for p in cams.glob("*.npz")) == sorted(names) and not list(cams.glob("*.npy"))
+    assert read_folder_dataset(cams) == voc()
+    scores = json.loads((tmp_path / "work" / "scores" / "cams.json").read_text())
+    assert scores["mean"] == "present" and scores["classes"] == list(voc().classes)
+    result = Pipeline(load_pipeline_config(config, ["mean_iou=all"])).run(only=["cams", "eval_cams"])
+    statuses = {r.name: r.status for r in result.steps}
+    assert statuses["cams"] == "done before" and statuses["eval_cams"] == "ran"  # a stale score, not new CAMs
+    assert json.loads((tmp_path / "work" / "scores" / "cams.json").read_text())["mean"] == "all"
