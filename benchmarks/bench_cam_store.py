@@ -27,7 +27,7 @@ Measured:
 - `cpn eval` (the one-pass sweep) over 81 classes: images/s with 1 and 2 processes, released and compact;
 - peak RSS of `cpn infer`'s inference (`cpn_dist.cpn.infer.infer_samples`, an 81-class model, random
   weights, head official) on one image at scales 0.5, 1.0, 1.5, 2.0 × flip, batch size 8 (both flips
-  of a scale in one forward), each backbone in a fresh process.
+  of a scale in one forward; `--infer-batch 1`: one input per forward), each backbone in a fresh process.
 
     nice -n 10 .venv/bin/python benchmarks/bench_cam_store.py --images 125
     nice -n 10 .venv/bin/python benchmarks/bench_cam_store.py --images 125 --infer tiny   # skip ResNet38d
@@ -185,7 +185,7 @@ def best_score(folder: Path, gt: Path, names: list[str], betas: list[float], wor
 # inference memory, in a fresh process per backbone
 
 
-def infer_child(backbone: str, image_path: str) -> None:
+def infer_child(backbone: str, image_path: str, batch_size: str = "8") -> None:
     """Run `cpn infer`'s inference of one image with an 81-class model; print its peak RSS and time as JSON."""
     import tempfile
 
@@ -201,17 +201,18 @@ def infer_child(backbone: str, image_path: str) -> None:
     rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        infer_samples(model, [Sample("img", image, labels, None)], out, InferSettings(scales=SCALES),
-                      loader_threads=0)  # fmt: skip
+        infer_samples(model, [Sample("img", image, labels, None)], out,
+                      InferSettings(scales=SCALES, batch_size=int(batch_size)), loader_threads=0)  # fmt: skip
         seconds = time.perf_counter() - t0
-    print(json.dumps({"backbone": backbone, "size": list(image.size), "seconds": seconds, "threads":
+    print(json.dumps({"backbone": backbone, "batch_size": int(batch_size), "size": list(image.size), "seconds": seconds,
+                      "threads":
                       torch.get_num_threads(), "rss_after_model_kib": rss_model,
                       "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))  # fmt: skip
 
 
-def infer_memory(backbone: str, image_path: Path) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--infer-child", backbone, str(image_path)], capture_output=True,
-                          text=True, check=True)  # fmt: skip
+def infer_memory(backbone: str, image_path: Path, batch_size: int) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--infer-child", backbone, str(image_path), str(batch_size)],
+                          capture_output=True, text=True, check=True)  # fmt: skip
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -236,7 +237,9 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="timed sweeps per store")
     ap.add_argument("--infer", default="tiny,resnet38d", help="backbones whose inference memory is measured ('' none)")
     ap.add_argument("--data", type=Path, default=RESULTS / "cam_store_data")
-    ap.add_argument("--infer-child", nargs=2, metavar=("BACKBONE", "IMAGE"), help=argparse.SUPPRESS)
+    ap.add_argument("--infer-batch", type=int, default=8, help="most equal-sized inputs per forward (cpn infer's "
+                    "--batch-size; 8: both flips of a scale together)")  # fmt: skip
+    ap.add_argument("--infer-child", nargs=3, metavar=("BACKBONE", "IMAGE", "BATCH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.infer_child:
         infer_child(*args.infer_child)
@@ -288,11 +291,11 @@ def main() -> int:
     memory = {}
     image = pick_image(args.data, names)
     for backbone in [b for b in args.infer.split(",") if b]:
-        memory[backbone] = infer_memory(backbone, image)
+        memory[backbone] = infer_memory(backbone, image, args.infer_batch)
         m = memory[backbone]
-        console.print(f"infer {backbone}, {m['size'][0]}×{m['size'][1]}, 4 scales × flip: peak RSS "
-                      f"{m['peak_rss_kib'] / 2**20:.2f} GiB (model built: {m['rss_after_model_kib'] / 2**20:.2f} GiB), "
-                      f"{m['seconds']:.0f} s on {m['threads']} threads")  # fmt: skip
+        console.print(f"infer {backbone}, {m['size'][0]}×{m['size'][1]}, 4 scales × flip, batch {m['batch_size']}: "
+                      f"peak RSS {m['peak_rss_kib'] / 2**20:.2f} GiB (model built: "
+                      f"{m['rss_after_model_kib'] / 2**20:.2f} GiB), {m['seconds']:.0f} s on {m['threads']} threads")
 
     record = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
