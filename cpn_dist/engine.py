@@ -115,6 +115,7 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
     set_seed(cfg.train.seed)  # the same initial weights on every rank
 
     model = task.build_model()
+    dataset = getattr(task, "dataset", None)  # the classes the model scores, recorded with its weights
     channels_last = cfg.train.channels_last if cfg.train.channels_last != "auto" else device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -179,6 +180,7 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
                  "steps_per_epoch": steps_per_epoch, "world_size": world_size, "micro_size": micro,
                  "accumulation": accumulation, "distributed_type": acc.distributed_type.value,
                  "config": cfg.to_dict(),  # what a resume compares against (cpn_dist.run_start)
+                 **({"dataset": dataset.to_json()} if dataset is not None else {}),  # read back as weights
                  STATE_KEY: tensorboard_run, "summary": {"steps": run_steps, "sums": run_sums}}
         save_checkpoint(acc, out_dir, state, cfg.train.keep_last)
 
@@ -265,7 +267,7 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
     if acc.is_main_process:
         from cpn_dist.run_start import weights_metadata
 
-        save_weights(state_dict, final, metadata=weights_metadata(cfg))
+        save_weights(state_dict, final, metadata=weights_metadata(cfg, dataset))
         _write_summary(out_dir / SUMMARY_NAME, global_step, run_steps, run_sums)
     acc.wait_for_everyone()
     monitor.close()

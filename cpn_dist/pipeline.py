@@ -183,6 +183,13 @@ class Pipeline:
         self.dist.barrier()  # every process has listed what is done before any of them writes
         return VocSource(self.voc, todo)
 
+    def dataset(self):
+        """The classes of the run: those the ``cams`` step recorded in ``work/cams/dataset.json`` (the CPN
+        weights' classes), else the ground truth's ``dataset.json``, else VOC."""
+        from cpn_dist.dataset_of import folders_dataset
+
+        return folders_dataset(None, self.work / "cams", self.gt)
+
     def score_labels(self, stage: str, folder: Path, split: str, note: str = "") -> StageScore:
         """The score of a label folder on ``split`` (written to ``work/scores/``) as a summary row."""
         from cpn_dist.labels.evaluate import score_labels
@@ -190,7 +197,8 @@ class Pipeline:
         names = self.names(split)
         key = stage.lower().replace(" + ", "_").replace(" ", "_")
         with self.progress(f"score {key} on {split}", len(names)) as bar:
-            result = score_labels(folder, self.gt, names, workers=self.cfg.workers, on_images=bar.advance)
+            result = score_labels(folder, self.gt, names, workers=self.cfg.workers, on_images=bar.advance,
+                                  dataset=self.dataset(), mean=self.cfg.mean_iou)  # fmt: skip
         write_json(self.work / "scores" / f"{key}_{split}.json", result.to_json())
         return stage_score(stage, split, len(names), result.summary(), note)
 

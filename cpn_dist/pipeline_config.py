@@ -16,6 +16,7 @@ from pydantic import AfterValidator, Field, model_validator
 from cpn_dist.config import load_config
 from cpn_dist.config_base import Section
 from cpn_dist.errors import CpnError
+from cpn_dist.labels import cam_store
 from cpn_dist.pipeline_stages import STEPS
 
 
@@ -72,6 +73,13 @@ class CamSettings(Section):
     scales: list[float] = Field([0.5, 1.0, 1.5, 2.0], min_length=1, description="CAM inference scales (+ flips)")
     betas: BetaSweep = Field("0.20:0.60:0.01", description="β sweep of `eval_cams` (START:STOP:STEP or a comma list; "
                        "checked when the config is read; a best β on the sweep's edge is a warning)")
+    format: Literal["released", "compact"] = Field(
+        "released", description="CAM files of the `cams` step: released (NAME.npy, full-resolution float32) or "
+        "compact (NAME.npz, `cpn infer --format compact`: block means, quantised; for COCO-sized runs)")
+    compact_stride: int = Field(cam_store.DEFAULT_STRIDE, ge=1, le=64,
+                                description="format compact: the block size in pixels")  # fmt: skip
+    compact_dtype: Literal["uint8", "float16"] = Field(cam_store.DEFAULT_DTYPE,
+                                                       description="format compact: the codes' type")  # fmt: skip
 
 
 class PseudoSettings(Section):
@@ -97,6 +105,9 @@ class PipelineConfig(Section):
     segmentation_labels: Literal["auto", "rw", "cam"] = Field(
         "auto", description="what DeepLab trains on: rw, cam (the CAM pseudo labels), or auto (rw with stage 2)"
     )
+    mean_iou: Literal["present", "all"] = Field(
+        "present", description="the classes every score's mIoU averages over: present in the ground truth or the "
+        "prediction (chainercv's nanmean; on VOC train/val every class), or all (the released evaluator)")
     workers: int = Field(2, ge=1, le=256, description="processes of the CPU steps (scoring, CRF, labels)")
     skip: list[Literal[STEPS]] = Field([], description="steps not to run")
 

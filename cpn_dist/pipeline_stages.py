@@ -37,21 +37,27 @@ def train_cpn(p):
 
 
 def cams(p):
-    """Multi-scale + flip CAMs (:func:`cpn_dist.cpn.infer.infer_samples`) of the training and evaluation images."""
+    """Multi-scale + flip CAMs (:func:`cpn_dist.cpn.infer.infer_samples`) of the training and evaluation images,
+    in the released format or the compact store (``cams.format``), over the classes the weights score."""
     import torch
 
     from cpn_dist.cpn.infer import InferSettings, infer_samples
-    from cpn_dist.cpn.model import build_model
-    from cpn_dist.models import load_weights
+    from cpn_dist.cpn.model import model_for_weights
+    from cpn_dist.dataset_of import record_dataset
+    from cpn_dist.labels.cams import cam_file
 
     cfg = p.run_config("cpn")
     names = list(dict.fromkeys(p.names(p.cfg.splits.train) + p.names(p.cfg.splits.eval)))
     out = p.work / "cams"
-    source = p.todo(names, lambda n: (out / f"{n}.npy").is_file())
-    model = build_model(cfg.model.backbone, cfg.model.head, dropout=0.0)
-    load_weights(model, p.weights("cpn"), cfg.model.allow_pickle)
-    settings = InferSettings(scales=tuple(p.cfg.cams.scales), mean=tuple(cfg.data.mean), std=tuple(cfg.data.std),
-                             use="cam" if cfg.model.head == "none" else "refined")  # fmt: skip
+    source = p.todo(names, lambda n: cam_file(out, n).is_file())
+    model, _, dataset = model_for_weights(p.weights("cpn"), cfg.model.backbone, cfg.model.head,
+                                          allow_pickle=cfg.model.allow_pickle)  # fmt: skip
+    c = p.cfg.cams
+    settings = InferSettings(scales=tuple(c.scales), mean=tuple(cfg.data.mean), std=tuple(cfg.data.std),
+                             use="cam" if cfg.model.head == "none" else "refined", fmt=c.format,
+                             compact_stride=c.compact_stride, compact_dtype=c.compact_dtype)  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    record_dataset(out, dataset)
     with torch.inference_mode(), p.progress("cams", p.share(source)) as bar:
         infer_samples(model.to(p.dist.device), source.samples(p.dist.rank, p.dist.world), out, settings,
                       device=p.dist.device, on_image=bar.on_item)  # fmt: skip
@@ -64,7 +70,7 @@ def eval_cams(p):
     names = p.names(p.cfg.splits.eval)
     with p.progress("eval_cams", len(names)) as bar:
         result = sweep(p.work / "cams", p.gt, names, parse_betas(p.cfg.cams.betas), workers=p.cfg.workers,
-                       on_images=bar.advance)  # fmt: skip
+                       on_images=bar.advance, dataset=p.dataset(), mean=p.cfg.mean_iou)  # fmt: skip
     write_json(p.work / "scores" / "cams.json", result.to_json())
     best = result.summary()
     edge = ""
@@ -83,7 +89,7 @@ def pseudo(p):
     beta = p.best_beta()
     out = p.work / "pseudo"
     crf = CrfConfig() if p.cfg.pseudo.crf else None
-    job = Job(str(p.work / "cams"), str(out), (beta,), crf, str(p.voc), output="png")
+    job = Job(str(p.work / "cams"), str(out), (beta,), crf, str(p.voc), output="png", dataset=p.dataset())
     todo = pending(p.names(p.cfg.splits.train), out, ".png", p.overwrite)
     with p.progress("pseudo", len(todo)) as bar:
         run_folder(job, todo, workers=p.cfg.workers, on_images=bar.advance)
@@ -104,7 +110,7 @@ def affinity_labels(p):
     with p.progress("affinity_labels", len(names) - len(done_names(names, out, p.overwrite))) as bar:
         write_affinity_labels(VocSource(p.voc, names), p.work / "cams", out,
                               AffinityLabelParams.from_config(cfg.affinity), names, workers=p.cfg.workers,
-                              overwrite=p.overwrite, on_image=bar.on_item)  # fmt: skip
+                              overwrite=p.overwrite, on_image=bar.on_item, dataset=p.dataset())  # fmt: skip
 
 
 def train_affinity(p):
@@ -123,7 +129,7 @@ def rw(p):
     with p.progress("rw", p.share(source)) as bar:
         walk_samples(model, source.samples(p.dist.rank, p.dist.world, labels=False), p.work / "cams", out,
                      WalkParams.from_config(cfg.affinity), device=p.dist.device, mean=tuple(cfg.data.mean),
-                     std=tuple(cfg.data.std), on_image=bar.on_item)  # fmt: skip
+                     std=tuple(cfg.data.std), on_image=bar.on_item, dataset=p.dataset())  # fmt: skip
 
 
 def eval_rw(p):
@@ -144,14 +150,19 @@ def segment(p):
     """Multi-scale + flip inference and the dense CRF (one pass: the CRF needs the mean probabilities, too
     large to keep on disk) on the val and evaluation splits; the test split, if any, in the VOC
     test-server layout."""
-    from cpn_dist.models import load_weights
+    from cpn_dist.data.datasets import voc
+    from cpn_dist.dataset_of import weights_dataset
+    from cpn_dist.models.weights import load_state, read_weights
     from cpn_dist.segmentation.infer import Outputs, segment_samples, segment_settings
     from cpn_dist.segmentation.model import model_from_config
 
     cfg = p.run_config("segmentation")
     settings = segment_settings(cfg)
-    model = model_from_config(cfg, dropout=False)
-    load_weights(model, p.weights("segmentation"), cfg.model.allow_pickle)
+    path = p.weights("segmentation")
+    state, meta = read_weights(path, cfg.model.allow_pickle)
+    dataset = weights_dataset(path, meta, state, "segmentation") or voc()
+    model = model_from_config(cfg, dropout=False, num_classes=dataset.num_classes)
+    load_state(model, state, path)
     model.to(p.dist.device)
     crf = settings.crf is not None
     for split, scored in p.segment_splits():
@@ -164,7 +175,7 @@ def segment(p):
         with p.progress(f"segment {split}", p.share(source)) as bar:
             segment_samples(model, source.samples(p.dist.rank, p.dist.world, labels=False), outputs, settings,
                             device=p.dist.device, crf_workers=p.cfg.workers if crf else 0,
-                            on_image=bar.on_item)  # fmt: skip
+                            on_image=bar.on_item, dataset=dataset)  # fmt: skip
 
 
 def eval_segmentation(p):

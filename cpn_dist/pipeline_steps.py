@@ -88,24 +88,30 @@ def step_settings(p, name: str) -> dict[str, Any]:
 
     lists = lambda *splits: {s: list_fingerprint(p.list_path(s)) for s in splits if s}  # noqa: E731
     given = lambda stage: file_fingerprint(getattr(c.weights, stage))  # noqa: E731
+    # keys added since stamps were first written count only away from their defaults, so that a stamp of an
+    # older version stays valid (an absent key is read as a change)
+    cam_format = {"cams.format": c.cams.format, "cams.compact_stride": c.cams.compact_stride,
+                  "cams.compact_dtype": c.cams.compact_dtype} if c.cams.format != "released" else {}
+    mean = {"mean_iou": c.mean_iou} if c.mean_iou != "present" else {}
     seg_splits = [s for s, _ in p.segment_splits()]
     settings = {  # keys as the user writes them: the pipeline config's, then the stage's run config's
         "pack": lambda: {"voc_root": c.voc_root, "shards": str(p.shards), "lists": lists(c.splits.train),
                          "pack.segments": c.pack.segments, "pack.shard_size": c.pack.shard_size,
                          "data.patch.segments": run("cpn", "data").get("data.patch.segments")},
         "train_cpn": lambda: run("cpn"),
-        "cams": lambda: {"cams.scales": c.cams.scales, "weights.cpn": given("cpn"),
+        "cams": lambda: {"cams.scales": c.cams.scales, "weights.cpn": given("cpn"), **cam_format,
                          "lists": lists(c.splits.train, c.splits.eval), **run("cpn", "model", "data")},
-        "eval_cams": lambda: {"cams.betas": c.cams.betas, "lists": lists(c.splits.eval), "gt": str(p.gt)},
-        "pseudo": lambda: {"pseudo.beta": c.pseudo.beta, "pseudo.crf": c.pseudo.crf, "lists": lists(c.splits.train)},
+        "eval_cams": lambda: {"cams.betas": c.cams.betas, "lists": lists(c.splits.eval), "gt": str(p.gt), **mean},
+        "pseudo": lambda: {"pseudo.beta": c.pseudo.beta, "pseudo.crf": c.pseudo.crf, "lists": lists(c.splits.train),
+                           **mean},
         "affinity_labels": lambda: {"lists": lists(c.splits.train), **run("affinity", "affinity")},
         "train_affinity": lambda: run("affinity"),
         "rw": lambda: {"weights.affinity": given("affinity"), **run("affinity", "affinity", "model", "data")},
-        "eval_rw": lambda: {"lists": lists(c.splits.eval)},
+        "eval_rw": lambda: {"lists": lists(c.splits.eval), **mean},
         "train_segmentation": lambda: {"segmentation_labels": c.segmentation_labels, **run("segmentation")},
         "segment": lambda: {"weights.segmentation": given("segmentation"), "lists": lists(*seg_splits),
                             **run("segmentation", "segmentation", "model", "data")},
-        "eval_segmentation": lambda: {"lists": lists(*seg_splits)},
+        "eval_segmentation": lambda: {"lists": lists(*seg_splits), **mean},
     }[name]()  # fmt: skip
     return relative_to(settings, p.work)
 

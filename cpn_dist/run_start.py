@@ -87,13 +87,22 @@ def _short(value: Any, n: int = 40) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def weights_metadata(cfg) -> dict[str, Any]:
+def weights_metadata(cfg, dataset=None) -> dict[str, Any]:
     """What ``model_final.pth`` records about its model (read back by ``cpn infer``, ``segment``, ``rw``
-    and ``weights check``): the stage, backbone, head and the whole resolved config."""
+    and ``weights check``): the stage, backbone, head, the dataset whose classes it scores (``dataset``, a
+    :class:`~cpn_dist.data.datasets.DatasetInfo`; None: the one of the run's shards, left out when they
+    cannot be read — the classifier's width then says it) and the whole resolved config."""
     from cpn_dist import __version__
+    from cpn_dist.dataset_of import run_dataset
 
     head = {"cpn": cfg.model.head, "segmentation": cfg.segmentation.head}.get(cfg.stage)
-    return {"stage": cfg.stage, "backbone": cfg.model.backbone, "head": head, "config": cfg.to_dict(),
+    if dataset is None:
+        try:
+            dataset = run_dataset(cfg.data)
+        except CpnError:
+            log.info("%s: no readable meta.json; the weights record no dataset", cfg.data.shards)
+    recorded = {} if dataset is None else {"dataset": dataset.to_json()}
+    return {"stage": cfg.stage, "backbone": cfg.model.backbone, "head": head, **recorded, "config": cfg.to_dict(),
             "version": __version__}  # fmt: skip
 
 

@@ -62,3 +62,20 @@ def test_random_bytes_and_object_arrays_are_refused_in_one_line_without_unpickli
     np.savez(tmp_path / "m.npz", keys=np.zeros(1, np.int16))
     with pytest.raises(CpnError, match="not a compact CAM file"):
         load_compact(tmp_path / "m.npz")
+
+
+
+def test_the_stored_grid_keeps_a_cams_level_set_where_block_means_would_shift_it():
+    from cpn_dist.labels.cam_store import fit_grid, upsample
+
+    yy, xx = np.mgrid[0:96, 0:128].astype(np.float32)
+    cam = (0.5 * np.exp(-((yy - 40) ** 2 / 300 + (xx - 70) ** 2 / 120))
+           + 0.3 * np.exp(-((yy - 70) ** 2 + (xx - 30) ** 2) / 40)).astype(np.float32)  # fmt: skip
+
+    def changed(maps):  # pixels whose side of β = 0.2 the store changes
+        return int(np.count_nonzero((maps > 0.2) != (cam > 0.2)))
+
+    stored = changed(decode_cams(encode_cams({0: cam}, stride=4, dtype="float16"))[0])
+    means = changed(upsample(block_mean(cam, 4)[None], cam.shape, 4)[0])
+    fitted = changed(upsample(fit_grid(cam, 4)[None], cam.shape, 4)[0])
+    assert stored == fitted and fitted * 3 <= means, (stored, fitted, means)

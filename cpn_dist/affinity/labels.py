@@ -16,7 +16,8 @@ is the same rule).
 
 PSA keeps the two CRF probability maps and combines them after augmentation and 8× average pooling;
 we combine at full resolution and store one palette PNG per image, ``{out}/{image id}.png`` (uint8:
-0 background, 1..20 class, 255 ignore, the size of the image) — the side folder that
+0 background, 1..C-1 class, 255 ignore, the size of the image; C of the CAMs' dataset, recorded in
+``{out}/dataset.json``) — the side folder that
 :class:`cpn_dist.data.labelled.LabelledSampleMaker` reads beside the shards. The trainer reduces the
 augmented crop to the stride-8 grid by a block vote (:func:`cpn_dist.affinity.pairs.reduce_labels`).
 """
@@ -32,9 +33,11 @@ import numpy as np
 
 from cpn_dist.atomic import write_atomic
 from cpn_dist.config import AffinityConfig, CrfConfig
-from cpn_dist.data.voc import save_label_png
+from cpn_dist.data.datasets import DatasetInfo, voc
+from cpn_dist.data.voc import NUM_FOREGROUND, save_label_png
+from cpn_dist.dataset_of import record_dataset
 from cpn_dist.errors import CpnError
-from cpn_dist.labels.cams import CAM_NORMS, load_cams, normalise_cams
+from cpn_dist.labels.cams import CAM_NORMS, cam_file, load_cams, normalise_cams
 from cpn_dist.labels.pseudo import confident_label, pseudo_label
 from cpn_dist.parallel import parallel_map
 
@@ -72,19 +75,21 @@ class AffinityLabelParams:
             raise CpnError(f"affinity labels: need 0 < low {which} < high {which}, got {pair[0]}, {pair[1]}")
 
 
-def affinity_label(cams: dict[int, np.ndarray], image: np.ndarray, params: AffinityLabelParams) -> np.ndarray:
-    """H×W uint8 affinity label (0 background, 1..20 class, 255 ignore) of one image (H×W×3 uint8)
-    and its CAM dict."""
+def affinity_label(cams: dict[int, np.ndarray], image: np.ndarray, params: AffinityLabelParams,
+                   num_foreground: int = NUM_FOREGROUND) -> np.ndarray:  # fmt: skip
+    """H×W uint8 affinity label (0 background, 1..C-1 class, 255 ignore; C-1 = ``num_foreground``) of one
+    image (H×W×3 uint8) and its CAM dict."""
     shape = image.shape[:2]
     cams = normalise_cams(cams, params.cam_norm)
+    crf, n = params.crf, num_foreground
     if params.betas is None:
         low, high = params.bg_powers
-        fg_map = pseudo_label(cams, None, shape, image, params.crf, bg_power=low)  # la: confident foreground
-        bg_map = pseudo_label(cams, None, shape, image, params.crf, bg_power=high)  # ha: confident background
+        fg_map = pseudo_label(cams, None, shape, image, crf, bg_power=low, num_foreground=n)  # la: confident fg
+        bg_map = pseudo_label(cams, None, shape, image, crf, bg_power=high, num_foreground=n)  # ha: confident bg
     else:
         low, high = params.betas
-        fg_map = pseudo_label(cams, high, shape, image, params.crf)
-        bg_map = pseudo_label(cams, low, shape, image, params.crf)
+        fg_map = pseudo_label(cams, high, shape, image, crf, num_foreground=n)
+        bg_map = pseudo_label(cams, low, shape, image, crf, num_foreground=n)
     return confident_label(fg_map, bg_map)
 
 
@@ -95,15 +100,15 @@ def write_label(out_dir: str | Path, name: str, label: np.ndarray) -> None:
     write_atomic(out / f"{name}.png", lambda tmp: save_label_png(label, tmp), out / f".{name}.tmp.png")
 
 
-def _label_one(job: tuple[str, str, str, np.ndarray, AffinityLabelParams]) -> str:
-    """(CAM folder, output folder, image id, H×W×3 image, params) → the image id, its label written."""
-    cams_dir, out_dir, name, image, params = job
-    path = Path(cams_dir) / f"{name}.npy"
-    cams = load_cams(path)
+def _label_one(job: tuple[str, str, str, np.ndarray, AffinityLabelParams, int]) -> str:
+    """(CAM folder, output folder, image id, H×W×3 image, params, C-1) → the image id, its label written."""
+    cams_dir, out_dir, name, image, params, num_foreground = job
+    path = cam_file(cams_dir, name)
+    cams = load_cams(path, num_foreground)
     if cams and next(iter(cams.values())).shape != image.shape[:2]:
         shape = next(iter(cams.values())).shape
         raise CpnError(f"{path}: CAMs are {shape[1]}×{shape[0]}, the image is {image.shape[1]}×{image.shape[0]}")
-    write_label(out_dir, name, affinity_label(cams, image, params))
+    write_label(out_dir, name, affinity_label(cams, image, params, num_foreground))
     return name
 
 
@@ -115,15 +120,20 @@ def done_names(names: Iterable[str], out_dir: str | Path, overwrite: bool = Fals
 
 def write_affinity_labels(source, cams_dir: str | Path, out_dir: str | Path, params: AffinityLabelParams,
                           names: list[str], workers: int = 1, overwrite: bool = False,
-                          on_image: Callable[[str], None] | None = None) -> list[str]:  # fmt: skip
+                          on_image: Callable[[str], None] | None = None,
+                          dataset: DatasetInfo | None = None) -> list[str]:  # fmt: skip
     """Write the affinity label of every image of ``names`` (read from ``source``, a
     :class:`~cpn_dist.data.inputs.VocSource` or :class:`~cpn_dist.data.inputs.ShardSource` restricted to
     ``names``) into ``out_dir``, with ``workers`` processes; images already done are skipped unless
-    ``overwrite``. Returns the names written; a listed image the source does not hold is a CpnError."""
+    ``overwrite``. ``dataset``: the CAMs' classes (None: VOC; given, it is recorded in ``out_dir``).
+    Returns the names written; a listed image the source does not hold is a CpnError."""
     cams_dir, out_dir = str(cams_dir), str(out_dir)
     if not Path(cams_dir).is_dir():
         raise CpnError(f"{cams_dir}: CAM folder not found")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
+    if dataset is not None:
+        record_dataset(out_dir, dataset)
+    num_foreground = (dataset or voc()).num_foreground
     done = done_names(names, out_dir, overwrite)
     samples = source.samples(skip=done, image=True, labels=False)
     written: list[str] = []
@@ -134,7 +144,7 @@ def write_affinity_labels(source, cams_dir: str | Path, out_dir: str | Path, par
             on_image(name)
 
     # images are decoded here, CAMs read and CRFs run in the workers
-    jobs = ((cams_dir, out_dir, sample.name, np.asarray(sample.image), params) for sample in samples)
+    jobs = ((cams_dir, out_dir, sample.name, np.asarray(sample.image), params, num_foreground) for sample in samples)
     for name in parallel_map(_label_one, jobs, workers if workers > 1 else 0):
         finished(name)
     missing = sorted(set(names) - done - set(written))

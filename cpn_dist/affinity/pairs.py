@@ -14,8 +14,9 @@ has the same count and its pairs stack into a ``34 × K`` tensor; that drops the
 positions of the last ``r−1`` rows and of the outer ``r−1`` columns (about a fifth of the pairs of a
 56×56 grid). Here every in-bounds pair takes part, in training and in the random walk alike.
 
-**Labels** (PSA's rule) from a label grid with 0 = background, 1..20 = class, 255 = ignore:
-positive background pair — both ends 0; positive foreground pair — both ends the same class 1..20;
+**Labels** (PSA's rule) from a label grid with 0 = background, 1..C-1 = class, 255 = ignore (C the
+dataset's classes with background, 21 for VOC):
+positive background pair — both ends 0; positive foreground pair — both ends the same class 1..C-1;
 negative pair — both ends labelled (not 255) with different labels. Pairs with an ignored end are
 in no set.
 """
@@ -27,7 +28,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from cpn_dist.data.voc import IGNORE, NUM_FOREGROUND
+from cpn_dist.data.voc import IGNORE, NUM_CLASSES  # VOC's class count: the default
 
 STRIDE = 8  # the backbone's output stride
 
@@ -86,25 +87,27 @@ def pair_affinities(embedding: torch.Tensor, radius: int) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
-def reduce_labels(label: torch.Tensor, stride: int = STRIDE) -> torch.Tensor:
-    """N×H×W labels (0..20, 255) → N×⌈H/s⌉×⌈W/s⌉: each grid cell takes the most frequent value of its
-    s×s block (255 counted as a value, ties to the lower label, so a class beats ignore). Blocks past
-    the image border are padded with 255. PSA instead average-pools its two CRF probability maps
-    before taking their argmax; a label PNG has no probabilities left, so the block vote plays that role."""
+def reduce_labels(label: torch.Tensor, stride: int = STRIDE, num_classes: int = NUM_CLASSES) -> torch.Tensor:
+    """N×H×W labels (0..C-1, 255; C = ``num_classes``) → N×⌈H/s⌉×⌈W/s⌉: each grid cell takes the most
+    frequent value of its s×s block (255 counted as a value, ties to the lower label, so a class beats
+    ignore). Blocks past the image border are padded with 255. PSA instead average-pools its two CRF
+    probability maps before taking their argmax; a label PNG has no probabilities left, so the block vote
+    plays that role."""
     n, hh, ww = label.shape
     h, w = -(-hh // stride), -(-ww // stride)
+    ignore = num_classes  # the vote's bin of 255: 0..C-1, then C = ignore
     values = label.long().clone()
-    values[values == IGNORE] = NUM_FOREGROUND + 1  # 0..20, then 21 = ignore
-    if (values < 0).any() or (values > NUM_FOREGROUND + 1).any():
-        raise ValueError("labels must be 0..20 or 255")
-    values = F.pad(values, (0, w * stride - ww, 0, h * stride - hh), value=NUM_FOREGROUND + 1)
+    values[values == IGNORE] = ignore
+    if (values < 0).any() or (values > ignore).any():
+        raise ValueError(f"labels must be 0..{num_classes - 1} or 255")
+    values = F.pad(values, (0, w * stride - ww, 0, h * stride - hh), value=ignore)
     cell = (torch.arange(h * stride, device=label.device) // stride)[:, None] * w + \
         (torch.arange(w * stride, device=label.device) // stride)[None, :]  # fmt: skip
     index = values * (h * w) + cell
-    votes = torch.zeros(n, (NUM_FOREGROUND + 2) * h * w, device=label.device)
+    votes = torch.zeros(n, (ignore + 1) * h * w, device=label.device)
     votes.scatter_add_(1, index.view(n, -1), torch.ones(n, index[0].numel(), device=label.device))
-    winner = votes.view(n, NUM_FOREGROUND + 2, h, w).argmax(dim=1)
-    winner[winner == NUM_FOREGROUND + 1] = IGNORE
+    winner = votes.view(n, ignore + 1, h, w).argmax(dim=1)
+    winner[winner == ignore] = IGNORE
     return winner
 
 

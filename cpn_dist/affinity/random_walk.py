@@ -13,7 +13,8 @@ Per image (H×W):
    and 8×8 average-pooled — are walked ``t = 2^logt`` steps (logt = 8):
    ``s ← s · T^t``, where ``T^t`` comes from ``logt`` repeated squarings;
 4. the walked scores are upsampled (bilinear, align_corners=False) to the padded size and cropped;
-   the label is their argmax (0 = background, c + 1 for CAM key c).
+   the label is their argmax (0 = background, c + 1 for CAM key c: 1..C-1, C the CAMs' dataset's class
+   count, which the label folder's ``dataset.json`` records).
 
 Since every column of ``T^t`` sums to 1, each walked score is a convex combination of the input
 scores: a constant background β stays β. So the walked class scores, written as CAM files
@@ -47,10 +48,20 @@ import torch.nn.functional as F
 from cpn_dist.affinity import METHODS  # auto, dense, sparse
 from cpn_dist.affinity.pairs import STRIDE, pair_affinities, pair_index
 from cpn_dist.config import AffinityConfig
+from cpn_dist.data.datasets import DatasetInfo, voc
 from cpn_dist.data.inputs import Sample
+from cpn_dist.dataset_of import record_dataset
 from cpn_dist.devices import autocast, to_device
 from cpn_dist.errors import CpnError
-from cpn_dist.labels.cams import CAM_NORMS, foreground_max, load_cams, normalise_cams, powered_background, save_cams
+from cpn_dist.labels.cams import (
+    CAM_NORMS,
+    cam_file,
+    foreground_max,
+    load_cams,
+    normalise_cams,
+    powered_background,
+    save_cams,
+)
 
 log = logging.getLogger(__name__)
 
@@ -194,11 +205,11 @@ class _Item:
     shape: tuple[int, int]  # H, W
 
 
-def _prepare(sample: Sample, cams_dir: Path, params: WalkParams, mean, std) -> _Item:
+def _prepare(sample: Sample, cams_dir: Path, params: WalkParams, mean, std, num_foreground: int) -> _Item:
     from cpn_dist.cpn.infer import normalise_image
 
-    path = cams_dir / f"{sample.name}.npy"
-    cams = load_cams(path)
+    path = cam_file(cams_dir, sample.name)
+    cams = load_cams(path, num_foreground)
     rgb = np.asarray(sample.image.convert("RGB"))
     shape = rgb.shape[:2]
     if cams and next(iter(cams.values())).shape != shape:
@@ -240,10 +251,12 @@ def walk_samples(model: torch.nn.Module, samples: Iterable[Sample], cams_dir: st
                  params: WalkParams = WalkParams(), *, device: torch.device | str = "cpu",
                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), batch_size: int = 1,
                  save_cams_dir: str | Path | None = None, precision: str = "fp32",
-                 on_image: Callable[[str], None] | None = None) -> list[str]:  # fmt: skip
+                 on_image: Callable[[str], None] | None = None,
+                 dataset: DatasetInfo | None = None) -> list[str]:  # fmt: skip
     """Write the random-walk label (``{out_dir}/{name}.png``, VOC palette) of every sample, reading
-    its CAMs from ``{cams_dir}/{name}.npy``; with ``save_cams_dir`` also the walked class scores in the
-    released CAM format. Consecutive images of the same padded size go through the network, and the
+    its CAMs from ``{cams_dir}/{name}.npy`` (or ``.npz``); with ``save_cams_dir`` also the walked class
+    scores in the released CAM format. ``dataset``: the CAMs' classes (None: VOC; given, it is recorded in
+    both output folders). Consecutive images of the same padded size go through the network, and the
     dense walk, together (at most ``batch_size``). ``precision`` autocasts AffinityNet (the walk itself
     runs in float32). Returns the names written, in order."""
     cams_dir, out_dir = Path(cams_dir), Path(out_dir)
@@ -253,6 +266,10 @@ def walk_samples(model: torch.nn.Module, samples: Iterable[Sample], cams_dir: st
     if save_cams_dir is not None:
         save_cams_dir = Path(save_cams_dir)
         save_cams_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (out_dir, save_cams_dir):
+        if dataset is not None and folder is not None:
+            record_dataset(folder, dataset)
+    num_foreground = (dataset or voc()).num_foreground
     device = torch.device(device)
     model.eval()
     written: list[str] = []
@@ -280,7 +297,7 @@ def walk_samples(model: torch.nn.Module, samples: Iterable[Sample], cams_dir: st
         group.clear()
 
     for sample in samples:
-        item = _prepare(sample, cams_dir, params, mean, std)
+        item = _prepare(sample, cams_dir, params, mean, std, num_foreground)
         if group and (group[0].image.shape != item.image.shape or len(group) >= batch_size):
             flush()
         group.append(item)

@@ -18,6 +18,8 @@ step reproduces the released whole-batch loss whatever the split of the batch.
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 import torch
 
@@ -36,6 +38,13 @@ class AffinityTask:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.radius = cfg.affinity.radius
+
+    @cached_property
+    def dataset(self):
+        """The dataset of the run's shards: the label values (0..C-1, 255) and what the weights record."""
+        from cpn_dist.dataset_of import run_dataset
+
+        return run_dataset(self.cfg.data, missing_ok=True)  # unreadable shards: the loader says so
 
     def build_model(self):
         from cpn_dist.affinity.model import build_affinity_model
@@ -57,7 +66,7 @@ class AffinityTask:
 
     def pairs(self, batch: dict, device) -> tuple[torch.Tensor, ...]:
         """The (bg, fg, neg) pair masks of a micro-batch's labels on the stride-8 grid."""
-        grid = reduce_labels(batch["label"].to(device, non_blocking=True))
+        grid = reduce_labels(batch["label"].to(device, non_blocking=True), num_classes=self.dataset.num_classes)
         return pair_labels(grid, self.radius)
 
     def prepare_window(self, model, window, device):

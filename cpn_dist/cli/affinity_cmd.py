@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cpn_dist.cli import add_command, check_pair, console, renamed_flag
+from cpn_dist.cli import add_command, add_dataset_argument, check_pair, console, renamed_flag
 from cpn_dist.errors import CpnError
 
 
 def add_image_source_arguments(p) -> None:
-    """--cams, --voc-root / --shards [--split], --list: the CAMs and images of a stage-2 step."""
-    p.add_argument("--cams", required=True, metavar="DIR", help="CAM files NAME.npy (released format)")
+    """--cams, --voc-root / --shards [--split], --list, --dataset: the CAMs and images of a stage-2 step."""
+    p.add_argument("--cams", required=True, metavar="DIR", help="CAM files NAME.npy (released format) or NAME.npz "
+                   "(compact)")  # fmt: skip
     src = p.add_argument_group("images (one of)")
     src.add_argument("--voc-root", metavar="DIR", help="VOC root holding JPEGImages/")
     src.add_argument("--shards", metavar="SRC", help="packed shards: a folder, a .tar or a webdataset pattern")
     src.add_argument("--split", help="split inside a shard folder (default: its only split)")
     p.add_argument("--list", metavar="FILE", help="image ids, one per line (default: every CAM file in --cams)")
+    add_dataset_argument(p)
 
 
 def stage2_names(args) -> list[str]:
@@ -69,6 +71,7 @@ def _run(args) -> int:
     from cpn_dist.affinity.labels import AffinityLabelParams, done_names, write_affinity_labels
     from cpn_dist.cli.crf_cmd import crf_params
     from cpn_dist.config import load_config
+    from cpn_dist.dataset_of import folders_dataset
     from cpn_dist.labels.evaluate import default_workers
     from cpn_dist.progress import Progress
 
@@ -81,6 +84,7 @@ def _run(args) -> int:
                                  crf=None if args.no_crf else crf_params(args, cfg.crf),
                                  cam_norm=args.cam_norm or cfg.cam_norm)  # fmt: skip
     names = stage2_names(args)
+    dataset = folders_dataset(args.dataset, args.cams)
     source = image_source(args, names)
     done = done_names(names, args.out, args.overwrite)
     if done:
@@ -88,7 +92,7 @@ def _run(args) -> int:
     with Progress("affinity-labels", len(names) - len(done)) as progress:
         written = write_affinity_labels(source, args.cams, args.out, params, names,
                                         workers=args.workers or default_workers(), overwrite=args.overwrite,
-                                        on_image=progress.on_item)  # fmt: skip
+                                        on_image=progress.on_item, dataset=dataset)  # fmt: skip
     rule = f"background powers {powers[0]:g}/{powers[1]:g}" if powers else f"β {args.betas[0]:g}/{args.betas[1]:g}"
     console.print(f"wrote {len(written)} affinity labels ({rule}{', no CRF' if args.no_crf else ', CRF'}) "
                   f"to [bold]{Path(args.out)}[/]")  # fmt: skip

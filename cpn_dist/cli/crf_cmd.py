@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cpn_dist.cli import add_command, console
+from cpn_dist.cli import add_command, add_dataset_argument, console
 from cpn_dist.errors import CpnError
 
 # The keys of a CRF section (:class:`cpn_dist.config.CrfConfig`), each a ``--crf-*`` flag. Named here so that
@@ -68,22 +68,32 @@ def crf_params(args, base=None):
 
 
 def add_folder_arguments(p) -> None:
-    p.add_argument("--cams", required=True, metavar="DIR", help="CAM files NAME.npy (released format)")
+    p.add_argument("--cams", required=True, metavar="DIR", help="CAM files NAME.npy (released format) or NAME.npz "
+                   "(compact)")  # fmt: skip
     p.add_argument("--list", metavar="FILE", help="image ids, one per line (default: every CAM file in --cams)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--workers", type=int, default=None, help="processes (default: CPU count, at most 8)")
     p.add_argument("--overwrite", action="store_true", help="redo images whose output exists")
+    add_dataset_argument(p)
 
 
 def image_names(args) -> list[str]:
     from cpn_dist.data.voc import read_split
+    from cpn_dist.labels.cams import cam_names
 
     if args.list:
         return read_split(args.list)
     folder = Path(args.cams)
     if not folder.is_dir():
         raise CpnError(f"{folder}: CAM folder not found")
-    return sorted(p.stem for p in folder.glob("*.npy"))
+    return cam_names(folder)
+
+
+def cams_dataset(args):
+    """The dataset of ``--cams`` (``--dataset``, else its dataset.json, else VOC)."""
+    from cpn_dist.dataset_of import folders_dataset
+
+    return folders_dataset(args.dataset, args.cams)
 
 
 def run_with_progress(label: str, job, names: list[str], workers: int | None, overwrite: bool, suffix: str) -> int:
@@ -123,6 +133,7 @@ def _run(args) -> int:
     names = image_names(args)
     if not names:
         raise CpnError(f"{args.list or args.cams}: no images to refine")
-    job = Job(args.cams, args.out, (args.beta,), crf_params(args), args.voc_root, output="npy")
+    job = Job(args.cams, args.out, (args.beta,), crf_params(args), args.voc_root, output="npy",
+              dataset=cams_dataset(args))  # fmt: skip
     run_with_progress("crf", job, names, args.workers, args.overwrite, ".npy")
     return 0

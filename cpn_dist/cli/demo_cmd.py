@@ -28,6 +28,9 @@ def register(sub) -> None:
                    help="the synthetic task (default parts-reliable); ignored with --voc-root")
     p.add_argument("--images", type=int, default=None, help="synthetic images (default 1000)")
     p.add_argument("--eval-images", type=int, default=None, help="score only the first N images of the split")
+    p.add_argument("--mean", choices=("present", "all"), default="present",
+                   help="the classes the mIoU averages over: present in the ground truth or the prediction "
+                        "(default), or all (the released evaluator)")  # fmt: skip
     add_threads_argument(p)
     p.add_argument("--overwrite", action="store_true", help="redo every step, even the finished ones")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides for every model")
@@ -66,7 +69,7 @@ def _run(args) -> int:
 
     quiet_libraries()
     use_threads(args)
-    settings = DemoSettings()
+    settings = replace(DemoSettings(), mean=args.mean)
     if args.task:
         settings = replace(settings, task=args.task)
     if args.images:

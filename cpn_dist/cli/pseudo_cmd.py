@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from cpn_dist.cli import add_command, check_beta, check_pair
-from cpn_dist.cli.crf_cmd import add_crf_arguments, add_folder_arguments, crf_params, image_names, run_with_progress
+from cpn_dist.cli.crf_cmd import (
+    add_crf_arguments,
+    add_folder_arguments,
+    cams_dataset,
+    crf_params,
+    image_names,
+    run_with_progress,
+)
 from cpn_dist.errors import CpnError
 
 
@@ -37,6 +44,7 @@ def _run(args) -> int:
         check_pair(betas, "--betas")
     if args.crf and not args.voc_root:
         raise CpnError("--crf needs --voc-root (the CRF looks at the images)")
-    job = Job(args.cams, args.out, betas, crf_params(args) if args.crf else None, args.voc_root, output="png")
+    job = Job(args.cams, args.out, betas, crf_params(args) if args.crf else None, args.voc_root, output="png",
+              dataset=cams_dataset(args))  # fmt: skip
     run_with_progress("pseudo", job, names, args.workers, args.overwrite, ".png")
     return 0

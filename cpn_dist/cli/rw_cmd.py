@@ -72,6 +72,7 @@ def _run(args) -> int:
     from cpn_dist.affinity.model import build_affinity_model
     from cpn_dist.affinity.random_walk import walk_samples
     from cpn_dist.cli.inference import check_found, per_process, run_share
+    from cpn_dist.dataset_of import folders_dataset
     from cpn_dist.devices import use_cpu
     from cpn_dist.models.weights import read_weights
     from cpn_dist.weights_config import load_checked, weights_config
@@ -81,6 +82,7 @@ def _run(args) -> int:
     cfg = weights_config(args.checkpoint, meta, "affinity", args.config, flags)
     params = _params(args, cfg)
     names = stage2_names(args)
+    dataset = folders_dataset(args.dataset, args.cams)
     state = PartialState(cpu=use_cpu())
     rank, world = state.process_index, state.num_processes
     out = Path(args.out)
@@ -110,7 +112,7 @@ def _run(args) -> int:
         written.extend(walk_samples(
             model, source.samples(image=True, labels=False), args.cams, out, params, device=state.device,
             mean=tuple(cfg.data.mean), std=tuple(cfg.data.std), batch_size=batch_size, save_cams_dir=args.save_cams,
-            on_image=on_image))  # fmt: skip
+            on_image=on_image, dataset=dataset))  # fmt: skip
         return written
 
     everyone = run_share(state, "rw", len(mine), work)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cpn_dist.cli import add_command, add_threads_argument, console, use_threads
+from cpn_dist.cli import add_command, add_dataset_argument, add_threads_argument, console, use_threads
 from cpn_dist.cli.inference import add_allow_pickle
 from cpn_dist.errors import CpnError
 
@@ -24,6 +24,8 @@ def register(sub) -> None:
     p.add_argument("--config", metavar="FILE",
                    help="run config (model.backbone, segmentation.*, data.mean/std); default: the one the weights "
                         "record (needed for weights that record none)")  # fmt: skip
+    add_dataset_argument(p, "the classes of weights that record none (default: from their classifier's width; must "
+                            "agree with it)")  # fmt: skip
     src = p.add_argument_group("input (one of)")
     src.add_argument("--voc-root", metavar="DIR", help="VOC root (JPEGImages/)")
     src.add_argument("--shards", metavar="SRC", help="packed shards: a folder, a .tar or a webdataset pattern")
@@ -65,11 +67,11 @@ def _config(args):
     return weights_config(args.checkpoint, meta, "segmentation", args.config), state, meta
 
 
-def _model(args, cfg, state, meta, device):
+def _model(args, cfg, state, meta, device, dataset):
     from cpn_dist.segmentation.model import model_from_config
     from cpn_dist.weights_config import load_checked
 
-    model = model_from_config(cfg, dropout=False)
+    model = model_from_config(cfg, dropout=False, num_classes=dataset.num_classes)
     report = load_checked(model, state, args.checkpoint, meta, cfg, "segmentation", "the --config")
     if report.missing:
         raise CpnError(f"{args.checkpoint}: not a segmentation checkpoint for this config "
@@ -81,6 +83,7 @@ def _run(args) -> int:
     from accelerate import PartialState
 
     from cpn_dist.cli.inference import check_found, infer_source, parse_scales, per_process, run_share
+    from cpn_dist.dataset_of import weights_dataset
     from cpn_dist.devices import use_cpu
     from cpn_dist.segmentation.infer import segment_samples, segment_settings
 
@@ -99,7 +102,8 @@ def _run(args) -> int:
     state = PartialState(cpu=use_cpu())
     rank, world = state.process_index, state.num_processes
     source = infer_source(args)
-    model, report = _model(args, cfg, weights, meta, state.device)
+    dataset = weights_dataset(args.checkpoint, meta, weights, "segmentation", args.dataset)
+    model, report = _model(args, cfg, weights, meta, state.device, dataset)
     use_threads(args)
     names = getattr(source, "names", None)
     done = frozenset()
@@ -115,7 +119,7 @@ def _run(args) -> int:
     everyone = run_share(state, "segment", total, lambda on_image: segment_samples(
         model, source.samples(rank=rank, world=world, skip=done, image=True, labels=False), outputs, settings,
         device=state.device, images_per_step=args.images_per_step, loader_threads=args.loader_threads,
-        crf_workers=args.crf_workers, on_image=on_image))  # fmt: skip
+        crf_workers=args.crf_workers, on_image=on_image, dataset=dataset))  # fmt: skip
     if state.is_main_process:
         got = [n for _, n in everyone]
         missing = sorted(set(names) - set(got) - done) if names is not None else []

@@ -52,6 +52,8 @@ def _convert(args) -> int:
 def _check(args) -> int:
     import torch
 
+    from cpn_dist.data.datasets import voc
+    from cpn_dist.dataset_of import weights_dataset
     from cpn_dist.models.weights import match_state_dict, read_weights, resolve_weights
     from cpn_dist.weights_config import built_as, weights_config
 
@@ -65,11 +67,13 @@ def _check(args) -> int:
         raise CpnError(f"--head: {args.path} holds {stage} weights, which have no CPN head")
     cfg = weights_config(args.path, meta, stage, None, flags if stage == "cpn" else {"model.backbone": flags[
         "model.backbone"]})  # fmt: skip
+    dataset = weights_dataset(args.path, meta, state, stage) or voc()
     with torch.device("meta"):  # shapes only: no memory for the 100M-parameter ResNet38d
-        model = _build(cfg)
+        model = _build(cfg, dataset.num_classes)
     _, report = match_state_dict(state, model, args.path)
     recorded = " (as the file records)" if meta else ""
-    table = Table(title=f"{args.path} → {built_as(cfg, stage)}{recorded}")
+    classes = f"; {dataset.num_classes} classes ({dataset.name})" if stage != "affinity" else ""
+    table = Table(title=f"{args.path} → {built_as(cfg, stage)}{recorded}{classes}")
     table.add_column("keys")
     table.add_column("count", justify="right")
     table.add_column("examples")
@@ -80,8 +84,8 @@ def _check(args) -> int:
     return 0
 
 
-def _build(cfg):
-    """The model of a run config's stage."""
+def _build(cfg, num_classes: int):
+    """The model of a run config's stage, over ``num_classes`` classes (no matter to AffinityNet)."""
     if cfg.stage == "affinity":
         from cpn_dist.affinity.model import build_affinity_model
 
@@ -89,7 +93,7 @@ def _build(cfg):
     if cfg.stage == "segmentation":
         from cpn_dist.segmentation.model import model_from_config
 
-        return model_from_config(cfg)
+        return model_from_config(cfg, num_classes=num_classes)
     from cpn_dist.cpn.model import build_model
 
-    return build_model(cfg.model.backbone, cfg.model.head)
+    return build_model(cfg.model.backbone, cfg.model.head, num_classes=num_classes)

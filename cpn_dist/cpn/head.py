@@ -1,6 +1,7 @@
 """The CPN refinement head: Pixel Correlation Module (PCM) and Pixel-Region Correlation Module (PRCM).
 
-Both modules refine a detached, normalised CAM ``Y`` (N×21×h×w) with the feature stack ``X``
+Both modules refine a detached, normalised CAM ``Y`` (N×C×h×w, C the dataset's classes with
+background: 21 for VOC, 81 for COCO) with the feature stack ``X``
 (N×195×h×w: the input image resized to the CAM grid, and 1×1 reductions of two backbone stages to 64
 and 128 channels). The refined CAM is ``Y_pcm + Y_prcm`` (paper Fig. 4). Everything here runs in
 float32 whatever the autocast state of the caller.
@@ -15,9 +16,10 @@ The variants, selected by ``model.head``:
 * PCM: ``g = f9(X)`` without ReLU, L2-normalised per position (norm + 1e-5); affinity
   ``relu(gᵀg)`` divided by its column sums (+ 1e-5); ``Y_pcm = Y · aff``;
 * PRCM: object-region context ``Z = softmax_positions(Y) Xᵀ`` (the OCR "SpatialGather", scale 1),
-  laid out N×195×21×1; ``key = relu(f10(Z))`` (N×192×21×1) is then *reinterpreted* as N×21×192 (the
-  released ``.view``, not a transpose); relation ``key · relu(f9(X))`` scaled by ``21**-0.5``;
-  softmax over the h·w positions; ``Y_prcm = Y ∘ softmax``.
+  laid out N×195×C×1; ``key = relu(f10(Z))`` (N×192×C×1) is then *reinterpreted* as N×C×192 (the
+  released ``.view``, not a transpose); relation ``key · relu(f9(X))`` scaled by ``C**-0.5`` (the
+  released code, written for VOC, has the constant ``21**-0.5``: the same for C = 21, and for another
+  dataset the scale its own class count gives); softmax over the h·w positions; ``Y_prcm = Y ∘ softmax``.
 
 ``paper`` follows eqs. 9-12 where the released code departs from them:
 
@@ -30,7 +32,7 @@ The variants, selected by ``model.head``:
    and of PCM in SEAM [35], which the paper builds on;
 3. PRCM (eq. 11): ``P_R = φ(Z) g(X)`` with ``φ = f10`` applied to each region's feature vector
    (a true transpose to C×C2, not the memory reinterpretation) and ``g = f9`` *shared with PCM*
-   and without ReLU (eqs. 10 and 11 use the same g); no ``21**-0.5`` scaling;
+   and without ReLU (eqs. 10 and 11 use the same g); no ``C**-0.5`` scaling;
 4. PRCM (eq. 12): ``SoftMax(P_R)`` over the class axis, i.e. for each pixel a distribution over the
    C regions — the pixel-region relation of OCR [40] that the paper follows — where the released code
    normalises over positions.
@@ -91,7 +93,7 @@ def region_context(features: torch.Tensor, cam: torch.Tensor) -> torch.Tensor:
 
 
 def official_pixel_region(cam: torch.Tensor, features: torch.Tensor, g: torch.Tensor, f10: nn.Conv2d) -> torch.Tensor:
-    """The released PRCM: ``Y ∘ softmax_positions(21^-1/2 · view(relu(f10(Z))) · relu(g))``."""
+    """The released PRCM: ``Y ∘ softmax_positions(C^-1/2 · view(relu(f10(Z))) · relu(g))`` (C = 21 there)."""
     n, c, h, w = cam.shape
     context = region_context(features, cam).transpose(1, 2).unsqueeze(3)  # N×C1×C×1, as released
     # The released code reinterprets the N×C2×C×1 memory as N×C×C2 (`.view`), not a transpose.

@@ -5,11 +5,17 @@ Per image (original size H×W, image-level labels y):
 1. for each scale s: size = Python ``round(W·s)`` × ``round(H·s)`` (banker's rounding), PIL bicubic
    resize of the uint8 image, ImageNet normalisation in float64 stored as float32; the flipped
    input is the width-flip of that normalised array;
-2. the network's refined CAM (or the raw CAM), channels 1..20, already at the input size, is
+2. the network's refined CAM (or the raw CAM), channels 1..C-1 (C the model's classes with background:
+   21 for VOC, 81 for COCO), already at the input size, is
    resized to H×W (bilinear, align_corners=False), multiplied by y, and un-flipped;
 3. the 2·|scales| maps are summed in float32 in the released order (s₁, s₁ flipped, s₂, …);
 4. :func:`cpn_dist.labels.cams.normalise_released` (negatives → 0, min/max with the 1e-5 epsilons, arg-min
    pixels negative, halved); only labelled classes are kept.
+
+The image-level labels y are (C-1)-vectors (a sample whose labels have another length is refused in one
+line). Files: ``NAME.npy`` in the released format (``fmt="released"``) or IRN's (``"irn"``), or the
+compact ``NAME.npz`` (``"compact"``: :mod:`cpn_dist.labels.cam_store`, at ``compact_stride`` in
+``compact_dtype``), which every reader opens as it opens the released format.
 
 Unlike the released script (whose thread pool silently keeps the first 12 inputs), every scale is
 used. Inputs of the same size — the two flips of a scale, and equal-sized images — go through the
@@ -32,6 +38,8 @@ from PIL import Image
 
 from cpn_dist.data.inputs import Sample
 from cpn_dist.devices import autocast, to_device
+from cpn_dist.errors import CpnError
+from cpn_dist.labels import cam_store
 from cpn_dist.labels.cams import save_cams
 from cpn_dist.parallel import parallel_map
 
@@ -49,7 +57,9 @@ class InferSettings:
     std: tuple[float, float, float] = IMAGENET_STD
     use: str = "refined"  # "refined" (Ỹ, as released) or "cam" (the raw CAM Y)
     batch_size: int = 8  # most inputs of one size per forward
-    fmt: str = "released"  # "released" | "irn"
+    fmt: str = "released"  # "released" | "irn" | "compact" (NAME.npz, cpn_dist.labels.cam_store)
+    compact_stride: int = cam_store.DEFAULT_STRIDE  # the compact store's block size, pixels
+    compact_dtype: str = cam_store.DEFAULT_DTYPE  # the compact store's codes: uint8 | float16
     save_raw: bool = False  # also write the unnormalised sum under out/raw/
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast of the network; the sums stay float32)
 
@@ -87,12 +97,15 @@ class _Pending:
 
     sample: Sample
     inputs: list[np.ndarray]
-    classes: list[int]  # labelled class indices 0..19
+    classes: list[int]  # labelled class indices 0..C-2
     outputs: dict[int, torch.Tensor] = field(default_factory=dict)  # input index → K×h×w
 
 
-def _prepare(sample: Sample, settings: InferSettings) -> _Pending:
-    labels = np.asarray(sample.labels, dtype=np.float32)
+def _prepare(sample: Sample, settings: InferSettings, num_foreground: int | None = None) -> _Pending:
+    labels = np.asarray(sample.labels, dtype=np.float32).reshape(-1)
+    if num_foreground is not None and labels.shape[0] != num_foreground:
+        raise CpnError(f"{sample.name}: {labels.shape[0]} image-level labels, but the model scores {num_foreground} "
+                       f"object classes (labels of another dataset?)")  # fmt: skip
     classes = [int(c) for c in np.flatnonzero(labels > 1e-5)]
     inputs = scale_inputs(sample.image, settings) if classes else []
     return _Pending(sample, inputs, classes)
@@ -133,10 +146,26 @@ def normalise_released_torch(total: torch.Tensor) -> torch.Tensor:
     return ((x - low - eps) / (high - low + eps)) / 2
 
 
+def _save_normalised(out_dir: Path, name: str, cams: dict[int, np.ndarray], settings: InferSettings) -> None:
+    """One image's normalised CAM dict as ``NAME.npy`` (released format) or ``NAME.npz`` (compact); a file of
+    the other format left by an earlier run is removed (readers take ``NAME.npy`` first)."""
+    compact = settings.fmt == "compact"
+    path, other = out_dir / f"{name}.npy", out_dir / f"{name}{cam_store.SUFFIX}"
+    if compact:
+        path, other = other, path
+        cam_store.save_compact(path, cams, settings.compact_stride, settings.compact_dtype)
+    else:
+        save_cams(path, cams)
+    other.unlink(missing_ok=True)
+
+
 def _finish(pending: _Pending, settings: InferSettings, out_dir: Path) -> None:
     name = pending.sample.name
     if not pending.classes:
-        save_cams(out_dir / f"{name}.npy", {} if settings.fmt == "released" else _irn({}, [], None))
+        if settings.fmt == "irn":
+            save_cams(out_dir / f"{name}.npy", _irn({}, [], None))
+        else:
+            _save_normalised(out_dir, name, {}, settings)
         return
     total = sum_cams(pending, settings)
     if settings.save_raw or settings.fmt == "irn":
@@ -147,7 +176,7 @@ def _finish(pending: _Pending, settings: InferSettings, out_dir: Path) -> None:
             save_cams(out_dir / f"{name}.npy", _irn(pending.sample, pending.classes, raw))
             return
     norm = normalise_released_torch(total).cpu().numpy()  # one copy to the host per image
-    save_cams(out_dir / f"{name}.npy", {c: norm[k] for k, c in enumerate(pending.classes)})
+    _save_normalised(out_dir, name, {c: norm[k] for k, c in enumerate(pending.classes)}, settings)
 
 
 def _irn(sample, classes: list[int], total: np.ndarray | None) -> dict:
@@ -174,15 +203,20 @@ def infer_samples(model: torch.nn.Module, samples: Iterable[Sample], out_dir: st
     """Write one CAM file per sample into ``out_dir``; returns the names written, in order.
 
     ``images_per_step`` images are prepared together so that equal-sized inputs of different images
-    share a forward; inputs of one size go in batches of at most ``settings.batch_size``."""
+    share a forward; inputs of one size go in batches of at most ``settings.batch_size``. Each sample's
+    labels must be as many as the model's object classes (``model.num_classes`` − 1)."""
+    if settings.fmt == "compact":  # a bad stride or dtype fails before the work
+        cam_store.encode_cams({}, settings.compact_stride, settings.compact_dtype)
+    num_classes = getattr(model, "num_classes", None)
+    num_foreground = None if num_classes is None else num_classes - 1
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if settings.save_raw:
         (out_dir / "raw").mkdir(exist_ok=True)
     model.eval()
     written: list[str] = []
-    prepared = parallel_map(lambda s: _prepare(s, settings), samples, loader_threads, depth=2 * images_per_step,
-                            threads=True)  # fmt: skip
+    prepared = parallel_map(lambda s: _prepare(s, settings, num_foreground), samples, loader_threads,
+                            depth=2 * images_per_step, threads=True)  # fmt: skip
     step: list[_Pending] = []
     for pending in prepared:
         step.append(pending)

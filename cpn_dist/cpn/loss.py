@@ -1,7 +1,8 @@
 """CPN training losses: classification, Triplet CP (TCP), CP Cross Regularisation (CPCR) with OHEM.
 
 :func:`cpn_loss` takes the raw model outputs of the three branches b ∈ {o, h, hbar} — CAMs
-``A_b`` and refined CAMs ``R_b``, N×21×H×W at the input size — with labels ``y`` (N×20) and λ (N;
+``A_b`` and refined CAMs ``R_b``, N×C×H×W at the input size (C the dataset's classes with background:
+21 for VOC) — with labels ``y`` (N×(C−1)) and λ (N;
 λ̄ = 1 − λ), and returns ``{"total", "cls", "tcp", "cpcr"}``. Everything is computed in float32.
 ``y⁺ = [1, y]``; ``maxnorm(p)`` per (image, channel): ``q = relu(p)``,
 ``relu(q − min q − 1e-5) / (max q − min q + 1e-5)``.
@@ -12,7 +13,7 @@
 * Y_b = maxnorm(A_b)·y⁺ on the foreground channels, background ``(1 − max_c Y_b^c)^α`` (eq. 16);
   Ỹ_b likewise from R_b;
 * L_tcp (eq. 14) = mean|λY_h + λ̄Y_hbar − Y_o| (Y_h, Y_hbar detached) + mean|λỸ_h + λ̄Ỹ_hbar − Ỹ_o|,
-  means over all 21 channels (``tcp_background=False``: over the 20 foreground channels, as the
+  means over all C channels (``tcp_background=False``: over the C−1 foreground channels, as the
   released code averages);
 * L_cpcr (eq. 15): elements e1 = |(Y_o − λY_h) − λ̄Ỹ_hbar|, e2 = |(Y_o − λ̄Y_hbar) − λỸ_h|. By default
   (``cpcr_stop_gradient=True``) the raw-CAM side Y_o, Y_h, Y_hbar is detached, so L_cpcr trains only the
@@ -29,11 +30,11 @@
 * L_cls as above plus the "adaptive min-pooling" term: per branch, on (R_b·y⁺)[:, 1:], the per-pixel
   max over classes, the k = H·W//4 smallest per image, relu, sum / (k·N); the three branch terms are
   averaged and added to L_cls;
-* Â_o = maxnorm(A_o)·y⁺, Â_h = λ·maxnorm(A_h)·y⁺, Â_hbar = λ̄·maxnorm(A_hbar)·y⁺ (all 21 channels
+* Â_o = maxnorm(A_o)·y⁺, Â_h = λ·maxnorm(A_h)·y⁺, Â_hbar = λ̄·maxnorm(A_hbar)·y⁺ (all C channels
   scaled); R̂ likewise from R;
 * L_tcp = mean over foreground channels of |(Â_hbar + Â_h).detach() − Â_o| + |R̂_o − R̂_h − R̂_hbar|;
 * then channel 0 of each of the six maps := 1 − max over foreground channels (not scaled by λ);
-* e1 = |onehotmax(Â_o − Â_h) − R̂_hbar|, e2 = |onehotmax(Â_o − Â_hbar) − R̂_h| over all 21 channels,
+* e1 = |onehotmax(Â_o − Â_h) − R̂_hbar|, e2 = |onehotmax(Â_o − Â_hbar) − R̂_h| over all C channels,
   the Â detached; onehotmax keeps the per-pixel channel maxima (ties kept, may be negative) and zeroes
   the rest; L_cpcr = ohem(e1) + ohem(e2).
 
@@ -43,7 +44,7 @@ tensor or a tuple whose first entry it is; ``refined`` is ignored; tcp and cpcr 
 With ``refined=None`` (``head: none``) every term that needs a refined CAM is absent: the second
 TCP term, the min-pooling term, and L_cpcr (0).
 
-OHEM scope: ``"image"`` keeps ``int(21·H·W·ratio)`` elements of each image (the released rule) and
+OHEM scope: ``"image"`` keeps ``int(C·H·W·ratio)`` elements of each image (the released rule, C = 21) and
 averages the N·k kept values; ``"batch"`` keeps ``int(ratio × elements of the batch)`` over the whole
 batch. For the *global* batch across ranks and accumulation micro-steps, pass a selection from
 :func:`global_ohem_selection` as ``ohem=``; the returned ``cpcr`` (and ``total``) is then this
@@ -172,7 +173,7 @@ def _official_cpcr(a_hat, r_hat):
 
 def cpcr_elements(cams: Triplet, refined: Triplet, labels: torch.Tensor, lam: torch.Tensor,
                   recipe: str = "paper", bg_power: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """The two CPCR element tensors (e1, e2), each N×21×H×W, of ``recipe`` (paper eq. 15 or released),
+    """The two CPCR element tensors (e1, e2), each N×C×H×W, of ``recipe`` (paper eq. 15 or released),
     with the paper recipe's default stop-gradient (the values do not depend on it)."""
     cams, refined, _, labels_bg, lam = _prepare(cams, refined, labels, lam)
     if recipe == "paper":
@@ -219,8 +220,8 @@ def cpn_loss(cams: Triplet | torch.Tensor, refined: Triplet | None, labels: torc
     with a CPCR term ``"ohem/discards_nonzero"`` (1 when OHEM leaves out a non-zero CPCR element, else 0;
     a diagnostic, not part of the total).
 
-    ``cams``/``refined``: (o, h, hbar) tuples of N×21×H×W raw model outputs at the input size
-    (``refined`` None for ``head: none``); ``labels`` N×20 in {0, 1}; ``lam`` N (λ of I_h).
+    ``cams``/``refined``: (o, h, hbar) tuples of N×C×H×W raw model outputs at the input size
+    (``refined`` None for ``head: none``); ``labels`` N×(C−1) in {0, 1}; ``lam`` N (λ of I_h).
     ``ohem``: a global selection from :func:`global_ohem_selection` (``ohem_scope="batch"`` only); the
     returned ``cpcr`` is then ``selection.chunks × (sum of this micro-batch's selected elements) / k``.
     ``cpcr_stop_gradient`` and ``tcp_background`` apply to the paper recipe (see the module docstring

@@ -17,7 +17,7 @@ Global (``ohem_scope: batch``) selection over ``world_size × accumulation`` chu
 
 1. each rank, for each of its micro-steps, computes :func:`cpn_dist.cpn.loss.ohem_candidates` (a
    no-grad pass when accumulating; the grad pass's outputs when not): a detached float32 copy of the
-   CPCR elements, 2 × N·21·H·W values per micro-step;
+   CPCR elements, 2 × N·C·H·W values per micro-step;
 2. :func:`global_ohem_selection` finds the exact k-th largest value of the whole global batch with
    a radix select on the float bit patterns: two ``all_reduce``\\ s of 65,536-bin histograms (16 bits
    of the key each, every CPCR term at once), whatever the batch size — no approximation, no all-gather. It runs
@@ -79,7 +79,8 @@ class OhemSelection:
 
 
 def ohem_k(ratio: float, numel: int) -> int:
-    """Elements kept: ``int(numel × ratio)`` (the released ``int(21·H·W·0.2)`` per image), at least 1."""
+    """Elements kept: ``int(numel × ratio)``, at least 1 (per image numel = C·H·W, C classes with background:
+    the released ``int(21·H·W·0.2)`` on VOC)."""
     return max(1, min(numel, int(numel * ratio)))
 
 

@@ -24,6 +24,7 @@ invariant").
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -95,6 +96,13 @@ class CPNTask:
         head_only = cfg.loss.recipe == "official" or cfg.loss.cpcr_stop_gradient
         self.head_only_window = self.global_ohem and head_only and cfg.loss.global_ohem_pass == "auto"
 
+    @cached_property
+    def dataset(self):
+        """The dataset of the run's shards: C, the width of ``fc8``, and what the weights record."""
+        from cpn_dist.dataset_of import run_dataset
+
+        return run_dataset(self.cfg.data, missing_ok=True)  # unreadable shards: the loader says so
+
     def forward(self, model, batch: dict, device, keep_head_inputs: bool = False):
         if not self.triplet:
             return _single(model, batch, device, self.channels_last)
@@ -104,7 +112,8 @@ class CPNTask:
         from cpn_dist.cpn.model import build_model
         from cpn_dist.weights_config import load_start_weights
 
-        model = build_model(self.cfg.model.backbone, self.cfg.model.head, dropout=self.cfg.model.dropout)
+        model = build_model(self.cfg.model.backbone, self.cfg.model.head, dropout=self.cfg.model.dropout,
+                            num_classes=self.dataset.num_classes)  # fmt: skip
         if self.cfg.model.weights:
             load_start_weights(model, self.cfg.model.weights, self.cfg.stage, self.cfg.model.allow_pickle)
         return model

@@ -27,7 +27,7 @@ from cpn_dist.data.synth import PART_FOLDER
 from cpn_dist.data.synth_parts import PART_BODY, PART_MARKER
 from cpn_dist.data.voc import IGNORE, read_label_png
 from cpn_dist.errors import CpnError
-from cpn_dist.labels.cams import class_map, load_cams
+from cpn_dist.labels.cams import class_map, read_cams
 
 PARTS = {"body": PART_BODY, "marker": PART_MARKER}
 
@@ -71,7 +71,7 @@ def part_scores(cams_dir: str | Path, voc_root: str | Path, names: Sequence[str]
         parts = read_label_png(part_dir / f"{name}.png")
         if parts.shape != gt.shape:
             raise CpnError(f"{part_dir / f'{name}.png'}: size {parts.shape} differs from the class mask {gt.shape}")
-        cams = load_cams(cams_dir / f"{name}.npy")
+        cams = read_cams(cams_dir, name)
         correct = class_map(cams, beta, gt.shape) == gt
         magnitude = object_cam(cams, gt)
         for part, value in PARTS.items():

@@ -103,7 +103,9 @@ class Demo:
                                "warmup_epochs": s.warmup_epochs},
             "train": lambda: {"config": str(self.config), "overrides": list(self.run_overrides(model))},
             "infer": lambda: {"eval": [s.eval_split, s.eval_images], "scales": list(s.scales)},
-            "eval": lambda: {"betas": list(s.betas), "premise_images": s.premise_images},
+            # the mean counts only away from its default (an older stamp, without it, stays valid)
+            "eval": lambda: {"betas": list(s.betas), "premise_images": s.premise_images,
+                             **({"mean": s.mean} if s.mean != "present" else {})},
             "start_premise": lambda: {"premise_images": s.premise_images},
             "figure": lambda: {"figure_images": s.figure_images},
             "results": lambda: {},
@@ -150,7 +152,7 @@ def infer_step(name: str, d: Demo):
 def eval_step(name: str, d: Demo):
     """The β sweep and part scores of a model's CAMs, and its premise, into ``OUT/scores/NAME.json``."""
     names = d.names()
-    scores = score_cams(name, d.out / "cams" / name, d.data.voc, names, d.settings.betas)
+    scores = score_cams(name, d.out / "cams" / name, d.data.voc, names, d.settings.betas, d.settings.mean)
     if d.data.has_parts:
         found = premise(d.out / "runs" / name / "model_final.pth", d.config, d.run_overrides(name), d.data.voc,
                         names[: d.settings.premise_images])  # fmt: skip

@@ -37,6 +37,7 @@ class DemoSettings:
     betas: tuple[float, ...] = (0.0, 0.0005, 0.001, 0.002, 0.003, 0.004,
                                 *(round(0.005 * i, 3) for i in range(1, 121)))  # fmt: skip
     figure_images: int = 4
+    mean: str = "present"  # the mIoU over the classes present in GT or prediction, or "all" (the released mean)
 
 
 @dataclass(frozen=True)

@@ -78,9 +78,10 @@ class GridRow:
     pseudo: np.ndarray | None
 
 
-def image_grid(rows: Sequence[GridRow], path: str | Path, max_cams: int = 3) -> Path:
+def image_grid(rows: Sequence[GridRow], path: str | Path, max_cams: int = 3,
+               foreground: Sequence[str] = CLASSES) -> Path:  # fmt: skip
     """Write a PNG grid, one row per image: image, GT, a heat map per true class (CAM blended over
-    the image), pseudo label."""
+    the image; ``foreground``: the dataset's object class names, VOC's by default), pseudo label."""
     plt = pyplot()
     n_cams = min(max_cams, max((len(r.cams) for r in rows), default=0))
     cols = 1 + 1 + n_cams + 1
@@ -90,7 +91,7 @@ def image_grid(rows: Sequence[GridRow], path: str | Path, max_cams: int = 3) -> 
         panels.append(("ground truth", None if row.gt is None else colour_labels(row.gt)))
         for c in sorted(row.cams)[:n_cams]:
             blend = (0.5 * row.image + 0.5 * heat(row.cams[c])).astype(np.uint8)
-            panels.append((f"CAM {CLASSES[c]}", blend))
+            panels.append((f"CAM {foreground[c]}", blend))
         panels += [("", None)] * (1 + 1 + n_cams - len(panels))
         panels.append(("pseudo label", None if row.pseudo is None else colour_labels(row.pseudo)))
         for ax, (title, picture) in zip(axes[i], panels):

@@ -100,12 +100,13 @@ def initial_weights(path: Path, config: str | Path, overrides: Sequence[str], ba
     from cpn_dist.config import load_config
     from cpn_dist.cpn.model import build_model
     from cpn_dist.data import build_train_loader
+    from cpn_dist.dataset_of import run_dataset
 
     if path.is_file() and not overwrite:
         return path
     cfg = load_config(config, list(overrides))
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model.backbone, "paper", dropout=0.0)
+    model = build_model(cfg.model.backbone, "paper", dropout=0.0, num_classes=run_dataset(cfg.data).num_classes)
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     for bn in norms:
         bn.reset_running_stats()
@@ -154,40 +155,47 @@ def train_model(config: str | Path, overrides: Sequence[str], out_dir: Path, ove
 def infer_cams(weights: Path, config: str | Path, overrides: Sequence[str], voc: Path, names: Sequence[str],
                out_dir: Path, settings: DemoSettings, overwrite: bool = False,
                use: str = "refined") -> Path:  # fmt: skip
-    """Step 4: multi-scale + flip CAM files (released format) of ``names``; refined CAMs for a model
-    with a head (``use="cam"``: its raw CAMs), raw CAMs for ``head: none``. Images whose file exists are
-    skipped unless ``overwrite``."""
+    """Step 4: multi-scale + flip CAM files (released format) of ``names``, over the classes the weights
+    score (recorded in the folder); refined CAMs for a model with a head (``use="cam"``: its raw CAMs), raw
+    CAMs for ``head: none``. Images whose file exists are skipped unless ``overwrite``."""
     import torch
 
     from cpn_dist.config import load_config
     from cpn_dist.cpn.infer import InferSettings, infer_samples
-    from cpn_dist.cpn.model import build_model
+    from cpn_dist.cpn.model import model_for_weights
     from cpn_dist.data.inputs import VocSource
-    from cpn_dist.models import load_weights
+    from cpn_dist.dataset_of import record_dataset
+    from cpn_dist.labels.cams import cam_names
     from cpn_dist.progress import Progress
 
     cfg = load_config(config, list(overrides))
-    done = set() if overwrite or not out_dir.is_dir() else {p.stem for p in out_dir.glob("*.npy")}
+    done = set() if overwrite or not out_dir.is_dir() else set(cam_names(out_dir))
     todo = [n for n in names if n not in done]
     if not todo:
         return out_dir
-    model = build_model(cfg.model.backbone, cfg.model.head, dropout=0.0)
-    load_weights(model, weights)
+    model, _, dataset = model_for_weights(weights, cfg.model.backbone, cfg.model.head)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record_dataset(out_dir, dataset)
     infer = InferSettings(scales=settings.scales, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std), use=use)
     with torch.inference_mode(), Progress(f"infer {out_dir.name}", len(todo)) as bar:
         infer_samples(model, VocSource(voc, todo).samples(), out_dir, infer, loader_threads=0, on_image=bar.on_item)
     return out_dir
 
 
-def score_cams(name: str, cams: Path, voc: Path, names: Sequence[str], betas: Sequence[float]) -> ModelScores:
-    """Step 5: the β sweep over ``betas`` and, where ``voc`` has part maps, the part scores at the best β."""
+def score_cams(name: str, cams: Path, voc: Path, names: Sequence[str], betas: Sequence[float],
+               mean: str = "present") -> ModelScores:  # fmt: skip
+    """Step 5: the β sweep over ``betas`` (the mIoU over the classes ``mean`` says, of the dataset the CAM
+    folder records) and, where ``voc`` has part maps, the part scores at the best β."""
     from cpn_dist.data.synth import PART_FOLDER
+    from cpn_dist.dataset_of import folders_dataset
     from cpn_dist.demo.parts import part_scores
     from cpn_dist.labels.evaluate import GroundTruth, sweep
     from cpn_dist.progress import Progress
 
+    gt = voc / "SegmentationClass"
     with Progress(f"eval {name}", len(names)) as bar:
-        result = sweep(cams, GroundTruth(voc / "SegmentationClass"), list(names), list(betas), on_images=bar.advance)
+        result = sweep(cams, GroundTruth(gt), list(names), list(betas), on_images=bar.advance,
+                       dataset=folders_dataset(None, cams, gt), mean=mean)  # fmt: skip
     best = result.summary()
     scores = ModelScores(name=name, best_beta=float(best["beta"]), miou=best["miou"], foreground=best["foreground"],
                          background=best["background"], betas=[float(b) for b in result.betas],
@@ -200,19 +208,20 @@ def score_cams(name: str, cams: Path, voc: Path, names: Sequence[str], betas: Se
 
 
 def raw_cam_model(weights: Path | str, cfg):
-    """The CAM network without a head (the raw CAM), with ``weights`` loaded. Layers the weights do not hold
-    (the 20-class fc8 on top of ImageNet weights) start as the trainer's do — drawn after seeding with
-    ``cfg.train.seed`` — so a start's premise is that of the model its training starts from, the same on
-    every call (unseeded, a new fc8 on each call moved an ImageNet start's share by up to 16 points)."""
+    """The CAM network without a head (the raw CAM), with ``weights`` loaded, over the classes they score
+    (ImageNet weights: the run's shards'). Layers the weights do not hold (the fc8 on top of ImageNet
+    weights) start as the trainer's do — drawn after seeding with ``cfg.train.seed`` — so a start's premise
+    is that of the model its training starts from, the same on every call (unseeded, a new fc8 on each call
+    moved an ImageNet start's share by up to 16 points)."""
     import torch
 
-    from cpn_dist.cpn.model import build_model
-    from cpn_dist.models import load_weights
+    from cpn_dist.cpn.model import model_for_weights
+    from cpn_dist.dataset_of import run_dataset
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)  # as the trainer's set_seed just before it builds its model
-        model = build_model(cfg.model.backbone, "none", dropout=0.0)
-    load_weights(model, weights)
+        model, _, _ = model_for_weights(weights, cfg.model.backbone, "none",
+                                        fallback=lambda: run_dataset(cfg.data, missing_ok=True))  # fmt: skip
     return model
 
 
@@ -236,8 +245,9 @@ def comparison_figure(voc: Path, cams: dict[str, Path], names: Sequence[str], pa
     classes (their per-pixel maximum) blended over the image."""
     from cpn_dist.data.inputs import read_image
     from cpn_dist.data.voc import read_label_png
+    from cpn_dist.dataset_of import folders_dataset
     from cpn_dist.demo.show import colour_labels, heat, pyplot
-    from cpn_dist.labels.cams import load_cams
+    from cpn_dist.labels.cams import read_cams
 
     plt = pyplot()
     cols = 2 + len(cams)
@@ -247,7 +257,7 @@ def comparison_figure(voc: Path, cams: dict[str, Path], names: Sequence[str], pa
         panels = [("image", image), ("ground truth", colour_labels(read_label_png(voc / "SegmentationClass"
                                                                                    / f"{name}.png")))]  # fmt: skip
         for model, folder in cams.items():
-            maps = load_cams(folder / f"{name}.npy")
+            maps = read_cams(folder, name, folders_dataset(None, folder).num_foreground)
             cam = np.max(np.stack(list(maps.values())), axis=0) if maps else np.zeros(image.shape[:2], np.float32)
             panels.append((f"{model} CAM", (0.45 * image + 0.55 * heat(cam)).astype(np.uint8)))
         for ax, (title, picture) in zip(axes[row], panels):

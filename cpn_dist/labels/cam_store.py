@@ -4,16 +4,20 @@ The released format keeps one full-resolution float32 map per labelled class (``
 for a 640×480 COCO image with three classes: ~300 GB for train2014). A compact file ``NAME.npz``
 keeps the same maps
 
-- averaged over ``stride``×``stride`` pixel blocks (the CAM of the largest inference scale, 2.0, has a
-  stride of 4 pixels: detail finer than that is not in the map), and
-- quantised per class to 8 bits between the map's minimum and maximum (``uint8``), or stored as
+- on a grid of one value per ``stride``×``stride`` pixel block (the CAM of the largest inference scale,
+  2.0, has a stride of 4 pixels: detail finer than that is not in the map), the values fitted by least
+  squares so that the reader's bilinear upsampling reproduces the full-resolution map as closely as
+  it can (:func:`fit_grid`; the plain block means, :func:`block_mean`, blur the map twice — once
+  averaging, once interpolating — and shift its level sets: −0.5 mIoU points at stride 4 where the
+  fit loses none, benchmarks/bench_cam_store.py), and
+- quantised per class to 8 bits between the grid's minimum and maximum (``uint8``), or stored as
   ``float16``,
 
 in a compressed ``np.savez_compressed`` archive (no pickle: read with ``allow_pickle=False``). Reading
 it (:func:`decode_cams`) dequantises and upsamples each map bilinearly back to the image size (pixel
 centres aligned as ``align_corners=False``), so every reader gets ``{class: H×W float32}`` as from the
 released format. BENCHMARKS.md ("Compact CAM store") measures the size and the mIoU difference at
-the best β on 640×480 images.
+the best β on 640-pixel images: the default, stride 4 in uint8, is ~3 GB for train2014.
 
 Arrays of a compact file: ``keys`` (int16, K), ``cams`` (uint8 or float16, K×h×w), ``low``/``high``
 (float32, K: the range the uint8 codes span), ``size`` (int32: H, W), ``stride`` (int32).
@@ -24,6 +28,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -53,17 +58,60 @@ def block_mean(x: np.ndarray, stride: int) -> np.ndarray:
     return (sums / n).astype(np.float32)
 
 
-def _upsample_matrix(out_size: int, in_size: int, stride: int) -> np.ndarray:
-    """out×in bilinear weights from block centres back to pixels: pixel y sits at (y + 0.5)/stride − 0.5
-    in block coordinates (half-pixel centres), clamped at the edges."""
+def fit_grid(x: np.ndarray, stride: int) -> np.ndarray:
+    """The ⌈H/stride⌉×⌈W/stride⌉ grid whose bilinear upsampling (:func:`decode_cams`'s) is closest to the H×W
+    map ``x`` in the least-squares sense, axis by axis (the upsampling is separable): ``P_rows · x · P_colsᵀ``
+    (:func:`_fit_matrix`). Where the upsampling clamps — the pixels before the first block centre and after
+    the last, which take that block's value whatever the map does there — the map does not pull on the fit,
+    so a linear map comes back exactly between the first and the last block centre."""
+    if stride == 1:
+        return x.astype(np.float32, copy=False)
+    h, w = x.shape
+    rows = _fit_matrix(h, -(-h // stride), stride)
+    cols = _fit_matrix(w, -(-w // stride), stride)
+    return (rows @ x.astype(np.float32, copy=False) @ cols.T).astype(np.float32)
+
+
+@lru_cache(maxsize=64)
+def _fit_matrix(out_size: int, in_size: int, stride: int) -> np.ndarray:
+    """in×out: the least-squares grid values of one axis from its ``out_size`` pixels — the pseudo-inverse of
+    :func:`_upsample_matrix` over the pixels between the first and the last block centre (all of them when
+    those alone do not determine every grid value, as on an axis shorter than two blocks)."""
+    up = _upsample_matrix(out_size, in_size, stride).astype(np.float64)
+    pos = (np.arange(out_size) + 0.5) / stride - 0.5
+    inside = (pos >= 0) & (pos <= in_size - 1)
+    if np.linalg.matrix_rank(up[inside]) < in_size:
+        inside[:] = True
+    fit = np.zeros((in_size, out_size))
+    fit[:, inside] = np.linalg.pinv(up[inside])
+    return fit.astype(np.float32)
+
+
+def _upsample_weights(out_size: int, in_size: int, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear weights from block centres back to pixels, as (lower block, upper block, weight of the upper)
+    per pixel: pixel y sits at (y + 0.5)/stride − 0.5 in block coordinates (half-pixel centres), clamped at
+    the edges."""
     pos = np.clip((np.arange(out_size) + 0.5) / stride - 0.5, 0, in_size - 1)
     lo = np.floor(pos).astype(int)
-    hi = np.minimum(lo + 1, in_size - 1)
-    frac = (pos - lo).astype(np.float32)
+    return lo, np.minimum(lo + 1, in_size - 1), (pos - lo).astype(np.float32)
+
+
+def _upsample_matrix(out_size: int, in_size: int, stride: int) -> np.ndarray:
+    """The out×in matrix of :func:`_upsample_weights`."""
+    lo, hi, frac = _upsample_weights(out_size, in_size, stride)
     m = np.zeros((out_size, in_size), np.float32)
     m[np.arange(out_size), lo] += 1 - frac
     m[np.arange(out_size), hi] += frac
     return m
+
+
+def upsample(grid: np.ndarray, size: tuple[int, int], stride: int) -> np.ndarray:
+    """K×h×w block values → K×H×W (``size``) by the bilinear rule of :func:`_upsample_weights`, axis by axis
+    (two gathers per axis: ~100× fewer operations than the dense matrix products)."""
+    lo, hi, frac = _upsample_weights(size[0], grid.shape[1], stride)
+    rows = grid[:, lo, :] * (1 - frac)[:, None] + grid[:, hi, :] * frac[:, None]
+    lo, hi, frac = _upsample_weights(size[1], grid.shape[2], stride)
+    return rows[:, :, lo] * (1 - frac) + rows[:, :, hi] * frac
 
 
 def encode_cams(cams: dict[int, np.ndarray], stride: int = DEFAULT_STRIDE, dtype: str = DEFAULT_DTYPE) -> dict:
@@ -74,7 +122,7 @@ def encode_cams(cams: dict[int, np.ndarray], stride: int = DEFAULT_STRIDE, dtype
         raise ValueError(f"compact CAM stride must be >= 1, got {stride}")
     keys = sorted(cams)
     shape = next(iter(cams.values())).shape if cams else (0, 0)
-    small = [block_mean(np.asarray(cams[k], np.float32), stride) for k in keys]
+    small = [fit_grid(np.asarray(cams[k], np.float32), stride) for k in keys]
     h, w = small[0].shape if small else (0, 0)
     stack = np.stack(small) if small else np.zeros((0, h, w), np.float32)
     low = stack.min(axis=(1, 2)) if keys else np.zeros(0, np.float32)
@@ -96,7 +144,8 @@ def decode_cams(arrays, path: str | Path = "CAM file") -> dict[int, np.ndarray]:
         raise CpnError(f"{path}: not a compact CAM file (no {', '.join(missing)})")
     keys, codes = np.asarray(arrays["keys"]), np.asarray(arrays["cams"])
     size, stride = [int(v) for v in np.asarray(arrays["size"]).reshape(-1)], int(arrays["stride"])
-    if codes.ndim != 3 or len(keys) != codes.shape[0] or len(size) != 2 or stride < 1:
+    empty_grid = codes.ndim == 3 and len(keys) > 0 and min(*codes.shape[1:], *size) < 1
+    if codes.ndim != 3 or len(keys) != codes.shape[0] or len(size) != 2 or stride < 1 or empty_grid:
         raise CpnError(f"{path}: a compact CAM file with inconsistent arrays")
     if codes.dtype == np.uint8:
         low, high = np.asarray(arrays["low"], np.float32), np.asarray(arrays["high"], np.float32)
@@ -105,9 +154,8 @@ def decode_cams(arrays, path: str | Path = "CAM file") -> dict[int, np.ndarray]:
         values = codes.astype(np.float32)
     else:
         raise CpnError(f"{path}: compact CAM codes of dtype {codes.dtype} (expected uint8 or float16)")
-    rows = _upsample_matrix(size[0], codes.shape[1], stride)
-    cols = _upsample_matrix(size[1], codes.shape[2], stride).T
-    return {int(k): (rows @ v @ cols).astype(np.float32) for k, v in zip(keys.tolist(), values)}
+    maps = upsample(values, (size[0], size[1]), stride).astype(np.float32, copy=False)
+    return {int(k): m for k, m in zip(keys.tolist(), maps)}
 
 
 def save_compact(path: str | Path, cams: dict[int, np.ndarray], stride: int = DEFAULT_STRIDE,

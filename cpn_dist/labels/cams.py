@@ -1,13 +1,18 @@
-"""CAM files in the released format, and the released rule that turns them into class maps.
+"""CAM files, and the released rule that turns them into class maps.
 
-A CAM file is ``NAME.npy`` holding ``np.save`` of a dict ``{class index 0..19: H×W float32}`` with one
-entry per labelled class (the format of the released ``infer_cam.py``, read by most WSSS tools).
+A CAM file is ``NAME.npy`` holding ``np.save`` of a dict ``{class index 0..C-2: H×W float32}`` with one
+entry per labelled class (the format of the released ``infer_cam.py``, read by most WSSS tools; C is
+the dataset's class count with background, 21 for PASCAL VOC), or the compact ``NAME.npz`` of
+:mod:`cpn_dist.labels.cam_store`. Every reader opens either through :func:`read_cams` (``NAME.npy``
+first); :func:`load_cams` dispatches on the suffix. Which dataset a CAM folder is of is recorded in
+its ``dataset.json`` (:mod:`cpn_dist.data.datasets`; none: VOC, as for the released files), and every
+function that needs C takes it as an argument whose default is VOC's.
 
 The released evaluator (``evaluation_cam.py``) turns such a dict into a class map at a background
-score β by filling a 21×H×W array with zeros, putting β in channel 0 and the CAMs in channels
+score β by filling a C×H×W array with zeros, putting β in channel 0 and the CAMs in channels
 ``key + 1``, and taking ``np.argmax``: background wins when β ≥ every foreground score (first index
 wins ties), unlabelled classes score 0. :func:`foreground_max` computes that argmax once for all β:
-the per-pixel maximum of the 20 zero-filled foreground channels and the class index holding it.
+the per-pixel maximum of the C-1 zero-filled foreground channels and the class index holding it.
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from cpn_dist.atomic import write_atomic
-from cpn_dist.data.voc import NUM_CLASSES, NUM_FOREGROUND
+from cpn_dist.data.voc import NUM_CLASSES, NUM_FOREGROUND  # VOC's counts: the default where nothing records one
 from cpn_dist.errors import CpnError
 from cpn_dist.safe_npy import ForbiddenGlobal, NpyError, read_npy_object
+
+CAM_SUFFIXES = (".npy", ".npz")  # released (and IRN) format, compact store
 
 
 def normalise_released(total: np.ndarray) -> np.ndarray:
@@ -55,11 +62,39 @@ def save_cams(path: str | Path, cams: dict) -> None:
         raise
 
 
-def load_cams(path: str | Path) -> dict[int, np.ndarray]:
-    """Read a CAM file as ``{class index 0..19: H×W float32}``: the released layout (a dict of class index
-    → H×W float map) or IRN's (``keys``: class indices, ``high_res``: K×H×W maps; other members ignored).
-    The file is unpickled without running code (:mod:`cpn_dist.safe_npy`); anything else — random bytes,
-    a pickle that names other code, another object — is refused in one line."""
+def cam_file(folder: str | Path, name: str) -> Path:
+    """The CAM file of image ``name`` in ``folder``: ``NAME.npy`` (released or IRN layout) or ``NAME.npz``
+    (compact store), ``NAME.npy`` first; ``NAME.npy`` when neither exists (so that the error names it)."""
+    folder = Path(folder)
+    for suffix in CAM_SUFFIXES:
+        path = folder / f"{name}{suffix}"
+        if path.is_file():
+            return path
+    return folder / f"{name}{CAM_SUFFIXES[0]}"
+
+
+def cam_names(folder: str | Path) -> list[str]:
+    """The image ids of the CAM files in ``folder`` (``NAME.npy`` and ``NAME.npz``), sorted."""
+    folder = Path(folder)
+    return sorted({p.stem for suffix in CAM_SUFFIXES for p in folder.glob(f"*{suffix}") if not p.name.startswith(".")})
+
+
+def read_cams(folder: str | Path, name: str, num_foreground: int = NUM_FOREGROUND) -> dict[int, np.ndarray]:
+    """The CAM dict of image ``name`` in ``folder`` in whichever format it is stored (:func:`cam_file`)."""
+    return load_cams(cam_file(folder, name), num_foreground)
+
+
+def load_cams(path: str | Path, num_foreground: int = NUM_FOREGROUND) -> dict[int, np.ndarray]:
+    """Read a CAM file as ``{class index 0..num_foreground-1: H×W float32}`` (``num_foreground``: C-1 of the
+    folder's dataset, VOC's 20 by default): a compact ``.npz`` (:func:`cpn_dist.labels.cam_store.load_compact`,
+    dequantised and upsampled to the image size), the released layout (a dict of class index → H×W float
+    map) or IRN's (``keys``: class indices, ``high_res``: K×H×W maps; other members ignored). The file is
+    unpickled without running code (:mod:`cpn_dist.safe_npy`); anything else — random bytes, a pickle that
+    names other code, another object — is refused in one line."""
+    if Path(path).suffix == ".npz":
+        from cpn_dist.labels.cam_store import load_compact
+
+        return _checked(path, load_compact(path), num_foreground)
     try:
         obj = read_npy_object(path)
     except FileNotFoundError:
@@ -74,11 +109,19 @@ def load_cams(path: str | Path) -> dict[int, np.ndarray]:
         raise CpnError(f"{path}: not a CAM file (expected a dict {{class index: H×W map}}, got {_kind(obj)})")
     if "high_res" in obj and "keys" in obj:  # IRN layout (`cpn infer --format irn`, IRN's make_cam.py)
         obj = _irn_cams(path, obj)
+    return _checked(path, obj, num_foreground)
+
+
+def _checked(path, obj: dict, num_foreground: int) -> dict[int, np.ndarray]:
+    """``obj`` as ``{class index: H×W float32}``, every key a class index below ``num_foreground`` and every
+    map real-valued, two-dimensional and of one shape; else one line naming the file."""
     cams: dict[int, np.ndarray] = {}
     shape = None
     for key, value in obj.items():
-        if isinstance(key, bool) or not isinstance(key, (int, np.integer)) or not 0 <= int(key) < NUM_FOREGROUND:
-            raise CpnError(f"{path}: CAM key {key!r} is not a class index 0..{NUM_FOREGROUND - 1}")
+        if isinstance(key, bool) or not isinstance(key, (int, np.integer)) or not 0 <= int(key) < num_foreground:
+            hint = (" (the default, VOC's 20 classes: a CAM folder of another dataset records it in dataset.json, "
+                    "or give --dataset)") if num_foreground == NUM_FOREGROUND else ""  # fmt: skip
+            raise CpnError(f"{path}: CAM key {key!r} is not a class index 0..{num_foreground - 1}{hint}")
         arr = _numeric(value)
         if arr is None or arr.ndim != 2 or (shape is not None and arr.shape != shape):
             raise CpnError(f"{path}: CAM of class {key} is {_kind(value)}, expected H×W float maps of one shape")
@@ -112,10 +155,11 @@ def _irn_cams(path, obj: dict) -> dict:
     return dict(zip(keys.tolist(), maps))
 
 
-def foreground_max(cams: dict[int, np.ndarray], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Per pixel, the largest foreground score and the VOC class index (1..20) holding it, as the
-    released evaluator's argmax over zero-filled channels sees them: unlabelled classes score 0 and
-    the lowest class index wins ties. Returns ``(score float32 H×W, cls uint8 H×W)``."""
+def foreground_max(cams: dict[int, np.ndarray], shape: tuple[int, int],
+                   num_foreground: int = NUM_FOREGROUND) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Per pixel, the largest foreground score and the class index (1..C-1, C-1 = ``num_foreground``)
+    holding it, as the released evaluator's argmax over zero-filled channels sees them: unlabelled classes
+    score 0 and the lowest class index wins ties. Returns ``(score float32 H×W, cls uint8 H×W)``."""
     keys = sorted(cams)
     if keys:
         stack = np.stack([cams[k] for k in keys]).astype(np.float32, copy=False)
@@ -127,11 +171,11 @@ def foreground_max(cams: dict[int, np.ndarray], shape: tuple[int, int]) -> tuple
     else:
         score = np.full(shape, -np.inf, dtype=np.float32)
         cls = np.zeros(shape, dtype=np.uint8)
-    unlabelled = [c for c in range(NUM_FOREGROUND) if c not in cams]
-    if unlabelled:
+    unlabelled = next((c for c in range(num_foreground) if c not in cams), None)
+    if unlabelled is not None:
         # An unlabelled channel holds 0: it takes over where every labelled score is < 0, and on
         # a tie at 0 the lower class index of the two wins.
-        first_zero = np.uint8(unlabelled[0] + 1)
+        first_zero = np.uint8(unlabelled + 1)
         zero_wins = (score < 0) | ((score == 0) & (first_zero < cls))
         score = np.where(score < 0, np.float32(0), score)
         cls = np.where(zero_wins, first_zero, cls)
@@ -177,28 +221,32 @@ def background_score(cams: dict[int, np.ndarray], shape: tuple[int, int], beta: 
 
 
 def class_map(cams: dict[int, np.ndarray], beta: float | None, shape: tuple[int, int],
-              bg_power: float | None = None) -> np.ndarray:  # fmt: skip
+              bg_power: float | None = None, num_foreground: int = NUM_FOREGROUND) -> np.ndarray:  # fmt: skip
     """The released evaluator's class map at background score ``beta``: argmax over
-    ``[β, CAM_1 … CAM_20]`` (β compared as float32, as it is stored there). uint8 H×W, 0..20.
-    With ``bg_power`` α (and ``beta=None``) the background is ``(1 − max_c CAM_c)^α`` instead."""
+    ``[β, CAM_1 … CAM_{C-1}]`` (β compared as float32, as it is stored there; C-1 = ``num_foreground``).
+    uint8 H×W, 0..C-1. With ``bg_power`` α (and ``beta=None``) the background is ``(1 − max_c CAM_c)^α``
+    instead."""
     if (beta is None) == (bg_power is None):
         raise ValueError("give exactly one of beta (constant background) and bg_power ((1 - max)^bg_power)")
-    score, cls = foreground_max(cams, shape)
+    score, cls = foreground_max(cams, shape, num_foreground)
     background = np.float32(beta) if bg_power is None else powered_background(score, bg_power)
     return np.where(score > background, cls, np.uint8(0)).astype(np.uint8)
 
 
-def released_class_map(cams: dict[int, np.ndarray], beta: float, shape: tuple[int, int]) -> np.ndarray:
-    """The released evaluator's computation, literally: a zero 21×H×W float32 tensor, β in channel 0,
-    CAMs in channels key+1, ``np.argmax``. Slow; kept as the reference that tests compare against."""
-    tensor = np.zeros((NUM_CLASSES, *shape), np.float32)
+def released_class_map(cams: dict[int, np.ndarray], beta: float, shape: tuple[int, int],
+                       num_classes: int = NUM_CLASSES) -> np.ndarray:  # fmt: skip
+    """The released evaluator's computation, literally: a zero C×H×W float32 tensor (C = ``num_classes``),
+    β in channel 0, CAMs in channels key+1, ``np.argmax``. Slow; kept as the reference that tests compare
+    against."""
+    tensor = np.zeros((num_classes, *shape), np.float32)
     for key, value in cams.items():
         tensor[key + 1] = value
     tensor[0] = beta
     return np.argmax(tensor, axis=0).astype(np.uint8)
 
 
-def image_independence(cams_dir: str | Path, names: list[str], size: int = 32) -> float:
+def image_independence(cams_dir: str | Path, names: list[str], size: int = 32,
+                       num_foreground: int = NUM_FOREGROUND) -> float:  # fmt: skip
     """How much the CAMs of different images look alike: the mean Pearson correlation, over pairs of
     different images, of each image's CAM (the per-pixel maximum over its classes) resized to
     ``size``×``size``. Object CAMs at varying places score near 0 (≈ 0.1 from the central bias of the
@@ -208,7 +256,7 @@ def image_independence(cams_dir: str | Path, names: list[str], size: int = 32) -
 
     maps = []
     for name in names:
-        cams = load_cams(Path(cams_dir) / f"{name}.npy")
+        cams = read_cams(cams_dir, name, num_foreground)
         if cams:
             m = np.max(np.stack(list(cams.values())), axis=0).astype(np.float32)
             maps.append(np.asarray(Image.fromarray(m).resize((size, size), Image.BILINEAR)).ravel())

@@ -27,9 +27,11 @@ import numpy as np
 
 from cpn_dist.atomic import write_atomic
 from cpn_dist.config import CrfConfig
-from cpn_dist.data.voc import IGNORE, save_label_png
+from cpn_dist.data.datasets import DatasetInfo, voc
+from cpn_dist.data.voc import IGNORE, NUM_FOREGROUND, save_label_png
+from cpn_dist.dataset_of import record_dataset
 from cpn_dist.errors import CpnError
-from cpn_dist.labels.cams import class_map, load_cams
+from cpn_dist.labels.cams import class_map, read_cams
 from cpn_dist.labels.crf import crf_dict, crf_probabilities, to_label_map
 from cpn_dist.parallel import parallel_map
 
@@ -38,11 +40,12 @@ log = logging.getLogger(__name__)
 
 def pseudo_label(cams: dict[int, np.ndarray], beta: float | None, shape: tuple[int, int],
                  image: np.ndarray | None = None, crf: CrfConfig | None = None,
-                 bg_power: float | None = None) -> np.ndarray:  # fmt: skip
+                 bg_power: float | None = None, num_foreground: int = NUM_FOREGROUND) -> np.ndarray:  # fmt: skip
     """H×W uint8 class map of a CAM dict at background score ``beta`` (or ``(1 − max)^α`` with the
-    background power α = ``bg_power`` and ``beta=None``); CRF-refined on ``image`` when ``crf`` is given."""
+    background power α = ``bg_power`` and ``beta=None``); CRF-refined on ``image`` when ``crf`` is given.
+    ``num_foreground``: C-1 of the dataset (VOC's 20 by default)."""
     if crf is None or not cams:
-        return class_map(cams, beta, shape, bg_power)
+        return class_map(cams, beta, shape, bg_power, num_foreground)
     if image is None:
         raise CpnError("the CRF needs the image")
     probs, classes = crf_probabilities(image, cams, beta, crf, bg_power)
@@ -60,12 +63,14 @@ def confident_label(fg_map: np.ndarray, bg_map: np.ndarray) -> np.ndarray:
 
 
 def paired_pseudo_label(cams: dict[int, np.ndarray], low: float, high: float, shape: tuple[int, int],
-                        image: np.ndarray | None = None, crf: CrfConfig | None = None) -> np.ndarray:
+                        image: np.ndarray | None = None, crf: CrfConfig | None = None,
+                        num_foreground: int = NUM_FOREGROUND) -> np.ndarray:  # fmt: skip
     """Confident labels from a β pair: the class at ``high`` where it is foreground, background
     where ``low`` says background, 255 elsewhere (:func:`confident_label`)."""
     if not low < high:
         raise CpnError(f"the low β ({low}) must be below the high β ({high})")
-    return confident_label(pseudo_label(cams, high, shape, image, crf), pseudo_label(cams, low, shape, image, crf))
+    return confident_label(pseudo_label(cams, high, shape, image, crf, num_foreground=num_foreground),
+                           pseudo_label(cams, low, shape, image, crf, num_foreground=num_foreground))  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,6 +87,11 @@ class Job:
     crf: CrfConfig | None
     voc_root: str | None  # images, needed by the CRF
     output: str = "png"  # "png": label PNGs; "npy": CRF probabilities in the AffinityNet layout
+    dataset: DatasetInfo | None = None  # the CAMs' classes (None: VOC), recorded in out_dir
+
+    @property
+    def num_foreground(self) -> int:
+        return (self.dataset or voc()).num_foreground
 
 
 def _image(job: Job, name: str) -> np.ndarray | None:
@@ -97,11 +107,11 @@ def _shape(cams: dict[int, np.ndarray], image: np.ndarray | None, name: str) -> 
         return next(iter(cams.values())).shape
     if image is not None:
         return image.shape[:2]
-    raise CpnError(f"{name}.npy: the CAM dict is empty, so its size is unknown")
+    raise CpnError(f"{name}: its CAM dict is empty, so its size is unknown")
 
 
 def _one(job: Job, name: str) -> None:
-    cams = load_cams(Path(job.cams_dir) / f"{name}.npy")
+    cams = read_cams(job.cams_dir, name, job.num_foreground)
     image = _image(job, name)
     shape = _shape(cams, image, name)
     out = Path(job.out_dir)
@@ -112,9 +122,9 @@ def _one(job: Job, name: str) -> None:
         save_cams(out / f"{name}.npy", crf_dict(probs, classes))
         return
     if len(job.betas) == 2:
-        label = paired_pseudo_label(cams, job.betas[0], job.betas[1], shape, image, job.crf)
+        label = paired_pseudo_label(cams, job.betas[0], job.betas[1], shape, image, job.crf, job.num_foreground)
     else:
-        label = pseudo_label(cams, job.betas[0], shape, image, job.crf)
+        label = pseudo_label(cams, job.betas[0], shape, image, job.crf, num_foreground=job.num_foreground)
     # PIL picks the format from the suffix of the temporary name
     write_atomic(out / f"{name}.png", lambda tmp: save_label_png(label, tmp), out / f".{name}.tmp.png")
 
@@ -141,6 +151,8 @@ def run_folder(job: Job, names: Sequence[str], workers: int = 1,
     if job.crf is not None and (job.voc_root is None or not (Path(job.voc_root) / "JPEGImages").is_dir()):
         raise CpnError(f"{job.voc_root}/JPEGImages: the CRF needs the images (--voc-root)")
     Path(job.out_dir).mkdir(parents=True, exist_ok=True)
+    if job.dataset is not None:
+        record_dataset(job.out_dir, job.dataset)
     size = max(1, min(16, math.ceil(len(names) / max(1, 4 * workers))))
     chunks = [(job, tuple(names[i:i + size])) for i in range(0, len(names), size)]
     done = 0

@@ -43,17 +43,19 @@ def training_step_flops(model=None, *, backbone: str | None = None, head: str | 
                         batch: int = 4, triplet: bool = True) -> dict[str, int]:  # fmt: skip
     """FLOPs of one training step over ``batch`` images at ``crop``×``crop``: ``{"forward",
     "forward_backward", "images"}``. With ``triplet`` each image is run as the triplet (I, I_h, I_hbar),
-    i.e. one forward over 3·batch images. Give a built model (its backbone and head are read from it)
-    or ``backbone`` and ``head`` names."""
+    i.e. one forward over 3·batch images. Give a built model (its backbone, head and class count are read
+    from it) or ``backbone`` and ``head`` names (VOC's 21 classes)."""
     from cpn_dist.cpn.model import build_model
 
+    kwargs = {}
     if model is not None:
         backbone = backbone or getattr(model, "backbone_name", None)
         head = head or getattr(model, "head", None)
+        kwargs = {"num_classes": model.num_classes} if hasattr(model, "num_classes") else {}
     if backbone is None or head is None:
         raise ValueError("training_step_flops needs a model built by build_model, or backbone and head names")
     with torch.device("meta"):
-        replica = build_model(backbone, head, dropout=0.0).train()
+        replica = build_model(backbone, head, dropout=0.0, **kwargs).train()
     images = (3 if triplet else 1) * batch
     x = torch.empty(images, 3, crop, crop, device="meta")
 

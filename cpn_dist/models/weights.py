@@ -85,20 +85,23 @@ def read_state_dict(path: str | Path, allow_pickle: bool = False) -> dict[str, t
     return read_weights(path, allow_pickle)[0]
 
 
-def metadata_from_config(config: dict) -> dict:
-    """The metadata of a model trained with the run config ``config`` (a dict), as ``model_final.pth``
-    records it (:func:`cpn_dist.run_start.weights_metadata`)."""
+def metadata_from_config(config: dict, dataset: dict | None = None) -> dict:
+    """The metadata of a model trained with the run config ``config`` (a dict) on ``dataset`` (its
+    :meth:`~cpn_dist.data.datasets.DatasetInfo.to_json`, as a checkpoint's ``trainer_state.json`` records it;
+    None: not recorded), as ``model_final.pth`` records it (:func:`cpn_dist.run_start.weights_metadata`)."""
     stage = config.get("stage", "cpn")
     head = {"cpn": config.get("model", {}).get("head"), "segmentation": config.get("segmentation", {}).get("head")}
-    return {"stage": stage, "backbone": config.get("model", {}).get("backbone"), "head": head.get(stage),
+    meta = {"stage": stage, "backbone": config.get("model", {}).get("backbone"), "head": head.get(stage),
             "config": config}  # fmt: skip
+    return meta if dataset is None else {**meta, "dataset": dataset}
 
 
 def read_weights(path: str | Path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict | None]:
     """(state dict, metadata) of ``path`` (see :func:`read_state_dict` for the formats and
     ``allow_pickle``). The metadata — ``{"stage", "backbone", "head", "config", "version"}`` — is what our
     ``model_final.pth`` and checkpoint folders record about their model; None for files that record
-    nothing (released weights, older runs)."""
+    nothing (released weights, older runs). Our weights record ``"dataset"`` too (the classes they score;
+    :mod:`cpn_dist.dataset_of`), those of older versions do not."""
     path = Path(path)
     meta = None
     if path.is_dir():
@@ -110,8 +113,9 @@ def read_weights(path: str | Path, allow_pickle: bool = False) -> tuple[dict[str
         if state_file.is_file():
             import json
 
-            config = json.loads(state_file.read_text()).get("config")
-            meta = metadata_from_config(config) if isinstance(config, dict) else None
+            recorded = json.loads(state_file.read_text())
+            config = recorded.get("config")
+            meta = metadata_from_config(config, recorded.get("dataset")) if isinstance(config, dict) else None
         path = found[0]
     if not path.is_file():
         raise CpnError(f"{path}: weights file not found")

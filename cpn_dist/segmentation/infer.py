@@ -5,7 +5,7 @@ Per image (original size H×W):
 1. the network inputs of :func:`cpn_dist.cpn.infer.scale_inputs` — for each scale s, the PIL bicubic
    resize to ``round(W·s)`` × ``round(H·s)``, normalised, and (``flip``) its width-flip;
 2. for each input the stride-8 class scores, resized to H×W (bilinear, align_corners=False), softmax
-   over the 21 classes, un-flipped;
+   over the C classes (the model's: the dataset's), un-flipped;
 3. the mean of those probability maps; the label map is its argmax (ties: lowest class);
 4. optionally the dense CRF (:func:`cpn_dist.labels.crf.dense_crf`, unary −log of the mean probabilities,
    on the original RGB image) and the argmax of its marginals.
@@ -32,8 +32,10 @@ import torch.nn.functional as F
 from cpn_dist.atomic import write_atomic
 from cpn_dist.config import CrfConfig
 from cpn_dist.cpn.infer import IMAGENET_MEAN, IMAGENET_STD, forward_by_shape, scale_inputs
+from cpn_dist.data.datasets import DatasetInfo
 from cpn_dist.data.inputs import Sample
 from cpn_dist.data.voc import save_label_png
+from cpn_dist.dataset_of import record_dataset
 from cpn_dist.devices import autocast
 from cpn_dist.labels.crf import dense_crf
 from cpn_dist.parallel import parallel_map
@@ -85,7 +87,7 @@ def segment_settings(cfg, **overrides) -> SegmentSettings:
 
 def mean_probabilities(outputs: list[torch.Tensor], size: tuple[int, int], flip: bool) -> torch.Tensor:
     """Steps 2–3: the mean over the inputs (in :func:`scale_inputs` order; with ``flip`` every second
-    one is flipped) of softmax(class scores resized to ``size``), 21×H×W float32."""
+    one is flipped) of softmax(class scores resized to ``size``), C×H×W float32."""
     total = None
     for i, scores in enumerate(outputs):
         prob = F.interpolate(scores[None].float(), size, mode="bilinear", align_corners=False)[0].softmax(0)
@@ -110,7 +112,7 @@ def _save(label: np.ndarray, path: Path) -> None:
 
 
 def _crf_and_save(job: tuple[np.ndarray, np.ndarray, CrfConfig, list[Path]]) -> None:
-    """(RGB image, 21×H×W probabilities, CRF config, paths) → the CRF label map written to every path."""
+    """(RGB image, C×H×W probabilities, CRF config, paths) → the CRF label map written to every path."""
     image, probs, params, paths = job
     label = to_labels(dense_crf(image, probs, params))
     for path in paths:
@@ -123,7 +125,7 @@ class _Image:
 
     sample: Sample
     inputs: list[np.ndarray]
-    outputs: dict[int, torch.Tensor] = field(default_factory=dict)  # input index → 21×h×w scores
+    outputs: dict[int, torch.Tensor] = field(default_factory=dict)  # input index → C×h×w scores
 
 
 def _finish(item: _Image, settings: SegmentSettings, outputs: Outputs) -> Iterator[tuple]:
@@ -149,13 +151,18 @@ def _finish(item: _Image, settings: SegmentSettings, outputs: Outputs) -> Iterat
 def segment_samples(model: torch.nn.Module, samples: Iterable[Sample], outputs: Outputs,
                     settings: SegmentSettings = SegmentSettings(), device: torch.device | str = "cpu",
                     images_per_step: int = 4, loader_threads: int = 2, crf_workers: int = 0,
-                    on_image: Callable[[str], None] | None = None) -> list[str]:  # fmt: skip
+                    on_image: Callable[[str], None] | None = None,
+                    dataset: DatasetInfo | None = None) -> list[str]:  # fmt: skip
     """Write the label maps of every sample (see :class:`Outputs`); returns the names done, in order.
     ``model.score(x)`` gives the stride-8 class scores of a batch. With ``crf_workers`` > 0 the CRF runs
-    in that many processes, at most ``2 × crf_workers`` images in flight; with 0, inline."""
+    in that many processes, at most ``2 × crf_workers`` images in flight; with 0, inline. ``dataset`` (a
+    :class:`~cpn_dist.data.datasets.DatasetInfo`, the model's classes) is recorded in the label folders
+    (not in the test-server layout, which holds only the server's PNGs)."""
     for folder in (outputs.labels, outputs.crf, outputs.final_dir()):
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
+            if dataset is not None and folder != outputs.final_dir():
+                record_dataset(folder, dataset)
     model.eval()
     written: list[str] = []
 

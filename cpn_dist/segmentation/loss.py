@@ -16,17 +16,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cpn_dist.data.voc import IGNORE, NUM_FOREGROUND
+from cpn_dist.data.voc import IGNORE, NUM_CLASSES  # VOC's class count: the default
 from cpn_dist.errors import CpnError
 
 
-def check_labels(label: torch.Tensor, keys: list[str]) -> None:
-    """A CpnError naming the first image whose label map holds a value outside 0..20 and 255."""
-    bad = (label > NUM_FOREGROUND) & (label != IGNORE)
+def check_labels(label: torch.Tensor, keys: list[str], num_classes: int = NUM_CLASSES) -> None:
+    """A CpnError naming the first image whose label map holds a value outside the classes 0..C-1
+    (C = ``num_classes``) and 255."""
+    bad = (label >= num_classes) & (label != IGNORE)
     if bad.any():
         i = int(bad.flatten(1).any(1).nonzero()[0])
         value = int(label[i][bad[i]][0])
-        raise CpnError(f"{keys[i]}.png: label value {value} is neither a class 0..{NUM_FOREGROUND} nor {IGNORE}")
+        raise CpnError(f"{keys[i]}.png: label value {value} is neither a class 0..{num_classes - 1} nor {IGNORE}")
 
 
 def labelled_pixels(window: list[dict], device, world_size: int) -> int:
@@ -41,7 +42,7 @@ def labelled_pixels(window: list[dict], device, world_size: int) -> int:
 
 def segmentation_loss(logits: torch.Tensor, label: torch.Tensor, total_labelled: int, chunks: int) -> dict:
     """``{"total", "pixel_acc"}``: this micro-batch's chunk estimates of the global-batch mean
-    cross-entropy (logits N×21×H×W against label N×H×W, 255 ignored) and of the pixel accuracy."""
+    cross-entropy (logits N×C×H×W against label N×H×W, 255 ignored) and of the pixel accuracy."""
     scale = chunks / max(total_labelled, 1)
     loss_sum = F.cross_entropy(logits.float(), label, ignore_index=IGNORE, reduction="sum")
     with torch.no_grad():

@@ -4,7 +4,7 @@ Two DeepLab heads on the backbone's last features (``conv6``: 4096 channels for 
 
 - ``largefov`` (DeepLab-v1 LargeFOV, Chen et al., ICLR 2015): a 3×3 convolution with dilation 12 to
   ``channels`` (1024), ReLU, dropout; a 1×1 convolution to ``channels``, ReLU, dropout; a 1×1
-  classifier to the 21 classes. The head of the ResNet38 DeepLab that PSA, SEAM and CPN report.
+  classifier to the C classes. The head of the ResNet38 DeepLab that PSA, SEAM and CPN report.
 - ``aspp`` (DeepLab-v2 ASPP, Chen et al., TPAMI 2018): parallel 3×3 classifiers with dilations
   6, 12, 18, 24, summed (the "ASPP-S" form that the PyTorch DeepLab-v2 ports use).
 
@@ -16,8 +16,10 @@ frozen (eval mode, affine frozen) and ``conv1a``/``b2*`` are not trained: with a
 device BatchNorm statistics would be noise, and a frozen BatchNorm keeps one optimizer step
 independent of how the global batch is split over devices.
 
-``model(x)`` returns the class scores (logits) N×21×H×W at the input size (bilinear,
-align_corners=False); ``model.score(x)`` the stride-8 logits N×21×⌈H/8⌉×⌈W/8⌉.
+``model(x)`` returns the class scores (logits) N×C×H×W at the input size (bilinear,
+align_corners=False); ``model.score(x)`` the stride-8 logits N×C×⌈H/8⌉×⌈W/8⌉. C, the classifier's width,
+is the dataset's class count with background (21 for PASCAL VOC, the default; 81 for COCO): training
+takes it from the shards, inference from the weights (:mod:`cpn_dist.dataset_of`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cpn_dist.data.voc import NUM_CLASSES
+from cpn_dist.data.voc import NUM_CLASSES  # VOC's, the default width of the classifier
 from cpn_dist.errors import CpnError
 from cpn_dist.models.base import BackboneNet, as_weight_dtype
 
@@ -83,6 +85,7 @@ class SegNet(BackboneNet):
             raise CpnError(f"segmentation.head: unknown head '{head}' (choose from {', '.join(SEG_HEADS)})")
         super().__init__(backbone)
         self.head = head
+        self.num_classes = num_classes
         in_ch = backbone.channels["conv6"]
         if head == "largefov":
             self.seg_head = LargeFOV(in_ch, channels, dilation, dropout, num_classes)
@@ -113,7 +116,7 @@ class SegNet(BackboneNet):
         return groups
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
-        """Class scores at output stride 8, N×21×h×w, float32."""
+        """Class scores at output stride 8, N×C×h×w, float32."""
         return self.seg_head(self.backbone(as_weight_dtype(self, x)).conv6).float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -122,24 +125,26 @@ class SegNet(BackboneNet):
 
 def build_segmentation_model(backbone: str = "resnet38d", head: str = "largefov", *, channels: int = 1024,
                              dilation: int = 12, rates: tuple[int, ...] = (6, 12, 18, 24),
-                             head_dropout: float = 0.5, backbone_dropout: float = 1.0) -> SegNet:  # fmt: skip
-    """A DeepLab model; ``backbone_dropout`` scales ResNet38d's released Dropout2d rates in b6/b7."""
+                             head_dropout: float = 0.5, backbone_dropout: float = 1.0,
+                             num_classes: int = NUM_CLASSES) -> SegNet:  # fmt: skip
+    """A DeepLab model over ``num_classes`` classes with background (the dataset's C, VOC's 21 by default);
+    ``backbone_dropout`` scales ResNet38d's released Dropout2d rates in b6/b7."""
     from cpn_dist.models import BACKBONES
 
     if backbone not in BACKBONES:
         raise CpnError(f"model.backbone: unknown backbone '{backbone}' (choose from {', '.join(BACKBONES)})")
     model = SegNet(BACKBONES[backbone](dropout=backbone_dropout), head, channels, dilation, tuple(rates),
-                   head_dropout)  # fmt: skip
+                   head_dropout, num_classes)  # fmt: skip
     model.backbone_name = backbone
     return model
 
 
-def model_from_config(cfg, *, dropout: bool = True) -> SegNet:
-    """The segmentation model of a run config (``model.backbone``, ``model.dropout``, ``segmentation.*``);
-    ``dropout=False`` builds it without dropout (inference)."""
+def model_from_config(cfg, *, dropout: bool = True, num_classes: int = NUM_CLASSES) -> SegNet:
+    """The segmentation model of a run config (``model.backbone``, ``model.dropout``, ``segmentation.*``)
+    over ``num_classes`` classes (the dataset's C); ``dropout=False`` builds it without dropout (inference)."""
     seg = cfg.segmentation
     return build_segmentation_model(
         cfg.model.backbone, seg.head, channels=seg.head_channels, dilation=seg.fov_dilation,
         rates=tuple(seg.aspp_rates), head_dropout=seg.head_dropout if dropout else 0.0,
-        backbone_dropout=cfg.model.dropout if dropout else 0.0,
+        backbone_dropout=cfg.model.dropout if dropout else 0.0, num_classes=num_classes,
     )  # fmt: skip

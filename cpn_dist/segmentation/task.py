@@ -11,6 +11,8 @@ long-side resize in ``data.scale_range``, flip, colour jitter of the image, rand
 
 from __future__ import annotations
 
+from functools import cached_property
+
 from cpn_dist import devices
 from cpn_dist.config import Config
 from cpn_dist.monitor import panel_image, rgb_image, voc_colours
@@ -25,11 +27,18 @@ class SegmentationTask:
     def __init__(self, cfg: Config):
         self.cfg = cfg
 
+    @cached_property
+    def dataset(self):
+        """The dataset of the run's shards: C, the classifier's width, and what the weights record."""
+        from cpn_dist.dataset_of import run_dataset
+
+        return run_dataset(self.cfg.data, missing_ok=True)  # unreadable shards: the loader says so
+
     def build_model(self):
         from cpn_dist.segmentation.model import model_from_config
         from cpn_dist.weights_config import load_start_weights
 
-        model = model_from_config(self.cfg)
+        model = model_from_config(self.cfg, num_classes=self.dataset.num_classes)
         if self.cfg.model.weights:
             load_start_weights(model, self.cfg.model.weights, self.cfg.stage, self.cfg.model.allow_pickle)
         return model
@@ -47,7 +56,7 @@ class SegmentationTask:
     def prepare_window(self, model, window, device):
         """The global count of labelled pixels (all micro-steps, all ranks) and the chunk count."""
         for batch in window:
-            check_labels(batch["label"], batch["key"])
+            check_labels(batch["label"], batch["key"], self.dataset.num_classes)
         world = devices.world_size()
         total = labelled_pixels(window, device, world)
         return [(total, len(window) * world)] * len(window)
@@ -68,4 +77,5 @@ class SegmentationTask:
         from cpn_dist.models.flops import replica_step_flops
         from cpn_dist.segmentation.model import model_from_config
 
-        return replica_step_flops(lambda: model_from_config(self.cfg), self.cfg.batch.global_size, self.cfg.data.crop)
+        return replica_step_flops(lambda: model_from_config(self.cfg, num_classes=self.dataset.num_classes),
+                                  self.cfg.batch.global_size, self.cfg.data.crop)  # fmt: skip
