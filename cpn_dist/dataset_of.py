@@ -17,28 +17,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from cpn_dist.data.datasets import BUILT_IN, DatasetInfo, by_name, read_folder_dataset, resolve_dataset
+from cpn_dist.data.shards import shards_dataset
 from cpn_dist.errors import CpnError
 
 # The classifier of each stage's model, whose output channels are C (AffinityNet has none).
 CLASSIFIER_KEYS = {"cpn": ("fc8.weight",), "segmentation": ("seg_head.fc8.weight", "seg_head.branches.0.weight")}
-
-
-def shards_dataset(spec: str | Path, meta_location: str | None = None) -> DatasetInfo:
-    """The dataset of packed shards ``spec`` (a ``cpn pack`` folder, a ``.tar`` or a webdataset pattern),
-    read from their ``meta.json`` (beside the shards, or ``meta_location``); VOC for a pack that records none.
-
-    The data side's reader of a pack's dataset replaces this one function when it lands."""
-    from cpn_dist.data import shards
-    from cpn_dist.data.datasets import from_meta
-
-    spec = str(spec)
-    if meta_location is None:
-        if not shards.is_remote(spec) and Path(spec).is_dir():
-            meta_location = str(Path(spec) / shards.META_NAME)
-        else:
-            first = shards._expand(spec)[0]
-            meta_location = first.rsplit("/", 1)[0] + "/" + shards.META_NAME if "/" in first else shards.META_NAME
-    return from_meta(shards._load_meta(meta_location))
 
 
 def run_dataset(data, missing_ok: bool = False) -> DatasetInfo:
@@ -46,7 +29,7 @@ def run_dataset(data, missing_ok: bool = False) -> DatasetInfo:
     VOC when the shards cannot be read yet (a model built before its loader, whose error then says what
     packs them), else that error."""
     try:
-        return shards_dataset(data.shards, data.meta)
+        return shards_dataset(data)
     except CpnError:
         if not missing_ok:
             raise

@@ -91,7 +91,7 @@ def _source_dataset(args):
     """The dataset of the input's labels: the shards' (their meta.json), VOC for a VOC folder."""
     from cpn_dist.data.datasets import voc
     from cpn_dist.data.inputs import is_shard_source
-    from cpn_dist.dataset_of import shards_dataset
+    from cpn_dist.data.shards import shards_dataset
 
     if args.shards and is_shard_source(args.shards):
         return shards_dataset(args.shards)
