@@ -16,8 +16,8 @@ __version__ = "0.1.0"
 
 # name → the module that defines it (no name here is also a submodule's, which an import would shadow)
 _EXPORTS = {
-    "Config": "cpn_dist.config",
-    "load_config": "cpn_dist.config",
+    "Config": "cpn_dist.config.run",
+    "load_config": "cpn_dist.config.load",
     "CPNet": "cpn_dist.cpn.model",
     "build_model": "cpn_dist.cpn.model",
     "load_weights": "cpn_dist.models",

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from cpn_dist.checkpoint import read_state, save_checkpoint, save_weights
-from cpn_dist.config import Config, to_yaml
+from cpn_dist.config.run import Config, to_yaml
 from cpn_dist.devices import announce_threads
 from cpn_dist.errors import CpnError
 from cpn_dist.launch import accumulation_steps, make_accelerator, set_batch_layout

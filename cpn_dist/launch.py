@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from cpn_dist.config import Config
+from cpn_dist.config.run import Config
 from cpn_dist.devices import set_torch_threads, use_cpu
 from cpn_dist.errors import CpnError
 
@@ -100,7 +100,7 @@ def run_main(argv: list[str] | None, prog: str, description: str, train_fn) -> i
     import argparse
 
     from cpn_dist.cli import add_threads_argument
-    from cpn_dist.config import load_config
+    from cpn_dist.config.load import load_config
 
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", required=True, help="YAML run config")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cpn_dist.config import OptimConfig
+from cpn_dist.config.run import OptimConfig
 
 GROUP_NAMES = ("backbone_weight", "backbone_bias", "new_weight", "new_bias")
 LR_MULTS = (1.0, 2.0, 10.0, 20.0)

@@ -28,8 +28,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cpn_dist.atomic import write_json
-from cpn_dist.config import ConfigError, load_config
-from cpn_dist.config_renames import renamed_flat
+from cpn_dist.config.load import load_config
+from cpn_dist.config.renames import renamed_flat
+from cpn_dist.config.run import ConfigError
+from cpn_dist.config.yaml_io import find_config, packaged_config_names
 from cpn_dist.errors import CpnError
 from cpn_dist.pipeline_config import (  # noqa: F401  (the pipeline config's names, importable from here)
     CamSettings,
@@ -46,7 +48,6 @@ from cpn_dist.pipeline_stages import STAGE2, STEPS, TABLE  # noqa: F401  (STAGE2
 from cpn_dist.pipeline_steps import PipelineResult, StageScore, stage_score, step_settings, train_owned
 from cpn_dist.runlock import lock_on_main
 from cpn_dist.runner import StepRunner
-from cpn_dist.yaml_io import find_config, packaged_config_names
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from cpn_dist.config import load_config
-from cpn_dist.config_base import Section
+from cpn_dist.config.base import Section
+from cpn_dist.config.load import load_config
 from cpn_dist.errors import CpnError
 from cpn_dist.labels import cam_store
 from cpn_dist.pipeline_stages import STEPS

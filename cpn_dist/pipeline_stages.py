@@ -83,7 +83,7 @@ def eval_cams(p):
 
 def pseudo(p):
     """CAM pseudo labels of the training images at the best β (optionally CRF-refined)."""
-    from cpn_dist.config import CrfConfig
+    from cpn_dist.config.run import CrfConfig
     from cpn_dist.labels.pseudo import Job, pending, run_folder
 
     beta = p.best_beta()

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from cpn_dist.checkpoint import complete_checkpoints, read_state, resolve_resume
-from cpn_dist.config_renames import renamed_flat
+from cpn_dist.config.renames import renamed_flat
 from cpn_dist.errors import CpnError, MirroredError
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def _defaults_of(config: dict) -> dict[str, Any]:
     """The flat defaults of the run config schema (empty for a config that is not a run config's dict)."""
     from pydantic import ValidationError
 
-    from cpn_dist.config import Config
+    from cpn_dist.config.run import Config
 
     try:
         return flatten(Config.model_validate({"stage": config.get("stage", "cpn")}).to_dict())

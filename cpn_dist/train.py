@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cpn_dist.config import Config
+from cpn_dist.config.run import Config
 from cpn_dist.engine import run_training
 from cpn_dist.launch import run_main
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from cpn_dist.atomic import write_atomic
-from cpn_dist.config import AffinityConfig, CrfConfig
+from cpn_dist.config.run import AffinityConfig, CrfConfig
 from cpn_dist.data.datasets import DatasetInfo, voc
 from cpn_dist.data.voc import NUM_FOREGROUND, save_label_png
 from cpn_dist.dataset_of import record_dataset

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from cpn_dist.affinity import METHODS  # auto, dense, sparse
 from cpn_dist.affinity.pairs import STRIDE, pair_affinities, pair_index
-from cpn_dist.config import AffinityConfig
+from cpn_dist.config.run import AffinityConfig
 from cpn_dist.data.datasets import DatasetInfo, voc
 from cpn_dist.data.inputs import Sample
 from cpn_dist.dataset_of import record_dataset

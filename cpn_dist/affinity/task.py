@@ -26,7 +26,7 @@ import torch
 from cpn_dist import devices
 from cpn_dist.affinity.loss import affinity_loss, pair_counts
 from cpn_dist.affinity.pairs import pair_affinities, pair_labels, reduce_labels
-from cpn_dist.config import Config
+from cpn_dist.config.run import Config
 from cpn_dist.monitor import panel_image, rgb_image, voc_colours
 
 
@@ -48,7 +48,7 @@ class AffinityTask:
 
     def build_model(self):
         from cpn_dist.affinity.model import build_affinity_model
-        from cpn_dist.weights_config import load_start_weights
+        from cpn_dist.config.weights import load_start_weights
 
         model = build_affinity_model(self.cfg.model.backbone, dropout=self.cfg.model.dropout)
         if self.cfg.model.weights:

@@ -72,10 +72,10 @@ def _model(args, device):
     """The CPN of ``--checkpoint``: the model its weights record, or (released weights) the one of
     ``--config`` and ``--backbone``/``--head``; over the classes the weights score (their record, their fc8's
     width, ``--dataset``). Returns (model, load report, config, dataset)."""
+    from cpn_dist.config.weights import load_checked, weights_config
     from cpn_dist.cpn.model import build_model
     from cpn_dist.dataset_of import weights_dataset
     from cpn_dist.models.weights import read_weights
-    from cpn_dist.weights_config import load_checked, weights_config
 
     state, meta = read_weights(args.checkpoint, args.allow_pickle)
     flags = {"model.backbone": ("--backbone", args.backbone), "model.head": ("--head", args.head)}

@@ -29,7 +29,7 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
-from cpn_dist.config import Config
+from cpn_dist.config.run import Config
 from cpn_dist.cpn import loss as L
 from cpn_dist.engine import rng_state, set_rng_state
 from cpn_dist.monitor import image_panel
@@ -109,8 +109,8 @@ class CPNTask:
         return triplet_forward(model, batch, device, self.channels_last, keep_head_inputs)
 
     def build_model(self):
+        from cpn_dist.config.weights import load_start_weights
         from cpn_dist.cpn.model import build_model
-        from cpn_dist.weights_config import load_start_weights
 
         model = build_model(self.cfg.model.backbone, self.cfg.model.head, dropout=self.cfg.model.dropout,
                             num_classes=self.dataset.num_classes)  # fmt: skip

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 if TYPE_CHECKING:
-    from cpn_dist.config import DataConfig
+    from cpn_dist.config.run import DataConfig
 
 
 @dataclass(frozen=True)

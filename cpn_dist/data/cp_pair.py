@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from cpn_dist.config import PatchConfig
+    from cpn_dist.config.run import PatchConfig
 
 
 @dataclass(frozen=True)

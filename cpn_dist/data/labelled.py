@@ -28,7 +28,7 @@ from cpn_dist.data.voc import IGNORE, read_label_png
 from cpn_dist.errors import CpnError
 
 if TYPE_CHECKING:
-    from cpn_dist.config import DataConfig
+    from cpn_dist.config.run import DataConfig
 
 LABELLED_KEYS = ("key", "image", "label", "labels", "valid")
 

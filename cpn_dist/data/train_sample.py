@@ -16,7 +16,7 @@ from cpn_dist.data.seeding import sample_rngs
 from cpn_dist.errors import CpnError
 
 if TYPE_CHECKING:
-    from cpn_dist.config import DataConfig, PatchConfig
+    from cpn_dist.config.run import DataConfig, PatchConfig
     from cpn_dist.data.datasets import DatasetInfo
 
 BATCH_KEYS = ("key", "image", "mask", "valid", "labels", "lam")

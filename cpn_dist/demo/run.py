@@ -121,7 +121,7 @@ class Demo:
 
     def start_weights(self) -> Path | str | None:
         """The shared start: the warm-up's weights, else the config's ``model.weights``."""
-        from cpn_dist.config import load_config
+        from cpn_dist.config.load import load_config
 
         return self.start if self.warm else load_config(self.config, list(self.base)).model.weights
 
@@ -201,7 +201,7 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), config: s
     apply to every run, the warm-up included (e.g. ``train.max_steps=2`` for a smoke test);
     ``voc_root``: a VOC-layout folder to use instead of the synthetic task; ``on_step(name, event)`` hears
     what :meth:`cpn_dist.runner.StepRunner.run` tells."""
-    from cpn_dist.config import load_config
+    from cpn_dist.config.load import load_config
 
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cpn_dist.yaml_io import PACKAGED_CONFIGS
+from cpn_dist.config.yaml_io import PACKAGED_CONFIGS
 
 DEMO_CONFIG = PACKAGED_CONFIGS / "demo.yaml"  # shipped with the package: found from any folder
 # The models of the demo: name → dotted overrides of configs/demo.yaml.

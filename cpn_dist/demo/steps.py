@@ -97,7 +97,7 @@ def initial_weights(path: Path, config: str | Path, overrides: Sequence[str], ba
     import torch
     from torch import nn
 
-    from cpn_dist.config import load_config
+    from cpn_dist.config.load import load_config
     from cpn_dist.cpn.model import build_model
     from cpn_dist.data import build_train_loader
     from cpn_dist.dataset_of import run_dataset
@@ -142,7 +142,7 @@ def train_model(config: str | Path, overrides: Sequence[str], out_dir: Path, ove
     """Step 3: train one model with :func:`cpn_dist.train.train` (``output.dir`` = ``out_dir``); returns
     its final weights. A finished run (``model_final.pth`` present) is kept unless ``overwrite``; an
     interrupted one resumes (:func:`cpn_dist.pipeline_steps.train_owned`)."""
-    from cpn_dist.config import load_config
+    from cpn_dist.config.load import load_config
     from cpn_dist.pipeline_steps import train_owned
 
     final = out_dir / "model_final.pth"
@@ -160,7 +160,7 @@ def infer_cams(weights: Path, config: str | Path, overrides: Sequence[str], voc:
     CAMs for ``head: none``. Images whose file exists are skipped unless ``overwrite``."""
     import torch
 
-    from cpn_dist.config import load_config
+    from cpn_dist.config.load import load_config
     from cpn_dist.cpn.infer import InferSettings, infer_samples
     from cpn_dist.cpn.model import model_for_weights
     from cpn_dist.data.inputs import VocSource
@@ -229,7 +229,7 @@ def premise(weights: Path | str, config: str | Path, overrides: Sequence[str], v
             kinds: Sequence[str] = ("superpixel", "grid")) -> dict[str, dict]:
     """CPN's premise (:func:`cpn_dist.demo.parts.premise_share`) of a model's raw CAM, per patch kind: how often
     the marker-less branch of a CP pair still finds the object."""
-    from cpn_dist.config import load_config
+    from cpn_dist.config.load import load_config
     from cpn_dist.demo.parts import premise_share
 
     cfg = load_config(config, list(overrides))

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from cpn_dist.atomic import write_atomic
-from cpn_dist.config import CrfConfig
+from cpn_dist.config.run import CrfConfig
 from cpn_dist.cpn.infer import IMAGENET_MEAN, IMAGENET_STD, forward_by_shape, scale_inputs
 from cpn_dist.data.datasets import DatasetInfo
 from cpn_dist.data.inputs import Sample

@@ -14,7 +14,7 @@ from __future__ import annotations
 from functools import cached_property
 
 from cpn_dist import devices
-from cpn_dist.config import Config
+from cpn_dist.config.run import Config
 from cpn_dist.monitor import panel_image, rgb_image, voc_colours
 from cpn_dist.segmentation.loss import check_labels, labelled_pixels, segmentation_loss
 
@@ -35,8 +35,8 @@ class SegmentationTask:
         return run_dataset(self.cfg.data, missing_ok=True)  # unreadable shards: the loader says so
 
     def build_model(self):
+        from cpn_dist.config.weights import load_start_weights
         from cpn_dist.segmentation.model import model_from_config
-        from cpn_dist.weights_config import load_start_weights
 
         model = model_from_config(self.cfg, num_classes=self.dataset.num_classes)
         if self.cfg.model.weights:

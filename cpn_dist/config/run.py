@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import difflib
 import re
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from cpn_dist.config_base import Section
-from cpn_dist.config_renames import RENAMED_KEYS
-from cpn_dist.config_sections import (
+from cpn_dist.config.base import Section
+from cpn_dist.config.renames import RENAMED_KEYS
+from cpn_dist.config.sections import (
     BatchConfig,
     DataConfig,
     LogConfig,
@@ -32,16 +31,16 @@ from cpn_dist.config_sections import (
     PatchConfig,
     TrainConfig,
 )
-from cpn_dist.config_stages import AffinityConfig, CrfConfig, SegmentationConfig, SegmentationCrfConfig
+from cpn_dist.config.stages import AffinityConfig, CrfConfig, SegmentationConfig, SegmentationCrfConfig
+from cpn_dist.config.yaml_io import dump_yaml, parse_yaml
 from cpn_dist.errors import ConfigError
-from cpn_dist.yaml_io import dump_yaml, find_config, packaged_config_names, parse_yaml
 
 S = TypeVar("S", bound=Section)
 
 __all__ = [
     "AffinityConfig", "BatchConfig", "Config", "ConfigError", "CrfConfig", "DataConfig", "LogConfig", "LossConfig",
     "ModelConfig", "OptimConfig", "OutputConfig", "PatchConfig", "RENAMED_KEYS", "SegmentationConfig",
-    "SegmentationCrfConfig", "TrainConfig", "all_keys", "apply_override", "describe_error", "key_docs", "load_config",
+    "SegmentationCrfConfig", "TrainConfig", "all_keys", "apply_override", "describe_error", "key_docs",
     "parse_yaml", "suggest_key", "to_yaml", "validate",
 ]  # fmt: skip
 
@@ -227,58 +226,6 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
             raise ConfigError(f"override '{override}': '{'.'.join(path[: i + 1])}' is not a section")
         node = child
     node[path[-1]] = parse_yaml(text, source=f"override {key}")
-
-
-# The two kinds of config file: what each is called and the command that takes it.
-KIND_NAMES = {"run": "a run config", "pipeline": "a pipeline config"}
-KIND_COMMANDS = {"run": "`cpn train --config {name}` trains it", "pipeline": "`cpn pipeline --config {name}` runs it"}
-
-
-def _kinds() -> dict[type[BaseModel], str]:
-    from cpn_dist.pipeline_config import PipelineConfig  # it imports this module
-
-    return {Config: "run", PipelineConfig: "pipeline"}
-
-
-def check_kind(raw: dict[str, Any], source: str, name: str | Path, model: type[BaseModel]) -> None:
-    """Refuse, in one line, a file of the other kind of config than ``model`` (a run config given to
-    ``cpn pipeline``, a pipeline config given to ``cpn train``): every top-level key of ``raw`` is foreign
-    to ``model`` and some belong to the other kind. The line names the command that takes the file and
-    the packaged configs of the kind expected."""
-    kinds = _kinds()
-    if model not in kinds or any(k in model.model_fields for k in raw):
-        return
-    for other, kind in kinds.items():
-        theirs = [k for k in raw if k in other.model_fields]
-        if other is model or not theirs:
-            continue
-        shown = ", ".join(f"{k}:" for k in theirs[:3]) + (" …" if len(theirs) > 3 else "")
-        expected = kinds[model]
-        raise ConfigError(f"{source}: {KIND_NAMES[kind]} (it has {shown}), not {KIND_NAMES[expected]}; "
-                          f"{KIND_COMMANDS[kind].format(name=name)}. Packaged {expected} configs: "
-                          f"{', '.join(packaged_config_names(expected))}")  # fmt: skip
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-                model: type[S] = Config, what: str = "config file") -> S:  # fmt: skip
-    """Read a YAML config (a path, or a packaged config's name: see :func:`cpn_dist.yaml_io.find_config`;
-    defaults when ``path`` is None), apply dotted overrides, and validate it as ``model`` (a run
-    :class:`Config` unless told; :func:`cpn_dist.pipeline_config.load_pipeline_config` reads pipeline
-    configs through here). Raises :class:`ConfigError` with a one-line message on any problem."""
-    raw: dict[str, Any] = {}
-    source = "config"
-    if path is not None:
-        p = find_config(path, what, _kinds().get(model))
-        source = str(p)
-        raw = parse_yaml(p.read_text(), source=source)
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{source}: the top level must be a mapping of sections")
-        check_kind(raw, source, path, model)
-    for override in overrides:
-        apply_override(raw, override)
-    return validate(raw, source=source, model=model)
 
 
 def to_yaml(config: Config) -> str:

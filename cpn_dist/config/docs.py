@@ -17,7 +17,7 @@ import annotated_types
 from pydantic import AfterValidator, BaseModel
 from pydantic.fields import FieldInfo
 
-from cpn_dist.config_base import ascending
+from cpn_dist.config.base import ascending
 
 __all__ = ["config_reference", "leaf_fields", "render_default", "render_type"]
 
@@ -181,7 +181,7 @@ def _sections(model: type[BaseModel]) -> dict[str, tuple[list[str], list[str]]]:
 
 def config_reference() -> str:
     """The markdown of ``docs/configuration.md``: every run and pipeline config key once."""
-    from cpn_dist.config import Config
+    from cpn_dist.config.run import Config
     from cpn_dist.pipeline_config import PipelineConfig
 
     out = [_HEADER]

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from cpn_dist.config_base import NonNegativeFloat, Pair, PositiveFloat, PositiveInt, Section
+from cpn_dist.config.base import NonNegativeFloat, Pair, PositiveFloat, PositiveInt, Section
 
 
 class PatchConfig(Section):

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from cpn_dist.config_base import PositiveFloat, PositiveInt, Section
+from cpn_dist.config.base import PositiveFloat, PositiveInt, Section
 
 
 class CrfConfig(Section):

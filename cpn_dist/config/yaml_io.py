@@ -23,7 +23,7 @@ import yaml
 
 from cpn_dist.errors import ConfigError
 
-PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+PACKAGED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 class _Loader(yaml.SafeLoader):

@@ -36,8 +36,9 @@ def weights_config(path: str | Path, meta: dict | None, stage: str, config: str 
     """The run config to build the model of weights file ``path`` (with metadata ``meta``) from, for a
     command that needs a model of ``stage``. ``flags``: ``{dotted key: (flag name, value or None)}``,
     e.g. ``{"model.head": ("--head", "paper")}``."""
-    from cpn_dist.config import apply_override, load_config, validate
-    from cpn_dist.config_renames import renamed_tree
+    from cpn_dist.config.load import load_config
+    from cpn_dist.config.renames import renamed_tree
+    from cpn_dist.config.run import apply_override, validate
 
     flags = {k: v for k, v in (flags or {}).items() if v[1] is not None}
     if meta is None or not isinstance(meta.get("config"), dict):
