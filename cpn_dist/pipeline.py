@@ -46,8 +46,8 @@ from cpn_dist.pipeline_config import (  # noqa: F401  (the pipeline config's nam
 )
 from cpn_dist.pipeline_stages import STAGE2, STEPS, TABLE  # noqa: F401  (STAGE2, STEPS: importable from here)
 from cpn_dist.pipeline_steps import PipelineResult, StageScore, stage_score, step_settings, train_owned
-from cpn_dist.runlock import lock_on_main
 from cpn_dist.runner import StepRunner
+from cpn_dist.training.runlock import lock_on_main
 
 log = logging.getLogger(__name__)
 

@@ -76,7 +76,7 @@ def stage_score(stage: str, split: str, images: int, summary: dict, note: str = 
 def step_settings(p, name: str) -> dict[str, Any]:
     """What step ``name`` of pipeline ``p`` depends on besides the steps before it: the settings it reads and
     fingerprints of its inputs from outside the work folder (see :mod:`cpn_dist.pipeline_steps`)."""
-    from cpn_dist.run_start import NO_EFFECT, flatten
+    from cpn_dist.training.run_start import NO_EFFECT, flatten
 
     c = p.cfg
 
@@ -120,9 +120,9 @@ def other_run(out: Path, cfg) -> bool:
     """Whether ``out`` holds the checkpoints or final weights of a run whose config differs from ``cfg`` in
     what changes its result (run length included: the pipeline's step must then run again), or checkpoints
     that record no config (an older version's: nothing says they are of this run)."""
-    from cpn_dist.checkpoint import complete_checkpoints, read_state
     from cpn_dist.models.weights import read_weights_metadata
-    from cpn_dist.run_start import NO_EFFECT, config_changes
+    from cpn_dist.training.checkpoint import complete_checkpoints, read_state
+    from cpn_dist.training.run_start import NO_EFFECT, config_changes
 
     done = complete_checkpoints(out)
     recorded = read_state(done[-1]).get("config") if done else None
@@ -146,8 +146,8 @@ def train_owned(cfg, redo: str, afresh: bool = False, procs=None) -> Path:
     clears the folder, then all meet at a barrier); None: this process alone."""
     import shutil
 
-    from cpn_dist.checkpoint import complete_checkpoints, read_state
-    from cpn_dist.train import train
+    from cpn_dist.training.checkpoint import complete_checkpoints, read_state
+    from cpn_dist.training.tasks import train
 
     out = Path(cfg.output.dir)
     if (procs is None or procs.main) and out.exists() and (afresh or other_run(out, cfg)):

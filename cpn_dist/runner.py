@@ -166,7 +166,7 @@ class StepRunner:
         """Run the table: every configured step (or only ``only``) minus ``skip``; ``redo``: that step and
         every later one afresh. ``on_step(name, event)`` hears "start", "ran", "done before", "skipped",
         "not configured" and "stale: <why>"."""
-        from cpn_dist.runlock import share_from_main
+        from cpn_dist.training.runlock import share_from_main
 
         self.check([*(only or ()), *skip, *([redo] if redo else [])])
         procs, tell = self.procs, on_step or (lambda name, event: None)
@@ -214,7 +214,7 @@ class StepRunner:
     def _run_step(self, step: Step, settings: dict, ids: dict, tell) -> StepReport:
         import time
 
-        from cpn_dist.runlock import share_from_main
+        from cpn_dist.training.runlock import share_from_main
 
         procs = self.procs
         tell(step.name, "start")

@@ -237,7 +237,7 @@ def test_pipeline_configs_go_through_the_run_config_loader():
 
 def test_a_renamed_key_fails_naming_its_new_name_and_recorded_configs_still_load():
     from cpn_dist.config.renames import RENAMED_KEYS, renamed_flat, renamed_tree
-    from cpn_dist.run_start import config_changes
+    from cpn_dist.training.run_start import config_changes
 
     for old, new in RENAMED_KEYS.items():
         assert new in all_keys() and old not in all_keys()

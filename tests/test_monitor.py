@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from cpn_dist import monitor
+from cpn_dist.training import monitor
 
 
 @pytest.mark.parametrize(("name", "precision", "peak"), [

@@ -130,7 +130,7 @@ def _task(config, *overrides):
     import importlib
 
     from cpn_dist.config import load_config
-    from cpn_dist.train import STAGES
+    from cpn_dist.training.tasks import STAGES
 
     cfg = load_config(config, list(overrides))
     module, _, name = STAGES[cfg.stage].partition(":")

@@ -215,7 +215,7 @@ def test_a_changed_setting_reruns_the_stale_step_and_every_later_one(done, tmp_p
 def test_a_second_pipeline_into_one_work_dir_fails_fast(done):
     import os
 
-    from cpn_dist.runlock import DirLock
+    from cpn_dist.training.runlock import DirLock
 
     before = _mtimes(done["work"] / "steps")
     holder = rf"in use by another run \(pid {os.getpid()} on"

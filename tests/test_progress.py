@@ -164,7 +164,7 @@ def test_each_process_sets_and_logs_its_threads_and_warns_once_on_a_loaded_cpu(c
 
 
 def test_the_cli_logs_its_thread_choice_and_honours_threads(synth_voc, cpn_weights, tmp_path, torch_threads):
-    from cpn_dist.launch import run_main
+    from cpn_dist.train import run_main
 
     names = read_split(synth_voc / "ImageSets" / "Segmentation" / "val.txt")[:1]
     (tmp_path / "list.txt").write_text("\n".join(names) + "\n")

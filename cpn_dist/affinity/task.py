@@ -27,7 +27,7 @@ from cpn_dist import devices
 from cpn_dist.affinity.loss import affinity_loss, pair_counts
 from cpn_dist.affinity.pairs import pair_affinities, pair_labels, reduce_labels
 from cpn_dist.config.run import Config
-from cpn_dist.monitor import panel_image, rgb_image, voc_colours
+from cpn_dist.training.monitor import panel_image, rgb_image, voc_colours
 
 
 class AffinityTask:

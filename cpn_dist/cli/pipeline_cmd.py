@@ -44,8 +44,8 @@ def score_table(scores, title: str = "mIoU after each stage") -> Table:
 def _run(args) -> int:
     import logging
 
-    from cpn_dist.launch import quiet_libraries
     from cpn_dist.pipeline import Pipeline, load_pipeline_config
+    from cpn_dist.training.launch import quiet_libraries
 
     logging.getLogger("cpn_dist").setLevel(logging.INFO)
     quiet_libraries()

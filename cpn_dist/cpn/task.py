@@ -31,8 +31,8 @@ import torch.nn.functional as F
 
 from cpn_dist.config.run import Config
 from cpn_dist.cpn import loss as L
-from cpn_dist.engine import rng_state, set_rng_state
-from cpn_dist.monitor import image_panel
+from cpn_dist.training.engine import rng_state, set_rng_state
+from cpn_dist.training.monitor import image_panel
 
 __all__ = ["CPNTask", "HeadOnlyWindow", "triplet_forward", "triplet_input"]
 

@@ -15,8 +15,8 @@ from functools import cached_property
 
 from cpn_dist import devices
 from cpn_dist.config.run import Config
-from cpn_dist.monitor import panel_image, rgb_image, voc_colours
 from cpn_dist.segmentation.loss import check_labels, labelled_pixels, segmentation_loss
+from cpn_dist.training.monitor import panel_image, rgb_image, voc_colours
 
 
 class SegmentationTask:

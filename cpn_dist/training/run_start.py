@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cpn_dist.checkpoint import complete_checkpoints, read_state, resolve_resume
 from cpn_dist.config.renames import renamed_flat
 from cpn_dist.errors import CpnError, MirroredError
+from cpn_dist.training.checkpoint import complete_checkpoints, read_state, resolve_resume
 
 log = logging.getLogger(__name__)
 
@@ -232,8 +232,8 @@ def check_world(ckpt: Path, world: tuple[int, str] | None) -> None:
 def start_plan(acc, cfg, resume: str | None, restart: bool) -> StartPlan:
     """How the run starts (:func:`plan_start`), decided by the main process for every process; a
     checkpoint whose files would run code when loaded is refused (:mod:`cpn_dist.safe_torch`)."""
-    from cpn_dist.runlock import share_from_main
     from cpn_dist.safe_torch import check_checkpoint_folder
+    from cpn_dist.training.runlock import share_from_main
 
     decision = None
     if acc.is_main_process:

@@ -35,14 +35,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from cpn_dist.checkpoint import read_state, save_checkpoint, save_weights
 from cpn_dist.config.run import Config, to_yaml
 from cpn_dist.devices import announce_threads
 from cpn_dist.errors import CpnError
-from cpn_dist.launch import accumulation_steps, make_accelerator, set_batch_layout
-from cpn_dist.monitor import Monitor, peak_flops_per_device, peak_memory_bytes
-from cpn_dist.optim import LrSchedule, build_optimizer, describe_schedule, set_group_lrs
-from cpn_dist.stop_signals import StopFlag
+from cpn_dist.training.checkpoint import read_state, save_checkpoint, save_weights
+from cpn_dist.training.launch import accumulation_steps, make_accelerator, set_batch_layout
+from cpn_dist.training.monitor import Monitor, peak_flops_per_device, peak_memory_bytes
+from cpn_dist.training.optim import LrSchedule, build_optimizer, describe_schedule, set_group_lrs
+from cpn_dist.training.stop_signals import StopFlag
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,8 @@ def run_training(cfg: Config, task: Task, resume: str | None = None, restart: bo
     checkpoint folder) and ``restart`` (delete the folder's checkpoints first) decide how the run starts
     there, with the checkpoints it holds: see :func:`cpn_dist.run_start.plan_start`. A finished run
     returns its final weights at once, changing no file."""
-    from cpn_dist.run_start import start_plan
-    from cpn_dist.runlock import lock_on_main
+    from cpn_dist.training.run_start import start_plan
+    from cpn_dist.training.runlock import lock_on_main
 
     acc = make_accelerator(cfg)
     lock = lock_on_main(cfg.output.dir, "output.dir", acc.is_main_process, acc.num_processes, record=False)
@@ -102,8 +102,8 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
     from accelerate.utils import DistributedType, set_seed
 
     from cpn_dist.data.loader import epoch_steps
-    from cpn_dist.run_start import run_length, run_length_source
-    from cpn_dist.tensorboard_run import STATE_KEY, run_name, start_run
+    from cpn_dist.training.run_start import run_length, run_length_source
+    from cpn_dist.training.tensorboard_run import STATE_KEY, run_name, start_run
 
     # ---- set-up -------------------------------------------------------------------------------
     world_size, rank, device = acc.num_processes, acc.process_index, acc.device
@@ -265,7 +265,7 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
     # plain keys, as the released code names them (torch.compile adds an "_orig_mod." prefix)
     state_dict = {k.replace("_orig_mod.", ""): v for k, v in acc.get_state_dict(model).items()}
     if acc.is_main_process:
-        from cpn_dist.run_start import weights_metadata
+        from cpn_dist.training.run_start import weights_metadata
 
         save_weights(state_dict, final, metadata=weights_metadata(cfg, dataset))
         _write_summary(out_dir / SUMMARY_NAME, global_step, run_steps, run_sums)
