@@ -64,7 +64,7 @@ def test_configuration_reference_is_generated_and_lists_every_key_once(tmp_path)
     """docs/configuration.md is exactly what `cpn config docs` writes (so it fails when a key or a
     description changes without regenerating it), and it has one row per run and pipeline config key."""
     from cpn_dist.config.docs import config_reference, leaf_fields
-    from cpn_dist.pipeline_config import PipelineConfig
+    from cpn_dist.pipeline.config import PipelineConfig
 
     page = (ROOT / "docs" / "configuration.md").read_text()
     assert page == config_reference(), "stale: run `cpn config docs --out docs/configuration.md`"
@@ -219,7 +219,7 @@ def test_element_checks_name_the_key_and_the_index():
 
 
 def test_pipeline_configs_go_through_the_run_config_loader():
-    from cpn_dist.pipeline_config import load_pipeline_config
+    from cpn_dist.config.load import load_pipeline_config
 
     for override, expected in (
         ("pack.shard_sise=3", "unknown key 'pack.shard_sise' (did you mean 'pack.shard_size'?)"),

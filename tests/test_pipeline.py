@@ -233,8 +233,8 @@ def test_a_bad_beta_sweep_fails_when_the_config_is_read(done):
 
 def test_the_issues_settings_changes_make_their_steps_stale(done):
     """A CPN max_steps change stales train_cpn; new CAM scales stale cams; a log setting stales nothing."""
-    from cpn_dist.pipeline_steps import step_settings
-    from cpn_dist.runner import stale_reasons
+    from cpn_dist.pipeline.runner import stale_reasons
+    from cpn_dist.pipeline.steps import step_settings
 
     def changes(step, *overrides):
         before = step_settings(Pipeline(load_pipeline_config(done["config"])), step)

@@ -182,7 +182,7 @@ def _sections(model: type[BaseModel]) -> dict[str, tuple[list[str], list[str]]]:
 def config_reference() -> str:
     """The markdown of ``docs/configuration.md``: every run and pipeline config key once."""
     from cpn_dist.config.run import Config
-    from cpn_dist.pipeline_config import PipelineConfig
+    from cpn_dist.pipeline.config import PipelineConfig
 
     out = [_HEADER]
     for intro, model, top_title in ((_RUN_INTRO, Config, "top level"),

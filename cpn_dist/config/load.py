@@ -4,6 +4,7 @@ apply dotted overrides, refuse a file of the other kind in one line, validate.""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from pydantic import BaseModel
 from cpn_dist.config.run import Config, S, apply_override, validate
 from cpn_dist.config.yaml_io import find_config, packaged_config_names, parse_yaml
 from cpn_dist.errors import ConfigError
+from cpn_dist.pipeline.config import PipelineConfig
 
 # The two kinds of config file: what each is called and the command that takes it.
 KIND_NAMES = {"run": "a run config", "pipeline": "a pipeline config"}
@@ -19,8 +21,6 @@ KIND_COMMANDS = {"run": "`cpn train --config {name}` trains it", "pipeline": "`c
 
 
 def _kinds() -> dict[type[BaseModel], str]:
-    from cpn_dist.pipeline_config import PipelineConfig  # it imports this module
-
     return {Config: "run", PipelineConfig: "pipeline"}
 
 
@@ -63,3 +63,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for override in overrides:
         apply_override(raw, override)
     return validate(raw, source=source, model=model)
+
+
+def load_pipeline_config(path: str | Path, overrides: Sequence[str] = ()) -> PipelineConfig:
+    """Read and validate a pipeline config (a path or a packaged name, e.g. ``pipeline_demo``) with dotted
+    overrides, through the loader of run configs (:func:`load_config`); relative paths in it
+    are relative to the working directory, run configs are paths or packaged names. Errors are one line
+    naming the file and the dotted key."""
+    return load_config(path, overrides, model=PipelineConfig, what="pipeline config")

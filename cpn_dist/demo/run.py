@@ -50,7 +50,7 @@ from cpn_dist.demo.steps import (
     warm_up,
 )
 from cpn_dist.errors import CpnError
-from cpn_dist.runner import Step, StepRunner, relative_to
+from cpn_dist.pipeline.runner import Step, StepRunner, relative_to
 
 
 def eval_names(voc: Path, settings: DemoSettings) -> list[str]:

@@ -143,7 +143,7 @@ def train_model(config: str | Path, overrides: Sequence[str], out_dir: Path, ove
     its final weights. A finished run (``model_final.pth`` present) is kept unless ``overwrite``; an
     interrupted one resumes (:func:`cpn_dist.pipeline_steps.train_owned`)."""
     from cpn_dist.config.load import load_config
-    from cpn_dist.pipeline_steps import train_owned
+    from cpn_dist.pipeline.steps import train_owned
 
     final = out_dir / "model_final.pth"
     if final.is_file() and not overwrite:

@@ -28,12 +28,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cpn_dist.atomic import write_json
-from cpn_dist.config.load import load_config
+from cpn_dist.config.load import load_config, load_pipeline_config  # noqa: F401  (importable from here)
 from cpn_dist.config.renames import renamed_flat
 from cpn_dist.config.run import ConfigError
 from cpn_dist.config.yaml_io import find_config, packaged_config_names
 from cpn_dist.errors import CpnError
-from cpn_dist.pipeline_config import (  # noqa: F401  (the pipeline config's names, importable from here)
+from cpn_dist.pipeline.config import (  # noqa: F401  (the pipeline config's names, importable from here)
     CamSettings,
     PackSettings,
     PipelineConfig,
@@ -42,11 +42,10 @@ from cpn_dist.pipeline_config import (  # noqa: F401  (the pipeline config's nam
     RunOverrides,
     RunWeights,
     SplitsConfig,
-    load_pipeline_config,
 )
-from cpn_dist.pipeline_stages import STAGE2, STEPS, TABLE  # noqa: F401  (STAGE2, STEPS: importable from here)
-from cpn_dist.pipeline_steps import PipelineResult, StageScore, stage_score, step_settings, train_owned
-from cpn_dist.runner import StepRunner
+from cpn_dist.pipeline.runner import StepRunner
+from cpn_dist.pipeline.stages import STAGE2, STEPS, TABLE  # noqa: F401  (STAGE2, STEPS: importable from here)
+from cpn_dist.pipeline.steps import PipelineResult, StageScore, stage_score, step_settings, train_owned
 from cpn_dist.training.runlock import lock_on_main
 
 log = logging.getLogger(__name__)
@@ -235,11 +234,3 @@ class Pipeline:
 def run_pipeline(cfg: PipelineConfig, **kwargs) -> PipelineResult:
     """Run the pipeline of ``cfg`` (see :meth:`Pipeline.run` for the arguments)."""
     return Pipeline(cfg).run(**kwargs)
-
-
-if __name__ == "__main__":  # `accelerate launch -m cpn_dist.pipeline --config ...` runs `cpn pipeline`
-    import sys
-
-    from cpn_dist.cli import main
-
-    sys.exit(main(["pipeline", *sys.argv[1:]]))

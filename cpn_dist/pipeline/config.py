@@ -7,17 +7,14 @@ when the config is read, before any step runs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
 from cpn_dist.config.base import Section
-from cpn_dist.config.load import load_config
 from cpn_dist.errors import CpnError
 from cpn_dist.labels import cam_store
-from cpn_dist.pipeline_stages import STEPS
+from cpn_dist.pipeline.stages import STEPS
 
 
 def _parsed_sweep(text: str) -> str:
@@ -116,11 +113,3 @@ class PipelineConfig(Section):
         if self.segmentation_labels == "rw" and self.configs.affinity is None:
             raise ValueError("segmentation_labels: 'rw' needs configs.affinity (stage 2)")
         return self
-
-
-def load_pipeline_config(path: str | Path, overrides: Sequence[str] = ()) -> PipelineConfig:
-    """Read and validate a pipeline config (a path or a packaged name, e.g. ``pipeline_demo``) with dotted
-    overrides, through the loader of run configs (:func:`cpn_dist.config.load_config`); relative paths in it
-    are relative to the working directory, run configs are paths or packaged names. Errors are one line
-    naming the file and the dotted key."""
-    return load_config(path, overrides, model=PipelineConfig, what="pipeline config")

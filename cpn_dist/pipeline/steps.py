@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cpn_dist.runner import StepReport, relative_to
+from cpn_dist.pipeline.runner import StepReport, relative_to
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ import logging
 
 from cpn_dist.atomic import write_json
 from cpn_dist.errors import CpnError
-from cpn_dist.pipeline_steps import stage_score
-from cpn_dist.runner import Step
+from cpn_dist.pipeline.runner import Step
+from cpn_dist.pipeline.steps import stage_score
 
 log = logging.getLogger(__name__)
 
