@@ -37,9 +37,9 @@ from rich.console import Console
 from rich.table import Table
 from scipy import ndimage
 
-from cpn_dist.data.synth import SHAPES
-from cpn_dist.data.synth_draw import shape_mask, void_border
-from cpn_dist.data.voc import IGNORE, NUM_CLASSES, NUM_FOREGROUND, save_label_png
+from cpn_dist.data.datasets.voc import IGNORE, NUM_CLASSES, NUM_FOREGROUND, save_label_png
+from cpn_dist.data.synth.draw import shape_mask, void_border
+from cpn_dist.data.synth.voc import SHAPES
 from cpn_dist.labels.cams import load_cams, normalise_released, save_cams
 from cpn_dist.labels.evaluate import parse_betas, sweep
 

@@ -239,9 +239,9 @@ def bench_agreement(args, device) -> dict:
 
 def bench_inference(args, device, work: Path) -> list[dict]:
     from cpn_dist.cpn.infer import InferSettings, infer_samples
+    from cpn_dist.data.datasets.voc import read_split
     from cpn_dist.data.inputs import VocSource
-    from cpn_dist.data.synth import synthesize_voc
-    from cpn_dist.data.voc import read_split
+    from cpn_dist.data.synth.voc import synthesize_voc
 
     voc = synthesize_voc(work / "infer_voc", args.infer_images, size=args.infer_size, seed=0,
                          workers=min(8, os.cpu_count() or 1), overwrite=True)  # fmt: skip
@@ -268,8 +268,8 @@ def bench_inference(args, device, work: Path) -> list[dict]:
 
 def bench_training_run(args, device, work: Path) -> dict:
     """A short `cpn train` through Accelerate and the real loader on packed synthetic images."""
-    from cpn_dist.data.pack import pack_split
-    from cpn_dist.data.synth import synthesize_voc
+    from cpn_dist.data.shards.pack import pack_split
+    from cpn_dist.data.synth.voc import synthesize_voc
     from cpn_dist.train import train
     from cpn_dist.training.launch import quiet_libraries
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from cpn_dist.data.voc import read_split
+from cpn_dist.data.datasets.voc import read_split
 from tests.conftest import ROOT
 from tests.train_support import pack_shards, tiny_config
 

@@ -33,9 +33,9 @@ import numpy as np
 
 from cpn_dist.atomic import write_atomic
 from cpn_dist.config.run import AffinityConfig, CrfConfig
-from cpn_dist.data.datasets import DatasetInfo, voc
-from cpn_dist.data.voc import NUM_FOREGROUND, save_label_png
-from cpn_dist.dataset_of import record_dataset
+from cpn_dist.data.datasets.info import DatasetInfo, voc
+from cpn_dist.data.datasets.recorded import record_dataset
+from cpn_dist.data.datasets.voc import NUM_FOREGROUND, save_label_png
 from cpn_dist.errors import CpnError
 from cpn_dist.labels.cams import CAM_NORMS, cam_file, load_cams, normalise_cams
 from cpn_dist.labels.pseudo import confident_label, pseudo_label

@@ -42,7 +42,7 @@ class AffinityTask:
     @cached_property
     def dataset(self):
         """The dataset of the run's shards: the label values (0..C-1, 255) and what the weights record."""
-        from cpn_dist.dataset_of import run_dataset
+        from cpn_dist.data.datasets.recorded import run_dataset
 
         return run_dataset(self.cfg.data, missing_ok=True)  # unreadable shards: the loader says so
 
@@ -57,7 +57,7 @@ class AffinityTask:
 
     def loader(self, *, micro_size, global_size, rank, world_size, epoch, start_step):
         from cpn_dist.data import build_train_loader
-        from cpn_dist.data.labelled import LabelledSampleMaker
+        from cpn_dist.data.loading.labelled import LabelledSampleMaker
 
         maker = LabelledSampleMaker.from_config(self.cfg.data, self.cfg.affinity.labels, self.cfg.train.seed, epoch)
         return build_train_loader(self.cfg.data, micro_size=micro_size, global_size=global_size, rank=rank,

@@ -141,7 +141,7 @@ def positive_int(text: str) -> int:
 def add_dataset_argument(p, help: str = "the classes of the CAMs / labels (default: the dataset.json of the "
                          "folders read; none: voc)") -> None:  # fmt: skip
     """``--dataset voc|coco``: which classes (:func:`cpn_dist.data.datasets.by_name`) where nothing records them."""
-    from cpn_dist.data.datasets import BUILT_IN
+    from cpn_dist.data.datasets.info import BUILT_IN
 
     p.add_argument("--dataset", choices=tuple(BUILT_IN), default=None, help=help)
 

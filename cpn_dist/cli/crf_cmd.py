@@ -78,7 +78,7 @@ def add_folder_arguments(p) -> None:
 
 
 def image_names(args) -> list[str]:
-    from cpn_dist.data.voc import read_split
+    from cpn_dist.data.datasets.voc import read_split
     from cpn_dist.labels.cams import cam_names
 
     if args.list:
@@ -91,7 +91,7 @@ def image_names(args) -> list[str]:
 
 def cams_dataset(args):
     """The dataset of ``--cams`` (``--dataset``, else its dataset.json, else VOC)."""
-    from cpn_dist.dataset_of import folders_dataset
+    from cpn_dist.data.datasets.recorded import folders_dataset
 
     return folders_dataset(args.dataset, args.cams)
 

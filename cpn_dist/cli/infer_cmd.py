@@ -74,7 +74,7 @@ def _model(args, device):
     width, ``--dataset``). Returns (model, load report, config, dataset)."""
     from cpn_dist.config.weights import load_checked, weights_config
     from cpn_dist.cpn.model import build_model
-    from cpn_dist.dataset_of import weights_dataset
+    from cpn_dist.data.datasets.recorded import weights_dataset
     from cpn_dist.models.weights import read_weights
 
     state, meta = read_weights(args.checkpoint, args.allow_pickle)
@@ -89,9 +89,9 @@ def _model(args, device):
 
 def _source_dataset(args):
     """The dataset of the input's labels: the shards' (their meta.json), VOC for a VOC folder."""
-    from cpn_dist.data.datasets import voc
+    from cpn_dist.data.datasets.info import voc
     from cpn_dist.data.inputs import is_shard_source
-    from cpn_dist.data.shards import shards_dataset
+    from cpn_dist.data.shards.reader import shards_dataset
 
     if args.shards and is_shard_source(args.shards):
         return shards_dataset(args.shards)
@@ -102,8 +102,8 @@ def _run(args) -> int:
     from accelerate import PartialState
 
     from cpn_dist.cpn.infer import InferSettings, infer_samples
-    from cpn_dist.data.datasets import FOLDER_FILE, read_folder_dataset
-    from cpn_dist.dataset_of import record_dataset, same_classes
+    from cpn_dist.data.datasets.info import FOLDER_FILE, read_folder_dataset
+    from cpn_dist.data.datasets.recorded import record_dataset, same_classes
     from cpn_dist.devices import use_cpu
     from cpn_dist.labels.cams import cam_names
 

@@ -73,7 +73,7 @@ def _run(args) -> int:
     from cpn_dist.affinity.random_walk import walk_samples
     from cpn_dist.cli.inference import check_found, per_process, run_share
     from cpn_dist.config.weights import load_checked, weights_config
-    from cpn_dist.dataset_of import folders_dataset
+    from cpn_dist.data.datasets.recorded import folders_dataset
     from cpn_dist.devices import use_cpu
     from cpn_dist.models.weights import read_weights
 

@@ -83,7 +83,7 @@ def _run(args) -> int:
     from accelerate import PartialState
 
     from cpn_dist.cli.inference import check_found, infer_source, parse_scales, per_process, run_share
-    from cpn_dist.dataset_of import weights_dataset
+    from cpn_dist.data.datasets.recorded import weights_dataset
     from cpn_dist.devices import use_cpu
     from cpn_dist.segmentation.infer import segment_samples, segment_settings
 

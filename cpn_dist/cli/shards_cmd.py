@@ -35,7 +35,7 @@ def print_findings(split: str, problems: list[tuple[str, str]], warnings: list[t
 
 
 def _verify(args) -> int:
-    from cpn_dist.data.verify import total_samples, verify_shards
+    from cpn_dist.data.shards.verify import total_samples, verify_shards
     from cpn_dist.progress import Progress
 
     total = total_samples(args.dir, args.split)
@@ -55,8 +55,8 @@ def _verify(args) -> int:
 
 def _info(args) -> int:
     from cpn_dist.cli.coco_cmd import describe_protocol
-    from cpn_dist.data.datasets import from_meta
-    from cpn_dist.data.shards import read_meta
+    from cpn_dist.data.datasets.info import from_meta
+    from cpn_dist.data.shards.reader import read_meta
 
     meta = read_meta(args.dir)
     dataset = from_meta(meta)

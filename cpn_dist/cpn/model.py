@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cpn_dist.cpn import head as cpn_head
-from cpn_dist.data.voc import NUM_CLASSES  # VOC's, the default width of fc8
+from cpn_dist.data.datasets.voc import NUM_CLASSES  # VOC's, the default width of fc8
 from cpn_dist.errors import CpnError
 from cpn_dist.models import BACKBONES
 from cpn_dist.models.base import BackboneNet, as_weight_dtype, float32_conv
@@ -144,8 +144,8 @@ def model_for_weights(path, backbone: str, head: str, *, dropout: float = 0.0, a
     dataset they record, else as many as their ``fc8`` has (:func:`cpn_dist.dataset_of.weights_dataset`), else
     ``fallback`` (a :class:`~cpn_dist.data.datasets.DatasetInfo`, or a function giving one, asked only then;
     None: VOC) for weights without a classifier (a backbone's ImageNet weights) — with those weights loaded."""
-    from cpn_dist.data.datasets import voc
-    from cpn_dist.dataset_of import weights_dataset
+    from cpn_dist.data.datasets.info import voc
+    from cpn_dist.data.datasets.recorded import weights_dataset
     from cpn_dist.models.weights import load_state, read_weights, resolve_weights
 
     path = resolve_weights(path, backbone)

@@ -99,7 +99,7 @@ class CPNTask:
     @cached_property
     def dataset(self):
         """The dataset of the run's shards: C, the width of ``fc8``, and what the weights record."""
-        from cpn_dist.dataset_of import run_dataset
+        from cpn_dist.data.datasets.recorded import run_dataset
 
         return run_dataset(self.cfg.data, missing_ok=True)  # unreadable shards: the loader says so
 

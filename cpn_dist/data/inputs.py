@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cpn_dist.data.datasets import DatasetInfo, voc
-from cpn_dist.data.voc import labels_from_names, read_label_png, read_labels_file, read_xml_objects, voc_folder
+from cpn_dist.data.datasets.info import DatasetInfo, voc
+from cpn_dist.data.datasets.voc import labels_from_names, read_label_png, read_labels_file, read_xml_objects, voc_folder
 from cpn_dist.errors import CpnError
 
 
@@ -84,7 +84,7 @@ class ShardSource:
     ``names`` restricts (and orders the check of) the images read; ``None`` = every sample."""
 
     def __init__(self, source: str | Path, split: str | None = None, names: Sequence[str] | None = None):
-        from cpn_dist.data import shards
+        from cpn_dist.data.shards import reader as shards
 
         self.source = str(source)
         if not shards.is_remote(self.source) and Path(self.source).is_file():
@@ -99,8 +99,8 @@ class ShardSource:
                 image: bool = True, labels: bool = True, gt: bool = False) -> Iterator[Sample]:  # fmt: skip
         """This rank's share of the wanted samples (every ``world``-th in shard order, from
         ``rank``), minus ``skip``; only the members asked for are decoded."""
-        from cpn_dist.data import shards
-        from cpn_dist.data.members import decode_members
+        from cpn_dist.data.shards import reader as shards
+        from cpn_dist.data.shards.members import decode_members
 
         members = {"jpg"} if image else set()
         if labels:

@@ -54,7 +54,7 @@ from cpn_dist.pipeline.runner import Step, StepRunner, relative_to
 
 
 def eval_names(voc: Path, settings: DemoSettings) -> list[str]:
-    from cpn_dist.data.voc import read_split
+    from cpn_dist.data.datasets.voc import read_split
 
     names = read_split(voc / "ImageSets" / "Segmentation" / f"{settings.eval_split}.txt")
     return names[: settings.eval_images] if settings.eval_images else names

@@ -29,7 +29,7 @@ class DemoData:
 
     @property
     def has_parts(self) -> bool:
-        from cpn_dist.data.synth import PART_FOLDER
+        from cpn_dist.data.synth.voc import PART_FOLDER
 
         return (self.voc / PART_FOLDER).is_dir()
 
@@ -43,7 +43,7 @@ def describe_data(out: Path, settings: DemoSettings, voc_root: str | Path | None
     synthetic task; ``voc_root`` (checked to be a VOC layout folder) and ``out/shards`` for a user's folder."""
     if voc_root is None:
         return DemoData(out / "VOC2012", out / "shards", "train_aug", settings.task)
-    from cpn_dist.data.voc import voc_folder
+    from cpn_dist.data.datasets.voc import voc_folder
 
     voc = voc_folder(Path(voc_root).resolve())
     lists = voc / "ImageSets" / "Segmentation"
@@ -56,10 +56,10 @@ def make_data(out: Path, settings: DemoSettings, overwrite: bool = False,
               voc_root: str | Path | None = None) -> DemoData:  # fmt: skip
     """Step 1: the VOC folder — ``settings.task`` synthesised into ``out/VOC2012``, or ``voc_root`` as it
     is — and its training split packed into ``out/shards``."""
-    from cpn_dist.data.pack import pack_split
-    from cpn_dist.data.pack_source import find_source
-    from cpn_dist.data.shards import META_NAME
-    from cpn_dist.data.synth import synthesize_voc
+    from cpn_dist.data.shards.pack import pack_split
+    from cpn_dist.data.shards.pack_source import find_source
+    from cpn_dist.data.shards.reader import META_NAME
+    from cpn_dist.data.synth.voc import synthesize_voc
     from cpn_dist.progress import Progress
 
     data = describe_data(out, settings, voc_root)
@@ -100,7 +100,7 @@ def initial_weights(path: Path, config: str | Path, overrides: Sequence[str], ba
     from cpn_dist.config.load import load_config
     from cpn_dist.cpn.model import build_model
     from cpn_dist.data import build_train_loader
-    from cpn_dist.dataset_of import run_dataset
+    from cpn_dist.data.datasets.recorded import run_dataset
 
     if path.is_file() and not overwrite:
         return path
@@ -163,8 +163,8 @@ def infer_cams(weights: Path, config: str | Path, overrides: Sequence[str], voc:
     from cpn_dist.config.load import load_config
     from cpn_dist.cpn.infer import InferSettings, infer_samples
     from cpn_dist.cpn.model import model_for_weights
+    from cpn_dist.data.datasets.recorded import record_dataset
     from cpn_dist.data.inputs import VocSource
-    from cpn_dist.dataset_of import record_dataset
     from cpn_dist.labels.cams import cam_names
     from cpn_dist.progress import Progress
 
@@ -186,8 +186,8 @@ def score_cams(name: str, cams: Path, voc: Path, names: Sequence[str], betas: Se
                mean: str = "present") -> ModelScores:  # fmt: skip
     """Step 5: the β sweep over ``betas`` (the mIoU over the classes ``mean`` says, of the dataset the CAM
     folder records) and, where ``voc`` has part maps, the part scores at the best β."""
-    from cpn_dist.data.synth import PART_FOLDER
-    from cpn_dist.dataset_of import folders_dataset
+    from cpn_dist.data.datasets.recorded import folders_dataset
+    from cpn_dist.data.synth.voc import PART_FOLDER
     from cpn_dist.demo.parts import part_scores
     from cpn_dist.labels.evaluate import GroundTruth, sweep
     from cpn_dist.progress import Progress
@@ -216,7 +216,7 @@ def raw_cam_model(weights: Path | str, cfg):
     import torch
 
     from cpn_dist.cpn.model import model_for_weights
-    from cpn_dist.dataset_of import run_dataset
+    from cpn_dist.data.datasets.recorded import run_dataset
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)  # as the trainer's set_seed just before it builds its model
@@ -243,9 +243,9 @@ def premise(weights: Path | str, config: str | Path, overrides: Sequence[str], v
 def comparison_figure(voc: Path, cams: dict[str, Path], names: Sequence[str], path: Path) -> Path:
     """Step 6: one row per image — the image, its ground truth, then each model's CAM of the image's
     classes (their per-pixel maximum) blended over the image."""
+    from cpn_dist.data.datasets.recorded import folders_dataset
+    from cpn_dist.data.datasets.voc import read_label_png
     from cpn_dist.data.inputs import read_image
-    from cpn_dist.data.voc import read_label_png
-    from cpn_dist.dataset_of import folders_dataset
     from cpn_dist.demo.show import colour_labels, heat, pyplot
     from cpn_dist.labels.cams import read_cams
 

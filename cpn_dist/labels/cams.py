@@ -24,7 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from cpn_dist.atomic import write_atomic
-from cpn_dist.data.voc import NUM_CLASSES, NUM_FOREGROUND  # VOC's counts: the default where nothing records one
+from cpn_dist.data.datasets.voc import (  # VOC's counts: the default where nothing records one
+    NUM_CLASSES,
+    NUM_FOREGROUND,
+)
 from cpn_dist.errors import CpnError
 from cpn_dist.safe_npy import ForbiddenGlobal, NpyError, read_npy_object
 

@@ -118,7 +118,7 @@ class Pipeline:
         return self.voc / "ImageSets" / "Segmentation" / f"{split}.txt"
 
     def names(self, split: str) -> list[str]:
-        from cpn_dist.data.voc import read_split
+        from cpn_dist.data.datasets.voc import read_split
 
         return read_split(self.list_path(split))
 
@@ -186,7 +186,7 @@ class Pipeline:
     def dataset(self):
         """The classes of the run: those the ``cams`` step recorded in ``work/cams/dataset.json`` (the CPN
         weights' classes), else the ground truth's ``dataset.json``, else VOC."""
-        from cpn_dist.dataset_of import folders_dataset
+        from cpn_dist.data.datasets.recorded import folders_dataset
 
         return folders_dataset(None, self.work / "cams", self.gt)
 

@@ -18,9 +18,9 @@ log = logging.getLogger(__name__)
 # ---- data and stage 1 ------------------------------------------------------------------------
 def pack(p):
     """:func:`~cpn_dist.data.pack.pack_split` of the training split into shards."""
-    from cpn_dist.data.pack import pack_split
-    from cpn_dist.data.pack_source import find_source
-    from cpn_dist.data.voc import voc_folder
+    from cpn_dist.data.datasets.voc import voc_folder
+    from cpn_dist.data.shards.pack import pack_split
+    from cpn_dist.data.shards.pack_source import find_source
 
     voc_folder(p.voc)  # every part the later steps read, before anything is packed
     patch = p.run_config("cpn").data.patch  # CPN's superpixels must be among those packed
@@ -43,7 +43,7 @@ def cams(p):
 
     from cpn_dist.cpn.infer import InferSettings, infer_samples
     from cpn_dist.cpn.model import model_for_weights
-    from cpn_dist.dataset_of import record_dataset
+    from cpn_dist.data.datasets.recorded import record_dataset
     from cpn_dist.labels.cams import cam_file
 
     cfg = p.run_config("cpn")
@@ -150,8 +150,8 @@ def segment(p):
     """Multi-scale + flip inference and the dense CRF (one pass: the CRF needs the mean probabilities, too
     large to keep on disk) on the val and evaluation splits; the test split, if any, in the VOC
     test-server layout."""
-    from cpn_dist.data.datasets import voc
-    from cpn_dist.dataset_of import weights_dataset
+    from cpn_dist.data.datasets.info import voc
+    from cpn_dist.data.datasets.recorded import weights_dataset
     from cpn_dist.models.weights import load_state, read_weights
     from cpn_dist.segmentation.infer import Outputs, segment_samples, segment_settings
     from cpn_dist.segmentation.model import model_from_config

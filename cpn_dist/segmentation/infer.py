@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from cpn_dist.atomic import write_atomic
 from cpn_dist.config.run import CrfConfig
 from cpn_dist.cpn.infer import IMAGENET_MEAN, IMAGENET_STD, forward_by_shape, scale_inputs
-from cpn_dist.data.datasets import DatasetInfo
+from cpn_dist.data.datasets.info import DatasetInfo
+from cpn_dist.data.datasets.recorded import record_dataset
+from cpn_dist.data.datasets.voc import save_label_png
 from cpn_dist.data.inputs import Sample
-from cpn_dist.data.voc import save_label_png
-from cpn_dist.dataset_of import record_dataset
 from cpn_dist.devices import autocast
 from cpn_dist.labels.crf import dense_crf
 from cpn_dist.parallel import parallel_map

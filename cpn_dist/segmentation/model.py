@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cpn_dist.data.voc import NUM_CLASSES  # VOC's, the default width of the classifier
+from cpn_dist.data.datasets.voc import NUM_CLASSES  # VOC's, the default width of the classifier
 from cpn_dist.errors import CpnError
 from cpn_dist.models.base import BackboneNet, as_weight_dtype
 

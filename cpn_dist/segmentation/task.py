@@ -30,7 +30,7 @@ class SegmentationTask:
     @cached_property
     def dataset(self):
         """The dataset of the run's shards: C, the classifier's width, and what the weights record."""
-        from cpn_dist.dataset_of import run_dataset
+        from cpn_dist.data.datasets.recorded import run_dataset
 
         return run_dataset(self.cfg.data, missing_ok=True)  # unreadable shards: the loader says so
 
@@ -45,7 +45,7 @@ class SegmentationTask:
 
     def loader(self, *, micro_size, global_size, rank, world_size, epoch, start_step):
         from cpn_dist.data import build_train_loader
-        from cpn_dist.data.labelled import LabelledSampleMaker
+        from cpn_dist.data.loading.labelled import LabelledSampleMaker
 
         maker = LabelledSampleMaker.from_config(self.cfg.data, self.cfg.segmentation.labels, self.cfg.train.seed,
                                                 epoch)  # fmt: skip

@@ -101,7 +101,7 @@ def run_training(cfg: Config, task: Task, resume: str | None = None, restart: bo
 def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> Path:
     from accelerate.utils import DistributedType, set_seed
 
-    from cpn_dist.data.loader import epoch_steps
+    from cpn_dist.data.loading.loader import epoch_steps
     from cpn_dist.training.run_start import run_length, run_length_source
     from cpn_dist.training.tensorboard_run import STATE_KEY, run_name, start_run
 

@@ -78,7 +78,7 @@ def rgb_image(x: torch.Tensor, mean, std) -> np.ndarray:
 
 def voc_colours(label: torch.Tensor) -> np.ndarray:
     """A label map in the VOC palette: H×W×3 float in [0, 1]."""
-    from cpn_dist.data.voc import PALETTE
+    from cpn_dist.data.datasets.voc import PALETTE
 
     return PALETTE[label.detach().cpu().numpy().astype(np.uint8)] / 255.0
 
@@ -103,7 +103,7 @@ def image_panel(batch: dict, cam: torch.Tensor, refined: torch.Tensor | None, me
         fg = fg / fg.flatten(1).amax(1).clamp_min(1e-5).view(-1, 1, 1)
         return 0.5 * base + 0.5 * _colour_map(fg.amax(0).numpy())
 
-    from cpn_dist.data.cp_pair import split_image
+    from cpn_dist.data.loading.cp_pair import split_image
 
     image_h, image_hbar = split_image(batch["image"][0], batch["mask"][0])
     image = rgb(batch["image"][0])

@@ -93,7 +93,7 @@ def weights_metadata(cfg, dataset=None) -> dict[str, Any]:
     :class:`~cpn_dist.data.datasets.DatasetInfo`; None: the one of the run's shards, left out when they
     cannot be read — the classifier's width then says it) and the whole resolved config."""
     from cpn_dist import __version__
-    from cpn_dist.dataset_of import run_dataset
+    from cpn_dist.data.datasets.recorded import run_dataset
 
     head = {"cpn": cfg.model.head, "segmentation": cfg.segmentation.head}.get(cfg.stage)
     if dataset is None:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cpn_dist.data.datasets import BUILT_IN, DatasetInfo, by_name, read_folder_dataset, resolve_dataset
-from cpn_dist.data.shards import shards_dataset
+from cpn_dist.data.datasets.info import BUILT_IN, DatasetInfo, by_name, read_folder_dataset, resolve_dataset
+from cpn_dist.data.shards.reader import shards_dataset
 from cpn_dist.errors import CpnError
 
 # The classifier of each stage's model, whose output channels are C (AffinityNet has none).
@@ -33,7 +33,7 @@ def run_dataset(data, missing_ok: bool = False) -> DatasetInfo:
     except CpnError:
         if not missing_ok:
             raise
-        from cpn_dist.data.datasets import voc
+        from cpn_dist.data.datasets.info import voc
 
         return voc()
 
@@ -114,7 +114,7 @@ def record_dataset(folder: str | Path, dataset: DatasetInfo) -> None:
     import tempfile
 
     from cpn_dist.atomic import write_json
-    from cpn_dist.data.datasets import FOLDER_FILE
+    from cpn_dist.data.datasets.info import FOLDER_FILE
 
     folder = Path(folder)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{FOLDER_FILE}.", suffix=".tmp")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from cpn_dist.data.coco import annotation_path, read_coco_split
+from cpn_dist.data.datasets.coco import annotation_path, read_coco_split
 from cpn_dist.errors import CpnError
 from cpn_dist.parallel import parallel_map
 

@@ -25,8 +25,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from cpn_dist.data.shards import shard_name
-from cpn_dist.data.verify import shard_problem
+from cpn_dist.data.shards.reader import shard_name
+from cpn_dist.data.shards.verify import shard_problem
 from cpn_dist.errors import CpnError
 
 log = logging.getLogger(__name__)

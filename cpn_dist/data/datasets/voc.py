@@ -18,7 +18,7 @@ from PIL import Image
 from cpn_dist.errors import CpnError
 
 if TYPE_CHECKING:
-    from cpn_dist.data.datasets import DatasetInfo
+    from cpn_dist.data.datasets.info import DatasetInfo
 
 CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

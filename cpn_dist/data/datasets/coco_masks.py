@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cpn_dist.atomic import write_atomic, write_json
-from cpn_dist.data.coco import CocoImage, CocoProtocol, class_mask, read_coco_split
-from cpn_dist.data.datasets import DatasetInfo, write_folder_dataset
-from cpn_dist.data.pack_check import settings_changes
-from cpn_dist.data.voc import save_label_png
+from cpn_dist.data.datasets.coco import CocoImage, CocoProtocol, class_mask, read_coco_split
+from cpn_dist.data.datasets.info import DatasetInfo, write_folder_dataset
+from cpn_dist.data.datasets.voc import save_label_png
+from cpn_dist.data.shards.pack_check import settings_changes
 from cpn_dist.errors import CpnError
 from cpn_dist.parallel import parallel_map
 

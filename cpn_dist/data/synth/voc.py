@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cpn_dist.data.synth_draw import SynthObject, clutter_background, shape_mask, void_border
-from cpn_dist.data.voc import CLASSES, IGNORE, NUM_FOREGROUND, save_label_png
+from cpn_dist.data.datasets.voc import CLASSES, IGNORE, NUM_FOREGROUND, save_label_png
+from cpn_dist.data.synth.draw import SynthObject, clutter_background, shape_mask, void_border
 from cpn_dist.errors import CpnError
 from cpn_dist.parallel import parallel_map
 
@@ -150,7 +150,7 @@ def _write_one(args: tuple[Path, int, int, int, str]) -> str:
     root, index, size, seed, task = args
     name = image_id(index)
     if task.startswith("parts"):
-        from cpn_dist.data.synth_parts import render_parts_image
+        from cpn_dist.data.synth.parts import render_parts_image
 
         rgb, mask, part_map, objects = render_parts_image(index, size, seed, task=task)
         save_label_png(part_map, root / PART_FOLDER / f"{name}.png")

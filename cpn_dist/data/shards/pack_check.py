@@ -14,9 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cpn_dist.data.datasets import DatasetInfo
-from cpn_dist.data.shards import SHARD_PATTERN
-from cpn_dist.data.verify import shard_problem, verify_split
+from cpn_dist.data.datasets.info import DatasetInfo
+from cpn_dist.data.shards.reader import SHARD_PATTERN
+from cpn_dist.data.shards.verify import shard_problem, verify_split
 
 # Each setting of cpn_dist.data.pack._settings as the user knows it.
 SETTING_NAMES = {

@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cpn_dist.data.augment import augment, draw_augmentation
-from cpn_dist.data.cp_pair import draw_patch_mask
-from cpn_dist.data.members import decode_members, slic_member
-from cpn_dist.data.seeding import sample_rngs
+from cpn_dist.data.loading.augment import augment, draw_augmentation
+from cpn_dist.data.loading.cp_pair import draw_patch_mask
+from cpn_dist.data.loading.seeding import sample_rngs
+from cpn_dist.data.shards.members import decode_members, slic_member
 from cpn_dist.errors import CpnError
 
 if TYPE_CHECKING:
     from cpn_dist.config.run import DataConfig, PatchConfig
-    from cpn_dist.data.datasets import DatasetInfo
+    from cpn_dist.data.datasets.info import DatasetInfo
 
 BATCH_KEYS = ("key", "image", "mask", "valid", "labels", "lam")
 
@@ -39,7 +39,7 @@ class TrainSampleMaker:
     def from_config(cls, data: DataConfig, seed: int, epoch: int,
                     dataset: DatasetInfo | None = None) -> TrainSampleMaker:  # fmt: skip
         """The maker of ``data``'s shards; ``dataset``: theirs when already known (else read from meta.json)."""
-        from cpn_dist.data.shards import shards_dataset
+        from cpn_dist.data.shards.reader import shards_dataset
 
         dataset = dataset if dataset is not None else shards_dataset(data)
         return cls(data, data.patch, seed, epoch, dataset.num_foreground)

@@ -12,7 +12,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from cpn_dist.data.shards import split_member_name, unreadable_shard
+from cpn_dist.data.shards.reader import split_member_name, unreadable_shard
 from cpn_dist.errors import CpnError
 
 

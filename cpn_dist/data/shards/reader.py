@@ -34,8 +34,8 @@ from typing import Any
 import braceexpand
 import numpy as np
 
-from cpn_dist.data.datasets import DatasetInfo, from_meta, voc
-from cpn_dist.data.members import SLIC_MEMBER, decode_members
+from cpn_dist.data.datasets.info import DatasetInfo, from_meta, voc
+from cpn_dist.data.shards.members import SLIC_MEMBER, decode_members
 from cpn_dist.errors import CpnError, without_addresses
 
 META_NAME = "meta.json"

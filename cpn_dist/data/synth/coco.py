@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cpn_dist.data.coco import COCO_CATEGORIES, instance_mask
-from cpn_dist.data.synth_draw import clutter_background
+from cpn_dist.data.datasets.coco import COCO_CATEGORIES, instance_mask
+from cpn_dist.data.synth.draw import clutter_background
 from cpn_dist.errors import CpnError
 from cpn_dist.parallel import parallel_map
 

@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from cpn_dist.data.coco_protocol import CROWD_MASKS, EMPTY_IMAGES, OVERLAPS, PROTOCOLS, CocoProtocol
-from cpn_dist.data.voc import IGNORE
+from cpn_dist.data.datasets.coco_protocol import CROWD_MASKS, EMPTY_IMAGES, OVERLAPS, PROTOCOLS, CocoProtocol
+from cpn_dist.data.datasets.voc import IGNORE
 from cpn_dist.errors import CpnError
 
 __all__ = ["COCO_CATEGORIES", "CROWD_MASKS", "EMPTY_IMAGES", "OVERLAPS", "PROTOCOLS", "CocoImage", "CocoProtocol",

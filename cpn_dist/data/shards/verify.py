@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cpn_dist.data.datasets import DatasetInfo, from_meta, voc
-from cpn_dist.data.members import SampleDecodeError, decode_labels, decode_members, slic_member
-from cpn_dist.data.shards import SHARD_PATTERN, iter_raw_samples, read_meta
-from cpn_dist.data.voc import IGNORE
+from cpn_dist.data.datasets.info import DatasetInfo, from_meta, voc
+from cpn_dist.data.shards.members import SampleDecodeError, decode_labels, decode_members, slic_member
+from cpn_dist.data.shards.reader import SHARD_PATTERN, iter_raw_samples, read_meta
+from cpn_dist.data.datasets.voc import IGNORE
 from cpn_dist.errors import CpnError
 
 

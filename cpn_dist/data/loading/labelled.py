@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cpn_dist.data.augment import augment, draw_augmentation
-from cpn_dist.data.members import decode_members
-from cpn_dist.data.seeding import sample_rngs
-from cpn_dist.data.train_sample import batch_tensor
-from cpn_dist.data.voc import IGNORE, read_label_png
+from cpn_dist.data.datasets.voc import IGNORE, read_label_png
+from cpn_dist.data.loading.augment import augment, draw_augmentation
+from cpn_dist.data.loading.seeding import sample_rngs
+from cpn_dist.data.loading.train_sample import batch_tensor
+from cpn_dist.data.shards.members import decode_members
 from cpn_dist.errors import CpnError
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ class LabelledSampleMaker:
     @classmethod
     def from_config(cls, data, label_dir: str | Path, seed: int, epoch: int) -> LabelledSampleMaker:
         """The maker of ``data``'s shards (their dataset from meta.json) and the label maps in ``label_dir``."""
-        from cpn_dist.data.shards import shards_dataset
+        from cpn_dist.data.shards.reader import shards_dataset
 
         if not Path(label_dir).is_dir():
             raise CpnError(f"{label_dir}: label folder not found")

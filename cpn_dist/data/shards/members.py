@@ -32,7 +32,7 @@ def encode_labels(labels: np.ndarray) -> bytes:
 
 def voc_foreground() -> int:
     """C - 1 of the data a sample decodes as when its shards record no dataset: PASCAL VOC's."""
-    from cpn_dist.data.datasets import voc
+    from cpn_dist.data.datasets.info import voc
 
     return voc().num_foreground
 

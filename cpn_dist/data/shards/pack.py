@@ -40,11 +40,11 @@ import numpy as np
 
 from cpn_dist import __version__
 from cpn_dist.atomic import write_atomic, write_json
-from cpn_dist.data.coco import CocoProtocol
-from cpn_dist.data.datasets import DatasetInfo, from_meta
-from cpn_dist.data.members import sample_members
-from cpn_dist.data.pack_check import damaged_shards, recorded_settings, settings_changes
-from cpn_dist.data.pack_parts import (
+from cpn_dist.data.datasets.coco import CocoProtocol
+from cpn_dist.data.datasets.info import DatasetInfo, from_meta
+from cpn_dist.data.shards.members import sample_members
+from cpn_dist.data.shards.pack_check import damaged_shards, recorded_settings, settings_changes
+from cpn_dist.data.shards.pack_parts import (
     Part,
     join_error,
     join_problems,
@@ -52,9 +52,9 @@ from cpn_dist.data.pack_parts import (
     settings_digest,
     stats_path,
 )
-from cpn_dist.data.pack_sample import MAX_SEGMENTS, Prepared, SampleTask, prepare_sample
-from cpn_dist.data.pack_source import CocoPackSource, PackSource, find_coco_source, find_source
-from cpn_dist.data.shards import (
+from cpn_dist.data.shards.pack_sample import MAX_SEGMENTS, Prepared, SampleTask, prepare_sample
+from cpn_dist.data.shards.pack_source import CocoPackSource, PackSource, find_coco_source, find_source
+from cpn_dist.data.shards.reader import (
     FORMAT,
     FORMAT_VERSION,
     META_NAME,
@@ -62,7 +62,7 @@ from cpn_dist.data.shards import (
     parse_meta,
     shard_name,
 )
-from cpn_dist.data.verify import file_digest, shard_problem
+from cpn_dist.data.shards.verify import file_digest, shard_problem
 from cpn_dist.errors import CpnError
 from cpn_dist.parallel import parallel_map
 

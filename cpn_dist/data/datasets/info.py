@@ -55,13 +55,13 @@ class DatasetInfo:
 
 
 def voc() -> DatasetInfo:
-    from cpn_dist.data.voc import CLASSES
+    from cpn_dist.data.datasets.voc import CLASSES
 
     return DatasetInfo("voc", ("background", *CLASSES))
 
 
 def coco() -> DatasetInfo:
-    from cpn_dist.data.coco import COCO_CATEGORIES
+    from cpn_dist.data.datasets.coco import COCO_CATEGORIES
 
     return DatasetInfo("coco", ("background", *(name for _, name in COCO_CATEGORIES)))
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from cpn_dist.data.coco import PROTOCOLS, CocoImage, CocoProtocol, annotation_path, read_coco_split
-from cpn_dist.data.datasets import DatasetInfo, voc
-from cpn_dist.data.voc import read_labels_file, read_split, voc_folder
+from cpn_dist.data.datasets.coco import PROTOCOLS, CocoImage, CocoProtocol, annotation_path, read_coco_split
+from cpn_dist.data.datasets.info import DatasetInfo, voc
+from cpn_dist.data.datasets.voc import read_labels_file, read_split, voc_folder
 from cpn_dist.errors import CpnError
 
 

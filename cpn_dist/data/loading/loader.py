@@ -43,10 +43,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from cpn_dist.data.seeding import order_rng
-from cpn_dist.data.shards import ShardSet, is_remote, resolve_shards, unreadable_shard
-from cpn_dist.data.tar_index import TarIndex
-from cpn_dist.data.train_sample import TrainSampleMaker
+from cpn_dist.data.loading.seeding import order_rng
+from cpn_dist.data.loading.train_sample import TrainSampleMaker
+from cpn_dist.data.shards.reader import ShardSet, is_remote, resolve_shards, unreadable_shard
+from cpn_dist.data.shards.tar_index import TarIndex
 from cpn_dist.errors import CpnError
 
 log = logging.getLogger(__name__)

@@ -45,8 +45,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from cpn_dist.data.synth_draw import SynthObject, clutter_background, shape_mask, void_border
-from cpn_dist.data.voc import IGNORE, NUM_FOREGROUND
+from cpn_dist.data.datasets.voc import IGNORE, NUM_FOREGROUND
+from cpn_dist.data.synth.draw import SynthObject, clutter_background, shape_mask, void_border
 
 BODY_SHAPES = ("ellipse", "box", "diamond")
 BODY_RADIUS = (0.3, 0.42)  # body radius, as a fraction of the image's short side

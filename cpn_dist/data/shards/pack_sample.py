@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from cpn_dist.data.members import encode_labels, encode_png, slic_member
-from cpn_dist.data.voc import IGNORE, labels_from_names, read_xml_objects
+from cpn_dist.data.shards.members import encode_labels, encode_png, slic_member
+from cpn_dist.data.datasets.voc import IGNORE, labels_from_names, read_xml_objects
 from cpn_dist.errors import CpnError, without_addresses
 
 if TYPE_CHECKING:
-    from cpn_dist.data.coco import CocoImage, CocoProtocol
+    from cpn_dist.data.datasets.coco import CocoImage, CocoProtocol
 
 MAX_SEGMENTS = 65535  # ids are stored as uint16
 
@@ -133,7 +133,7 @@ def prepare_sample(task: SampleTask) -> Prepared:
 def _ground_truth(task: SampleTask, image: np.ndarray) -> tuple[np.ndarray | None, str | None]:
     """(the image's H×W uint8 ground truth or None, None) — or (None, why the image is skipped)."""
     if task.coco is not None:
-        from cpn_dist.data.coco import class_mask
+        from cpn_dist.data.datasets.coco import class_mask
 
         if (task.coco.height, task.coco.width) != image.shape[:2]:
             return None, (f"image is {image.shape[1]}×{image.shape[0]}, the annotations say "
