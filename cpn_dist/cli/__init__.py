@@ -127,6 +127,22 @@ def print_table(table) -> None:
     Console(file=console.file, width=max(natural, console.width)).print(table)  # print() caps at the width
 
 
+def print_findings(split: str, problems: list[tuple[str, str]], warnings: list[tuple[str, str]]) -> None:
+    """A table of a split's problems and one of its warnings (where, what), the first 50 of each (``cpn shards
+    verify``, ``cpn check-coco``)."""
+    from rich.table import Table
+
+    for kind, items, style in (("problem", problems, "red"), ("warning", warnings, "yellow")):
+        if not items:
+            continue
+        table = Table("where", kind, title=f"{split}: {len(items)} {kind}(s)", title_style=style)
+        for where, what in items[:50]:
+            table.add_row(where, what)
+        if len(items) > 50:
+            table.add_row("…", f"{len(items) - 50} more")
+        print_table(table)
+
+
 def positive_int(text: str) -> int:
     """An argparse type: an integer >= 1."""
     try:

@@ -81,7 +81,7 @@ def register(sub) -> None:
 
 
 def _check(args) -> int:
-    from cpn_dist.cli.shards_cmd import print_findings
+    from cpn_dist.cli import print_findings
     from cpn_dist.data.datasets.coco_check import check_images, coco_folder, coco_splits, read_split_check
     from cpn_dist.progress import Progress
 

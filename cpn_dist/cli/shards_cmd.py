@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from cpn_dist.cli import add_command, console, print_table
+from cpn_dist.cli import add_command, console, print_findings, print_table
 from cpn_dist.errors import CpnError
 
 
@@ -19,19 +19,6 @@ def register(sub) -> None:
     i = add_command(actions, "info", "print meta.json as tables")
     i.add_argument("dir", help="a folder written by `cpn pack`")
     i.set_defaults(handler=_info)
-
-
-def print_findings(split: str, problems: list[tuple[str, str]], warnings: list[tuple[str, str]]) -> None:
-    """A table of a split's problems and one of its warnings (where, what), the first 50 of each."""
-    for kind, items, style in (("problem", problems, "red"), ("warning", warnings, "yellow")):
-        if not items:
-            continue
-        table = Table("where", kind, title=f"{split}: {len(items)} {kind}(s)", title_style=style)
-        for where, what in items[:50]:
-            table.add_row(where, what)
-        if len(items) > 50:
-            table.add_row("…", f"{len(items) - 50} more")
-        print_table(table)
 
 
 def _verify(args) -> int:
