@@ -26,11 +26,11 @@ def package_modules() -> dict[str, ast.Module]:
 
 
 def lazy_exports(tree: ast.Module) -> dict[str, str]:
-    """A package's lazy export table (``_EXPORTS = {"name": "cpn_dist.module", …}``): importing ``name`` from
-    the package imports that module."""
+    """name → module of a package's lazy export table (``_EXPORTS = {"cpn_dist.module": ("name", …), …}``):
+    importing ``name`` from the package imports that module."""
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_EXPORTS" for t in node.targets):
-            return {k.value: v.value for k, v in zip(node.value.keys, node.value.values, strict=True)}
+            return {name: module for module, names in ast.literal_eval(node.value).items() for name in names}
     return {}
 
 
@@ -116,7 +116,7 @@ def test_no_import_cycle_even_through_imports_inside_functions():
     toy = import_graph({
         "cpn_dist.a": ast.parse("from cpn_dist.b import f"),
         "cpn_dist.b": ast.parse("def f():\n    from cpn_dist.pkg import g\n"),
-        "cpn_dist.pkg": ast.parse('_EXPORTS = {"g": "cpn_dist.c"}'),
+        "cpn_dist.pkg": ast.parse('_EXPORTS = {"cpn_dist.c": ("g",)}'),
         "cpn_dist.c": ast.parse("import cpn_dist.a\nif TYPE_CHECKING:\n    from cpn_dist.d import T"),
         "cpn_dist.d": ast.parse("from cpn_dist.c import x"),
     })  # fmt: skip

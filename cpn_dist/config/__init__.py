@@ -11,41 +11,17 @@ importable from here; they load lazily.
 
 from __future__ import annotations
 
-from importlib import import_module
+from cpn_dist import lazy_exports
 
-# name → the module that defines it (or re-exports it: the sections, ConfigError, parse_yaml)
+# module → the names it defines (or re-exports: the sections, ConfigError, parse_yaml), importable from here
 _EXPORTS = {
-    "AffinityConfig": "cpn_dist.config.run",
-    "all_keys": "cpn_dist.config.run",
-    "apply_override": "cpn_dist.config.run",
-    "BatchConfig": "cpn_dist.config.run",
-    "Config": "cpn_dist.config.run",
-    "ConfigError": "cpn_dist.config.run",
-    "CrfConfig": "cpn_dist.config.run",
-    "DataConfig": "cpn_dist.config.run",
-    "describe_error": "cpn_dist.config.run",
-    "key_docs": "cpn_dist.config.run",
-    "load_config": "cpn_dist.config.load",
-    "LogConfig": "cpn_dist.config.run",
-    "LossConfig": "cpn_dist.config.run",
-    "ModelConfig": "cpn_dist.config.run",
-    "OptimConfig": "cpn_dist.config.run",
-    "OutputConfig": "cpn_dist.config.run",
-    "parse_yaml": "cpn_dist.config.run",
-    "PatchConfig": "cpn_dist.config.run",
-    "RENAMED_KEYS": "cpn_dist.config.run",
-    "SegmentationConfig": "cpn_dist.config.run",
-    "SegmentationCrfConfig": "cpn_dist.config.run",
-    "suggest_key": "cpn_dist.config.run",
-    "to_yaml": "cpn_dist.config.run",
-    "TrainConfig": "cpn_dist.config.run",
-    "validate": "cpn_dist.config.run",
+    "cpn_dist.config.run": (
+        "AffinityConfig", "all_keys", "apply_override", "BatchConfig", "Config", "ConfigError", "CrfConfig",
+        "DataConfig", "describe_error", "key_docs", "LogConfig", "LossConfig", "ModelConfig", "OptimConfig",
+        "OutputConfig", "parse_yaml", "PatchConfig", "RENAMED_KEYS", "SegmentationConfig", "SegmentationCrfConfig",
+        "suggest_key", "to_yaml", "TrainConfig", "validate",
+    ),
+    "cpn_dist.config.load": ("load_config", "load_pipeline_config"),
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

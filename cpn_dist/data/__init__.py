@@ -10,23 +10,13 @@ import torch.
 
 from __future__ import annotations
 
-from importlib import import_module
+from cpn_dist import lazy_exports
 
 _EXPORTS = {
-    "build_train_loader": "cpn_dist.data.loading.loader",
-    "read_shard_samples": "cpn_dist.data.shards.reader",
-    "resolve_shards": "cpn_dist.data.shards.reader",
-    "read_meta": "cpn_dist.data.shards.reader",
-    "shards_dataset": "cpn_dist.data.shards.reader",
-    "pack_split": "cpn_dist.data.shards.pack",
-    "pack_coco_split": "cpn_dist.data.shards.pack",
-    "verify_shards": "cpn_dist.data.shards.verify",
+    "cpn_dist.data.loading.loader": ("build_train_loader",),
+    "cpn_dist.data.shards.reader": ("read_shard_samples", "resolve_shards", "read_meta", "shards_dataset"),
+    "cpn_dist.data.shards.pack": ("pack_split", "pack_coco_split"),
+    "cpn_dist.data.shards.verify": ("verify_shards",),
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -10,32 +10,18 @@ imports neither torch nor pydantic.
 
 from __future__ import annotations
 
-from importlib import import_module
+from cpn_dist import lazy_exports
 
-# name → the module that defines it
+# module → the names it defines, importable from here
 _EXPORTS = {
-    "Pipeline": "cpn_dist.pipeline.run",
-    "run_pipeline": "cpn_dist.pipeline.run",
-    "load_pipeline_config": "cpn_dist.config.load",
-    "PipelineConfig": "cpn_dist.pipeline.config",
-    "CamSettings": "cpn_dist.pipeline.config",
-    "PackSettings": "cpn_dist.pipeline.config",
-    "PseudoSettings": "cpn_dist.pipeline.config",
-    "RunConfigs": "cpn_dist.pipeline.config",
-    "RunOverrides": "cpn_dist.pipeline.config",
-    "RunWeights": "cpn_dist.pipeline.config",
-    "SplitsConfig": "cpn_dist.pipeline.config",
-    "STEPS": "cpn_dist.pipeline.stages",
-    "STAGE2": "cpn_dist.pipeline.stages",
-    "TABLE": "cpn_dist.pipeline.stages",
-    "PipelineResult": "cpn_dist.pipeline.steps",
-    "StageScore": "cpn_dist.pipeline.steps",
+    "cpn_dist.pipeline.run": ("Pipeline", "run_pipeline"),
+    "cpn_dist.config.load": ("load_pipeline_config",),
+    "cpn_dist.pipeline.config": (
+        "PipelineConfig", "CamSettings", "PackSettings", "PseudoSettings", "RunConfigs", "RunOverrides",
+        "RunWeights", "SplitsConfig",
+    ),
+    "cpn_dist.pipeline.stages": ("STEPS", "STAGE2", "TABLE"),
+    "cpn_dist.pipeline.steps": ("PipelineResult", "StageScore"),
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)
