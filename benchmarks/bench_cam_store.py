@@ -2,9 +2,9 @@
 full-resolution float32 files; `cpn eval`'s speed over COCO's 81 classes; the peak memory (RSS) of CAM
 inference on one 640-pixel image at 4 scales × flip on the CPU.
 
-Data: synthetic COCO 2014 at size 640 (:func:`cpn_dist.data.synth_coco.synthesize_coco`: long side 640,
+Data: synthetic COCO 2014 at size 640 (:func:`cpn_dist.data.synth.coco.synthesize_coco`: long side 640,
 as COCO's images), its train2014 split; ground truth and image labels by ReCAM's protocol
-(:mod:`cpn_dist.data.coco`, the default of `cpn pack --coco-root`).
+(:mod:`cpn_dist.data.datasets.coco`, the default of `cpn pack --coco-root`).
 
 CAMs: no COCO-trained CPN exists here (no GPU was lent to this task), so the CAMs come from a stand-in
 for a network that is right about where the objects are: for each of the 4 scales × 2 flips, each

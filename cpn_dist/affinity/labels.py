@@ -18,7 +18,7 @@ PSA keeps the two CRF probability maps and combines them after augmentation and 
 we combine at full resolution and store one palette PNG per image, ``{out}/{image id}.png`` (uint8:
 0 background, 1..C-1 class, 255 ignore, the size of the image; C of the CAMs' dataset, recorded in
 ``{out}/dataset.json``) — the side folder that
-:class:`cpn_dist.data.labelled.LabelledSampleMaker` reads beside the shards. The trainer reduces the
+:class:`cpn_dist.data.loading.labelled.LabelledSampleMaker` reads beside the shards. The trainer reduces the
 augmented crop to the stride-8 grid by a block vote (:func:`cpn_dist.affinity.pairs.reduce_labels`).
 """
 

@@ -1,10 +1,10 @@
 """Train AffinityNet on affinity labels: the ``stage: affinity`` task of the shared training loop
-(:mod:`cpn_dist.engine`: Accelerate DDP/DeepSpeed, AMP, accumulation, checkpoints and exact resume,
+(:mod:`cpn_dist.training.engine`: Accelerate DDP/DeepSpeed, AMP, accumulation, checkpoints and exact resume,
 TensorBoard, progress). ``cpn train --config configs/voc_affinity.yaml`` or ``accelerate launch -m
 cpn_dist.train --config configs/voc_affinity.yaml``.
 
 Data: the shards' images with the affinity labels of ``affinity.labels`` (``{image id}.png``, from
-``cpn affinity-labels``) through :class:`~cpn_dist.data.labelled.LabelledSampleMaker` — the same
+``cpn affinity-labels``) through :class:`~cpn_dist.data.loading.labelled.LabelledSampleMaker` — the same
 joint augmentation as every stage (``data.scale_range``, flip, colour jitter, crop ``data.crop`` with
 padding labelled 255). Per micro-batch the label crop is reduced to the stride-8 grid
 (:func:`~cpn_dist.affinity.pairs.reduce_labels`) and turned into the bg-positive, fg-positive and
@@ -31,7 +31,7 @@ from cpn_dist.training.monitor import panel_image, rgb_image, voc_colours
 
 
 class AffinityTask:
-    """AffinityNet on affinity labels, for :func:`cpn_dist.engine.run_training`."""
+    """AffinityNet on affinity labels, for :func:`cpn_dist.training.engine.run_training`."""
 
     name = "affinity"
 

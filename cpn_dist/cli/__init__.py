@@ -156,7 +156,8 @@ def positive_int(text: str) -> int:
 
 def add_dataset_argument(p, help: str = "the classes of the CAMs / labels (default: the dataset.json of the "
                          "folders read; none: voc)") -> None:  # fmt: skip
-    """``--dataset voc|coco``: which classes (:func:`cpn_dist.data.datasets.by_name`) where nothing records them."""
+    """``--dataset voc|coco``: which classes (:func:`cpn_dist.data.datasets.info.by_name`) where nothing
+    records them."""
     from cpn_dist.data.datasets.info import BUILT_IN
 
     p.add_argument("--dataset", choices=tuple(BUILT_IN), default=None, help=help)
@@ -195,7 +196,7 @@ def check_pair(pair, flag: str) -> None:
 
 
 def step_printer(shown=lambda: True):
-    """An ``on_step(name, event)`` for :class:`cpn_dist.runner.StepRunner` that shows each step's start, its
+    """An ``on_step(name, event)`` for :class:`cpn_dist.pipeline.runner.StepRunner` that shows each step's start, its
     time when it ran, and any other event (done before, skipped, stale…); ``shown()``: whether this
     process prints (the main one)."""
     import time

@@ -41,7 +41,8 @@ def protocol_flags_given(args) -> list[str]:
 
 
 def protocol_from_args(args):
-    """The :class:`~cpn_dist.data.coco.CocoProtocol` of ``--coco-protocol`` with the overriding flags applied."""
+    """The :class:`~cpn_dist.data.datasets.coco.CocoProtocol` of ``--coco-protocol`` with the overriding flags
+    applied."""
     from dataclasses import replace
 
     overrides = {field: getattr(args, field) for field in PROTOCOL_FLAGS if getattr(args, field) is not None}

@@ -1,7 +1,7 @@
 """The configuration reference (``docs/configuration.md``), generated from the config schemas.
 
 Every key of a run config (:class:`cpn_dist.config.Config`) and of a pipeline config
-(:class:`cpn_dist.pipeline_config.PipelineConfig`) is one table row: the dotted key, its type with the
+(:class:`cpn_dist.pipeline.config.PipelineConfig`) is one table row: the dotted key, its type with the
 range the schema enforces, its default and its description. The descriptions are the schemas'
 ``Field(description=...)`` strings, the single source: ``cpn config keys`` prints the same ones, and
 ``cpn config docs --check`` (a test runs it) fails when the page differs from what this module writes.

@@ -7,7 +7,7 @@ an unknown key, a wrong type or an out-of-range value is a :class:`~cpn_dist.err
 whose message names the dotted key (and, for a typo, the nearest valid key).
 
 The sections and keys here are a stable interface: later versions add keys; a renamed key
-(:data:`~cpn_dist.config_renames.RENAMED_KEYS`) fails with a message naming its new name.
+(:data:`~cpn_dist.config.renames.RENAMED_KEYS`) fails with a message naming its new name.
 """
 
 from __future__ import annotations

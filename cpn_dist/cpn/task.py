@@ -1,5 +1,5 @@
 """The CPN stage (``stage: cpn``) of the shared trainer (``cpn train``, ``accelerate launch -m cpn_dist.train``).
-The loop itself is :mod:`cpn_dist.engine`; this module is what is particular to CPN.
+The loop itself is :mod:`cpn_dist.training.engine`; this module is what is particular to CPN.
 
 Each micro-step builds the CP pair on the device (I_h = I·m, I_hbar = I − I·m from the image and the
 mask, so only two tensors cross to the device) and runs the triplet (I, I_h, I_hbar) as ONE forward
@@ -82,7 +82,7 @@ def _unwrap(model):
 
 
 class CPNTask:
-    """The CPN stage for :func:`cpn_dist.engine.run_training`."""
+    """The CPN stage for :func:`cpn_dist.training.engine.run_training`."""
 
     name = "cpn"
 

@@ -2,7 +2,7 @@
 
 Both sources yield :class:`Sample` records — image id, the original RGB image, its C-1 image-level
 labels and (when there is one) the ground-truth mask — so the steps after training do not care
-where the data lives; each has a ``dataset`` (:class:`~cpn_dist.data.datasets.DatasetInfo`: VOC for a
+where the data lives; each has a ``dataset`` (:class:`~cpn_dist.data.datasets.info.DatasetInfo`: VOC for a
 VOC root, what ``meta.json`` records for shards). A VOC root is read by image id (random access); shards are streamed in
 order, each process of a distributed run decoding only its own slice.
 """

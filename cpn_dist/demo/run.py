@@ -1,13 +1,13 @@
 """The built-in demo (``cpn demo``, ``make demo``): CPN against the plain CAM, on a synthetic parts task or
 on any VOC-layout folder.
 
-The steps are a table run by :class:`cpn_dist.runner.StepRunner`, as ``cpn pipeline``'s are: a finished
+The steps are a table run by :class:`cpn_dist.pipeline.runner.StepRunner`, as ``cpn pipeline``'s are: a finished
 step leaves a stamp ``OUT/steps/NAME.json`` and is kept on a re-run unless its settings changed (then it
 and every later step run again); an interrupted step resumes (training from its checkpoint, inference
 image by image); ``overwrite=True`` redoes them all.
 
-1. ``data``: :func:`~cpn_dist.data.synth.synthesize_voc` of ``settings.task`` into ``OUT/VOC2012`` — or,
-   with ``voc_root``, the user's folder as it is — then :func:`~cpn_dist.data.pack.pack_split` of its
+1. ``data``: :func:`~cpn_dist.data.synth.voc.synthesize_voc` of ``settings.task`` into ``OUT/VOC2012`` — or,
+   with ``voc_root``, the user's folder as it is — then :func:`~cpn_dist.data.shards.pack.pack_split` of its
    training split (``train_aug`` when listed, else ``train``) into ``OUT/shards``;
 2. the shared start of every model: the config's ``model.weights`` when it names any (``imagenet`` for
    the EfficientNet-Lite0 backbone: the paper's setting); otherwise (the tiny backbone) ``init`` and
@@ -200,7 +200,7 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), config: s
     ``models``: name → dotted overrides of ``config`` (default :data:`DEMO_MODELS`); ``overrides``
     apply to every run, the warm-up included (e.g. ``train.max_steps=2`` for a smoke test);
     ``voc_root``: a VOC-layout folder to use instead of the synthetic task; ``on_step(name, event)`` hears
-    what :meth:`cpn_dist.runner.StepRunner.run` tells."""
+    what :meth:`cpn_dist.pipeline.runner.StepRunner.run` tells."""
     from cpn_dist.config.load import load_config
 
     out = Path(out)

@@ -141,7 +141,7 @@ def warm_up(out_dir: Path, config: str | Path, overrides: Sequence[str], epochs:
 def train_model(config: str | Path, overrides: Sequence[str], out_dir: Path, overwrite: bool = False) -> Path:
     """Step 3: train one model with :func:`cpn_dist.train.train` (``output.dir`` = ``out_dir``); returns
     its final weights. A finished run (``model_final.pth`` present) is kept unless ``overwrite``; an
-    interrupted one resumes (:func:`cpn_dist.pipeline_steps.train_owned`)."""
+    interrupted one resumes (:func:`cpn_dist.pipeline.steps.train_owned`)."""
     from cpn_dist.config.load import load_config
     from cpn_dist.pipeline.steps import train_owned
 

@@ -5,7 +5,7 @@ entry per labelled class (the format of the released ``infer_cam.py``, read by m
 the dataset's class count with background, 21 for PASCAL VOC), or the compact ``NAME.npz`` of
 :mod:`cpn_dist.labels.cam_store`. Every reader opens either through :func:`read_cams` (``NAME.npy``
 first); :func:`load_cams` dispatches on the suffix. Which dataset a CAM folder is of is recorded in
-its ``dataset.json`` (:mod:`cpn_dist.data.datasets`; none: VOC, as for the released files), and every
+its ``dataset.json`` (:mod:`cpn_dist.data.datasets.info`; none: VOC, as for the released files), and every
 function that needs C takes it as an argument whose default is VOC's.
 
 The released evaluator (``evaluation_cam.py``) turns such a dict into a class map at a background

@@ -87,8 +87,8 @@ def read_state_dict(path: str | Path, allow_pickle: bool = False) -> dict[str, t
 
 def metadata_from_config(config: dict, dataset: dict | None = None) -> dict:
     """The metadata of a model trained with the run config ``config`` (a dict) on ``dataset`` (its
-    :meth:`~cpn_dist.data.datasets.DatasetInfo.to_json`, as a checkpoint's ``trainer_state.json`` records it;
-    None: not recorded), as ``model_final.pth`` records it (:func:`cpn_dist.run_start.weights_metadata`)."""
+    :meth:`~cpn_dist.data.datasets.info.DatasetInfo.to_json`, as a checkpoint's ``trainer_state.json`` records it;
+    None: not recorded), as ``model_final.pth`` records it (:func:`cpn_dist.training.run_start.weights_metadata`)."""
     stage = config.get("stage", "cpn")
     head = {"cpn": config.get("model", {}).get("head"), "segmentation": config.get("segmentation", {}).get("head")}
     meta = {"stage": stage, "backbone": config.get("model", {}).get("backbone"), "head": head.get(stage),
@@ -101,7 +101,7 @@ def read_weights(path: str | Path, allow_pickle: bool = False) -> tuple[dict[str
     ``allow_pickle``). The metadata — ``{"stage", "backbone", "head", "config", "version"}`` — is what our
     ``model_final.pth`` and checkpoint folders record about their model; None for files that record
     nothing (released weights, older runs). Our weights record ``"dataset"`` too (the classes they score;
-    :mod:`cpn_dist.dataset_of`), those of older versions do not."""
+    :mod:`cpn_dist.data.datasets.recorded`), those of older versions do not."""
     path = Path(path)
     meta = None
     if path.is_dir():

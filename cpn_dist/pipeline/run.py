@@ -1,14 +1,14 @@
 """``cpn pipeline``: every step from a VOC folder to the scored segmentation model, as named steps in
 the spirit of IRN's ``run_sample.py``.
 
-The steps, in order, are the rows of :data:`cpn_dist.pipeline_stages.TABLE` (each one a call into the
+The steps, in order, are the rows of :data:`cpn_dist.pipeline.stages.TABLE` (each one a call into the
 library, nothing shells out to ``cpn``): ``pack`` → stage 1 ``train_cpn``, ``cams``, ``eval_cams`` (the β
 sweep → best β), ``pseudo`` → stage 2 (when ``configs.affinity`` is set) ``affinity_labels``,
 ``train_affinity``, ``rw``, ``eval_rw`` → stage 3 ``train_segmentation``, ``segment`` (multi-scale + flip
-and the dense CRF), ``eval_segmentation``. :class:`cpn_dist.runner.StepRunner` runs the table.
+and the dense CRF), ``eval_segmentation``. :class:`cpn_dist.pipeline.runner.StepRunner` runs the table.
 
 Resuming: a finished step leaves a stamp ``{work_dir}/steps/NAME.json`` (its scores and the settings and
-inputs it depended on, :func:`cpn_dist.pipeline_steps.step_settings`) and is skipped on the next run — unless those
+inputs it depended on, :func:`cpn_dist.pipeline.steps.step_settings`) and is skipped on the next run — unless those
 settings changed since: then it and every later step run again, and the log says which and why. An
 interrupted step resumes where it stopped — training from its latest checkpoint, inference and label
 steps image by image. ``redo`` reruns a step and every step after it (their outputs are overwritten);
@@ -16,7 +16,7 @@ steps image by image. ``redo`` reruns a step and every step after it (their outp
 steps that need them). Under ``accelerate launch -m
 cpn_dist.pipeline`` training is distributed, inference steps give each process every world-th image,
 and the CPU steps (packing, scoring, CRF labels) run on the main process while the others wait. One
-pipeline per ``work_dir``: the main process holds its lock (:mod:`cpn_dist.runlock`) for the run.
+pipeline per ``work_dir``: the main process holds its lock (:mod:`cpn_dist.training.runlock`) for the run.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class _Dist:
 
 
 class Pipeline:
-    """One pipeline config: its paths and shared pieces, which the steps (:data:`cpn_dist.pipeline_stages.TABLE`)
+    """One pipeline config: its paths and shared pieces, which the steps (:data:`cpn_dist.pipeline.stages.TABLE`)
     use; :meth:`run` runs them."""
 
     def __init__(self, cfg: PipelineConfig):
@@ -211,7 +211,7 @@ class Pipeline:
     def run(self, only: Sequence[str] | None = None, skip: Sequence[str] = (), redo: str | None = None,
             on_step: Callable[[str, str], None] | None = None) -> PipelineResult:  # fmt: skip
         """Run the steps (all, or ``only``) minus ``skip`` and the config's ``skip``; ``redo``: that step
-        and every later one run afresh (see :mod:`cpn_dist.runner`). ``on_step(name, event)`` hears
+        and every later one run afresh (see :mod:`cpn_dist.pipeline.runner`). ``on_step(name, event)`` hears
         "start", "ran", "done before", "skipped", "not configured" and "stale: <why>"."""
         started = time.perf_counter()
         self.dist = _Dist()

@@ -1,5 +1,5 @@
 """The steps of ``cpn pipeline`` as a table (:data:`TABLE`: name, function, stage, main process only), run
-by :class:`cpn_dist.runner.StepRunner`. Each step is a function of the :class:`cpn_dist.pipeline.Pipeline`
+by :class:`cpn_dist.pipeline.runner.StepRunner`. Each step is a function of the :class:`cpn_dist.pipeline.Pipeline`
 (its config, paths, processes, and ``overwrite``, set by the runner before each step) returning its
 scores. Nothing here imports torch or pydantic at module level: ``cpn --help`` lists :data:`STEPS`."""
 
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 # ---- data and stage 1 ------------------------------------------------------------------------
 def pack(p):
-    """:func:`~cpn_dist.data.pack.pack_split` of the training split into shards."""
+    """:func:`~cpn_dist.data.shards.pack.pack_split` of the training split into shards."""
     from cpn_dist.data.datasets.voc import voc_folder
     from cpn_dist.data.shards.pack import pack_split
     from cpn_dist.data.shards.pack_source import find_source

@@ -1,6 +1,6 @@
 """What each step of ``cpn pipeline`` depends on, and what the pipeline reports.
 
-A finished step's stamp (:mod:`cpn_dist.runner`) records its ``settings`` — every setting it depends on
+A finished step's stamp (:mod:`cpn_dist.pipeline.runner`) records its ``settings`` — every setting it depends on
 (the pipeline config's keys it reads, the run config of its stage minus the keys that change
 nothing) and fingerprints of its inputs from outside the work folder (split lists by content; given
 weights files by size and modification time); :func:`step_settings` computes them. Nothing here
@@ -75,7 +75,7 @@ def stage_score(stage: str, split: str, images: int, summary: dict, note: str = 
 
 def step_settings(p, name: str) -> dict[str, Any]:
     """What step ``name`` of pipeline ``p`` depends on besides the steps before it: the settings it reads and
-    fingerprints of its inputs from outside the work folder (see :mod:`cpn_dist.pipeline_steps`)."""
+    fingerprints of its inputs from outside the work folder (see :mod:`cpn_dist.pipeline.steps`)."""
     from cpn_dist.training.run_start import NO_EFFECT, flatten
 
     c = p.cfg

@@ -156,7 +156,7 @@ def segment_samples(model: torch.nn.Module, samples: Iterable[Sample], outputs: 
     """Write the label maps of every sample (see :class:`Outputs`); returns the names done, in order.
     ``model.score(x)`` gives the stride-8 class scores of a batch. With ``crf_workers`` > 0 the CRF runs
     in that many processes, at most ``2 × crf_workers`` images in flight; with 0, inline. ``dataset`` (a
-    :class:`~cpn_dist.data.datasets.DatasetInfo`, the model's classes) is recorded in the label folders
+    :class:`~cpn_dist.data.datasets.info.DatasetInfo`, the model's classes) is recorded in the label folders
     (not in the test-server layout, which holds only the server's PNGs)."""
     for folder in (outputs.labels, outputs.crf, outputs.final_dir()):
         if folder is not None:

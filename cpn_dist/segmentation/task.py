@@ -1,10 +1,10 @@
 """Train the segmentation model on pseudo labels: the ``stage: segmentation`` task of the shared
-training loop (:mod:`cpn_dist.engine`: Accelerate DDP/DeepSpeed, AMP, accumulation, checkpoints and
+training loop (:mod:`cpn_dist.training.engine`: Accelerate DDP/DeepSpeed, AMP, accumulation, checkpoints and
 resume, TensorBoard, progress).
 
 Pseudo labels travel beside the shards, not inside them: a folder of label PNGs keyed by image id
 (``segmentation.labels``/``{key}.png``, what ``cpn pseudo`` and ``cpn rw`` write), read by
-:class:`~cpn_dist.data.labelled.LabelledSampleMaker` and augmented together with the image (random
+:class:`~cpn_dist.data.loading.labelled.LabelledSampleMaker` and augmented together with the image (random
 long-side resize in ``data.scale_range``, flip, colour jitter of the image, random crop
 ``data.crop`` with padding labelled 255). Changing the labels therefore needs no re-packing.
 """
@@ -20,7 +20,7 @@ from cpn_dist.training.monitor import panel_image, rgb_image, voc_colours
 
 
 class SegmentationTask:
-    """DeepLab on pseudo labels, for :func:`cpn_dist.engine.run_training`."""
+    """DeepLab on pseudo labels, for :func:`cpn_dist.training.engine.run_training`."""
 
     name = "segmentation"
 

@@ -10,10 +10,11 @@ That is the distributed invariant; docs/design.md states it once, with how each 
 The loop owns everything that is not the model's business: Accelerate (DDP or DeepSpeed, mixed
 precision), SGD with the released four parameter groups and the poly schedule, gradient
 accumulation, non-finite losses, atomic checkpoints and exact resume, pre-emption signals and Ctrl-C
-(:mod:`cpn_dist.stop_signals`), TensorBoard (one run per training run, :mod:`cpn_dist.tensorboard_run`)
-and progress, one run per ``output.dir`` (:mod:`cpn_dist.runlock`) and how a run starts there — fresh,
-resumed automatically, finished and left alone, or refused (:mod:`cpn_dist.run_start`); the Accelerator
-and the batch layout come from :mod:`cpn_dist.launch`. A
+(:mod:`cpn_dist.training.stop_signals`), TensorBoard (one run per training run,
+:mod:`cpn_dist.training.tensorboard_run`)
+and progress, one run per ``output.dir`` (:mod:`cpn_dist.training.runlock`) and how a run starts there — fresh,
+resumed automatically, finished and left alone, or refused (:mod:`cpn_dist.training.run_start`); the Accelerator
+and the batch layout come from :mod:`cpn_dist.training.launch`. A
 :class:`Task` supplies the rest — the model, the data, and the loss of
 one micro-step (which may need a no-grad look at the whole accumulation window first, as CPN's
 global OHEM does).
@@ -58,7 +59,7 @@ class Task(Protocol):
     def loader(self, *, micro_size: int, global_size: int, rank: int, world_size: int, epoch: int,
                start_step: int) -> tuple[Any, int]:  # fmt: skip
         """(iterable of this rank's micro-batches from ``start_step`` on, optimizer steps per epoch); the
-        steps are those of the run config's data, :func:`cpn_dist.data.loader.epoch_steps`."""
+        steps are those of the run config's data, :func:`cpn_dist.data.loading.loader.epoch_steps`."""
 
     def prepare_window(self, model, window: list[dict], device) -> list | None:
         """Called before the micro-steps of one optimizer step: per-micro-step context (or None)."""
@@ -78,7 +79,7 @@ def run_training(cfg: Config, task: Task, resume: str | None = None, restart: bo
 
     The main process holds the lock of ``output.dir`` for the whole run. ``resume`` ('latest' or a
     checkpoint folder) and ``restart`` (delete the folder's checkpoints first) decide how the run starts
-    there, with the checkpoints it holds: see :func:`cpn_dist.run_start.plan_start`. A finished run
+    there, with the checkpoints it holds: see :func:`cpn_dist.training.run_start.plan_start`. A finished run
     returns its final weights at once, changing no file."""
     from cpn_dist.training.run_start import start_plan
     from cpn_dist.training.runlock import lock_on_main
@@ -179,7 +180,7 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
         state = {"global_step": global_step, "epoch": global_step // steps_per_epoch,
                  "steps_per_epoch": steps_per_epoch, "world_size": world_size, "micro_size": micro,
                  "accumulation": accumulation, "distributed_type": acc.distributed_type.value,
-                 "config": cfg.to_dict(),  # what a resume compares against (cpn_dist.run_start)
+                 "config": cfg.to_dict(),  # what a resume compares against (cpn_dist.training.run_start)
                  **({"dataset": dataset.to_json()} if dataset is not None else {}),  # read back as weights
                  STATE_KEY: tensorboard_run, "summary": {"steps": run_steps, "sums": run_sums}}
         save_checkpoint(acc, out_dir, state, cfg.train.keep_last)

@@ -17,7 +17,7 @@ A run is **finished** when its latest checkpoint reached this config's length (:
 ``model_final.pth`` exists: the same command, with or without ``--resume latest``, says so and how to
 train longer or again, and changes no file. A longer ``train.max_steps`` / ``train.epochs`` continues it.
 
-The decision is taken by the main process (under its lock, :mod:`cpn_dist.runlock`) and shared with
+The decision is taken by the main process (under its lock, :mod:`cpn_dist.training.runlock`) and shared with
 the others.
 """
 
@@ -90,7 +90,7 @@ def _short(value: Any, n: int = 40) -> str:
 def weights_metadata(cfg, dataset=None) -> dict[str, Any]:
     """What ``model_final.pth`` records about its model (read back by ``cpn infer``, ``segment``, ``rw``
     and ``weights check``): the stage, backbone, head, the dataset whose classes it scores (``dataset``, a
-    :class:`~cpn_dist.data.datasets.DatasetInfo`; None: the one of the run's shards, left out when they
+    :class:`~cpn_dist.data.datasets.info.DatasetInfo`; None: the one of the run's shards, left out when they
     cannot be read — the classifier's width then says it) and the whole resolved config."""
     from cpn_dist import __version__
     from cpn_dist.data.datasets.recorded import run_dataset

@@ -1,7 +1,7 @@
 """Train any stage (``cpn train``, ``accelerate launch -m cpn_dist.train``: :mod:`cpn_dist.train`, and the
 pipeline's and the demo's training steps). The config's ``stage`` picks the task — CPN (:mod:`cpn_dist.cpn.task`),
 AffinityNet (:mod:`cpn_dist.affinity.task`) or segmentation (:mod:`cpn_dist.segmentation.task`); the loop
-itself is :mod:`cpn_dist.engine`.
+itself is :mod:`cpn_dist.training.engine`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ STAGES = {
 def train(cfg: Config, resume: str | None = None, restart: bool = False) -> Path:
     """Train the configured stage; returns the path of the final weights ``{output.dir}/model_final.pth``.
     A folder holding checkpoints of the same config resumes from them; ``resume``/``restart``: see
-    :func:`cpn_dist.run_start.plan_start`."""
+    :func:`cpn_dist.training.run_start.plan_start`."""
     import importlib
 
     module, _, name = STAGES[cfg.stage].partition(":")

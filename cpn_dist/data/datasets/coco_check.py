@@ -1,5 +1,5 @@
 """``cpn check-coco``: check a COCO 2014 folder before packing it, as ``cpn check-voc`` checks a VOC one —
-the annotation files parse (:func:`~cpn_dist.data.coco.read_coco_split`), every listed image exists and
+the annotation files parse (:func:`~cpn_dist.data.datasets.coco.read_coco_split`), every listed image exists and
 decodes with the size the file records; empty segmentations are warnings (they label their image but
 draw nothing)."""
 

@@ -1,9 +1,9 @@
 """``cpn coco-masks``: every kept image's ground-truth mask of a COCO split as a VOC-palette PNG, so that
 ``cpn eval --gt OUT --list OUT/{split}.txt`` scores COCO from PNGs as it does VOC.
 
-``OUT`` receives ``{key}.png`` (0 background, 1..C-1 the classes, 255 ignored; :func:`~cpn_dist.data.coco.
+``OUT`` receives ``{key}.png`` (0 background, 1..C-1 the classes, 255 ignored; :func:`~cpn_dist.data.datasets.coco.
 class_mask` under the protocol — the masks ``cpn pack --coco-root`` puts in ``seg.png``), ``dataset.json``
-(the dataset, :func:`~cpn_dist.data.datasets.write_folder_dataset`), ``{split}.txt`` (the kept keys, in
+(the dataset, :func:`~cpn_dist.data.datasets.info.write_folder_dataset`), ``{split}.txt`` (the kept keys, in
 file order) and ``coco_masks.json`` (the split and protocol they were made by). A re-run keeps the PNGs
 already written (a run that was stopped finishes) unless ``overwrite``; a re-run by another protocol is
 refused, naming the flags that differ."""

@@ -1,5 +1,5 @@
 """The published WSSS protocols of COCO's labels and masks, as choices (the table of
-:mod:`cpn_dist.data.coco`). Kept apart from the annotation reader so that the command line can offer
+:mod:`cpn_dist.data.datasets.coco`). Kept apart from the annotation reader so that the command line can offer
 them without importing numpy."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ EMPTY_IMAGES = ("keep", "drop")
 @dataclass(frozen=True)
 class CocoProtocol:
     """How image labels and ground-truth masks are made from the annotations (the table of
-    :mod:`cpn_dist.data.coco`)."""
+    :mod:`cpn_dist.data.datasets.coco`)."""
 
     crowd_labels: bool = True  # crowd annotations count in the image-level labels
     crowd_mask: str = "background"  # crowd pixels: background (not drawn) | ignore (255) | class

@@ -1,5 +1,5 @@
 """Which dataset — which C classes — a run, a weights file or a folder is of. The description itself is
-:class:`cpn_dist.data.datasets.DatasetInfo` (the one contract); this module finds it:
+:class:`cpn_dist.data.datasets.info.DatasetInfo` (the one contract); this module finds it:
 
 - a training run: from its shards' ``meta.json`` (:func:`run_dataset`; a pack that records none is VOC);
 - a weights file: from the dataset the weights record (``model_final.pth``'s ``"cpn_dist"`` metadata,
@@ -91,7 +91,7 @@ def same_classes(model: DatasetInfo, other: DatasetInfo, what: str, source: str)
 
 def folders_dataset(name: str | None, *folders: str | Path | None) -> DatasetInfo:
     """The dataset of a command over ``folders`` (CAMs, labels, ground truth):
-    :func:`cpn_dist.data.datasets.resolve_dataset` (``--dataset`` ``name`` wins, else the first folder whose
+    :func:`cpn_dist.data.datasets.info.resolve_dataset` (``--dataset`` ``name`` wins, else the first folder whose
     ``dataset.json`` records one, else VOC), where a folder of packed shards (the ground truth of ``cpn eval
     --gt shards/…``) records its dataset in its ``meta.json``."""
     from cpn_dist.data.inputs import is_shard_source
@@ -107,7 +107,7 @@ def folders_dataset(name: str | None, *folders: str | Path | None) -> DatasetInf
 
 def record_dataset(folder: str | Path, dataset: DatasetInfo) -> None:
     """Record ``dataset`` in ``folder``'s ``dataset.json`` (CAM files, label maps) for the commands that read
-    it next, as :func:`cpn_dist.data.datasets.write_folder_dataset` does, under a temporary name of its own:
+    it next, as :func:`cpn_dist.data.datasets.info.write_folder_dataset` does, under a temporary name of its own:
     the processes of a distributed run may all record it at once. Written on every call, as the outputs
     of the work that calls it are (a rerun step's files are all new)."""
     import os

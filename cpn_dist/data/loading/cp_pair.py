@@ -127,7 +127,7 @@ def make_cp_pair(
     params: PatchConfig,
 ) -> CPPair:
     """The whole CP pair of one 3×C×C image (the loader does the same, with the two products done
-    once per batch in :func:`~cpn_dist.data.train_sample.collate`)."""
+    once per batch in :func:`~cpn_dist.data.loading.train_sample.collate`)."""
     pm = draw_patch_mask(valid, slic_ids, n_superpixels, rng, params)
     mask = pm.mask.astype(np.float32)[None]
     image_h, image_hbar = split_image(image, mask)

@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 
 def split_shards(data) -> ShardSet:
-    """The shards of ``data.split`` (:func:`~cpn_dist.data.shards.resolve_shards` of ``data.shards``). A
+    """The shards of ``data.split`` (:func:`~cpn_dist.data.shards.reader.resolve_shards` of ``data.shards``). A
     ``data.shards`` folder that does not exist (not packed yet; a packaged config's relative ``demo/shards``
     read from another folder) is one line saying what makes it."""
     spec = data.shards
@@ -89,7 +89,7 @@ def build_train_loader(
     ``start_step`` resumes mid-epoch. ``deterministic=None`` takes ``data.deterministic``.
     Batches are dicts as in docs/interfaces.md ("Training batch"). ``maker`` replaces the CPN sample
     maker (decode → augment → CP pair) with another per-sample callable that has ``members`` and
-    ``collate`` (e.g. :class:`~cpn_dist.data.labelled.LabelledSampleMaker` for image + label map).
+    ``collate`` (e.g. :class:`~cpn_dist.data.loading.labelled.LabelledSampleMaker` for image + label map).
     """
     deterministic = data.deterministic if deterministic is None else deterministic
     if micro_size < 1 or world_size < 1 or not 0 <= rank < world_size:
@@ -153,7 +153,7 @@ def epoch_steps(data, global_size: int, shards: ShardSet | None = None) -> int:
 
 def _worker_init(_: int) -> None:
     """Loader workers ignore Ctrl-C: the terminal sends it to the whole process group, and the main
-    process finishes its step and checkpoints (cpn_dist.stop_signals) before the workers are shut down."""
+    process finishes its step and checkpoints (cpn_dist.training.stop_signals) before the workers are shut down."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -25,7 +25,7 @@ BATCH_KEYS = ("key", "image", "mask", "valid", "labels", "lam")
 @dataclass(frozen=True)
 class TrainSampleMaker:
     """Callable turning a raw webdataset sample into a training sample of numpy arrays. Its
-    randomness comes from :func:`~cpn_dist.data.seeding.sample_rngs` (seed, epoch, key) only. ``data``:
+    randomness comes from :func:`~cpn_dist.data.loading.seeding.sample_rngs` (seed, epoch, key) only. ``data``:
     the run config's ``data`` section (the augmentation), ``patch``: its ``data.patch`` (the CP pairs);
     ``num_foreground``: C-1 of the shards' dataset, the labels each ``cls.json`` holds (None: VOC's)."""
 
@@ -82,7 +82,7 @@ class TrainSampleMaker:
 
     def cp_pair(self, sample: dict[str, Any]) -> dict[str, Any]:
         """Stage 3: the CP pair's mask m and λ, seeded by (seed, epoch, key). I_h and I_hbar are made
-        from the image and m where the model runs (:func:`cpn_dist.data.cp_pair.split_image`, in the
+        from the image and m where the model runs (:func:`cpn_dist.data.loading.cp_pair.split_image`, in the
         training step on the device): a third of the bytes to move, and no work in the workers."""
         _, patch_rng = sample_rngs(self.seed, self.epoch, sample["key"])
         pm = draw_patch_mask(sample["valid"][0], sample.pop("ids"), sample.pop("n_superpixels"), patch_rng,

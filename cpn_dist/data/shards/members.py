@@ -1,5 +1,5 @@
 """The members of one shard sample (``{key}.jpg``, ``.cls.json``, ``.slic{N}.png``, ``.seg.png``; the format is
-described in :mod:`cpn_dist.data.shards`): their names, encoding, and the one decoder of a raw sample."""
+described in :mod:`cpn_dist.data.shards.reader`): their names, encoding, and the one decoder of a raw sample."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """``cpn pack``: turn a VOC or COCO split into webdataset shards with precomputed SLIC superpixel maps.
 
 SLIC runs once per image and requested segment count, at pack time, in worker processes; the
-training loader then only looks superpixel ids up (see :mod:`cpn_dist.data.cp_pair`). What is
+training loader then only looks superpixel ids up (see :mod:`cpn_dist.data.loading.cp_pair`). What is
 packed (the image keys, their labels and ground truth, the dataset's classes) comes from a source of
-:mod:`cpn_dist.data.pack_source`; ``meta.json`` records the dataset.
+:mod:`cpn_dist.data.shards.pack_source`; ``meta.json`` records the dataset.
 
 Shard ``i`` holds the images at positions ``[i·shard_size, (i+1)·shard_size)`` of the split list,
 minus the skipped ones, so every shard can be (re)built on its own. Each shard is written to a
@@ -14,9 +14,9 @@ fixed, mtime 0, uid/gid 0, no user names, mode 0644), so a re-pack is byte-ident
 
 ``resume=True`` finishes an interrupted pack, keeping the shards that match their statistics and
 building the rest; on a complete split it rebuilds exactly the shards that are missing or damaged
-(:mod:`cpn_dist.data.pack_check`). Either way other settings than the pack's are refused.
+(:mod:`cpn_dist.data.shards.pack_check`). Either way other settings than the pack's are refused.
 ``part=(i, N)`` packs only the shards ``s`` with ``s mod N == i``, and ``join=True`` writes meta.json
-from the parts' shards (:mod:`cpn_dist.data.pack_parts`).
+from the parts' shards (:mod:`cpn_dist.data.shards.pack_parts`).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ from cpn_dist.parallel import parallel_map
 
 log = logging.getLogger(__name__)
 
-Source = PackSource | CocoPackSource  # what cpn_dist.data.pack_source finds
+Source = PackSource | CocoPackSource  # what cpn_dist.data.shards.pack_source finds
 
 # Fault injection for tests: after this many shards were written, start the next one and SIGKILL
 # the packing process mid-write, as a pre-empted job would be.
@@ -220,10 +220,10 @@ def pack_source(
     join: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> PackReport:
-    """Pack ``source`` (:func:`~cpn_dist.data.pack_source.find_source`, :func:`~cpn_dist.data.pack_source.
+    """Pack ``source`` (:func:`~cpn_dist.data.shards.pack_source.find_source`, :func:`~cpn_dist.data.shards.pack_source.
     find_coco_source`) into ``out`` (see the module docstring); ``progress(n)`` is called as ``n`` more
     images are done. ``part=(i, N)`` packs only the shards ``s`` with ``s mod N == i`` and leaves meta.json
-    to ``join=True`` (:mod:`cpn_dist.data.pack_parts`). Bad images are skipped and listed in the report and
+    to ``join=True`` (:mod:`cpn_dist.data.shards.pack_parts`). Bad images are skipped and listed in the report and
     in meta.json; bad arguments and missing inputs raise :class:`CpnError` before anything is written."""
     started = time.perf_counter()
     segments = check_options(segments, compactness, shard_size, workers, overwrite, resume, join)
@@ -346,7 +346,7 @@ def _write_split(source: Source, settings: dict, out: Path, work: Path, n_shards
 def _join(source: Source, settings: dict, out: Path, meta: dict | None, n_shards: int,
           started: float) -> PackReport:  # fmt: skip
     """``--join``: check that every shard of the split was packed by its part, intact and with these
-    settings, then write meta.json as a one-machine pack does (:mod:`cpn_dist.data.pack_parts`)."""
+    settings, then write meta.json as a one-machine pack does (:mod:`cpn_dist.data.shards.pack_parts`)."""
     split = source.split
     work = out / f".{split}.pack"
     if not work.is_dir():
@@ -511,5 +511,5 @@ def _split_entry(source: Source, settings: dict, work: Path, n_shards: int) -> d
         **source.entry_extras(),  # COCO: the protocol of the labels and masks
         "shard_size": settings["shard_size"],
         "skipped": [{"id": k, "reason": r} for s in stats for k, r in s["skipped"]],
-        "settings": settings,  # what a --resume compares against (cpn_dist.data.pack_check)
+        "settings": settings,  # what a --resume compares against (cpn_dist.data.shards.pack_check)
     }

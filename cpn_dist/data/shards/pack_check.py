@@ -6,7 +6,7 @@ per-shard statistics. A resume with other settings is refused in one line naming
 is missing, or whose size or checksum differs from the record, is rebuilt. A split packed by an older
 version records neither: its settings are read back from its entry (SLIC counts, compactness, shard
 size, label and mask source, scikit-image version) and its shards checked by decoding every sample
-(:func:`cpn_dist.data.verify.verify_split`).
+(:func:`cpn_dist.data.shards.verify.verify_split`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from cpn_dist.data.datasets.info import DatasetInfo
 from cpn_dist.data.shards.reader import SHARD_PATTERN
 from cpn_dist.data.shards.verify import shard_problem, verify_split
 
-# Each setting of cpn_dist.data.pack._settings as the user knows it.
+# Each setting of cpn_dist.data.shards.pack._settings as the user knows it.
 SETTING_NAMES = {
     "split": "--split",
     "list_sha256": "the split list",

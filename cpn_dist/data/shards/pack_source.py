@@ -1,12 +1,12 @@
 """The input of ``cpn pack``: a split's image keys, where their files are, their image-level labels and
 ground truth — from a VOC folder (XML annotations or a labels file, mask PNGs) or a COCO folder (the
-instances file, by a protocol of :mod:`cpn_dist.data.coco`).
+instances file, by a protocol of :mod:`cpn_dist.data.datasets.coco`).
 
 Both sources give the packer the same things: ``split``, ``ids`` (the sample keys in pack order),
 ``dataset`` (the classes, recorded in ``meta.json``), ``root`` (named in errors), :meth:`settings` (what
 decides the shards' bytes besides SLIC: compared by ``--resume``), :meth:`source_entry` and
 :meth:`entry_extras` (meta.json's description of the source) and :meth:`sample_inputs` (one image's
-files and labels for :class:`~cpn_dist.data.pack_sample.SampleTask`)."""
+files and labels for :class:`~cpn_dist.data.shards.pack_sample.SampleTask`)."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def find_source(voc_root: str | Path, split: str, labels_file: str | Path | None
 
 
 def pack_labels(path: str | Path, dataset: DatasetInfo | None = None) -> dict[str, list[int]]:
-    """The labels of a labels file (:func:`~cpn_dist.data.voc.read_labels_file`, for ``dataset``: VOC when
+    """The labels of a labels file (:func:`~cpn_dist.data.datasets.voc.read_labels_file`, for ``dataset``: VOC when
     None) as shards store them: C-1 × 0/1 per image id; any other value is a CpnError."""
     dataset = dataset or voc()
     out: dict[str, list[int]] = {}
@@ -111,7 +111,7 @@ def protocol_name(protocol: CocoProtocol) -> str:
 class CocoPackSource:
     """What to pack from a COCO folder: the images of ``ROOT/annotations/instances_{split}.json`` that the
     protocol keeps, in file order (key: the file name's stem), their labels by the protocol, and their
-    annotations, from which each worker builds the image's mask (:func:`~cpn_dist.data.coco.class_mask`)."""
+    annotations, from which each worker builds the image's mask (:func:`~cpn_dist.data.datasets.coco.class_mask`)."""
 
     coco_root: Path
     split: str
@@ -153,7 +153,7 @@ class CocoPackSource:
 
 def find_coco_source(coco_root: str | Path, split: str, protocol: CocoProtocol | None = None) -> CocoPackSource:
     """Read and check ``ROOT/annotations/instances_{split}.json`` (one line for a missing or malformed file,
-    :func:`~cpn_dist.data.coco.read_coco_split`) and find the image folder ``ROOT/{split}/``."""
+    :func:`~cpn_dist.data.datasets.coco.read_coco_split`) and find the image folder ``ROOT/{split}/``."""
     protocol = protocol or PROTOCOLS["recam"]
     parsed = read_coco_split(coco_root, split)
     images = Path(coco_root) / split

@@ -11,7 +11,7 @@ image, key = the image id (VOC) or the file name's stem (COCO), members (in this
 - ``{key}.seg.png``     the ground-truth class mask (0..C-1, 255 = void or ignored) when the split has one
 
 ``meta.json`` records the dataset (``"dataset"``: its name, ``"classes"``: its object classes; a folder
-packed before datasets were recorded has no name and is PASCAL VOC, :func:`~cpn_dist.data.datasets.from_meta`)
+packed before datasets were recorded has no name and is PASCAL VOC, :func:`~cpn_dist.data.datasets.info.from_meta`)
 and describes every split packed into the folder (``meta["splits"][split]``): sample count, the shards
 with their sample counts, members, SLIC settings, mean RGB, per-class image counts, the source (and,
 for COCO, the protocol of its labels and masks), and the skipped files with reasons.
@@ -172,7 +172,7 @@ def _beside(url: str) -> str:
 
 
 def shards_dataset(source: Any, meta_location: str | None = None) -> DatasetInfo:
-    """The dataset (:class:`~cpn_dist.data.datasets.DatasetInfo`: its name and C classes) of packed shards,
+    """The dataset (:class:`~cpn_dist.data.datasets.info.DatasetInfo`: its name and C classes) of packed shards,
     as their ``meta.json`` records it — PASCAL VOC for a pack that records none.
 
     ``source``: a run config's ``data`` section (its ``shards`` and ``meta``), or what ``data.shards``

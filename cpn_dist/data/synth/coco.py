@@ -6,7 +6,7 @@
     ROOT/annotations/instances_{split}.json          images, annotations, the real 80 categories
 
 for the splits ``train2014`` and ``val2014`` (every fifth image is val). The annotation file has what
-real COCO files have and what the protocols disagree on (:mod:`cpn_dist.data.coco`): the 80 official
+real COCO files have and what the protocols disagree on (:mod:`cpn_dist.data.datasets.coco`): the 80 official
 category ids with their gaps; objects as polygons (some in two parts), a few as compressed RLE;
 crowd annotations (a group of small blobs of one class, one uncompressed RLE with ``iscrowd: 1``);
 overlapping instances (each annotation covers its whole shape, including what a later object hides,

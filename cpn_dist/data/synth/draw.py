@@ -1,5 +1,5 @@
-"""Drawing primitives both synthetic tasks use (:mod:`cpn_dist.data.synth` for the shapes task,
-:mod:`cpn_dist.data.synth_parts` for the parts tasks): the VOC object record, unit shapes, the
+"""Drawing primitives both synthetic tasks use (:mod:`cpn_dist.data.synth.voc` for the shapes task,
+:mod:`cpn_dist.data.synth.parts` for the parts tasks): the VOC object record, unit shapes, the
 cluttered background and VOC's void band."""
 
 from __future__ import annotations

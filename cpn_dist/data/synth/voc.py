@@ -14,7 +14,7 @@ size or the number of worker processes. The object classes named in each XML are
 classes present (outside the void border) in its mask.
 
 ``task="parts"`` (and ``"parts-reliable"``) draws another kind of object instead — a large, weakly
-textured body with a small, perfectly discriminative marker (see :mod:`cpn_dist.data.synth_parts`) — and
+textured body with a small, perfectly discriminative marker (see :mod:`cpn_dist.data.synth.parts`) — and
 also writes ``SegmentationPart/{id}.png`` (0 none, 1 body, 2 marker, 255 void; not part of VOC).
 """
 
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 SHAPES = ("ellipse", "box", "diamond", "triangle", "ring", "star")
 JPEG_QUALITY = 92
-# shapes: the default task; parts, parts-reliable: see cpn_dist.data.synth_parts
+# shapes: the default task; parts, parts-reliable: see cpn_dist.data.synth.parts
 TASKS = ("shapes", "parts", "parts-reliable")
 PART_FOLDER = "SegmentationPart"
 
