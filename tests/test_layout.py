@@ -102,12 +102,14 @@ def test_the_top_level_holds_at_most_eight_modules():
 
 def test_no_package_but_the_command_line_holds_more_than_twelve_modules():
     crowded = {}
-    for init in PACKAGE.rglob("__init__.py"):
-        package = module_name(init)
-        modules = [p.name for p in init.parent.glob("*.py") if p.name not in ENTRY_FILES]
+    folders = {p.parent for p in PACKAGE.rglob("*.py")}
+    for folder in folders:
+        package = module_name(folder / "__init__.py")
+        modules = [p.name for p in folder.glob("*.py") if p.name not in ENTRY_FILES]
         if len(modules) > MAX_PER_PACKAGE and package not in ONE_MODULE_PER_COMMAND:
             crowded[package] = len(modules)
     assert not crowded, crowded
+    assert not [f for f in folders if not (f / "__init__.py").is_file()]  # no namespace package escapes the count
 
 
 def test_no_import_cycle_even_through_imports_inside_functions():
