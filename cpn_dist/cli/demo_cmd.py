@@ -15,7 +15,8 @@ def register(sub) -> None:
         "Synthetic parts task (a weakly textured body with a small class-coloured marker) or --voc-root DIR → "
         "pack → train the baseline CAM (L_cls only, no head), hiding as augmentation and CPN from one shared "
         "start → multi-scale CAMs → β sweep → a table (mIoU, fg/bg IoU, best β; on a parts task body and "
-        "marker recall, CAM magnitude and CPN's premise), OUT/results.json and OUT/demo.png. "
+        "marker recall, CAM magnitude and CPN's premise; for CPN its refined and its raw CAM), OUT/results.json "
+        "and OUT/demo.png. "
         "Finished steps are kept on a re-run.",
     )  # fmt: skip
     p.add_argument("--out", default="demo", help="output folder (default demo/)")
@@ -38,14 +39,16 @@ def register(sub) -> None:
 
 
 def scores_table(scores: dict, title: str = "CAM quality") -> Table:
-    """The comparison table of :func:`cpn_dist.demo.run.run_demo`'s scores (percentages); the part columns
-    only when the data has part maps."""
+    """The comparison table of :func:`cpn_dist.demo.run.run_demo`'s scores (percentages); a model with a head
+    has its refined CAM's row (the headline), then its raw CAM's; the part columns only when the data has
+    part maps."""
     parts = any(s.body_recall is not None for s in scores.values())
     columns = ["model", "mIoU", "fg IoU", "bg IoU", "best β"]
     if parts:
         columns += ["body rec.", "marker rec.", "body CAM", "marker CAM", "premise sp / grid"]
     table = Table(*columns, title=title + " (IoU and recall in %)")
-    for s in scores.values():
+    rows = [row for s in scores.values() for row in (s, s.raw) if row is not None]
+    for s in rows:
         edge = "" if s.beta_inside else " (edge)"
         row = [s.name, f"{s.miou * 100:.1f}", f"{s.foreground * 100:.1f}", f"{s.background * 100:.1f}",
                f"{s.best_beta:.3f}{edge}"]  # fmt: skip
@@ -88,6 +91,10 @@ def _run(args) -> int:
                       "β. Body / marker CAM: mean CAM of the object's class on the part, relative to its peak. "
                       "Premise: share of CP pairs whose marker-less branch still has a positive raw CAM on the "
                       "object's body (superpixel / grid patches).")  # fmt: skip
+    if any(s.raw is not None for s in scores.values()):
+        console.print("A model with a refinement head is scored on its refined CAM (PCM + PRCM), as the paper scores "
+                      "it at inference; its raw CAM row scores the same model's CAM before the head, at the raw "
+                      "CAM's own best β.")  # fmt: skip
     out = Path(args.out)
     console.print(f"results: [bold]{out / 'results.json'}[/], figure: [bold]{out / 'demo.png'}[/]; "
                   f"wall time {time.perf_counter() - started:.0f} s")  # fmt: skip

@@ -154,10 +154,11 @@ def train_model(config: str | Path, overrides: Sequence[str], out_dir: Path, ove
 
 def infer_cams(weights: Path, config: str | Path, overrides: Sequence[str], voc: Path, names: Sequence[str],
                out_dir: Path, settings: DemoSettings, overwrite: bool = False,
-               use: str = "refined") -> Path:  # fmt: skip
+               use: str = "refined", raw_dir: Path | None = None) -> Path:  # fmt: skip
     """Step 4: multi-scale + flip CAM files (released format) of ``names``, over the classes the weights
     score (recorded in the folder); refined CAMs for a model with a head (``use="cam"``: its raw CAMs), raw
-    CAMs for ``head: none``. Images whose file exists are skipped unless ``overwrite``."""
+    CAMs for ``head: none``; with ``raw_dir`` (a model with a head) its raw CAMs there too, from the same
+    forward passes. Images whose files exist (in both folders) are skipped unless ``overwrite``."""
     import torch
 
     from cpn_dist.config import load_config
@@ -169,16 +170,19 @@ def infer_cams(weights: Path, config: str | Path, overrides: Sequence[str], voc:
     from cpn_dist.progress import Progress
 
     cfg = load_config(config, list(overrides))
-    done = set() if overwrite or not out_dir.is_dir() else set(cam_names(out_dir))
+    folders = [out_dir] if raw_dir is None else [out_dir, raw_dir]
+    done = set() if overwrite else set.intersection(*(set(cam_names(f)) if f.is_dir() else set() for f in folders))
     todo = [n for n in names if n not in done]
     if not todo:
         return out_dir
     model, _, dataset = model_for_weights(weights, cfg.model.backbone, cfg.model.head)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    record_dataset(out_dir, dataset)
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        record_dataset(folder, dataset)
     infer = InferSettings(scales=settings.scales, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std), use=use)
     with torch.inference_mode(), Progress(f"infer {out_dir.name}", len(todo)) as bar:
-        infer_samples(model, VocSource(voc, todo).samples(), out_dir, infer, loader_threads=0, on_image=bar.on_item)
+        infer_samples(model, VocSource(voc, todo).samples(), out_dir, infer, loader_threads=0, on_image=bar.on_item,
+                      raw_cam_dir=raw_dir)  # fmt: skip
     return out_dir
 
 
@@ -241,8 +245,8 @@ def premise(weights: Path | str, config: str | Path, overrides: Sequence[str], v
 
 
 def comparison_figure(voc: Path, cams: dict[str, Path], names: Sequence[str], path: Path) -> Path:
-    """Step 6: one row per image — the image, its ground truth, then each model's CAM of the image's
-    classes (their per-pixel maximum) blended over the image."""
+    """Step 6: one row per image — the image, its ground truth, then the CAMs of ``cams`` (column title →
+    CAM folder) of the image's classes (their per-pixel maximum) blended over the image."""
     from cpn_dist.data.inputs import read_image
     from cpn_dist.data.voc import read_label_png
     from cpn_dist.dataset_of import folders_dataset
@@ -256,10 +260,10 @@ def comparison_figure(voc: Path, cams: dict[str, Path], names: Sequence[str], pa
         image = np.asarray(read_image(voc / "JPEGImages" / f"{name}.jpg"))
         panels = [("image", image), ("ground truth", colour_labels(read_label_png(voc / "SegmentationClass"
                                                                                    / f"{name}.png")))]  # fmt: skip
-        for model, folder in cams.items():
+        for title, folder in cams.items():
             maps = read_cams(folder, name, folders_dataset(None, folder).num_foreground)
             cam = np.max(np.stack(list(maps.values())), axis=0) if maps else np.zeros(image.shape[:2], np.float32)
-            panels.append((f"{model} CAM", (0.45 * image + 0.55 * heat(cam)).astype(np.uint8)))
+            panels.append((title, (0.45 * image + 0.55 * heat(cam)).astype(np.uint8)))
         for ax, (title, picture) in zip(axes[row], panels):
             ax.imshow(picture)
             ax.axis("off")
