@@ -101,6 +101,11 @@ class Pipeline:
                 names = ", ".join(packaged_config_names("run"))
                 raise CpnError(f"configs.{name}: {path} not found (packaged configs, by name: {names})") from None
         self._check_precision()
+        if cfg.coco_root is not None:  # every split's annotation file and image folder, before any step runs
+            from cpn_dist.data.coco_view import check_coco_split
+
+            for split in self.split_names():
+                check_coco_split(Path(cfg.coco_root), split)
         self.overwrite = False
         self.dist: _Dist | None = None
 

@@ -14,7 +14,8 @@ def register(sub) -> None:
     p = add_command(
         sub, "pipeline", "run every step from a VOC or COCO folder to the scored segmentation model (resumable, "
         "skippable)",
-        f"Steps: {', '.join(STEPS)} (with coco_root: coco_view first). A finished step is skipped on the next run (its stamp is in WORK/steps/); "
+        f"Steps: {', '.join(STEPS)} (with coco_root: coco_view first). A finished step is skipped on the next run "
+        "(its stamp is in WORK/steps/); "
         "an interrupted one resumes. Distributed: accelerate launch [--multi_gpu --num_processes N] "
         "-m cpn_dist.pipeline --config FILE.",
     )  # fmt: skip
