@@ -159,6 +159,13 @@ def test_the_pipeline_runs_end_to_end_on_a_coco_folder_through_its_view_and_the_
     cams = json.loads((work / "scores" / "cams.json").read_text())
     assert cams["classes"] == list(coco().classes) and cams["betas"][0] == pytest.approx(0.01)
     assert all(0.0 <= s.miou <= 1.0 for s in result.scores)
+    # the view is a --voc-root of the commands: cpn infer reads its labels and classes
+    (coco_pipeline["tmp"] / "one.txt").write_text(f"{key}\n")
+    run_cpn("infer", "--checkpoint", str(work / "cpn" / "model_final.pth"), "--voc-root", str(view), "--list",
+            str(coco_pipeline["tmp"] / "one.txt"), "--out", str(coco_pipeline["tmp"] / "cams"), "--scales", "1.0",
+            "--loader-threads", "0", check=True)  # fmt: skip
+    assert sorted(load_cams(coco_pipeline["tmp"] / "cams" / f"{key}.npy", 80)) == sorted(load_cams(
+        work / "cams" / f"{key}.npz", 80))  # fmt: skip
 
 
 def test_a_coco_pipeline_rerun_is_done_before_and_another_protocol_remakes_the_view(coco_pipeline, coco_root):
@@ -219,3 +226,19 @@ def test_demo_on_a_coco_folder_compares_the_three_models_over_its_81_classes(coc
     both = run_cpn("demo", "--coco-root", str(coco_root), "--voc-root", str(tmp_path), "--out", str(tmp_path / "bad"))
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_an_image_missing_from_the_coco_folder_is_left_out_of_the_view_with_a_warning(coco_root, tmp_path, caplog):
+    from cpn_dist.data.coco_protocol import PROTOCOLS
+    from cpn_dist.data.coco_view import plan_view, write_view
+
+    root = tmp_path / "COCO"
+    shutil.copytree(coco_root, root)
+    gone = sorted((root / "train2014").iterdir())[3]
+    gone.unlink()
+    plan = plan_view(root, ["train2014"], tmp_path / "view", PROTOCOLS["recam"])
+    assert write_view(plan, root) == {"train2014": 31}
+    listed = read_split(tmp_path / "view" / "ImageSets" / "Segmentation" / "train2014.txt")
+    assert gone.stem not in listed and len(listed) == 31 and gone.stem not in json.loads(
+        (tmp_path / "view" / "cls_labels.json").read_text())  # fmt: skip
+    assert f"1 image(s) of the annotations not found (e.g. {gone.name})" in caplog.text
