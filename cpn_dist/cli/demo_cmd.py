@@ -11,8 +11,10 @@ from cpn_dist.cli import add_command, add_threads_argument, console, print_table
 
 def register(sub) -> None:
     p = add_command(
-        sub, "demo", "train the plain CAM and CPN on a synthetic parts task (or a VOC folder), compare their CAMs",
-        "Synthetic parts task (a weakly textured body with a small class-coloured marker) or --voc-root DIR → "
+        sub, "demo", "train the plain CAM and CPN on a synthetic parts task (or a VOC or COCO folder), compare their "
+        "CAMs",
+        "Synthetic parts task (a weakly textured body with a small class-coloured marker), --voc-root DIR or "
+        "--coco-root DIR → "
         "pack → train the baseline CAM (L_cls only, no head), hiding as augmentation and CPN from one shared "
         "start → multi-scale CAMs → β sweep → a table (mIoU, fg/bg IoU, best β; on a parts task body and "
         "marker recall, CAM magnitude and CPN's premise; for CPN its refined and its raw CAM), OUT/results.json "
@@ -21,10 +23,14 @@ def register(sub) -> None:
     )  # fmt: skip
     p.add_argument("--out", default="demo", help="output folder (default demo/)")
     p.add_argument("--config", default=None, help="run config of the models: a path or a packaged name (default demo)")
-    p.add_argument("--voc-root", default=None,
-                   help="a VOC 2012 layout folder (JPEGImages/, Annotations/, SegmentationClass/, "
-                        "ImageSets/Segmentation/) to use instead of synthetic data: trains on train_aug when "
-                        "listed, else train; scores CAMs on train")  # fmt: skip
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--voc-root", default=None,
+                      help="a VOC 2012 layout folder (JPEGImages/, Annotations/, SegmentationClass/, "
+                           "ImageSets/Segmentation/) to use instead of synthetic data: trains on train_aug when "
+                           "listed, else train; scores CAMs on train")  # fmt: skip
+    data.add_argument("--coco-root", default=None, metavar="DIR",
+                      help="a COCO 2014 folder (train2014/, annotations/instances_train2014.json) instead: trains "
+                           "on train2014 (ReCAM's labels) and scores CAMs on it over the 81 classes")  # fmt: skip
     p.add_argument("--task", default=None, choices=("parts", "parts-reliable"),
                    help="the synthetic task (default parts-reliable); ignored with --voc-root")
     p.add_argument("--images", type=int, default=None, help="synthetic images (default 1000)")
@@ -82,7 +88,8 @@ def _run(args) -> int:
     started = time.perf_counter()
 
     scores = run_demo(Path(args.out), settings, config=args.config or DEMO_CONFIG, overrides=args.overrides,
-                      overwrite=args.overwrite, on_step=step_printer(), voc_root=args.voc_root)  # fmt: skip
+                      overwrite=args.overwrite, on_step=step_printer(), voc_root=args.voc_root,
+                      coco_root=args.coco_root)  # fmt: skip
     print_table(scores_table(scores))
     console.print(f"β swept over {len(settings.betas)} values, {settings.betas[0]:.3f} … {settings.betas[-1]:.3f}"
                   " (finer below 0.005).")  # fmt: skip

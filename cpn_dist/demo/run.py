@@ -8,7 +8,9 @@ image by image); ``overwrite=True`` redoes them all.
 
 1. ``data``: :func:`~cpn_dist.data.synth.synthesize_voc` of ``settings.task`` into ``OUT/VOC2012`` — or,
    with ``voc_root``, the user's folder as it is — then :func:`~cpn_dist.data.pack.pack_split` of its
-   training split (``train_aug`` when listed, else ``train``) into ``OUT/shards``;
+   training split (``train_aug`` when listed, else ``train``) into ``OUT/shards``; with ``coco_root``, its
+   train2014 packed and viewed as a VOC folder in ``OUT/coco_view`` (:mod:`cpn_dist.data.coco_view`): the
+   models train on it and their CAMs are scored on it over the dataset's 81 classes;
 2. the shared start of every model: the config's ``model.weights`` when it names any (``imagenet`` for
    the EfficientNet-Lite0 backbone: the paper's setting); otherwise (the tiny backbone) ``init`` and
    ``warmup``: data-dependent initial weights ``OUT/init.pth`` (:func:`initial_weights`), then the plain
@@ -111,7 +113,8 @@ class Demo:
         s = self.settings
         record = {
             "data": lambda: {"voc_root": None if self.data.task else str(self.data.voc), "task": s.task,
-                             "images": s.images, "size": s.size, "data_seed": s.data_seed, "segments": s.segments},
+                             "images": s.images, "size": s.size, "data_seed": s.data_seed, "segments": s.segments,
+                             **({"coco_root": str(self.data.coco)} if self.data.coco else {})},
             "init": lambda: {"config": str(self.config), "overrides": list(self.base)},
             "warmup": lambda: {"config": str(self.config), "overrides": list(self.base),
                                "warmup_epochs": s.warmup_epochs},
@@ -144,7 +147,7 @@ class Demo:
 
 # ---- the steps -----------------------------------------------------------------------------------
 def data_step(d: Demo):
-    make_data(d.out, d.settings, d.overwrite, None if d.data.task else d.data.voc)
+    make_data(d.out, d.settings, d.overwrite, d.data.user_voc, d.data.coco)
 
 
 def init_step(d: Demo):
@@ -233,13 +236,15 @@ def demo_table(models: Sequence[str]) -> list[Step]:
 def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), config: str | Path = DEMO_CONFIG,
              models: dict[str, tuple[str, ...]] | None = None, overrides: Sequence[str] = (),
              overwrite: bool = False, on_step: Callable[[str, str], None] | None = None,
-             voc_root: str | Path | None = None) -> dict[str, ModelScores]:  # fmt: skip
+             voc_root: str | Path | None = None,
+             coco_root: str | Path | None = None) -> dict[str, ModelScores]:  # fmt: skip
     """Run every step (see the module docstring) into ``out``; returns each model's scores and writes
     ``out/results.json``.
 
     ``models``: name → dotted overrides of ``config`` (default :data:`DEMO_MODELS`); ``overrides``
     apply to every run, the warm-up included (e.g. ``train.max_steps=2`` for a smoke test);
-    ``voc_root``: a VOC-layout folder to use instead of the synthetic task; ``on_step(name, event)`` hears
+    ``voc_root``: a VOC-layout folder to use instead of the synthetic task; ``coco_root``: a COCO 2014 folder
+    instead (its train2014, trained on and scored over its 81 classes); ``on_step(name, event)`` hears
     what :meth:`cpn_dist.runner.StepRunner.run` tells."""
     from cpn_dist.config import load_config
 
@@ -247,7 +252,11 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), config: s
     if out.exists() and not out.is_dir():
         raise CpnError(f"{out}: exists and is not a folder")
     models = DEMO_MODELS if models is None else models
-    data = describe_data(out, settings, voc_root)  # checks --voc-root before anything is written
+    if voc_root is not None and coco_root is not None:
+        raise CpnError("--voc-root and --coco-root: give one of them")
+    data = describe_data(out, settings, voc_root, coco_root)  # checks the folder before anything is written
+    if data.coco is not None:
+        settings = replace(settings, eval_split=data.split)  # COCO's CAMs are scored on train2014
     warm = not load_config(config, [*data.overrides(settings), *overrides]).model.weights
     out.mkdir(parents=True, exist_ok=True)
     demo = Demo(out, settings, config, dict(models), tuple(overrides), data, warm)
@@ -268,6 +277,17 @@ def result_row(s: ModelScores) -> dict:
                   "marker_cam": s.marker_magnitude, "premise": s.premise}  # fmt: skip
 
 
+def _coco_record(data: DemoData) -> dict:
+    """What results.json adds on a COCO folder: the folder, and the classes (81: every mIoU averages those
+    present in the ground truth or the prediction, as ``mean`` says)."""
+    if data.coco is None:
+        return {}
+    from cpn_dist.data.datasets import read_folder_dataset
+
+    dataset = read_folder_dataset(data.voc / "SegmentationClass")
+    return {"coco_root": str(data.coco), "dataset": dataset.name, "classes": dataset.num_classes}
+
+
 def write_results(path: Path, scores: dict[str, ModelScores], data: DemoData, settings: DemoSettings,
                   config: str | Path, overrides: Sequence[str], names: Sequence[str], start: Path | None,
                   start_premise: dict | None, figure: Path) -> None:  # fmt: skip
@@ -280,7 +300,7 @@ def write_results(path: Path, scores: dict[str, ModelScores], data: DemoData, se
         "models": models,
         "data": {"voc_root": str(data.voc), "synthetic_task": data.task, "train_split": data.split,
                  "eval_split": settings.eval_split, "eval_images": len(names),
-                 "part_maps": data.has_parts},
+                 "part_maps": data.has_parts, **_coco_record(data)},
         "start": {"weights": str(start) if start is not None else "config's model.weights",
                   "warmup_epochs": settings.warmup_epochs, "premise": start_premise},
         "config": str(config), "overrides": list(overrides), "betas": [settings.betas[0], settings.betas[-1]],

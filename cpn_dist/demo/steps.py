@@ -18,14 +18,23 @@ from cpn_dist.errors import CpnError
 log = logging.getLogger(__name__)
 
 
+COCO_SPLIT = "train2014"  # --coco-root: the split the models train on and the CAMs are scored on
+
+
 @dataclass(frozen=True)
 class DemoData:
     """Where the demo's data lives: the VOC folder, its packed training split, and whether it has part maps."""
 
-    voc: Path
+    voc: Path  # with --coco-root: the VOC-layout view of its train2014 (cpn_dist.data.coco_view) in OUT/coco_view
     shards: Path
-    split: str  # the packed training split: train_aug, or train when the folder lists no train_aug
+    split: str  # the packed training split: train_aug, or train when the folder lists no train_aug; train2014
     task: str | None  # the synthetic task, None for a user's folder
+    coco: Path | None = None  # --coco-root: the COCO folder
+
+    @property
+    def user_voc(self) -> Path | None:
+        """The user's VOC folder (None: synthetic data, or COCO)."""
+        return None if self.task or self.coco else self.voc
 
     @property
     def has_parts(self) -> bool:
@@ -38,9 +47,16 @@ class DemoData:
         return (f"data.shards={self.shards}", f"data.split={self.split}", f"data.patch.segments={settings.segments}")
 
 
-def describe_data(out: Path, settings: DemoSettings, voc_root: str | Path | None = None) -> DemoData:
+def describe_data(out: Path, settings: DemoSettings, voc_root: str | Path | None = None,
+                  coco_root: str | Path | None = None) -> DemoData:  # fmt: skip
     """Where step 1 puts (or finds) the data, without making it: ``out/VOC2012`` and ``out/shards`` for the
-    synthetic task; ``voc_root`` (checked to be a VOC layout folder) and ``out/shards`` for a user's folder."""
+    synthetic task; ``voc_root`` (checked to be a VOC layout folder) and ``out/shards`` for a user's folder;
+    for a COCO folder (checked to hold train2014 and its annotations) its view ``out/coco_view``."""
+    if coco_root is not None:
+        from cpn_dist.data.coco_view import check_coco_split
+
+        coco = check_coco_split(Path(coco_root).resolve(), COCO_SPLIT)
+        return DemoData(out / "coco_view", out / "shards", COCO_SPLIT, None, coco)
     if voc_root is None:
         return DemoData(out / "VOC2012", out / "shards", "train_aug", settings.task)
     from cpn_dist.data.voc import voc_folder
@@ -53,18 +69,17 @@ def describe_data(out: Path, settings: DemoSettings, voc_root: str | Path | None
 
 
 def make_data(out: Path, settings: DemoSettings, overwrite: bool = False,
-              voc_root: str | Path | None = None) -> DemoData:  # fmt: skip
+              voc_root: str | Path | None = None, coco_root: str | Path | None = None) -> DemoData:  # fmt: skip
     """Step 1: the VOC folder — ``settings.task`` synthesised into ``out/VOC2012``, or ``voc_root`` as it
-    is — and its training split packed into ``out/shards``."""
-    from cpn_dist.data.pack import pack_split
-    from cpn_dist.data.pack_source import find_source
+    is — and its training split packed into ``out/shards``; or ``coco_root``'s train2014 packed (ReCAM's
+    protocol) with its VOC-layout view in ``out/coco_view``."""
     from cpn_dist.data.shards import META_NAME
-    from cpn_dist.data.synth import synthesize_voc
-    from cpn_dist.progress import Progress
 
-    data = describe_data(out, settings, voc_root)
+    data = describe_data(out, settings, voc_root, coco_root)
     stamp = out / ".data.json"
-    if voc_root is None:
+    if data.coco is not None:
+        wanted = {"coco_root": str(data.coco), "segments": settings.segments}
+    elif voc_root is None:
         wanted = {"images": settings.images, "size": settings.size, "seed": settings.data_seed,
                   "segments": settings.segments, "task": settings.task}  # fmt: skip
     else:
@@ -73,15 +88,47 @@ def make_data(out: Path, settings: DemoSettings, overwrite: bool = False,
             (data.shards / META_NAME).is_file():  # fmt: skip
         log.info("data: %s and %s are complete", data.voc, data.shards)
         return data
-    if voc_root is None:
+    if data.coco is not None:
+        _coco_data(data, settings)
+    else:
+        _voc_data(data, settings, voc_root is None)
+    stamp.write_text(json.dumps(wanted) + "\n")
+    return data
+
+
+def _voc_data(data: DemoData, settings: DemoSettings, synthetic: bool) -> None:
+    """The synthetic task synthesised (``synthetic``), and the VOC folder's training split packed."""
+    from cpn_dist.data.pack import pack_split
+    from cpn_dist.data.pack_source import find_source
+    from cpn_dist.data.synth import synthesize_voc
+    from cpn_dist.progress import Progress
+
+    if synthetic:
         with Progress("synth-voc", settings.images) as bar:
             synthesize_voc(data.voc, settings.images, size=settings.size, seed=settings.data_seed, workers=2,
                            overwrite=True, task=settings.task, on_image=bar.on_item)  # fmt: skip
     with Progress("pack", len(find_source(data.voc, data.split).ids)) as bar:
         pack_split(data.voc, data.split, data.shards, segments=(settings.segments,), workers=2, overwrite=True,
                    progress=bar.advance)  # fmt: skip
-    stamp.write_text(json.dumps(wanted) + "\n")
-    return data
+
+
+def _coco_data(data: DemoData, settings: DemoSettings) -> None:
+    """The COCO folder's train2014: its VOC-layout view (the images, masks, list and labels the later steps
+    read) and its shards, both by ReCAM's protocol (``cpn pack --coco-root``'s default)."""
+    from cpn_dist.data.coco_protocol import PROTOCOLS
+    from cpn_dist.data.coco_view import plan_view, write_view
+    from cpn_dist.data.pack import pack_source
+    from cpn_dist.data.pack_source import find_coco_source
+    from cpn_dist.progress import Progress
+
+    protocol = PROTOCOLS["recam"]
+    plan = plan_view(data.coco, [data.split], data.voc, protocol, overwrite=True)
+    with Progress("coco_view masks", plan.todo) as bar:
+        write_view(plan, data.coco, workers=2, progress=bar.advance)
+    source = find_coco_source(data.coco, data.split, protocol)
+    with Progress("pack", len(source.ids)) as bar:
+        pack_source(source, data.shards, segments=(settings.segments,), workers=2, overwrite=True,
+                    progress=bar.advance)  # fmt: skip
 
 
 def initial_weights(path: Path, config: str | Path, overrides: Sequence[str], batches: int = 8,
