@@ -60,34 +60,62 @@ def cells(batches, rules, warmup_epochs: float) -> list[dict]:
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Per (model, cell): mean/std/min/max of mIoU over seeds and the per-seed difference to G = 4 without
-    warm-up (the paper's setting)."""
-    base = {(r["model"], r["seed"]): r["miou"] for r in rows if r["global"] == REFERENCE and r["warmup_epochs"] == 0}
+    """Per (model, cell): mean/std/min/max of mIoU over seeds and the per-seed difference to G = 4 — without
+    warm-up (the paper's setting: ``delta``) and with the cell's own warm-up (``delta_same_warmup``: what
+    the batch and the rule cost, the warm-up aside)."""
+    base = {(r["model"], r["seed"], r["warmup_epochs"]): r["miou"] for r in rows if r["global"] == REFERENCE}
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["model"], r["global"], r["rule"], r["warmup_epochs"]), []).append(r)
     out = {}
     for (model, g, rule, warm), rs in sorted(groups.items()):
         values = [r["miou"] for r in rs]
-        deltas = [r["miou"] - base[(model, r["seed"])] for r in rs if (model, r["seed"]) in base]
+        deltas = [r["miou"] - base[(model, r["seed"], 0.0)] for r in rs if (model, r["seed"], 0.0) in base]
+        same = [r["miou"] - base[(model, r["seed"], warm)] for r in rs if (model, r["seed"], warm) in base]
         out[f"{model}|{g}|{rule}|{warm:g}"] = {
             "model": model, "global": g, "rule": rule, "warmup_epochs": warm, "seeds": [r["seed"] for r in rs],
             "miou": {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
                      "min": min(values), "max": max(values), "values": values},
             "delta": deltas, "delta_mean": statistics.fmean(deltas) if deltas else None,
+            "delta_same_warmup": same, "delta_same_warmup_mean": statistics.fmean(same) if same else None,
             "lr": rs[0]["lr"], "train_s": statistics.fmean(r["train_s"] for r in rs),
         }  # fmt: skip
     return out
 
 
+def verdicts(summary: dict, tolerance: float = 0.01) -> list[dict]:
+    """For each rule and warm-up: the mean difference to G = 4 (same warm-up) at the largest batch measured,
+    per model, and whether every model stays within ``tolerance`` (1 point) of it — the issue's criterion."""
+    largest = max(e["global"] for e in summary.values())
+    found: dict[tuple, dict] = {}
+    for e in summary.values():
+        if e["global"] != largest or e["delta_same_warmup_mean"] is None:
+            continue
+        entry = found.setdefault((e["rule"], e["warmup_epochs"]), {"rule": e["rule"], "warmup_epochs":
+                                                                    e["warmup_epochs"], "global": largest})
+        entry[e["model"]] = e["delta_same_warmup_mean"]
+    for entry in found.values():
+        entry["within"] = all(v >= -tolerance for k, v in entry.items() if k in MODELS)
+    return sorted(found.values(), key=lambda v: -min(v.get(m, -1.0) for m in MODELS))
+
+
 def markdown(summary: dict) -> str:
-    lines = ["| model | global batch | rule | warm-up (epochs) | lr | mIoU % (mean ± std) | Δ vs global 4, per seed | "
-             "mean Δ |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| model | global batch | rule | warm-up (epochs) | lr | mIoU % (mean ± std) | Δ vs global 4 "
+             "(no warm-up), per seed | Δ vs global 4 (same warm-up), per seed | mean Δ (same warm-up) |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for e in summary.values():
         deltas = " / ".join(f"{d * 100:+.1f}" for d in e["delta"])
-        mean = "—" if e["delta_mean"] is None else f"{e['delta_mean'] * 100:+.1f}"
+        same = " / ".join(f"{d * 100:+.1f}" for d in e["delta_same_warmup"])
+        mean = "—" if e["delta_same_warmup_mean"] is None else f"{e['delta_same_warmup_mean'] * 100:+.1f}"
         lines.append(f"| {e['model']} | {e['global']} | {e['rule']} | {e['warmup_epochs']:g} | {e['lr']:g} | "
-                     f"{e['miou']['mean'] * 100:.1f} ± {e['miou']['std'] * 100:.1f} | {deltas} | {mean} |")  # fmt: skip
+                     f"{e['miou']['mean'] * 100:.1f} ± {e['miou']['std'] * 100:.1f} | {deltas} | {same} | "
+                     f"{mean} |")  # fmt: skip
+    lines += ["", "| rule | warm-up (epochs) | global | " + " | ".join(f"mean Δ {m}" for m in MODELS) +
+              " | within 1 point |", "|---|---|---|" + "---|" * len(MODELS) + "---|"]  # fmt: skip
+    for v in verdicts(summary):
+        cols = " | ".join("—" if m not in v else f"{v[m] * 100:+.1f}" for m in MODELS)
+        within = "yes" if v["within"] else "no"
+        lines.append(f"| {v['rule']} | {v['warmup_epochs']:g} | {v['global']} | {cols} | {within} |")
     return "\n".join(lines) + "\n"
 
 
@@ -131,7 +159,7 @@ def main() -> int:
                 if args.report_only and not path.is_file():
                     continue
                 row = run_one(cell_out, config, model, seed, kind, start, data, names, settings, cell["overrides"])
-                from cpn_dist.config import load_config
+                from cpn_dist.config.load import load_config
                 from cpn_dist.training.optim import scaled_lr
 
                 lr = scaled_lr(load_config(config, list(cell["overrides"])).optim, cell["global"])
@@ -143,19 +171,23 @@ def main() -> int:
                     console.print(f"[dim]{time.perf_counter() - started:6.0f} s[/] seed {seed} {cell['label']} "
                                   f"{model}: mIoU {row['miou'] * 100:.2f} (lr {lr:g}, {row['train_s']:.0f} s)")
     summary = summarise(rows)
-    table = Table("model", "G", "rule", "warm-up", "lr", "mIoU %", "Δ vs G=4 per seed", "mean Δ",
+    table = Table("model", "G", "rule", "warm-up", "lr", "mIoU %", "Δ vs G=4 per seed", "Δ same warm-up",
+                  "mean Δ same warm-up",
                   title=f"global batch × lr rule, {args.backbone}, seeds {args.seeds}")
     for e in summary.values():
         table.add_row(e["model"], str(e["global"]), e["rule"], f"{e['warmup_epochs']:g}", f"{e['lr']:g}",
                       f"{e['miou']['mean'] * 100:.1f} ± {e['miou']['std'] * 100:.1f}",
                       " ".join(f"{d * 100:+.1f}" for d in e["delta"]),
-                      "—" if e["delta_mean"] is None else f"{e['delta_mean'] * 100:+.1f}")  # fmt: skip
+                      " ".join(f"{d * 100:+.1f}" for d in e["delta_same_warmup"]),
+                      "—" if e["delta_same_warmup_mean"] is None
+                      else f"{e['delta_same_warmup_mean'] * 100:+.1f}")  # fmt: skip
     console.print(table)
     record = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model(),
               "cores": os.cpu_count(), "load_average": os.getloadavg(), "threads": args.threads,
               "torch": torch.__version__, "backbone": args.backbone, "seeds": args.seeds,
               "warmup_epochs": args.warmup_epochs, "base_lr": BASE_LR, "reference_batch": REFERENCE,
-              "wall_s": time.perf_counter() - started, "rows": rows, "summary": summary}  # fmt: skip
+              "wall_s": time.perf_counter() - started, "rows": rows, "summary": summary,
+              "verdicts": verdicts(summary)}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"bench_batch_{args.backbone}.json"
     path.write_text(json.dumps(record, indent=1) + "\n")

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -77,7 +78,7 @@ def test_demo_pipeline_on_a_tiny_budget(tmp_path, caplog):
         assert (out / "runs" / name / "model_final.pth").is_file()
     png = (out / "demo.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) < 1_000_000
-    assert scores_table(scores).row_count == 3
+    _check_raw_cam_beside_the_refined(out, scores, scores_table(scores))
 
     # a re-run keeps every finished step: nothing is retrained
     stamp = (out / "runs" / "cpn" / "model_final.pth").stat().st_mtime_ns
@@ -86,6 +87,19 @@ def test_demo_pipeline_on_a_tiny_budget(tmp_path, caplog):
     assert {event for _, event in events} == {"done before"}
     assert (out / "runs" / "cpn" / "model_final.pth").stat().st_mtime_ns == stamp
     assert again["cpn"].miou == scores["cpn"].miou
+    # a folder of a demo from before the raw CAM: its CPN's CAMs are inferred again (raw and refined in one
+    # pass), nothing is retrained, and the refined numbers stay what they were
+    shutil.rmtree(out / "cams_raw")
+    infer_stamp = out / "steps" / "infer_cpn.json"
+    old = json.loads(infer_stamp.read_text())
+    del old["settings"]["raw_cam"]
+    infer_stamp.write_text(json.dumps(old))
+    events.clear()
+    upgraded = run_demo(out, settings, overrides=tiny, on_step=lambda name, event: events.append((name, event)))
+    assert ("infer_cpn", "stale: raw_cam: null → true") in events
+    assert [name for name, event in events if event == "ran"] == ["infer_cpn", "eval_cpn", "start_premise", "figure",
+                                                                  "results"]  # fmt: skip
+    assert upgraded["cpn"].miou == scores["cpn"].miou and upgraded["cpn"].raw == scores["cpn"].raw
     # a changed setting reruns the steps it stales: those of the model and the report after it
     events.clear()
     changed = {**DEMO_MODELS, "cpn": ("loss.ohem_ratio=0.5",)}
@@ -102,6 +116,29 @@ def test_demo_pipeline_on_a_tiny_budget(tmp_path, caplog):
         run_demo(out, settings, overrides=tiny, models=changed)
     assert "resuming from step 2 (cpn demo --overwrite starts over)" in caplog.text and "--restart" not in caplog.text
     assert (out / "runs" / "cpn" / "model_final.pth").is_file()
+
+
+def _check_raw_cam_beside_the_refined(out, scores, table):
+    """CPN (the demo's model with a head) has its raw CAM scored beside its refined one: in the scores, in
+    results.json under "raw" (the refined numbers where they were), as a table row and as a figure column."""
+    from PIL import Image
+
+    assert scores["baseline"].raw is None and scores["hiding"].raw is None  # no head: their CAM is the raw one
+    raw = scores["cpn"].raw
+    assert raw is not None and raw.name == "cpn raw CAM" and raw.best_beta in raw.betas and max(raw.curve) == raw.miou
+    assert 0.0 <= raw.body_recall <= 1.0 and 0.0 <= raw.marker_recall <= 1.0
+    assert raw.premise == scores["cpn"].premise  # the premise is measured on the raw CAM
+    assert len(list((out / "cams_raw" / "cpn").glob("*.npy"))) == 4 and not (out / "cams_raw" / "baseline").exists()
+    results = json.loads((out / "results.json").read_text())["models"]
+    cpn = results["cpn"]
+    assert cpn["miou"] == 100 * scores["cpn"].miou and cpn["best_beta"] == scores["cpn"].best_beta  # the headline
+    assert set(cpn["raw"]) == set(cpn) - {"raw"}  # the same keys as the refined numbers
+    assert cpn["raw"]["miou"] == 100 * raw.miou and cpn["raw"]["best_beta"] == raw.best_beta
+    assert cpn["raw"]["body_recall"] == 100 * raw.body_recall and cpn["raw"]["marker_recall"] == 100 * raw.marker_recall
+    assert results["baseline"]["raw"] is None and results["hiding"]["raw"] is None
+    assert table.row_count == 4 and list(table.columns[0].cells) == ["baseline", "hiding", "cpn", "cpn raw CAM"]
+    # image, ground truth, baseline, hiding, CPN refined, CPN raw: 6 columns of 2.2 in at 100 dpi, 2 rows of 2 in
+    assert Image.open(out / "demo.png").size == (6 * 220, 2 * 200)
 
 
 VOC_PALETTE = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0, 0, 0, 128, 128, 0, 128, 0, 128, 128, 128, 128, 128,
@@ -158,6 +195,8 @@ def test_demo_on_a_voc_folder_it_did_not_make_writes_results_json(tmp_path):
     assert results["data"]["train_split"] == "train" and results["data"]["synthetic_task"] is None
     assert results["data"]["eval_images"] == 4 and not (out / "VOC2012").exists()
     assert "body rec." not in proc.stdout and "mIoU" in proc.stdout
+    assert "cpn raw CAM" in proc.stdout and 0.0 <= results["models"]["cpn"]["raw"]["miou"] <= 100.0
+    assert results["models"]["cpn"]["raw"]["body_recall"] is None
     scored = sorted(p.stem for p in (out / "cams" / "cpn").glob("*.npy"))
     assert scored == [f"hand_{i:03d}" for i in range(4)]  # the first images of train.txt
 

@@ -66,17 +66,19 @@ def test_a_config_of_the_other_kind_names_the_command_that_takes_it(tmp_path):
     not one unknown-key error per section."""
     line = error_line(run_cpn("pipeline", "--config", "demo", cwd=tmp_path), code=2)
     assert "demo.yaml: a run config (it has data:, model:, loss: …), not a pipeline config" in line
-    assert "`cpn train --config demo` trains it" in line and line.endswith("configs: pipeline_demo, pipeline_voc")
+    assert "`cpn train --config demo` trains it" in line
+    assert line.endswith("configs: pipeline_coco, pipeline_demo, pipeline_voc")
     assert "unknown key" not in line
 
     line = error_line(run_cpn("train", "--config", "pipeline_demo", cwd=tmp_path), code=2)
     assert "pipeline_demo.yaml: a pipeline config (it has voc_root:, work_dir:, shards: …), not a run config" in line
-    assert "`cpn pipeline --config pipeline_demo` runs it" in line and "run configs: demo, demo_affinity" in line
+    assert "`cpn pipeline --config pipeline_demo` runs it" in line
+    assert "run configs: coco_affinity, coco_cpn_paper, coco_segmentation, demo, demo_affinity" in line
     assert "unknown key" not in line and "pipeline_voc" not in line
 
     line = error_line(run_cpn("pipeline", "--config", "nope", cwd=tmp_path), code=2)
-    assert line.endswith("nope: pipeline config not found (packaged configs, usable by name: pipeline_demo, "
-                         "pipeline_voc)")  # fmt: skip
+    assert line.endswith("nope: pipeline config not found (packaged configs, usable by name: pipeline_coco, "
+                         "pipeline_demo, pipeline_voc)")  # fmt: skip
     assert list(tmp_path.iterdir()) == []
 
 

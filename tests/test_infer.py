@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -216,6 +217,39 @@ def test_infer_from_shards_equals_infer_from_the_voc_root(synth_voc, tiny_checkp
         assert sorted(a) == sorted(b) and a
         for c in a:
             np.testing.assert_allclose(a[c], b[c], rtol=0, atol=1e-5)
+
+
+def test_the_raw_cam_comes_from_the_refined_cams_forward_passes_and_equals_a_raw_only_run(synth_voc, tiny_checkpoint,
+                                                                                          tmp_path):  # fmt: skip
+    from cpn_dist.cpn.model import build_model
+    from cpn_dist.data.inputs import VocSource
+
+    names = read_split(synth_voc / "ImageSets" / "Segmentation" / "val.txt")[:3]
+    model = _load_model(tiny_checkpoint)
+    forwards = []
+    model.register_forward_hook(lambda module, inputs, output: forwards.append(inputs[0].shape[0]))
+    settings = InferSettings(scales=(0.5, 1.0), batch_size=4)
+    source = VocSource(synth_voc, names)
+    infer_samples(model, source.samples(), tmp_path / "refined", settings)
+    alone = list(forwards)
+    infer_samples(model, source.samples(), tmp_path / "raw", replace(settings, use="cam"))
+    forwards.clear()
+    infer_samples(model, source.samples(), tmp_path / "both", settings, raw_cam_dir=tmp_path / "both_raw")
+    assert forwards == alone  # both CAMs from the refined CAM's forward passes alone: no second pass
+    differs = False
+    for n in names:
+        for folder, want in (("both", "refined"), ("both_raw", "raw")):
+            got, expected = load_cams(tmp_path / folder / f"{n}.npy"), load_cams(tmp_path / want / f"{n}.npy")
+            assert sorted(got) == sorted(expected) and got
+            for c in got:
+                np.testing.assert_array_equal(got[c], expected[c])  # bit for bit: the same batches
+        refined, raw = load_cams(tmp_path / "both" / f"{n}.npy"), load_cams(tmp_path / "both_raw" / f"{n}.npy")
+        differs |= any(not np.array_equal(refined[c], raw[c]) for c in refined)
+    assert differs  # the head changes the CAM: the two folders are not one map written twice
+
+    headless = build_model("tiny", "none", dropout=0.0).eval()
+    with pytest.raises(ValueError, match="without a head"):
+        infer_samples(headless, source.samples(), tmp_path / "x", settings, raw_cam_dir=tmp_path / "x_raw")
 
 
 def test_torch_normalisation_is_bit_identical_to_the_released_numpy_one():

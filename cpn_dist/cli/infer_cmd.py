@@ -88,14 +88,17 @@ def _model(args, device):
 
 
 def _source_dataset(args):
-    """The dataset of the input's labels: the shards' (their meta.json), VOC for a VOC folder."""
-    from cpn_dist.data.datasets.info import voc
+    """The dataset of the input's labels: the shards' (their meta.json), VOC for a VOC folder (or the one a
+    VOC-layout view of another dataset records in its dataset.json, as the pipeline's COCO view)."""
+    from cpn_dist.data.datasets.info import read_folder_dataset, voc
     from cpn_dist.data.inputs import is_shard_source
     from cpn_dist.data.shards.reader import shards_dataset
 
     if args.shards and is_shard_source(args.shards):
         return shards_dataset(args.shards)
-    return voc() if not args.labels else None  # a labels file says nothing: each sample's count is checked
+    if args.labels:
+        return None  # a labels file says nothing: each sample's count is checked
+    return (read_folder_dataset(args.voc_root) if args.voc_root else None) or voc()
 
 
 def _run(args) -> int:

@@ -12,8 +12,10 @@ def register(sub) -> None:
     from cpn_dist.pipeline.stages import STEPS  # no pydantic, no torch: `cpn --help` stays quick
 
     p = add_command(
-        sub, "pipeline", "run every step from a VOC folder to the scored segmentation model (resumable, skippable)",
-        f"Steps: {', '.join(STEPS)}. A finished step is skipped on the next run (its stamp is in WORK/steps/); "
+        sub, "pipeline", "run every step from a VOC or COCO folder to the scored segmentation model (resumable, "
+        "skippable)",
+        f"Steps: {', '.join(STEPS)} (with coco_root: coco_view first). A finished step is skipped on the next run "
+        "(its stamp is in WORK/steps/); "
         "an interrupted one resumes. Distributed: accelerate launch [--multi_gpu --num_processes N] "
         "-m cpn_dist.pipeline --config FILE.",
     )  # fmt: skip

@@ -45,9 +45,9 @@ def check_kind(raw: dict[str, Any], source: str, name: str | Path, model: type[B
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
                 model: type[S] = Config, what: str = "config file") -> S:  # fmt: skip
-    """Read a YAML config (a path, or a packaged config's name: see :func:`cpn_dist.yaml_io.find_config`;
+    """Read a YAML config (a path, or a packaged config's name: see :func:`cpn_dist.config.yaml_io.find_config`;
     defaults when ``path`` is None), apply dotted overrides, and validate it as ``model`` (a run
-    :class:`Config` unless told; :func:`cpn_dist.pipeline_config.load_pipeline_config` reads pipeline
+    :class:`Config` unless told; :func:`cpn_dist.config.load.load_pipeline_config` reads pipeline
     configs through here). Raises :class:`ConfigError` with a one-line message on any problem."""
     raw: dict[str, Any] = {}
     source = "config"

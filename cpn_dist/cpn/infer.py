@@ -20,6 +20,8 @@ compact ``NAME.npz`` (``"compact"``: :mod:`cpn_dist.labels.cam_store`, at ``comp
 Unlike the released script (whose thread pool silently keeps the first 12 inputs), every scale is
 used. Inputs of the same size — the two flips of a scale, and equal-sized images — go through the
 network together in one batch; each class map is only computed for the image's labelled classes.
+A model with a head can write its refined and its raw CAMs from the same forward passes
+(``raw_cam_dir``): the network computes both in every pass.
 Distributed runs (``accelerate launch``) give each process every world-th image.
 """
 
@@ -98,7 +100,11 @@ class _Pending:
     sample: Sample
     inputs: list[np.ndarray]
     classes: list[int]  # labelled class indices 0..C-2
-    outputs: dict[int, torch.Tensor] = field(default_factory=dict)  # input index → K×h×w
+    outputs: dict[int, torch.Tensor] = field(default_factory=dict)  # input index → U×K×h×w (U: the maps written)
+
+    def map_of(self, k: int) -> _Pending:
+        """This image with only its k-th map of every input (K×h×w): what one output folder receives."""
+        return _Pending(self.sample, self.inputs, self.classes, {i: out[k] for i, out in self.outputs.items()})
 
 
 def _prepare(sample: Sample, settings: InferSettings, num_foreground: int | None = None) -> _Pending:
@@ -111,11 +117,14 @@ def _prepare(sample: Sample, settings: InferSettings, num_foreground: int | None
     return _Pending(sample, inputs, classes)
 
 
-def _forward(model: torch.nn.Module, batch: torch.Tensor, use: str, precision: str = "fp32") -> torch.Tensor:
+def _forward(model: torch.nn.Module, batch: torch.Tensor, uses: Sequence[str], precision: str = "fp32") -> torch.Tensor:
+    """One forward pass of ``batch``, the maps ``uses`` names stacked, object classes only: B×U×(C-1)×h×w
+    float32. A use "refined" is the refined CAM (the raw CAM for a model without a head), any other the raw
+    CAM: the network computes both in every pass, so writing both costs no second pass."""
     with autocast(batch.device, precision):
         cam, refined = model(batch)
-    out = refined if use == "refined" and refined is not None else cam
-    return out[:, 1:].float()
+    maps = [refined if use == "refined" and refined is not None else cam for use in uses]
+    return torch.stack([m[:, 1:] for m in maps], dim=1).float()
 
 
 def sum_cams(pending: _Pending, settings: InferSettings) -> torch.Tensor:
@@ -199,20 +208,26 @@ def _irn(sample, classes: list[int], total: np.ndarray | None) -> dict:
 def infer_samples(model: torch.nn.Module, samples: Iterable[Sample], out_dir: str | Path,
                   settings: InferSettings = InferSettings(), device: torch.device | str = "cpu",
                   images_per_step: int = 4, loader_threads: int = 2,
-                  on_image: Callable[[str], None] | None = None) -> list[str]:  # fmt: skip
+                  on_image: Callable[[str], None] | None = None,
+                  raw_cam_dir: str | Path | None = None) -> list[str]:  # fmt: skip
     """Write one CAM file per sample into ``out_dir``; returns the names written, in order.
 
     ``images_per_step`` images are prepared together so that equal-sized inputs of different images
     share a forward; inputs of one size go in batches of at most ``settings.batch_size``. Each sample's
-    labels must be as many as the model's object classes (``model.num_classes`` − 1)."""
+    labels must be as many as the model's object classes (``model.num_classes`` − 1). ``raw_cam_dir``
+    (a model with a head): also the raw CAM's file of each sample there, from the same forward passes —
+    the same files a ``use="cam"`` run would write."""
+    if raw_cam_dir is not None and getattr(model, "head", None) == "none":
+        raise ValueError("raw_cam_dir: a model without a head has only its raw CAM")
     if settings.fmt == "compact":  # a bad stride or dtype fails before the work
         cam_store.encode_cams({}, settings.compact_stride, settings.compact_dtype)
     num_classes = getattr(model, "num_classes", None)
     num_foreground = None if num_classes is None else num_classes - 1
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if settings.save_raw:
-        (out_dir / "raw").mkdir(exist_ok=True)
+    targets = [(settings.use, Path(out_dir))] + ([("cam", Path(raw_cam_dir))] if raw_cam_dir is not None else [])
+    for _, folder in targets:
+        folder.mkdir(parents=True, exist_ok=True)
+        if settings.save_raw:
+            (folder / "raw").mkdir(exist_ok=True)
     model.eval()
     written: list[str] = []
     prepared = parallel_map(lambda s: _prepare(s, settings, num_foreground), samples, loader_threads,
@@ -221,10 +236,10 @@ def infer_samples(model: torch.nn.Module, samples: Iterable[Sample], out_dir: st
     for pending in prepared:
         step.append(pending)
         if len(step) == images_per_step:
-            _run_step(model, step, settings, device, out_dir, written, on_image)
+            _run_step(model, step, settings, device, targets, written, on_image)
             step = []
     if step:
-        _run_step(model, step, settings, device, out_dir, written, on_image)
+        _run_step(model, step, settings, device, targets, written, on_image)
     return written
 
 
@@ -246,12 +261,15 @@ def forward_by_shape(step: Sequence, forward: Callable[[torch.Tensor], torch.Ten
                 p.outputs[i] = keep(p, out[row])
 
 
-def _run_step(model, step: list[_Pending], settings: InferSettings, device, out_dir: Path,
+def _run_step(model, step: list[_Pending], settings: InferSettings, device, targets: list[tuple[str, Path]],
               written: list[str], on_image) -> None:  # fmt: skip
-    forward_by_shape(step, lambda batch: _forward(model, batch, settings.use, settings.precision), settings.batch_size,
-                     device, keep=lambda p, row: row[p.classes])  # only the labelled classes are kept
+    """One forward of the step's images for every (use, folder) of ``targets``; each image's files written."""
+    uses = [use for use, _ in targets]
+    forward_by_shape(step, lambda batch: _forward(model, batch, uses, settings.precision), settings.batch_size,
+                     device, keep=lambda p, row: row[:, p.classes])  # only the labelled classes are kept
     for p in step:
-        _finish(p, settings, out_dir)
+        for k, (_, folder) in enumerate(targets):
+            _finish(p.map_of(k), settings, folder)
         p.outputs.clear()
         written.append(p.sample.name)
         if on_image:

@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cpn_dist.data.datasets.info import DatasetInfo, voc
+from cpn_dist.data.datasets.info import DatasetInfo, read_folder_dataset, voc
 from cpn_dist.data.datasets.voc import labels_from_names, read_label_png, read_labels_file, read_xml_objects, voc_folder
 from cpn_dist.errors import CpnError
+
+VIEW_LABELS = "cls_labels.json"  # the image labels of a VOC-layout view of another dataset: {id: C-1 × 0/1}
 
 
 @dataclass
@@ -43,14 +45,20 @@ def read_image(path: str | Path) -> Image.Image:
 
 class VocSource:
     """Images ``JPEGImages/ID.jpg`` of a VOC root, labels from ``Annotations/ID.xml`` (or a labels
-    file), ground truth ``SegmentationClass/ID.png`` where present."""
+    file), ground truth ``SegmentationClass/ID.png`` where present.
+
+    A VOC-layout folder of another dataset — one that records it in ``dataset.json``, as the COCO view of
+    :mod:`cpn_dist.data.datasets.coco_view` does — gives its labels from its :data:`VIEW_LABELS` file, over its
+    classes. A VOC folder records none: VOC's 20 classes, labels from the XMLs."""
 
     def __init__(self, root: str | Path, names: Sequence[str], labels_file: str | Path | None = None):
         self.root = voc_folder(root, ("JPEGImages",))
-        self.dataset: DatasetInfo = voc()
+        self.dataset: DatasetInfo = read_folder_dataset(self.root) or voc()
+        if labels_file is None and self.dataset != voc() and (self.root / VIEW_LABELS).is_file():
+            labels_file = self.root / VIEW_LABELS
         self.names = list(names)
         self.labels_file = Path(labels_file) if labels_file else None
-        self._labels = read_labels_file(labels_file) if labels_file else None
+        self._labels = read_labels_file(labels_file, self.dataset) if labels_file else None
 
     def labels(self, name: str) -> np.ndarray:
         if self._labels is not None:
@@ -84,7 +92,7 @@ class ShardSource:
     ``names`` restricts (and orders the check of) the images read; ``None`` = every sample."""
 
     def __init__(self, source: str | Path, split: str | None = None, names: Sequence[str] | None = None):
-        from cpn_dist.data.shards import reader as shards
+        from cpn_dist.data.shards.reader import reader as shards
 
         self.source = str(source)
         if not shards.is_remote(self.source) and Path(self.source).is_file():
@@ -99,8 +107,8 @@ class ShardSource:
                 image: bool = True, labels: bool = True, gt: bool = False) -> Iterator[Sample]:  # fmt: skip
         """This rank's share of the wanted samples (every ``world``-th in shard order, from
         ``rank``), minus ``skip``; only the members asked for are decoded."""
-        from cpn_dist.data.shards import reader as shards
         from cpn_dist.data.shards.members import decode_members
+        from cpn_dist.data.shards.reader import reader as shards
 
         members = {"jpg"} if image else set()
         if labels:

@@ -56,6 +56,9 @@ class ModelScores:
     betas: list[float] = field(default_factory=list)
     curve: list[float] = field(default_factory=list)
     premise: dict | None = None  # premise_share of the model's raw CAM, per patch kind (parts tasks)
+    # a model with a refinement head: the same scores of its raw CAM (before the head; the refined CAM's are
+    # the headline, as the paper scores it at inference)
+    raw: ModelScores | None = None
 
     @property
     def beta_inside(self) -> bool:
@@ -63,8 +66,9 @@ class ModelScores:
         return min(self.betas) < self.best_beta < max(self.betas)
 
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        return {**self.__dict__, "raw": None if self.raw is None else self.raw.to_json()}
 
     @classmethod
     def from_json(cls, data: dict) -> ModelScores:
-        return cls(**data)
+        raw = data.get("raw")  # absent from the scores of a demo run before the raw CAM was scored
+        return cls(**{**data, "raw": None if raw is None else cls.from_json(raw)})

@@ -18,14 +18,23 @@ from cpn_dist.errors import CpnError
 log = logging.getLogger(__name__)
 
 
+COCO_SPLIT = "train2014"  # --coco-root: the split the models train on and the CAMs are scored on
+
+
 @dataclass(frozen=True)
 class DemoData:
     """Where the demo's data lives: the VOC folder, its packed training split, and whether it has part maps."""
 
-    voc: Path
+    voc: Path  # with --coco-root: the VOC-layout view of its train2014 (data.datasets.coco_view) in OUT/coco_view
     shards: Path
-    split: str  # the packed training split: train_aug, or train when the folder lists no train_aug
+    split: str  # the packed training split: train_aug, or train when the folder lists no train_aug; train2014
     task: str | None  # the synthetic task, None for a user's folder
+    coco: Path | None = None  # --coco-root: the COCO folder
+
+    @property
+    def user_voc(self) -> Path | None:
+        """The user's VOC folder (None: synthetic data, or COCO)."""
+        return None if self.task or self.coco else self.voc
 
     @property
     def has_parts(self) -> bool:
@@ -38,9 +47,16 @@ class DemoData:
         return (f"data.shards={self.shards}", f"data.split={self.split}", f"data.patch.segments={settings.segments}")
 
 
-def describe_data(out: Path, settings: DemoSettings, voc_root: str | Path | None = None) -> DemoData:
+def describe_data(out: Path, settings: DemoSettings, voc_root: str | Path | None = None,
+                  coco_root: str | Path | None = None) -> DemoData:  # fmt: skip
     """Where step 1 puts (or finds) the data, without making it: ``out/VOC2012`` and ``out/shards`` for the
-    synthetic task; ``voc_root`` (checked to be a VOC layout folder) and ``out/shards`` for a user's folder."""
+    synthetic task; ``voc_root`` (checked to be a VOC layout folder) and ``out/shards`` for a user's folder;
+    for a COCO folder (checked to hold train2014 and its annotations) its view ``out/coco_view``."""
+    if coco_root is not None:
+        from cpn_dist.data.datasets.coco_view import check_coco_split
+
+        coco = check_coco_split(Path(coco_root).resolve(), COCO_SPLIT)
+        return DemoData(out / "coco_view", out / "shards", COCO_SPLIT, None, coco)
     if voc_root is None:
         return DemoData(out / "VOC2012", out / "shards", "train_aug", settings.task)
     from cpn_dist.data.datasets.voc import voc_folder
@@ -53,18 +69,17 @@ def describe_data(out: Path, settings: DemoSettings, voc_root: str | Path | None
 
 
 def make_data(out: Path, settings: DemoSettings, overwrite: bool = False,
-              voc_root: str | Path | None = None) -> DemoData:  # fmt: skip
+              voc_root: str | Path | None = None, coco_root: str | Path | None = None) -> DemoData:  # fmt: skip
     """Step 1: the VOC folder — ``settings.task`` synthesised into ``out/VOC2012``, or ``voc_root`` as it
-    is — and its training split packed into ``out/shards``."""
-    from cpn_dist.data.shards.pack import pack_split
-    from cpn_dist.data.shards.pack_source import find_source
+    is — and its training split packed into ``out/shards``; or ``coco_root``'s train2014 packed (ReCAM's
+    protocol) with its VOC-layout view in ``out/coco_view``."""
     from cpn_dist.data.shards.reader import META_NAME
-    from cpn_dist.data.synth.voc import synthesize_voc
-    from cpn_dist.progress import Progress
 
-    data = describe_data(out, settings, voc_root)
+    data = describe_data(out, settings, voc_root, coco_root)
     stamp = out / ".data.json"
-    if voc_root is None:
+    if data.coco is not None:
+        wanted = {"coco_root": str(data.coco), "segments": settings.segments}
+    elif voc_root is None:
         wanted = {"images": settings.images, "size": settings.size, "seed": settings.data_seed,
                   "segments": settings.segments, "task": settings.task}  # fmt: skip
     else:
@@ -73,15 +88,47 @@ def make_data(out: Path, settings: DemoSettings, overwrite: bool = False,
             (data.shards / META_NAME).is_file():  # fmt: skip
         log.info("data: %s and %s are complete", data.voc, data.shards)
         return data
-    if voc_root is None:
+    if data.coco is not None:
+        _coco_data(data, settings)
+    else:
+        _voc_data(data, settings, voc_root is None)
+    stamp.write_text(json.dumps(wanted) + "\n")
+    return data
+
+
+def _voc_data(data: DemoData, settings: DemoSettings, synthetic: bool) -> None:
+    """The synthetic task synthesised (``synthetic``), and the VOC folder's training split packed."""
+    from cpn_dist.data.shards.pack import pack_split
+    from cpn_dist.data.shards.pack_source import find_source
+    from cpn_dist.data.synth.voc import synthesize_voc
+    from cpn_dist.progress import Progress
+
+    if synthetic:
         with Progress("synth-voc", settings.images) as bar:
             synthesize_voc(data.voc, settings.images, size=settings.size, seed=settings.data_seed, workers=2,
                            overwrite=True, task=settings.task, on_image=bar.on_item)  # fmt: skip
     with Progress("pack", len(find_source(data.voc, data.split).ids)) as bar:
         pack_split(data.voc, data.split, data.shards, segments=(settings.segments,), workers=2, overwrite=True,
                    progress=bar.advance)  # fmt: skip
-    stamp.write_text(json.dumps(wanted) + "\n")
-    return data
+
+
+def _coco_data(data: DemoData, settings: DemoSettings) -> None:
+    """The COCO folder's train2014: its VOC-layout view (the images, masks, list and labels the later steps
+    read) and its shards, both by ReCAM's protocol (``cpn pack --coco-root``'s default)."""
+    from cpn_dist.data.datasets.coco_protocol import PROTOCOLS
+    from cpn_dist.data.datasets.coco_view import plan_view, write_view
+    from cpn_dist.data.shards.pack import pack_source
+    from cpn_dist.data.shards.pack_source import find_coco_source
+    from cpn_dist.progress import Progress
+
+    protocol = PROTOCOLS["recam"]
+    plan = plan_view(data.coco, [data.split], data.voc, protocol, overwrite=True)
+    with Progress("coco_view masks", plan.todo) as bar:
+        write_view(plan, data.coco, workers=2, progress=bar.advance)
+    source = find_coco_source(data.coco, data.split, protocol)
+    with Progress("pack", len(source.ids)) as bar:
+        pack_source(source, data.shards, segments=(settings.segments,), workers=2, overwrite=True,
+                    progress=bar.advance)  # fmt: skip
 
 
 def initial_weights(path: Path, config: str | Path, overrides: Sequence[str], batches: int = 8,
@@ -154,10 +201,11 @@ def train_model(config: str | Path, overrides: Sequence[str], out_dir: Path, ove
 
 def infer_cams(weights: Path, config: str | Path, overrides: Sequence[str], voc: Path, names: Sequence[str],
                out_dir: Path, settings: DemoSettings, overwrite: bool = False,
-               use: str = "refined") -> Path:  # fmt: skip
+               use: str = "refined", raw_dir: Path | None = None) -> Path:  # fmt: skip
     """Step 4: multi-scale + flip CAM files (released format) of ``names``, over the classes the weights
     score (recorded in the folder); refined CAMs for a model with a head (``use="cam"``: its raw CAMs), raw
-    CAMs for ``head: none``. Images whose file exists are skipped unless ``overwrite``."""
+    CAMs for ``head: none``; with ``raw_dir`` (a model with a head) its raw CAMs there too, from the same
+    forward passes. Images whose files exist (in both folders) are skipped unless ``overwrite``."""
     import torch
 
     from cpn_dist.config.load import load_config
@@ -169,16 +217,19 @@ def infer_cams(weights: Path, config: str | Path, overrides: Sequence[str], voc:
     from cpn_dist.progress import Progress
 
     cfg = load_config(config, list(overrides))
-    done = set() if overwrite or not out_dir.is_dir() else set(cam_names(out_dir))
+    folders = [out_dir] if raw_dir is None else [out_dir, raw_dir]
+    done = set() if overwrite else set.intersection(*(set(cam_names(f)) if f.is_dir() else set() for f in folders))
     todo = [n for n in names if n not in done]
     if not todo:
         return out_dir
     model, _, dataset = model_for_weights(weights, cfg.model.backbone, cfg.model.head)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    record_dataset(out_dir, dataset)
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        record_dataset(folder, dataset)
     infer = InferSettings(scales=settings.scales, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std), use=use)
     with torch.inference_mode(), Progress(f"infer {out_dir.name}", len(todo)) as bar:
-        infer_samples(model, VocSource(voc, todo).samples(), out_dir, infer, loader_threads=0, on_image=bar.on_item)
+        infer_samples(model, VocSource(voc, todo).samples(), out_dir, infer, loader_threads=0, on_image=bar.on_item,
+                      raw_cam_dir=raw_dir)  # fmt: skip
     return out_dir
 
 
@@ -241,8 +292,8 @@ def premise(weights: Path | str, config: str | Path, overrides: Sequence[str], v
 
 
 def comparison_figure(voc: Path, cams: dict[str, Path], names: Sequence[str], path: Path) -> Path:
-    """Step 6: one row per image — the image, its ground truth, then each model's CAM of the image's
-    classes (their per-pixel maximum) blended over the image."""
+    """Step 6: one row per image — the image, its ground truth, then the CAMs of ``cams`` (column title →
+    CAM folder) of the image's classes (their per-pixel maximum) blended over the image."""
     from cpn_dist.data.datasets.recorded import folders_dataset
     from cpn_dist.data.datasets.voc import read_label_png
     from cpn_dist.data.inputs import read_image
@@ -256,10 +307,10 @@ def comparison_figure(voc: Path, cams: dict[str, Path], names: Sequence[str], pa
         image = np.asarray(read_image(voc / "JPEGImages" / f"{name}.jpg"))
         panels = [("image", image), ("ground truth", colour_labels(read_label_png(voc / "SegmentationClass"
                                                                                    / f"{name}.png")))]  # fmt: skip
-        for model, folder in cams.items():
+        for title, folder in cams.items():
             maps = read_cams(folder, name, folders_dataset(None, folder).num_foreground)
             cam = np.max(np.stack(list(maps.values())), axis=0) if maps else np.zeros(image.shape[:2], np.float32)
-            panels.append((f"{model} CAM", (0.45 * image + 0.55 * heat(cam)).astype(np.uint8)))
+            panels.append((title, (0.45 * image + 0.55 * heat(cam)).astype(np.uint8)))
         for ax, (title, picture) in zip(axes[row], panels):
             ax.imshow(picture)
             ax.axis("off")

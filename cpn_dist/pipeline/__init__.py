@@ -20,7 +20,7 @@ _EXPORTS = {
         "PipelineConfig", "CamSettings", "PackSettings", "PseudoSettings", "RunConfigs", "RunOverrides",
         "RunWeights", "SplitsConfig",
     ),
-    "cpn_dist.pipeline.stages": ("STEPS", "STAGE2", "TABLE"),
+    "cpn_dist.pipeline.stages": ("STEPS", "STAGE2", "TABLE", "COCO_TABLE", "ALL_STEPS"),
     "cpn_dist.pipeline.steps": ("PipelineResult", "StageScore"),
 }
 

@@ -14,7 +14,7 @@ from pydantic import AfterValidator, Field, model_validator
 from cpn_dist.config.base import Section
 from cpn_dist.errors import CpnError
 from cpn_dist.labels import cam_store
-from cpn_dist.pipeline.stages import STEPS
+from cpn_dist.pipeline.stages import ALL_STEPS
 
 
 def _parsed_sweep(text: str) -> str:
@@ -87,9 +87,15 @@ class PseudoSettings(Section):
 class PipelineConfig(Section):
     """``cpn pipeline --config FILE``: where the data is, which run config each stage uses, what to run."""
 
-    voc_root: str = Field(
-        description="VOC folder: JPEGImages/, Annotations/, SegmentationClass/, ImageSets/Segmentation/"
-    )
+    voc_root: str | None = Field(
+        None, description="VOC folder: JPEGImages/, Annotations/, SegmentationClass/, ImageSets/Segmentation/ "
+        "(give it or coco_root)")
+    coco_root: str | None = Field(
+        None, description="COCO 2014 folder instead (SPLIT/*.jpg, annotations/instances_SPLIT.json; the splits "
+        "are train2014, val2014): the coco_view step makes a VOC-layout view of it in {work_dir}/coco_view, "
+        "pack reads the COCO folder")
+    coco_protocol: Literal["recam", "sipe", "toco"] = Field(
+        "recam", description="with coco_root: the labels and masks of `cpn pack --coco-protocol` (docs/coco.md)")
     work_dir: str = Field("runs/pipeline", description="every step writes under this folder")
     shards: str | None = Field(None, description="packed shards of the training split; null: {work_dir}/shards")
     splits: SplitsConfig = Field(default_factory=SplitsConfig)
@@ -106,7 +112,19 @@ class PipelineConfig(Section):
         "present", description="the classes every score's mIoU averages over: present in the ground truth or the "
         "prediction (chainercv's nanmean; on VOC train/val every class), or all (the released evaluator)")
     workers: int = Field(2, ge=1, le=256, description="processes of the CPU steps (scoring, CRF, labels)")
-    skip: list[Literal[STEPS]] = Field([], description="steps not to run")
+    skip: list[Literal[ALL_STEPS]] = Field([], description="steps not to run")
+
+    @model_validator(mode="after")
+    def _one_data_folder(self) -> PipelineConfig:
+        if self.voc_root is None and self.coco_root is None:
+            raise ValueError("voc_root: required: a VOC folder (or coco_root: a COCO 2014 folder)")
+        if self.voc_root is not None and self.coco_root is not None:
+            raise ValueError("voc_root and coco_root: give one of them")
+        if self.voc_root is not None and "coco_protocol" in self.model_fields_set:
+            raise ValueError("coco_protocol: only with coco_root")
+        if self.coco_root is not None and self.splits.test is not None:
+            raise ValueError("splits.test: no test split with coco_root (COCO's test images have no annotations)")
+        return self
 
     @model_validator(mode="after")
     def _rw_needs_stage2(self) -> PipelineConfig:

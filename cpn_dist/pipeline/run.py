@@ -1,11 +1,14 @@
-"""``cpn pipeline``: every step from a VOC folder to the scored segmentation model, as named steps in
-the spirit of IRN's ``run_sample.py``.
+"""``cpn pipeline``: every step from a VOC (or COCO) folder to the scored segmentation model, as named steps
+in the spirit of IRN's ``run_sample.py``.
 
 The steps, in order, are the rows of :data:`cpn_dist.pipeline.stages.TABLE` (each one a call into the
 library, nothing shells out to ``cpn``): ``pack`` → stage 1 ``train_cpn``, ``cams``, ``eval_cams`` (the β
 sweep → best β), ``pseudo`` → stage 2 (when ``configs.affinity`` is set) ``affinity_labels``,
 ``train_affinity``, ``rw``, ``eval_rw`` → stage 3 ``train_segmentation``, ``segment`` (multi-scale + flip
-and the dense CRF), ``eval_segmentation``. :class:`cpn_dist.pipeline.runner.StepRunner` runs the table.
+and the dense CRF), ``eval_segmentation``. :class:`cpn_dist.pipeline.runner.StepRunner` runs the table. With
+``coco_root`` instead of ``voc_root`` the table is :data:`~cpn_dist.pipeline.stages.COCO_TABLE`: the step
+``coco_view`` first makes a VOC-layout view of the COCO splits (:mod:`cpn_dist.data.datasets.coco_view`), ``pack``
+packs the COCO folder by ``coco_protocol``, and every later step runs on the view as on a VOC folder.
 
 Resuming: a finished step leaves a stamp ``{work_dir}/steps/NAME.json`` (its scores and the settings and
 inputs it depended on, :func:`cpn_dist.pipeline.steps.step_settings`) and is skipped on the next run — unless those
@@ -44,7 +47,13 @@ from cpn_dist.pipeline.config import (  # noqa: F401  (the pipeline config's nam
     SplitsConfig,
 )
 from cpn_dist.pipeline.runner import StepRunner
-from cpn_dist.pipeline.stages import STAGE2, STEPS, TABLE  # noqa: F401  (STAGE2, STEPS: importable from here)
+from cpn_dist.pipeline.stages import (  # noqa: F401  (STAGE2, STEPS, ALL_STEPS: importable from here)
+    ALL_STEPS,
+    COCO_TABLE,
+    STAGE2,
+    STEPS,
+    TABLE,
+)
 from cpn_dist.pipeline.steps import PipelineResult, StageScore, stage_score, step_settings, train_owned
 from cpn_dist.training.runlock import lock_on_main
 
@@ -80,7 +89,8 @@ class Pipeline:
     def __init__(self, cfg: PipelineConfig):
         self.cfg = cfg
         self.work = Path(cfg.work_dir)
-        self.voc = Path(cfg.voc_root)
+        # the VOC folder the steps read: the user's, or the view of the COCO folder (the coco_view step)
+        self.voc = Path(cfg.voc_root) if cfg.voc_root is not None else self.work / "coco_view"
         self.shards = Path(cfg.shards) if cfg.shards else self.work / "shards"
         self.gt = self.voc / "SegmentationClass"
         for name in ("cpn", "segmentation") + (("affinity",) if cfg.configs.affinity else ()):
@@ -91,6 +101,11 @@ class Pipeline:
                 names = ", ".join(packaged_config_names("run"))
                 raise CpnError(f"configs.{name}: {path} not found (packaged configs, by name: {names})") from None
         self._check_precision()
+        if cfg.coco_root is not None:  # every split's annotation file and image folder, before any step runs
+            from cpn_dist.data.datasets.coco_view import check_coco_split
+
+            for split in self.split_names():
+                check_coco_split(Path(cfg.coco_root), split)
         self.overwrite = False
         self.dist: _Dist | None = None
 
@@ -113,6 +128,23 @@ class Pipeline:
                  "segmentation": [f"segmentation.labels={self.segmentation_labels()}"]}[stage]  # fmt: skip
         return self.run_config(stage, [f"data.shards={self.shards}", f"data.split={self.cfg.splits.train}", *extra,
                                        f"output.dir={self.work / stage}"])  # fmt: skip
+
+    @property
+    def protocol(self):
+        """With ``coco_root``: the :class:`~cpn_dist.data.datasets.coco.CocoProtocol` of ``coco_protocol``."""
+        from cpn_dist.data.datasets.coco_protocol import PROTOCOLS
+
+        return PROTOCOLS[self.cfg.coco_protocol]
+
+    def split_names(self) -> list[str]:
+        """Every split the run reads (training, evaluation, val, test), once each."""
+        s = self.cfg.splits
+        return list(dict.fromkeys(x for x in (s.train, s.eval, s.val, s.test) if x))
+
+    @property
+    def table(self):
+        """The steps of this config: with ``coco_root`` the view of the COCO folder comes first."""
+        return COCO_TABLE if self.cfg.coco_root is not None else TABLE
 
     def list_path(self, split: str) -> Path:
         return self.voc / "ImageSets" / "Segmentation" / f"{split}.txt"
@@ -215,7 +247,8 @@ class Pipeline:
         "start", "ran", "done before", "skipped", "not configured" and "stale: <why>"."""
         started = time.perf_counter()
         self.dist = _Dist()
-        runner = StepRunner(TABLE, self, self.work / "steps", self.dist, settings=lambda s: step_settings(self, s.name),
+        runner = StepRunner(self.table, self, self.work / "steps", self.dist,
+                            settings=lambda s: step_settings(self, s.name),
                             configured=lambda s: s.stage != "2" or self.stage2, given=self._given,
                             revive=lambda score: StageScore(**score), upgrade=renamed_flat)  # fmt: skip
         runner.check([*(only or ()), *skip, *([redo] if redo else [])])

@@ -16,19 +16,36 @@ log = logging.getLogger(__name__)
 
 
 # ---- data and stage 1 ------------------------------------------------------------------------
-def pack(p):
-    """:func:`~cpn_dist.data.shards.pack.pack_split` of the training split into shards."""
-    from cpn_dist.data.datasets.voc import voc_folder
-    from cpn_dist.data.shards.pack import pack_split
-    from cpn_dist.data.shards.pack_source import find_source
+def coco_view(p):
+    """With ``coco_root``: the VOC-layout view of the COCO splits the run reads
+    (:mod:`cpn_dist.data.datasets.coco_view`) in ``work_dir/coco_view``, on which every later step runs as on a
+    VOC folder."""
+    from cpn_dist.data.datasets.coco_view import plan_view, write_view
 
-    voc_folder(p.voc)  # every part the later steps read, before anything is packed
+    plan = plan_view(p.cfg.coco_root, p.split_names(), p.voc, p.protocol, p.overwrite)
+    with p.progress("coco_view masks", plan.todo) as bar:
+        listed = write_view(plan, p.cfg.coco_root, workers=p.cfg.workers, progress=bar.advance)
+    log.info("coco_view: %s (%s)", p.voc, ", ".join(f"{split}: {n} images" for split, n in listed.items()))
+
+
+def pack(p):
+    """``cpn pack`` of the training split into shards: of the VOC folder, or of the COCO folder by
+    ``coco_protocol`` (:func:`~cpn_dist.data.shards.pack.pack_source`)."""
+    from cpn_dist.data.datasets.voc import voc_folder
+    from cpn_dist.data.shards.pack import pack_source
+    from cpn_dist.data.shards.pack_source import find_coco_source, find_source
+
+    if p.cfg.coco_root is not None:
+        source = find_coco_source(p.cfg.coco_root, p.cfg.splits.train, p.protocol)
+    else:
+        voc_folder(p.voc)  # every part the later steps read, before anything is packed
+        source = find_source(p.voc, p.cfg.splits.train)
     patch = p.run_config("cpn").data.patch  # CPN's superpixels must be among those packed
     segments = set(p.cfg.pack.segments) | ({patch.segments} if patch.kind == "superpixel" else set())
-    with p.progress("pack", len(find_source(p.voc, p.cfg.splits.train).ids)) as bar:
-        pack_split(p.voc, p.cfg.splits.train, p.shards, segments=tuple(sorted(segments)),
-                   shard_size=p.cfg.pack.shard_size, workers=p.cfg.workers, overwrite=p.overwrite,
-                   resume=not p.overwrite, progress=bar.advance)  # fmt: skip
+    with p.progress("pack", len(source.ids)) as bar:
+        pack_source(source, p.shards, segments=tuple(sorted(segments)), shard_size=p.cfg.pack.shard_size,
+                    workers=p.cfg.workers, overwrite=p.overwrite, resume=not p.overwrite,
+                    progress=bar.advance)  # fmt: skip
 
 
 def train_cpn(p):
@@ -209,4 +226,8 @@ TABLE = (
 )
 STEPS = tuple(step.name for step in TABLE)
 STAGE2 = tuple(step.name for step in TABLE if step.stage == "2")  # run only when configs.affinity is set
+# With coco_root the table starts with the view of the COCO folder (a VOC run's table, and its stamps, stay
+# as they were).
+COCO_TABLE = (Step("coco_view", coco_view, "data", main_only=True), *TABLE)
+ALL_STEPS = tuple(step.name for step in COCO_TABLE)
 

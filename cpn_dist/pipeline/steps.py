@@ -93,9 +93,13 @@ def step_settings(p, name: str) -> dict[str, Any]:
     cam_format = {"cams.format": c.cams.format, "cams.compact_stride": c.cams.compact_stride,
                   "cams.compact_dtype": c.cams.compact_dtype} if c.cams.format != "released" else {}
     mean = {"mean_iou": c.mean_iou} if c.mean_iou != "present" else {}
+    # the data folder: a VOC run's stamps keep their one key; a COCO run's name the folder and protocol
+    data = {"voc_root": c.voc_root} if c.coco_root is None else {"coco_root": c.coco_root,
+                                                                 "coco_protocol": c.coco_protocol}
     seg_splits = [s for s, _ in p.segment_splits()]
     settings = {  # keys as the user writes them: the pipeline config's, then the stage's run config's
-        "pack": lambda: {"voc_root": c.voc_root, "shards": str(p.shards), "lists": lists(c.splits.train),
+        "coco_view": lambda: {**data, "splits": p.split_names()},
+        "pack": lambda: {**data, "shards": str(p.shards), "lists": lists(c.splits.train),
                          "pack.segments": c.pack.segments, "pack.shard_size": c.pack.shard_size,
                          "data.patch.segments": run("cpn", "data").get("data.patch.segments")},
         "train_cpn": lambda: run("cpn"),

@@ -79,12 +79,14 @@ def plan_coco_masks(root: str | Path, split: str, out: str | Path, protocol: Coc
     return MasksPlan(out, split, kept, [job for job in jobs if overwrite or not job[2].is_file()])
 
 
-def write_masks(plan: MasksPlan, workers: int = 1, progress: Callable[[int], None] | None = None) -> MasksReport:
-    """Write the plan's masks (in ``workers`` processes) and the list of kept keys."""
+def write_masks(plan: MasksPlan, workers: int = 1, progress: Callable[[int], None] | None = None,
+                list_dir: Path | None = None) -> MasksReport:  # fmt: skip
+    """Write the plan's masks (in ``workers`` processes) and the list of kept keys (into ``list_dir``; None:
+    beside the masks)."""
     for _ in parallel_map(_write_mask, plan.todo, workers if workers > 1 else 0):
         if progress:
             progress(1)
-    list_path = plan.out / f"{plan.split}.txt"
+    list_path = (list_dir or plan.out) / f"{plan.split}.txt"
     write_atomic(list_path, lambda tmp: tmp.write_text("".join(f"{im.key}\n" for im in plan.kept)))
     kept = len(plan.kept) - len(plan.todo)
     log.info("%s: %d masks of %s (%d written, %d kept)", plan.out, len(plan.kept), plan.split, len(plan.todo), kept)
