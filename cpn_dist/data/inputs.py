@@ -92,7 +92,7 @@ class ShardSource:
     ``names`` restricts (and orders the check of) the images read; ``None`` = every sample."""
 
     def __init__(self, source: str | Path, split: str | None = None, names: Sequence[str] | None = None):
-        from cpn_dist.data.shards.reader import reader as shards
+        from cpn_dist.data.shards import reader as shards
 
         self.source = str(source)
         if not shards.is_remote(self.source) and Path(self.source).is_file():
@@ -108,7 +108,7 @@ class ShardSource:
         """This rank's share of the wanted samples (every ``world``-th in shard order, from
         ``rank``), minus ``skip``; only the members asked for are decoded."""
         from cpn_dist.data.shards.members import decode_members
-        from cpn_dist.data.shards.reader import reader as shards
+        from cpn_dist.data.shards import reader as shards
 
         members = {"jpg"} if image else set()
         if labels:
