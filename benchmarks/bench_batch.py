@@ -134,7 +134,7 @@ def main() -> int:
     args = ap.parse_args()
     import torch
 
-    from cpn_dist.launch import quiet_libraries
+    from cpn_dist.training.launch import quiet_libraries
 
     torch.set_num_threads(args.threads)
     quiet_libraries()
@@ -159,8 +159,8 @@ def main() -> int:
                 if args.report_only and not path.is_file():
                     continue
                 row = run_one(cell_out, config, model, seed, kind, start, data, names, settings, cell["overrides"])
-                from cpn_dist.config import load_config
-                from cpn_dist.optim import scaled_lr
+                from cpn_dist.config.load import load_config
+                from cpn_dist.training.optim import scaled_lr
 
                 lr = scaled_lr(load_config(config, list(cell["overrides"])).optim, cell["global"])
                 rows.append({"model": model, "seed": seed, "global": cell["global"], "rule": cell["rule"],

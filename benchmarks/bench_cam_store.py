@@ -2,9 +2,9 @@
 full-resolution float32 files; `cpn eval`'s speed over COCO's 81 classes; the peak memory (RSS) of CAM
 inference on one 640-pixel image at 4 scales × flip on the CPU.
 
-Data: synthetic COCO 2014 at size 640 (:func:`cpn_dist.data.synth_coco.synthesize_coco`: long side 640,
+Data: synthetic COCO 2014 at size 640 (:func:`cpn_dist.data.synth.coco.synthesize_coco`: long side 640,
 as COCO's images), its train2014 split; ground truth and image labels by ReCAM's protocol
-(:mod:`cpn_dist.data.coco`, the default of `cpn pack --coco-root`).
+(:mod:`cpn_dist.data.datasets.coco`, the default of `cpn pack --coco-root`).
 
 CAMs: no COCO-trained CPN exists here (no GPU was lent to this task), so the CAMs come from a stand-in
 for a network that is right about where the objects are: for each of the 4 scales × 2 flips, each
@@ -56,9 +56,9 @@ from rich.console import Console
 from rich.table import Table
 from scipy import ndimage
 
-from cpn_dist.data.coco import PROTOCOLS, class_mask, read_coco_split
-from cpn_dist.data.datasets import coco
-from cpn_dist.data.voc import save_label_png
+from cpn_dist.data.datasets.coco import PROTOCOLS, class_mask, read_coco_split
+from cpn_dist.data.datasets.info import coco
+from cpn_dist.data.datasets.voc import save_label_png
 from cpn_dist.labels import cam_store
 from cpn_dist.labels.cam_store import DTYPES, save_compact
 from cpn_dist.labels.cams import load_cams, normalise_released, save_cams
@@ -111,7 +111,7 @@ def stand_in_cams(masks: dict[int, np.ndarray], rng: np.random.Generator) -> dic
 def prepare(root: Path, images: int, size: int, seed: int) -> list[str]:
     """Synthetic COCO at ``size``, its train2014 ground truth PNGs (ReCAM's protocol) and released CAM files
     under ``root``; returns the image keys (made once per settings)."""
-    from cpn_dist.data.synth_coco import synthesize_coco
+    from cpn_dist.data.synth.coco import synthesize_coco
 
     stamp = root / "stamp.json"
     want = {"images": images, "size": size, "seed": seed, "version": 1}

@@ -86,15 +86,15 @@ def main() -> None:
 
     torch.set_num_threads(1)  # as in a DataLoader worker, where collate runs
     from cpn_dist.config import load_config
-    from cpn_dist.data.augment import augment, draw_augmentation
-    from cpn_dist.data.cp_pair import draw_patch_mask, make_cp_pair, split_image
-    from cpn_dist.data.loader import build_train_loader
-    from cpn_dist.data.pack import pack_split
-    from cpn_dist.data.pack_sample import superpixels
-    from cpn_dist.data.seeding import sample_rngs
-    from cpn_dist.data.shards import decode_image, decode_slic, iter_raw_samples, resolve_shards
-    from cpn_dist.data.synth import synthesize_voc
-    from cpn_dist.data.train_sample import TrainSampleMaker
+    from cpn_dist.data.loading.augment import augment, draw_augmentation
+    from cpn_dist.data.loading.cp_pair import draw_patch_mask, make_cp_pair, split_image
+    from cpn_dist.data.loading.loader import build_train_loader
+    from cpn_dist.data.loading.seeding import sample_rngs
+    from cpn_dist.data.loading.train_sample import TrainSampleMaker
+    from cpn_dist.data.shards.pack import pack_split
+    from cpn_dist.data.shards.pack_sample import superpixels
+    from cpn_dist.data.shards.reader import decode_image, decode_slic, iter_raw_samples, resolve_shards
+    from cpn_dist.data.synth.voc import synthesize_voc
 
     console = Console()
     rows: list[dict] = []

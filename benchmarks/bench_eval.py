@@ -1,7 +1,7 @@
 """β sweep speed: `cpn eval`'s one-pass sweep against the released evaluator's algorithm.
 
 Data (made once, cached under benchmarks/results/eval_data/): N synthetic 500×375 ground-truth masks
-with 1–3 objects each (class shapes from cpn_dist.data.synth, a 3-pixel void band on every border),
+with 1–3 objects each (class shapes from cpn_dist.data.synth.voc, a 3-pixel void band on every border),
 and one CAM file per image in the released format. The CAMs are made from the masks plus noise: per
 labelled class, tanh of the object's mask blurred (σ 12 px) times a smooth random gain field, plus smooth noise, plus a
 false-positive blob; summed over 8 noisy "scale/flip" draws and normalised exactly as the released
@@ -37,9 +37,9 @@ from rich.console import Console
 from rich.table import Table
 from scipy import ndimage
 
-from cpn_dist.data.synth import SHAPES
-from cpn_dist.data.synth_draw import shape_mask, void_border
-from cpn_dist.data.voc import IGNORE, NUM_CLASSES, NUM_FOREGROUND, save_label_png
+from cpn_dist.data.datasets.voc import IGNORE, NUM_CLASSES, NUM_FOREGROUND, save_label_png
+from cpn_dist.data.synth.draw import shape_mask, void_border
+from cpn_dist.data.synth.voc import SHAPES
 from cpn_dist.labels.cams import load_cams, normalise_released, save_cams
 from cpn_dist.labels.evaluate import parse_betas, sweep
 

@@ -30,9 +30,9 @@ from rich.table import Table
 
 from cpn_dist.cpn.infer import InferSettings, infer_samples
 from cpn_dist.cpn.model import build_model
+from cpn_dist.data.datasets.voc import read_split
 from cpn_dist.data.inputs import VocSource
-from cpn_dist.data.synth import synthesize_voc
-from cpn_dist.data.voc import read_split
+from cpn_dist.data.synth.voc import synthesize_voc
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -49,9 +49,9 @@ def per_image_rows(coco: Path, images: int, repeat: int) -> list[dict]:
     import numpy as np
     from PIL import Image
 
-    from cpn_dist.data.coco import PROTOCOLS, class_mask
-    from cpn_dist.data.pack_sample import SampleTask, prepare_sample
-    from cpn_dist.data.pack_source import find_coco_source
+    from cpn_dist.data.datasets.coco import PROTOCOLS, class_mask
+    from cpn_dist.data.shards.pack_sample import SampleTask, prepare_sample
+    from cpn_dist.data.shards.pack_source import find_coco_source
 
     source = find_coco_source(coco, "train2014", PROTOCOLS["recam"])
     kept = source.kept[:images]
@@ -86,9 +86,9 @@ def per_image_rows(coco: Path, images: int, repeat: int) -> list[dict]:
 
 def pack_rows(coco: Path, work: Path, processes: list[int]) -> list[dict]:
     """End-to-end ``cpn pack --coco-root`` of train2014 for each segment set and worker count."""
-    from cpn_dist.data.coco import PROTOCOLS
-    from cpn_dist.data.pack import pack_source
-    from cpn_dist.data.pack_source import find_coco_source
+    from cpn_dist.data.datasets.coco import PROTOCOLS
+    from cpn_dist.data.shards.pack import pack_source
+    from cpn_dist.data.shards.pack_source import find_coco_source
 
     source = find_coco_source(coco, "train2014", PROTOCOLS["recam"])
     rows = []
@@ -116,7 +116,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_pack.json"))
     args = ap.parse_args()
 
-    from cpn_dist.data.synth_coco import synthesize_coco
+    from cpn_dist.data.synth.coco import synthesize_coco
 
     console = Console(width=None if Console().is_terminal else 160)
     load_before = os.getloadavg()

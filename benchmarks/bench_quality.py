@@ -283,7 +283,7 @@ def main() -> int:
     args = ap.parse_args()
     import torch
 
-    from cpn_dist.launch import quiet_libraries
+    from cpn_dist.training.launch import quiet_libraries
 
     torch.set_num_threads(args.threads)
     quiet_libraries()

@@ -65,7 +65,7 @@ def synthetic_cams(voc: Path, names: list[str], out: Path, seed: int = 0) -> Non
     pixels, with multiplicative noise, at stride 8; scaled to the released format's peak 0.5."""
     from scipy import ndimage
 
-    from cpn_dist.data.voc import read_label_png
+    from cpn_dist.data.datasets.voc import read_label_png
     from cpn_dist.labels.cams import save_cams
 
     out.mkdir(parents=True, exist_ok=True)
@@ -95,8 +95,8 @@ def main() -> None:
     from cpn_dist.affinity.labels import AffinityLabelParams, write_affinity_labels
     from cpn_dist.affinity.random_walk import WalkParams, load_affinity_model, walk_samples
     from cpn_dist.config import CrfConfig
+    from cpn_dist.data.datasets.voc import read_split
     from cpn_dist.data.inputs import VocSource
-    from cpn_dist.data.voc import read_split
     from cpn_dist.demo.run import eval_names, run_demo
     from cpn_dist.demo.settings import DEMO_CONFIG, DemoSettings
     from cpn_dist.demo.steps import infer_cams, initial_weights, make_data, train_model, warm_up

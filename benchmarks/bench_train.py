@@ -40,8 +40,8 @@ from cpn_dist.cpn.loss import cpn_loss_from_config  # noqa: E402
 from cpn_dist.cpn.model import build_model  # noqa: E402
 from cpn_dist.cpn.task import triplet_forward, triplet_input  # noqa: E402
 from cpn_dist.models.flops import training_step_flops  # noqa: E402
-from cpn_dist.monitor import peak_flops_per_device  # noqa: E402
-from cpn_dist.optim import build_optimizer  # noqa: E402
+from cpn_dist.training.monitor import peak_flops_per_device  # noqa: E402
+from cpn_dist.training.optim import build_optimizer  # noqa: E402
 
 
 def random_batch(n: int, crop: int, generator: torch.Generator) -> dict:

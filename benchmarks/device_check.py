@@ -49,8 +49,8 @@ from cpn_dist.config import load_config  # noqa: E402
 from cpn_dist.cpn.model import build_model  # noqa: E402
 from cpn_dist.cpn.task import CPNTask  # noqa: E402
 from cpn_dist.models.flops import training_step_flops  # noqa: E402
-from cpn_dist.monitor import peak_flops_per_device, peak_memory_bytes  # noqa: E402
-from cpn_dist.optim import build_optimizer  # noqa: E402
+from cpn_dist.training.monitor import peak_flops_per_device, peak_memory_bytes  # noqa: E402
+from cpn_dist.training.optim import build_optimizer  # noqa: E402
 
 DTYPES = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 RECIPES = {"paper": ("loss.recipe=paper", "model.head=paper", "loss.ohem_scope=batch"),
@@ -239,9 +239,9 @@ def bench_agreement(args, device) -> dict:
 
 def bench_inference(args, device, work: Path) -> list[dict]:
     from cpn_dist.cpn.infer import InferSettings, infer_samples
+    from cpn_dist.data.datasets.voc import read_split
     from cpn_dist.data.inputs import VocSource
-    from cpn_dist.data.synth import synthesize_voc
-    from cpn_dist.data.voc import read_split
+    from cpn_dist.data.synth.voc import synthesize_voc
 
     voc = synthesize_voc(work / "infer_voc", args.infer_images, size=args.infer_size, seed=0,
                          workers=min(8, os.cpu_count() or 1), overwrite=True)  # fmt: skip
@@ -268,10 +268,10 @@ def bench_inference(args, device, work: Path) -> list[dict]:
 
 def bench_training_run(args, device, work: Path) -> dict:
     """A short `cpn train` through Accelerate and the real loader on packed synthetic images."""
-    from cpn_dist.data.pack import pack_split
-    from cpn_dist.data.synth import synthesize_voc
-    from cpn_dist.launch import quiet_libraries
+    from cpn_dist.data.shards.pack import pack_split
+    from cpn_dist.data.synth.voc import synthesize_voc
     from cpn_dist.train import train
+    from cpn_dist.training.launch import quiet_libraries
 
     workers = min(8, os.cpu_count() or 1)
     voc = synthesize_voc(work / "train_voc", args.run_images, size=args.run_size, seed=0, workers=workers,

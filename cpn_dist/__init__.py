@@ -14,31 +14,38 @@ from importlib import import_module
 # needs no package metadata look-up.
 __version__ = "0.1.0"
 
-# name → the module that defines it (no name here is also a submodule's, which an import would shadow)
+# module → the names it defines, importable from here (no name is also a submodule's, which an import would shadow)
 _EXPORTS = {
-    "Config": "cpn_dist.config",
-    "load_config": "cpn_dist.config",
-    "CPNet": "cpn_dist.cpn.model",
-    "build_model": "cpn_dist.cpn.model",
-    "load_weights": "cpn_dist.models",
-    "cpn_loss": "cpn_dist.cpn.loss",
-    "CPNTask": "cpn_dist.cpn.task",
-    "InferSettings": "cpn_dist.cpn.infer",
-    "infer_samples": "cpn_dist.cpn.infer",
-    "pack_split": "cpn_dist.data.pack",
-    "build_train_loader": "cpn_dist.data.loader",
-    "sweep": "cpn_dist.labels.evaluate",
-    "run_demo": "cpn_dist.demo.run",
+    "cpn_dist.config.run": ("Config",),
+    "cpn_dist.config.load": ("load_config",),
+    "cpn_dist.cpn.model": ("CPNet", "build_model"),
+    "cpn_dist.models": ("load_weights",),
+    "cpn_dist.cpn.loss": ("cpn_loss",),
+    "cpn_dist.cpn.task": ("CPNTask",),
+    "cpn_dist.cpn.infer": ("InferSettings", "infer_samples"),
+    "cpn_dist.data.shards.pack": ("pack_split",),
+    "cpn_dist.data.loading.loader": ("build_train_loader",),
+    "cpn_dist.labels.evaluate": ("sweep",),
+    "cpn_dist.demo.run": ("run_demo",),
 }
 
-__all__ = ["__version__", *sorted(_EXPORTS)]
+
+def lazy_exports(package: str, exports: dict[str, tuple[str, ...]]):
+    """The ``__all__`` and ``__getattr__`` of a package whose names load on first use: ``exports`` maps each
+    module to the names it defines, and importing the package imports none of those modules (nor torch)."""
+    home = {name: module for module, names in exports.items() for name in names}
+
+    def __getattr__(name: str):
+        if name in home:
+            return getattr(import_module(home[name]), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return sorted(home), __getattr__
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+_names, __getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__ = ["__version__", *_names]
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+    return sorted({*globals(), *__all__})

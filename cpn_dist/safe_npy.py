@@ -1,6 +1,6 @@
 """Reading a pickled ``.npy`` file without running code: the one reader of the pickled dicts the WSSS
 tools exchange (CAM files, :mod:`cpn_dist.labels.cams`; the released ``cls_labels.npy``,
-:func:`cpn_dist.data.voc.read_labels_file`).
+:func:`cpn_dist.data.datasets.voc.read_labels_file`).
 
 ``np.save`` of a dict writes a 0-d object array whose payload is a pickle; ``np.load(allow_pickle=True)``
 unpickles it with ``pickle.load``, which calls whatever function the file names (``os.system`` …). Here

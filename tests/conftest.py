@@ -31,7 +31,7 @@ def synth_voc(tmp_path_factory) -> Path:
 def cams_from_ground_truth(voc: Path, split: str, out: Path, inside: float = 0.5, outside: float = 0.3) -> list[str]:
     """CAM files whose class maps are ``inside`` on the class's ground-truth pixels and ``outside`` elsewhere:
     every β in [outside, inside) labels them perfectly."""
-    from cpn_dist.data.voc import read_label_png, read_split
+    from cpn_dist.data.datasets.voc import read_label_png, read_split
     from cpn_dist.labels.cams import save_cams
 
     names = read_split(voc / "ImageSets" / "Segmentation" / f"{split}.txt")

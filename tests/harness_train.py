@@ -8,8 +8,8 @@ import logging
 import sys
 
 from cpn_dist.config import load_config
-from cpn_dist.launch import quiet_libraries
 from cpn_dist.train import train
+from cpn_dist.training.launch import quiet_libraries
 
 
 def main(argv: list[str]) -> None:

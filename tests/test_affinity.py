@@ -26,8 +26,8 @@ from cpn_dist.affinity.random_walk import (
     walk_dense,
     walk_samples,
 )  # fmt: skip
+from cpn_dist.data.datasets.voc import read_label_png
 from cpn_dist.data.inputs import Sample
-from cpn_dist.data.voc import read_label_png
 from cpn_dist.errors import CpnError
 from cpn_dist.labels.cams import class_map, load_cams, save_cams
 

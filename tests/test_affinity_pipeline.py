@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from cpn_dist.affinity.labels import AffinityLabelParams, affinity_label
 from cpn_dist.config import CrfConfig
-from cpn_dist.data.voc import PALETTE, read_label_png, read_split
+from cpn_dist.data.datasets.voc import PALETTE, read_label_png, read_split
 from cpn_dist.errors import CpnError
 from cpn_dist.labels.cams import save_cams
 from cpn_dist.labels.pseudo import confident_label, paired_pseudo_label

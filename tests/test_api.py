@@ -20,8 +20,8 @@ HOMES = {
     "CPNTask": "cpn_dist.cpn.task",
     "InferSettings": "cpn_dist.cpn.infer",
     "infer_samples": "cpn_dist.cpn.infer",
-    "pack_split": "cpn_dist.data.pack",
-    "build_train_loader": "cpn_dist.data.loader",
+    "pack_split": "cpn_dist.data.shards.pack",
+    "build_train_loader": "cpn_dist.data.loading.loader",
     "sweep": "cpn_dist.labels.evaluate",
     "run_demo": "cpn_dist.demo.run",
 }

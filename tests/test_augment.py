@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from cpn_dist.config import DataConfig
-from cpn_dist.data.augment import augment, crop_box, draw_augmentation, resized_size
+from cpn_dist.data.loading.augment import augment, crop_box, draw_augmentation, resized_size
 
 W, H = 120, 90
 NO_JITTER = DataConfig(crop=64, scale_range=[40, 160], mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0],

@@ -109,10 +109,10 @@ def test_eval_warns_when_the_best_beta_lies_on_the_edge_of_the_sweep(synth_voc, 
 def test_infer_refuses_an_empty_image_list(synth_voc, tmp_path):
     import torch
 
-    from cpn_dist.checkpoint import save_weights
     from cpn_dist.config import load_config
     from cpn_dist.cpn.model import build_model
-    from cpn_dist.run_start import weights_metadata
+    from cpn_dist.training.checkpoint import save_weights
+    from cpn_dist.training.run_start import weights_metadata
 
     cfg = load_config("demo")
     weights = tmp_path / "model_final.pth"
@@ -131,7 +131,7 @@ def test_train_help_shows_examples_and_where_the_keys_are():
 
 
 def test_deepspeeds_cpu_accelerator_warning_is_filtered():
-    code = ("from cpn_dist.launch import quiet_libraries; quiet_libraries()\n"
+    code = ("from cpn_dist.training.launch import quiet_libraries; quiet_libraries()\n"
             "from deepspeed.accelerator import get_accelerator; get_accelerator()")  # fmt: skip
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert "Setting accelerator to CPU" not in proc.stdout + proc.stderr

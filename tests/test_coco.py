@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from cpn_dist.data.coco import (
+from cpn_dist.data.datasets.coco import (
     COCO_CATEGORIES,
     PROTOCOLS,
     CocoProtocol,
@@ -25,7 +25,7 @@ CHELSEA = ROOT / "tests" / "reference" / "chelsea_instances.json"  # skimage's c
 
 @pytest.fixture(scope="module")
 def synth_coco(tmp_path_factory):
-    from cpn_dist.data.synth_coco import synthesize_coco
+    from cpn_dist.data.synth.coco import synthesize_coco
 
     return synthesize_coco(tmp_path_factory.mktemp("coco") / "COCO", 60, size=96, seed=1)
 

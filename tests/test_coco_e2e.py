@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cpn_dist.data.datasets import coco, read_folder_dataset
-from cpn_dist.data.synth_coco import synthesize_coco
-from cpn_dist.data.voc import read_label_png, read_split
+from cpn_dist.data.datasets.info import coco, read_folder_dataset
+from cpn_dist.data.datasets.voc import read_label_png, read_split
+from cpn_dist.data.synth.coco import synthesize_coco
 from cpn_dist.labels.cams import load_cams
 from cpn_dist.pipeline import STAGE2, STEPS, TABLE, Pipeline, load_pipeline_config
 from tests.conftest import ROOT, run_cpn
@@ -138,7 +138,7 @@ def test_the_pipeline_runs_end_to_end_on_a_coco_folder_through_its_view_and_the_
     assert link.is_symlink() and link.resolve() == (coco_root / "train2014" / f"{train[0]}.jpg").resolve()
     assert read_folder_dataset(view / "SegmentationClass") == coco() and read_folder_dataset(work / "cams") == coco()
     # the view's masks are the packed ones
-    from cpn_dist.data.shards import read_shard_samples
+    from cpn_dist.data.shards.reader import read_shard_samples
 
     packed = {s["key"]: s for s in read_shard_samples(work / "shards")}
     assert sorted(packed) == sorted(train)
@@ -229,8 +229,8 @@ def test_demo_on_a_coco_folder_compares_the_three_models_over_its_81_classes(coc
 
 
 def test_an_image_missing_from_the_coco_folder_is_left_out_of_the_view_with_a_warning(coco_root, tmp_path, caplog):
-    from cpn_dist.data.coco_protocol import PROTOCOLS
-    from cpn_dist.data.coco_view import plan_view, write_view
+    from cpn_dist.data.datasets.coco_protocol import PROTOCOLS
+    from cpn_dist.data.datasets.coco_view import plan_view, write_view
 
     root = tmp_path / "COCO"
     shutil.copytree(coco_root, root)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cpn_dist.data.coco import CocoProtocol, class_mask, read_coco_split
-from cpn_dist.data.shards import read_shard_samples
-from cpn_dist.data.voc import read_label_png
+from cpn_dist.data.datasets.coco import CocoProtocol, class_mask, read_coco_split
+from cpn_dist.data.datasets.voc import read_label_png
+from cpn_dist.data.shards.reader import read_shard_samples
 from cpn_dist.errors import CpnError
 from tests.conftest import ROOT, run_cpn
 
@@ -83,7 +83,7 @@ def test_verify_and_info_work_on_a_coco_pack(packed):
 
 
 def _pack_in_process(root: Path, out: Path, protocol: CocoProtocol):
-    from cpn_dist.data.pack import pack_coco_split
+    from cpn_dist.data.shards.pack import pack_coco_split
 
     pack_coco_split(root, "train2014", out, protocol=protocol, segments=(20,), shard_size=50)
     return {s["key"]: s for s in read_shard_samples(out)}
@@ -278,8 +278,8 @@ def test_a_voc_meta_json_gains_only_the_dataset_key(synth_voc, tmp_path):
 def test_the_data_side_takes_the_class_count_from_the_shards(packed, synth_voc, tmp_path):
     from cpn_dist.config import load_config
     from cpn_dist.data.inputs import ShardSource
-    from cpn_dist.data.shards import iter_raw_samples, resolve_shards, shards_dataset
-    from cpn_dist.data.train_sample import TrainSampleMaker
+    from cpn_dist.data.loading.train_sample import TrainSampleMaker
+    from cpn_dist.data.shards.reader import iter_raw_samples, resolve_shards, shards_dataset
 
     data = load_config(None, [f"data.shards={packed}", "data.split=train2014", "data.crop=32",
                               "data.scale_range=[32,48]", "data.patch.segments=20"]).data  # fmt: skip

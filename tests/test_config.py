@@ -63,8 +63,8 @@ def test_documented_keys_are_in_the_schema():
 def test_configuration_reference_is_generated_and_lists_every_key_once(tmp_path):
     """docs/configuration.md is exactly what `cpn config docs` writes (so it fails when a key or a
     description changes without regenerating it), and it has one row per run and pipeline config key."""
-    from cpn_dist.config_docs import config_reference, leaf_fields
-    from cpn_dist.pipeline_config import PipelineConfig
+    from cpn_dist.config.docs import config_reference, leaf_fields
+    from cpn_dist.pipeline.config import PipelineConfig
 
     page = (ROOT / "docs" / "configuration.md").read_text()
     assert page == config_reference(), "stale: run `cpn config docs --out docs/configuration.md`"
@@ -190,7 +190,7 @@ def test_a_crop_larger_than_every_image_is_refused_when_the_config_is_read():
 
 
 def test_packaged_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch):
-    from cpn_dist.yaml_io import PACKAGED_CONFIGS
+    from cpn_dist.config.yaml_io import PACKAGED_CONFIGS
 
     assert (ROOT / "configs").resolve() == PACKAGED_CONFIGS  # the repository's configs/ is the package's
     by_path = load_config(ROOT / "configs" / "demo.yaml")
@@ -219,7 +219,7 @@ def test_element_checks_name_the_key_and_the_index():
 
 
 def test_pipeline_configs_go_through_the_run_config_loader():
-    from cpn_dist.pipeline_config import load_pipeline_config
+    from cpn_dist.config.load import load_pipeline_config
 
     for override, expected in (
         ("pack.shard_sise=3", "unknown key 'pack.shard_sise' (did you mean 'pack.shard_size'?)"),
@@ -236,8 +236,8 @@ def test_pipeline_configs_go_through_the_run_config_loader():
 
 
 def test_a_renamed_key_fails_naming_its_new_name_and_recorded_configs_still_load():
-    from cpn_dist.config_renames import RENAMED_KEYS, renamed_flat, renamed_tree
-    from cpn_dist.run_start import config_changes
+    from cpn_dist.config.renames import RENAMED_KEYS, renamed_flat, renamed_tree
+    from cpn_dist.training.run_start import config_changes
 
     for old, new in RENAMED_KEYS.items():
         assert new in all_keys() and old not in all_keys()

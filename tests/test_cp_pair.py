@@ -5,9 +5,9 @@ import pytest
 from PIL import Image
 
 from cpn_dist.config import DataConfig, PatchConfig
-from cpn_dist.data.augment import augment, draw_augmentation
-from cpn_dist.data.cp_pair import draw_patch_mask, grid_ids, hidden_patches, make_cp_pair
-from cpn_dist.data.pack_sample import superpixels
+from cpn_dist.data.loading.augment import augment, draw_augmentation
+from cpn_dist.data.loading.cp_pair import draw_patch_mask, grid_ids, hidden_patches, make_cp_pair
+from cpn_dist.data.shards.pack_sample import superpixels
 
 PARAMS = DataConfig(crop=96, scale_range=[60, 140])
 

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from cpn_dist.data.voc import PALETTE, read_label_png, read_split
+from cpn_dist.data.datasets.voc import PALETTE, read_label_png, read_split
 from cpn_dist.errors import CpnError
 from cpn_dist.labels.cams import class_map, load_cams, save_cams
 from cpn_dist.labels.crf import cam_probabilities, dense_crf

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from cpn_dist.config import load_config
-from cpn_dist.data.datasets import FOLDER_FILE, coco, read_folder_dataset, voc
-from cpn_dist.data.voc import read_label_png, read_split, save_label_png
+from cpn_dist.data.datasets.info import FOLDER_FILE, coco, read_folder_dataset, voc
+from cpn_dist.data.datasets.voc import read_label_png, read_split, save_label_png
 from cpn_dist.errors import CpnError
 from cpn_dist.labels.cam_store import load_compact, save_compact
 from cpn_dist.labels.cams import load_cams, save_cams
@@ -106,9 +106,9 @@ def test_cpn_affinitynet_and_deeplab_are_built_for_81_classes_from_a_coco_like_m
 @pytest.fixture(scope="module")
 def coco_weights(tmp_path_factory):
     """A tiny 81-class CPN's weights as training writes them on COCO shards, and the same without a record."""
-    from cpn_dist.checkpoint import save_weights
     from cpn_dist.cpn.model import build_model
-    from cpn_dist.run_start import weights_metadata
+    from cpn_dist.training.checkpoint import save_weights
+    from cpn_dist.training.run_start import weights_metadata
 
     root = tmp_path_factory.mktemp("coco_weights")
     cfg = load_config("demo", [f"data.shards={_coco_shards(root / 'shards')}"])

@@ -8,8 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from cpn_dist.data.synth import synthesize_voc
-from cpn_dist.data.voc import read_label_png, read_split
+from cpn_dist.data.datasets.voc import read_label_png, read_split
+from cpn_dist.data.synth.voc import synthesize_voc
 from cpn_dist.demo.parts import part_scores
 from cpn_dist.demo.run import run_demo
 from cpn_dist.demo.settings import DEMO_MODELS, DemoSettings

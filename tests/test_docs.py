@@ -40,3 +40,21 @@ def test_relative_links_of_the_readme_and_docs_lead_somewhere():
             if not target.exists() or (anchor and target.suffix == ".md" and anchor not in _anchors(target)):
                 broken.append(f"{page.relative_to(ROOT)}: {link}")
     assert len(pages) > 10 and not broken, broken
+
+
+def test_the_design_table_and_the_readme_layout_name_every_package_and_top_level_module():
+    package = ROOT / "cpn_dist"
+    design = (ROOT / "docs" / "design.md").read_text()
+    table = design[design.index("| part |"):design.index("\n\n", design.index("| part |"))]
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):readme.index("\n## ", readme.index("## Layout"))]
+    packages = sorted(p.parent.relative_to(package) for p in package.glob("*/**/__init__.py"))
+    top_modules = sorted(p.stem for p in package.glob("*.py") if not p.stem.startswith("__"))
+    missing = []
+    for path in packages:
+        top, *sub = path.parts
+        named_in_table = f"`cpn_dist.{top}`" in table if not sub else f"`{sub[-1]}` (" in table
+        if not named_in_table or f"{path.parts[-1]}/" not in layout:
+            missing.append(str(path))
+    missing += [m for m in top_modules if f"{m}.py" not in layout or not re.search(rf"`(cpn_dist\.)?{m}`", table)]
+    assert len(packages) >= 14 and len(top_modules) >= 5 and not missing, missing

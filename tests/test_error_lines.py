@@ -87,10 +87,10 @@ def cpn_final(tmp_path_factory):
     """The final weights of a trained CPN (tiny backbone, paper head) as `cpn train` writes them."""
     import torch
 
-    from cpn_dist.checkpoint import save_weights
     from cpn_dist.config import load_config
     from cpn_dist.cpn.model import build_model
-    from cpn_dist.run_start import weights_metadata
+    from cpn_dist.training.checkpoint import save_weights
+    from cpn_dist.training.run_start import weights_metadata
 
     path = tmp_path_factory.mktemp("cpn") / "model_final.pth"
     torch.manual_seed(0)
@@ -115,10 +115,10 @@ def test_a_cpn_without_a_head_still_starts_affinitynet(tmp_path):
     import torch
 
     from cpn_dist.affinity.task import AffinityTask
-    from cpn_dist.checkpoint import save_weights
     from cpn_dist.config import load_config
     from cpn_dist.cpn.model import build_model
-    from cpn_dist.run_start import weights_metadata
+    from cpn_dist.training.checkpoint import save_weights
+    from cpn_dist.training.run_start import weights_metadata
 
     warm = tmp_path / "warmup.pth"
     cfg = load_config("demo", ["loss.recipe=cam", "model.head=none"])

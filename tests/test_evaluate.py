@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from cpn_dist.data.voc import save_label_png
+from cpn_dist.data.datasets.voc import save_label_png
 from cpn_dist.errors import CpnError
 from cpn_dist.labels.cams import class_map, load_cams, released_class_map, save_cams
 from cpn_dist.labels.evaluate import (
@@ -181,7 +181,7 @@ def test_cam_file_round_trip(tmp_path):
 def test_ground_truth_from_shards_equals_the_png_folder(synth_voc, tmp_path):
     from scipy import ndimage
 
-    from cpn_dist.data.voc import read_label_png, read_split
+    from cpn_dist.data.datasets.voc import read_label_png, read_split
 
     shards = tmp_path / "shards"
     run_cpn("pack", "--voc-root", str(synth_voc), "--split", "val", "--out", str(shards), "--slic-segments", "20",

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cpn_dist.cpn.infer import InferSettings, infer_samples, scaled_size
+from cpn_dist.data.datasets.voc import labels_from_names, read_split, read_xml_objects
 from cpn_dist.data.inputs import Sample
-from cpn_dist.data.voc import labels_from_names, read_split, read_xml_objects
 from cpn_dist.labels.cams import load_cams
 from tests.conftest import ROOT, run_cpn
 

@@ -8,7 +8,7 @@ import torch
 
 from cpn_dist.config import load_config
 from cpn_dist.data import build_train_loader
-from cpn_dist.data.labelled import LabelledSampleMaker
+from cpn_dist.data.loading.labelled import LabelledSampleMaker
 from cpn_dist.errors import CpnError
 from tests.train_support import pack_shards
 

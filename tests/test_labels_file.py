@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from cpn_dist.data.pack_source import pack_labels
-from cpn_dist.data.voc import read_labels_file
+from cpn_dist.data.datasets.voc import read_labels_file
+from cpn_dist.data.shards.pack_source import pack_labels
 from cpn_dist.errors import CpnError
 
 CAT_DOG = [0.0] * 20

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from cpn_dist.config import load_config
-from cpn_dist.data.cp_pair import split_image
-from cpn_dist.data.loader import batches_done, build_train_loader, epoch_steps, sample_ranges, worker_batches
-from cpn_dist.data.pack import pack_split
-from cpn_dist.data.shards import read_shard_samples
-from cpn_dist.data.train_sample import BATCH_KEYS
+from cpn_dist.data.loading.cp_pair import split_image
+from cpn_dist.data.loading.loader import batches_done, build_train_loader, epoch_steps, sample_ranges, worker_batches
+from cpn_dist.data.loading.train_sample import BATCH_KEYS
+from cpn_dist.data.shards.pack import pack_split
+from cpn_dist.data.shards.reader import read_shard_samples
 from cpn_dist.errors import CpnError
 
 CROP = 48

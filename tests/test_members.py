@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cpn_dist.data.members import SampleDecodeError, decode_members, encode_labels, encode_png
-from cpn_dist.data.shards import decode_sample
+from cpn_dist.data.shards.members import SampleDecodeError, decode_members, encode_labels, encode_png
+from cpn_dist.data.shards.reader import decode_sample
 
 
 def raw_sample(**extra):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from cpn_dist import monitor
+from cpn_dist.training import monitor
 
 
 @pytest.mark.parametrize(("name", "precision", "peak"), [
@@ -34,7 +34,7 @@ def test_the_stage_2_and_3_panels_show_the_image_its_label_and_the_output():
     then the boundary map / the prediction — three tiles of the crop's size, uint8."""
     from cpn_dist.affinity.task import AffinityTask
     from cpn_dist.config import Config
-    from cpn_dist.data.voc import PALETTE
+    from cpn_dist.data.datasets.voc import PALETTE
     from cpn_dist.segmentation.task import SegmentationTask
 
     g = torch.Generator().manual_seed(0)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from numpy.lib import format as npy_format
 
-from cpn_dist.data.voc import read_labels_file, read_split
+from cpn_dist.data.datasets.voc import read_labels_file, read_split
 from cpn_dist.errors import CpnError
 from cpn_dist.labels.cams import load_cams, save_cams
 from cpn_dist.models.weights import read_state_dict
@@ -130,7 +130,7 @@ def _task(config, *overrides):
     import importlib
 
     from cpn_dist.config import load_config
-    from cpn_dist.train import STAGES
+    from cpn_dist.training.tasks import STAGES
 
     cfg = load_config(config, list(overrides))
     module, _, name = STAGES[cfg.stage].partition(":")
@@ -352,8 +352,8 @@ def test_a_shard_member_holding_a_pickle_is_never_unpickled(deterministic, tiny_
     """webdataset's default decoders unpickle `.pyd`/`.pickle` members; our readers decode only the members
     the format names (jpg, cls.json, slic*.png, seg.png)."""
     from cpn_dist.config import load_config
-    from cpn_dist.data.loader import build_train_loader
-    from cpn_dist.data.shards import read_shard_samples
+    from cpn_dist.data.loading.loader import build_train_loader
+    from cpn_dist.data.shards.reader import read_shard_samples
 
     shards = tmp_path / "shards"
     shutil.copytree(tiny_run["shards"], shards)
@@ -371,7 +371,7 @@ def test_a_shard_member_holding_a_pickle_is_never_unpickled(deterministic, tiny_
 def test_a_meta_json_cannot_name_a_shard_that_runs_a_command(tiny_run, tmp_path, monkeypatch):
     import json
 
-    from cpn_dist.data.shards import resolve_shards
+    from cpn_dist.data.shards.reader import resolve_shards
 
     marker = tmp_path / "MARKER"
     shards = tmp_path / "shards"

@@ -3,8 +3,8 @@ import torch
 
 from cpn_dist.config import OptimConfig
 from cpn_dist.errors import CpnError
-from cpn_dist.launch import accumulation_steps
-from cpn_dist.optim import build_optimizer, poly_lr, set_poly_lr
+from cpn_dist.training.launch import accumulation_steps
+from cpn_dist.training.optim import build_optimizer, poly_lr, set_poly_lr
 
 
 def _params(*shapes):
@@ -60,7 +60,7 @@ def test_batch_that_does_not_divide_names_the_three_numbers():
 
 
 def _schedule(global_size, total=100, steps_per_epoch=10, **optim):
-    from cpn_dist.optim import LrSchedule
+    from cpn_dist.training.optim import LrSchedule
 
     cfg = OptimConfig(lr=0.01, poly_power=0.9, **optim)
     return LrSchedule.from_config(cfg, global_size, total, steps_per_epoch)
@@ -94,7 +94,7 @@ def test_warm_up_rises_linearly_from_its_start_fraction_then_follows_poly():
 
 def test_the_schedule_is_logged_in_one_line_and_both_warm_up_keys_are_refused():
     from cpn_dist.config import ConfigError, load_config
-    from cpn_dist.optim import describe_schedule
+    from cpn_dist.training.optim import describe_schedule
 
     cfg = OptimConfig(lr=0.01, lr_scaling="linear", warmup_steps=200)
     line = describe_schedule(cfg, _schedule(32, lr_scaling="linear", warmup_steps=200, total=1000), 32)
@@ -109,7 +109,7 @@ def test_a_run_recorded_before_the_lr_rule_keys_existed_still_resumes_and_real_c
     import copy
 
     from cpn_dist.config import load_config
-    from cpn_dist.run_start import config_changes
+    from cpn_dist.training.run_start import config_changes
 
     new = load_config(None, []).to_dict()
     old = copy.deepcopy(new)

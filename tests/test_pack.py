@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cpn_dist.data.pack import KILL_AFTER_ENV
-from cpn_dist.data.shards import read_shard_samples
-from cpn_dist.data.voc import read_label_png, read_split, read_xml_objects
+from cpn_dist.data.datasets.voc import read_label_png, read_split, read_xml_objects
+from cpn_dist.data.shards.pack import KILL_AFTER_ENV
+from cpn_dist.data.shards.reader import read_shard_samples
 from tests.conftest import run_cpn
 
 SEGMENTS = ("20", "50")

@@ -215,7 +215,7 @@ def test_a_changed_setting_reruns_the_stale_step_and_every_later_one(done, tmp_p
 def test_a_second_pipeline_into_one_work_dir_fails_fast(done):
     import os
 
-    from cpn_dist.runlock import DirLock
+    from cpn_dist.training.runlock import DirLock
 
     before = _mtimes(done["work"] / "steps")
     holder = rf"in use by another run \(pid {os.getpid()} on"
@@ -233,8 +233,8 @@ def test_a_bad_beta_sweep_fails_when_the_config_is_read(done):
 
 def test_the_issues_settings_changes_make_their_steps_stale(done):
     """A CPN max_steps change stales train_cpn; new CAM scales stale cams; a log setting stales nothing."""
-    from cpn_dist.pipeline_steps import step_settings
-    from cpn_dist.runner import stale_reasons
+    from cpn_dist.pipeline.runner import stale_reasons
+    from cpn_dist.pipeline.steps import step_settings
 
     def changes(step, *overrides):
         before = step_settings(Pipeline(load_pipeline_config(done["config"])), step)

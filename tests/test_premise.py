@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from cpn_dist.config import PatchConfig
-from cpn_dist.data import synth_parts
-from cpn_dist.data.synth import synthesize_voc
-from cpn_dist.data.voc import read_split
+from cpn_dist.data.datasets.voc import read_split
+from cpn_dist.data.synth import parts as synth_parts
+from cpn_dist.data.synth.voc import synthesize_voc
 from cpn_dist.demo.parts import premise_share
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from cpn_dist.data.voc import read_split
+from cpn_dist.data.datasets.voc import read_split
 from tests.conftest import ROOT
 from tests.train_support import pack_shards, tiny_config
 
@@ -164,7 +164,7 @@ def test_each_process_sets_and_logs_its_threads_and_warns_once_on_a_loaded_cpu(c
 
 
 def test_the_cli_logs_its_thread_choice_and_honours_threads(synth_voc, cpn_weights, tmp_path, torch_threads):
-    from cpn_dist.launch import run_main
+    from cpn_dist.train import run_main
 
     names = read_split(synth_voc / "ImageSets" / "Segmentation" / "val.txt")[:1]
     (tmp_path / "list.txt").write_text("\n".join(names) + "\n")

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cpn_dist.checkpoint import complete_checkpoints
 from cpn_dist.config import load_config
 from cpn_dist.errors import CpnError
+from cpn_dist.training.checkpoint import complete_checkpoints
 from tests.conftest import ROOT
 from tests.train_support import accelerate_cpu, pack_shards, tensorboard_scalars, tiny_config
 
@@ -269,7 +269,7 @@ def test_under_accelerate_launch_a_user_error_is_one_line_per_process_and_a_held
     """Our processes print the error once, without a Python traceback of ours, and every process exits
     (none hangs in a collective). Accelerate's launcher then prints its own failure report, which is
     not ours to silence (docs/training.md: "Errors")."""
-    from cpn_dist.runlock import DirLock
+    from cpn_dist.training.runlock import DirLock
 
     config = tiny_config(tmp_path / "c.yaml", shards, train={"max_steps": 2}, batch={"micro_size": 2})
     out = tmp_path / "run"

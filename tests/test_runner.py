@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from cpn_dist.errors import CpnError
-from cpn_dist.runner import Step, StepRunner, relative_to, stale_reasons
+from cpn_dist.pipeline.runner import Step, StepRunner, relative_to, stale_reasons
 
 
 @dataclass

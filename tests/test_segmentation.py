@@ -9,7 +9,7 @@ import yaml
 from PIL import Image
 
 from cpn_dist.config import load_config
-from cpn_dist.data.voc import PALETTE, read_label_png, read_split
+from cpn_dist.data.datasets.voc import PALETTE, read_label_png, read_split
 from cpn_dist.errors import CpnError
 from cpn_dist.segmentation.loss import check_labels, segmentation_loss
 from cpn_dist.segmentation.model import build_segmentation_model
@@ -256,7 +256,7 @@ def test_crf_workers_forked_after_torch_threads_do_not_hang(perfect, tmp_path):
 def test_labelled_samples_stream_too(perfect):
     """The streaming loader (data.deterministic: false) carries image + label map like the deterministic one."""
     from cpn_dist.data import build_train_loader
-    from cpn_dist.data.labelled import LabelledSampleMaker
+    from cpn_dist.data.loading.labelled import LabelledSampleMaker
 
     data = perfect["config"].data.model_copy(update={"deterministic": False})
     labels = perfect["config"].segmentation.labels

@@ -66,7 +66,7 @@ def test_training_moved_every_trained_layer(runs, tmp_path):
 def test_segment_over_two_processes_writes_each_image_once(runs, synth_voc):
     """`accelerate launch -m cpn_dist.segmentation.infer` on 2 gloo processes: every listed image is
     written once, the processes share the work, and the maps equal those of one process."""
-    from cpn_dist.data.voc import read_label_png, read_split
+    from cpn_dist.data.datasets.voc import read_label_png, read_split
     from tests.conftest import run_cpn
 
     names = read_split(synth_voc / "ImageSets" / "Segmentation" / "val.txt")

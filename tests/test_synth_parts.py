@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from cpn_dist.data.synth import synthesize_voc
-from cpn_dist.data.voc import check_voc, read_label_png, read_split
+from cpn_dist.data.datasets.voc import check_voc, read_label_png, read_split
+from cpn_dist.data.synth.voc import synthesize_voc
 from tests.conftest import run_cpn
 
 

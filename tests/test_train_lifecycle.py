@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cpn_dist.checkpoint import complete_checkpoints
 from cpn_dist.config import load_config
+from cpn_dist.training.checkpoint import complete_checkpoints
 from tests.conftest import ROOT
 from tests.train_support import (
     ACCELERATE,

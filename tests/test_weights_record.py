@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from cpn_dist.checkpoint import save_weights
 from cpn_dist.config import load_config
-from cpn_dist.run_start import weights_metadata
+from cpn_dist.training.checkpoint import save_weights
+from cpn_dist.training.run_start import weights_metadata
 from tests.conftest import cams_from_ground_truth, run_cpn
 
 

@@ -64,7 +64,7 @@ def test_the_installed_cli_finds_its_configs_from_an_empty_folder(installed):
     assert yaml.safe_load(shown.stdout)["model"]["backbone"] == "tiny"
     helped = _sh(venv / "bin" / "cpn", "demo", "--help", cwd=empty, env=_env())
     assert "usage" in helped.stdout.lower()
-    pipeline = _sh(venv / "bin" / "python", "-c", "from cpn_dist.pipeline_config import load_pipeline_config as l; "
+    pipeline = _sh(venv / "bin" / "python", "-c", "from cpn_dist.pipeline import load_pipeline_config as l; "
                    "c = l('pipeline_demo'); from cpn_dist.config import load_config; load_config(c.configs.cpn); "
                    "print(c.configs.cpn)", cwd=empty, env=_env())  # fmt: skip
     assert pipeline.stdout.strip() == "demo.yaml"

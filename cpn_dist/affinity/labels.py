@@ -18,7 +18,7 @@ PSA keeps the two CRF probability maps and combines them after augmentation and 
 we combine at full resolution and store one palette PNG per image, ``{out}/{image id}.png`` (uint8:
 0 background, 1..C-1 class, 255 ignore, the size of the image; C of the CAMs' dataset, recorded in
 ``{out}/dataset.json``) — the side folder that
-:class:`cpn_dist.data.labelled.LabelledSampleMaker` reads beside the shards. The trainer reduces the
+:class:`cpn_dist.data.loading.labelled.LabelledSampleMaker` reads beside the shards. The trainer reduces the
 augmented crop to the stride-8 grid by a block vote (:func:`cpn_dist.affinity.pairs.reduce_labels`).
 """
 
@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from cpn_dist.atomic import write_atomic
-from cpn_dist.config import AffinityConfig, CrfConfig
-from cpn_dist.data.datasets import DatasetInfo, voc
-from cpn_dist.data.voc import NUM_FOREGROUND, save_label_png
-from cpn_dist.dataset_of import record_dataset
+from cpn_dist.config.run import AffinityConfig, CrfConfig
+from cpn_dist.data.datasets.info import DatasetInfo, voc
+from cpn_dist.data.datasets.recorded import record_dataset
+from cpn_dist.data.datasets.voc import NUM_FOREGROUND, save_label_png
 from cpn_dist.errors import CpnError
 from cpn_dist.labels.cams import CAM_NORMS, cam_file, load_cams, normalise_cams
 from cpn_dist.labels.pseudo import confident_label, pseudo_label

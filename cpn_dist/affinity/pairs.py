@@ -28,7 +28,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from cpn_dist.data.voc import IGNORE, NUM_CLASSES  # VOC's class count: the default
+from cpn_dist.data.datasets.voc import IGNORE, NUM_CLASSES  # VOC's class count: the default
 
 STRIDE = 8  # the backbone's output stride
 

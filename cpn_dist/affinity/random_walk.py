@@ -47,10 +47,10 @@ import torch.nn.functional as F
 
 from cpn_dist.affinity import METHODS  # auto, dense, sparse
 from cpn_dist.affinity.pairs import STRIDE, pair_affinities, pair_index
-from cpn_dist.config import AffinityConfig
-from cpn_dist.data.datasets import DatasetInfo, voc
+from cpn_dist.config.run import AffinityConfig
+from cpn_dist.data.datasets.info import DatasetInfo, voc
+from cpn_dist.data.datasets.recorded import record_dataset
 from cpn_dist.data.inputs import Sample
-from cpn_dist.dataset_of import record_dataset
 from cpn_dist.devices import autocast, to_device
 from cpn_dist.errors import CpnError
 from cpn_dist.labels.cams import (

@@ -1,10 +1,10 @@
 """Train AffinityNet on affinity labels: the ``stage: affinity`` task of the shared training loop
-(:mod:`cpn_dist.engine`: Accelerate DDP/DeepSpeed, AMP, accumulation, checkpoints and exact resume,
+(:mod:`cpn_dist.training.engine`: Accelerate DDP/DeepSpeed, AMP, accumulation, checkpoints and exact resume,
 TensorBoard, progress). ``cpn train --config configs/voc_affinity.yaml`` or ``accelerate launch -m
 cpn_dist.train --config configs/voc_affinity.yaml``.
 
 Data: the shards' images with the affinity labels of ``affinity.labels`` (``{image id}.png``, from
-``cpn affinity-labels``) through :class:`~cpn_dist.data.labelled.LabelledSampleMaker` — the same
+``cpn affinity-labels``) through :class:`~cpn_dist.data.loading.labelled.LabelledSampleMaker` — the same
 joint augmentation as every stage (``data.scale_range``, flip, colour jitter, crop ``data.crop`` with
 padding labelled 255). Per micro-batch the label crop is reduced to the stride-8 grid
 (:func:`~cpn_dist.affinity.pairs.reduce_labels`) and turned into the bg-positive, fg-positive and
@@ -26,12 +26,12 @@ import torch
 from cpn_dist import devices
 from cpn_dist.affinity.loss import affinity_loss, pair_counts
 from cpn_dist.affinity.pairs import pair_affinities, pair_labels, reduce_labels
-from cpn_dist.config import Config
-from cpn_dist.monitor import panel_image, rgb_image, voc_colours
+from cpn_dist.config.run import Config
+from cpn_dist.training.monitor import panel_image, rgb_image, voc_colours
 
 
 class AffinityTask:
-    """AffinityNet on affinity labels, for :func:`cpn_dist.engine.run_training`."""
+    """AffinityNet on affinity labels, for :func:`cpn_dist.training.engine.run_training`."""
 
     name = "affinity"
 
@@ -42,13 +42,13 @@ class AffinityTask:
     @cached_property
     def dataset(self):
         """The dataset of the run's shards: the label values (0..C-1, 255) and what the weights record."""
-        from cpn_dist.dataset_of import run_dataset
+        from cpn_dist.data.datasets.recorded import run_dataset
 
         return run_dataset(self.cfg.data, missing_ok=True)  # unreadable shards: the loader says so
 
     def build_model(self):
         from cpn_dist.affinity.model import build_affinity_model
-        from cpn_dist.weights_config import load_start_weights
+        from cpn_dist.config.weights import load_start_weights
 
         model = build_affinity_model(self.cfg.model.backbone, dropout=self.cfg.model.dropout)
         if self.cfg.model.weights:
@@ -57,7 +57,7 @@ class AffinityTask:
 
     def loader(self, *, micro_size, global_size, rank, world_size, epoch, start_step):
         from cpn_dist.data import build_train_loader
-        from cpn_dist.data.labelled import LabelledSampleMaker
+        from cpn_dist.data.loading.labelled import LabelledSampleMaker
 
         maker = LabelledSampleMaker.from_config(self.cfg.data, self.cfg.affinity.labels, self.cfg.train.seed, epoch)
         return build_train_loader(self.cfg.data, micro_size=micro_size, global_size=global_size, rank=rank,

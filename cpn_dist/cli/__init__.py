@@ -127,6 +127,22 @@ def print_table(table) -> None:
     Console(file=console.file, width=max(natural, console.width)).print(table)  # print() caps at the width
 
 
+def print_findings(split: str, problems: list[tuple[str, str]], warnings: list[tuple[str, str]]) -> None:
+    """A table of a split's problems and one of its warnings (where, what), the first 50 of each (``cpn shards
+    verify``, ``cpn check-coco``)."""
+    from rich.table import Table
+
+    for kind, items, style in (("problem", problems, "red"), ("warning", warnings, "yellow")):
+        if not items:
+            continue
+        table = Table("where", kind, title=f"{split}: {len(items)} {kind}(s)", title_style=style)
+        for where, what in items[:50]:
+            table.add_row(where, what)
+        if len(items) > 50:
+            table.add_row("…", f"{len(items) - 50} more")
+        print_table(table)
+
+
 def positive_int(text: str) -> int:
     """An argparse type: an integer >= 1."""
     try:
@@ -140,8 +156,9 @@ def positive_int(text: str) -> int:
 
 def add_dataset_argument(p, help: str = "the classes of the CAMs / labels (default: the dataset.json of the "
                          "folders read; none: voc)") -> None:  # fmt: skip
-    """``--dataset voc|coco``: which classes (:func:`cpn_dist.data.datasets.by_name`) where nothing records them."""
-    from cpn_dist.data.datasets import BUILT_IN
+    """``--dataset voc|coco``: which classes (:func:`cpn_dist.data.datasets.info.by_name`) where nothing
+    records them."""
+    from cpn_dist.data.datasets.info import BUILT_IN
 
     p.add_argument("--dataset", choices=tuple(BUILT_IN), default=None, help=help)
 
@@ -179,7 +196,7 @@ def check_pair(pair, flag: str) -> None:
 
 
 def step_printer(shown=lambda: True):
-    """An ``on_step(name, event)`` for :class:`cpn_dist.runner.StepRunner` that shows each step's start, its
+    """An ``on_step(name, event)`` for :class:`cpn_dist.pipeline.runner.StepRunner` that shows each step's start, its
     time when it ran, and any other event (done before, skipped, stale…); ``shown()``: whether this
     process prints (the main one)."""
     import time

@@ -70,8 +70,8 @@ def register(sub) -> None:
 def _run(args) -> int:
     from cpn_dist.affinity.labels import AffinityLabelParams, done_names, write_affinity_labels
     from cpn_dist.cli.crf_cmd import crf_params
-    from cpn_dist.config import load_config
-    from cpn_dist.dataset_of import folders_dataset
+    from cpn_dist.config.load import load_config
+    from cpn_dist.data.datasets.recorded import folders_dataset
     from cpn_dist.labels.evaluate import default_workers
     from cpn_dist.progress import Progress
 

@@ -9,7 +9,7 @@ import os
 from rich.table import Table
 
 from cpn_dist.cli import add_command, console, print_table
-from cpn_dist.data.coco_protocol import CROWD_MASKS, EMPTY_IMAGES, OVERLAPS, PROTOCOLS
+from cpn_dist.data.datasets.coco_protocol import CROWD_MASKS, EMPTY_IMAGES, OVERLAPS, PROTOCOLS
 from cpn_dist.errors import CpnError
 
 # The flags that override the protocol's choices, by CocoProtocol field.
@@ -41,7 +41,8 @@ def protocol_flags_given(args) -> list[str]:
 
 
 def protocol_from_args(args):
-    """The :class:`~cpn_dist.data.coco.CocoProtocol` of ``--coco-protocol`` with the overriding flags applied."""
+    """The :class:`~cpn_dist.data.datasets.coco.CocoProtocol` of ``--coco-protocol`` with the overriding flags
+    applied."""
     from dataclasses import replace
 
     overrides = {field: getattr(args, field) for field in PROTOCOL_FLAGS if getattr(args, field) is not None}
@@ -81,8 +82,8 @@ def register(sub) -> None:
 
 
 def _check(args) -> int:
-    from cpn_dist.cli.shards_cmd import print_findings
-    from cpn_dist.data.coco_check import check_images, coco_folder, coco_splits, read_split_check
+    from cpn_dist.cli import print_findings
+    from cpn_dist.data.datasets.coco_check import check_images, coco_folder, coco_splits, read_split_check
     from cpn_dist.progress import Progress
 
     root = coco_folder(args.root)
@@ -108,7 +109,7 @@ def _check(args) -> int:
 
 
 def _masks(args) -> int:
-    from cpn_dist.data.coco_masks import plan_coco_masks, write_masks
+    from cpn_dist.data.datasets.coco_masks import plan_coco_masks, write_masks
     from cpn_dist.progress import Progress
 
     plan = plan_coco_masks(args.coco_root, args.split, args.out, protocol_from_args(args), args.overwrite)

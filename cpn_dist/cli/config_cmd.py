@@ -24,7 +24,8 @@ def register(sub) -> None:
 
 
 def _show(args) -> int:
-    from cpn_dist.config import load_config, to_yaml
+    from cpn_dist.config.load import load_config
+    from cpn_dist.config.run import to_yaml
 
     config_path, overrides = args.config, list(args.overrides)
     if config_path is not None and "=" in config_path:  # `cpn config show optim.lr=0.1`
@@ -38,7 +39,7 @@ def _show(args) -> int:
 
 
 def _keys(args) -> int:
-    from cpn_dist.config import key_docs
+    from cpn_dist.config.run import key_docs
 
     table = Table("key", "default", "meaning", title="cpn-dist config keys")
     for key, default, doc in key_docs():
@@ -50,7 +51,7 @@ def _keys(args) -> int:
 def _docs(args) -> int:
     from pathlib import Path
 
-    from cpn_dist.config_docs import config_reference
+    from cpn_dist.config.docs import config_reference
     from cpn_dist.errors import CpnError
 
     text = config_reference()

@@ -27,7 +27,7 @@ class _CrfFlag(argparse.Action):
 
     @property
     def help(self) -> str:
-        from cpn_dist.config import CrfConfig
+        from cpn_dist.config.run import CrfConfig
 
         default = CrfConfig.model_fields[self.key].default
         shown = f"{self.from_config}.{self.key}, PSA: {default}" if self.from_config else str(default)
@@ -53,7 +53,7 @@ def crf_params(args, base=None):
     ``base``'s values (default ``CrfConfig()``, PSA's). A bad value is a CpnError naming the flag."""
     from pydantic import ValidationError
 
-    from cpn_dist.config import CrfConfig, describe_error
+    from cpn_dist.config.run import CrfConfig, describe_error
 
     base = CrfConfig() if base is None else base
     given = {key: getattr(args, f"crf_{key}") for key in CRF_KEYS if getattr(args, f"crf_{key}") is not None}
@@ -78,7 +78,7 @@ def add_folder_arguments(p) -> None:
 
 
 def image_names(args) -> list[str]:
-    from cpn_dist.data.voc import read_split
+    from cpn_dist.data.datasets.voc import read_split
     from cpn_dist.labels.cams import cam_names
 
     if args.list:
@@ -91,7 +91,7 @@ def image_names(args) -> list[str]:
 
 def cams_dataset(args):
     """The dataset of ``--cams`` (``--dataset``, else its dataset.json, else VOC)."""
-    from cpn_dist.dataset_of import folders_dataset
+    from cpn_dist.data.datasets.recorded import folders_dataset
 
     return folders_dataset(args.dataset, args.cams)
 

@@ -74,7 +74,7 @@ def _run(args) -> int:
 
     from cpn_dist.demo.run import run_demo
     from cpn_dist.demo.settings import DEMO_CONFIG, DemoSettings
-    from cpn_dist.launch import quiet_libraries
+    from cpn_dist.training.launch import quiet_libraries
 
     quiet_libraries()
     use_threads(args)

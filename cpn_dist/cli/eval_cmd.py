@@ -62,8 +62,8 @@ def averaged_note(best: dict, classes: int) -> str:
 
 
 def _run(args) -> int:
-    from cpn_dist.data.voc import read_split
-    from cpn_dist.dataset_of import folders_dataset
+    from cpn_dist.data.datasets.recorded import folders_dataset
+    from cpn_dist.data.datasets.voc import read_split
     from cpn_dist.demo.show import sweep_plot
     from cpn_dist.labels.evaluate import default_betas, default_workers, ground_truth, parse_betas, score_labels, sweep
     from cpn_dist.progress import Progress

@@ -72,10 +72,10 @@ def _model(args, device):
     """The CPN of ``--checkpoint``: the model its weights record, or (released weights) the one of
     ``--config`` and ``--backbone``/``--head``; over the classes the weights score (their record, their fc8's
     width, ``--dataset``). Returns (model, load report, config, dataset)."""
+    from cpn_dist.config.weights import load_checked, weights_config
     from cpn_dist.cpn.model import build_model
-    from cpn_dist.dataset_of import weights_dataset
+    from cpn_dist.data.datasets.recorded import weights_dataset
     from cpn_dist.models.weights import read_weights
-    from cpn_dist.weights_config import load_checked, weights_config
 
     state, meta = read_weights(args.checkpoint, args.allow_pickle)
     flags = {"model.backbone": ("--backbone", args.backbone), "model.head": ("--head", args.head)}
@@ -90,9 +90,9 @@ def _model(args, device):
 def _source_dataset(args):
     """The dataset of the input's labels: the shards' (their meta.json), VOC for a VOC folder (or the one a
     VOC-layout view of another dataset records in its dataset.json, as the pipeline's COCO view)."""
-    from cpn_dist.data.datasets import read_folder_dataset, voc
+    from cpn_dist.data.datasets.info import read_folder_dataset, voc
     from cpn_dist.data.inputs import is_shard_source
-    from cpn_dist.data.shards import shards_dataset
+    from cpn_dist.data.shards.reader import shards_dataset
 
     if args.shards and is_shard_source(args.shards):
         return shards_dataset(args.shards)
@@ -105,8 +105,8 @@ def _run(args) -> int:
     from accelerate import PartialState
 
     from cpn_dist.cpn.infer import InferSettings, infer_samples
-    from cpn_dist.data.datasets import FOLDER_FILE, read_folder_dataset
-    from cpn_dist.dataset_of import record_dataset, same_classes
+    from cpn_dist.data.datasets.info import FOLDER_FILE, read_folder_dataset
+    from cpn_dist.data.datasets.recorded import record_dataset, same_classes
     from cpn_dist.devices import use_cpu
     from cpn_dist.labels.cams import cam_names
 

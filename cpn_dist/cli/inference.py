@@ -30,8 +30,8 @@ def parse_scales(text: str) -> tuple[float, ...]:
 
 def infer_source(args):
     """The images of ``--voc-root DIR --list FILE [--labels FILE]`` or ``--shards SRC [--split] [--list]``."""
+    from cpn_dist.data.datasets.voc import read_split
     from cpn_dist.data.inputs import ShardSource, VocSource
-    from cpn_dist.data.voc import read_split
 
     if bool(args.voc_root) == bool(args.shards):
         raise CpnError("give exactly one input: --voc-root DIR --list FILE, or --shards SRC")

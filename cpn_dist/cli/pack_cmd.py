@@ -60,7 +60,7 @@ def register(sub) -> None:
 
 def _source(args: argparse.Namespace):
     """The pack source the flags name (the COCO annotation file is read once, here)."""
-    from cpn_dist.data.pack_source import find_coco_source, find_source
+    from cpn_dist.data.shards.pack_source import find_coco_source, find_source
 
     if args.coco_root is None:
         given = protocol_flags_given(args)
@@ -73,8 +73,8 @@ def _source(args: argparse.Namespace):
 
 
 def _run(args) -> int:
-    from cpn_dist.data.pack import check_options, pack_source
-    from cpn_dist.data.pack_parts import gather_parts, parse_part, part_images
+    from cpn_dist.data.shards.pack import check_options, pack_source
+    from cpn_dist.data.shards.pack_parts import gather_parts, parse_part, part_images
     from cpn_dist.progress import Progress
 
     part = parse_part(args.part) if args.part is not None else None

@@ -9,7 +9,7 @@ from cpn_dist.cli import add_command, add_threads_argument, console, print_table
 
 
 def register(sub) -> None:
-    from cpn_dist.pipeline_stages import STEPS  # no pydantic, no torch: `cpn --help` stays quick
+    from cpn_dist.pipeline.stages import STEPS  # no pydantic, no torch: `cpn --help` stays quick
 
     p = add_command(
         sub, "pipeline", "run every step from a VOC or COCO folder to the scored segmentation model (resumable, "
@@ -46,8 +46,9 @@ def score_table(scores, title: str = "mIoU after each stage") -> Table:
 def _run(args) -> int:
     import logging
 
-    from cpn_dist.launch import quiet_libraries
-    from cpn_dist.pipeline import Pipeline, load_pipeline_config
+    from cpn_dist.config.load import load_pipeline_config
+    from cpn_dist.pipeline.run import Pipeline
+    from cpn_dist.training.launch import quiet_libraries
 
     logging.getLogger("cpn_dist").setLevel(logging.INFO)
     quiet_libraries()

@@ -72,10 +72,10 @@ def _run(args) -> int:
     from cpn_dist.affinity.model import build_affinity_model
     from cpn_dist.affinity.random_walk import walk_samples
     from cpn_dist.cli.inference import check_found, per_process, run_share
-    from cpn_dist.dataset_of import folders_dataset
+    from cpn_dist.config.weights import load_checked, weights_config
+    from cpn_dist.data.datasets.recorded import folders_dataset
     from cpn_dist.devices import use_cpu
     from cpn_dist.models.weights import read_weights
-    from cpn_dist.weights_config import load_checked, weights_config
 
     weights, meta = read_weights(args.checkpoint, args.allow_pickle)
     flags = {"model.backbone": ("--backbone", args.backbone)}

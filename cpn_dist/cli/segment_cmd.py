@@ -58,8 +58,8 @@ def _outputs(args):
 
 def _config(args):
     """The run config: the one the weights record, or ``--config`` (which must agree with it)."""
+    from cpn_dist.config.weights import weights_config
     from cpn_dist.models.weights import read_weights
-    from cpn_dist.weights_config import weights_config
 
     state, meta = read_weights(args.checkpoint, args.allow_pickle)
     if meta is None and args.config is None:
@@ -68,8 +68,8 @@ def _config(args):
 
 
 def _model(args, cfg, state, meta, device, dataset):
+    from cpn_dist.config.weights import load_checked
     from cpn_dist.segmentation.model import model_from_config
-    from cpn_dist.weights_config import load_checked
 
     model = model_from_config(cfg, dropout=False, num_classes=dataset.num_classes)
     report = load_checked(model, state, args.checkpoint, meta, cfg, "segmentation", "the --config")
@@ -83,7 +83,7 @@ def _run(args) -> int:
     from accelerate import PartialState
 
     from cpn_dist.cli.inference import check_found, infer_source, parse_scales, per_process, run_share
-    from cpn_dist.dataset_of import weights_dataset
+    from cpn_dist.data.datasets.recorded import weights_dataset
     from cpn_dist.devices import use_cpu
     from cpn_dist.segmentation.infer import segment_samples, segment_settings
 

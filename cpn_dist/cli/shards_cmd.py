@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from cpn_dist.cli import add_command, console, print_table
+from cpn_dist.cli import add_command, console, print_findings, print_table
 from cpn_dist.errors import CpnError
 
 
@@ -21,21 +21,8 @@ def register(sub) -> None:
     i.set_defaults(handler=_info)
 
 
-def print_findings(split: str, problems: list[tuple[str, str]], warnings: list[tuple[str, str]]) -> None:
-    """A table of a split's problems and one of its warnings (where, what), the first 50 of each."""
-    for kind, items, style in (("problem", problems, "red"), ("warning", warnings, "yellow")):
-        if not items:
-            continue
-        table = Table("where", kind, title=f"{split}: {len(items)} {kind}(s)", title_style=style)
-        for where, what in items[:50]:
-            table.add_row(where, what)
-        if len(items) > 50:
-            table.add_row("…", f"{len(items) - 50} more")
-        print_table(table)
-
-
 def _verify(args) -> int:
-    from cpn_dist.data.verify import total_samples, verify_shards
+    from cpn_dist.data.shards.verify import total_samples, verify_shards
     from cpn_dist.progress import Progress
 
     total = total_samples(args.dir, args.split)
@@ -55,8 +42,8 @@ def _verify(args) -> int:
 
 def _info(args) -> int:
     from cpn_dist.cli.coco_cmd import describe_protocol
-    from cpn_dist.data.datasets import from_meta
-    from cpn_dist.data.shards import read_meta
+    from cpn_dist.data.datasets.info import from_meta
+    from cpn_dist.data.shards.reader import read_meta
 
     meta = read_meta(args.dir)
     dataset = from_meta(meta)

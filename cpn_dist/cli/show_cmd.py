@@ -30,8 +30,8 @@ def _run(args) -> int:
     import numpy as np
 
     from cpn_dist.cli.crf_cmd import cams_dataset, image_names
+    from cpn_dist.data.datasets.voc import read_label_png
     from cpn_dist.data.inputs import read_image
-    from cpn_dist.data.voc import read_label_png
     from cpn_dist.demo.show import GridRow, image_grid
     from cpn_dist.labels.cams import cam_file, load_cams
     from cpn_dist.labels.pseudo import pseudo_label

@@ -40,7 +40,7 @@ def register(sub) -> None:
 
 
 def _run(args) -> int:
-    from cpn_dist.data.synth import synthesize_voc
+    from cpn_dist.data.synth.voc import synthesize_voc
     from cpn_dist.progress import Progress
 
     with Progress("synth-voc", args.images) as progress:
@@ -54,8 +54,8 @@ def _run(args) -> int:
 
 
 def _run_coco(args) -> int:
-    from cpn_dist.data.coco import pycocotools_mask
-    from cpn_dist.data.synth_coco import synthesize_coco
+    from cpn_dist.data.datasets.coco import pycocotools_mask
+    from cpn_dist.data.synth.coco import synthesize_coco
     from cpn_dist.progress import Progress
 
     pycocotools_mask()  # or one line saying how to install pycocotools

@@ -37,9 +37,9 @@ def register(sub) -> None:
 def _run(args) -> int:
     import logging
 
-    from cpn_dist.config import load_config
-    from cpn_dist.launch import quiet_libraries
-    from cpn_dist.train import train
+    from cpn_dist.config.load import load_config
+    from cpn_dist.training.launch import quiet_libraries
+    from cpn_dist.training.tasks import train
 
     logging.getLogger("cpn_dist").setLevel(logging.INFO)
     quiet_libraries()

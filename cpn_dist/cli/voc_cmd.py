@@ -19,7 +19,7 @@ def register(sub) -> None:
 
 
 def _run(args) -> int:
-    from cpn_dist.data.voc import check_voc
+    from cpn_dist.data.datasets.voc import check_voc
 
     report = check_voc(args.root, tuple(args.splits) if args.splits else None)
     if report["problems"]:

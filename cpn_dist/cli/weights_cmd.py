@@ -52,10 +52,10 @@ def _convert(args) -> int:
 def _check(args) -> int:
     import torch
 
-    from cpn_dist.data.datasets import voc
-    from cpn_dist.dataset_of import weights_dataset
+    from cpn_dist.config.weights import built_as, weights_config
+    from cpn_dist.data.datasets.info import voc
+    from cpn_dist.data.datasets.recorded import weights_dataset
     from cpn_dist.models.weights import match_state_dict, read_weights, resolve_weights
-    from cpn_dist.weights_config import built_as, weights_config
 
     state, meta = read_weights(resolve_weights(args.path, args.backbone or "resnet38d"), args.allow_pickle)
     stage = meta.get("stage", "cpn") if meta else "cpn"

@@ -13,7 +13,7 @@ released code, without renaming.
 
 C, the width of ``fc8`` (background + the object classes), is the dataset's class count: 21 for PASCAL
 VOC (the default and the released model), 81 for COCO. Training takes it from the shards, inference
-from the weights (:mod:`cpn_dist.dataset_of`); every other layer is the same for every C.
+from the weights (:mod:`cpn_dist.data.datasets.recorded`); every other layer is the same for every C.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cpn_dist.cpn import head as cpn_head
-from cpn_dist.data.voc import NUM_CLASSES  # VOC's, the default width of fc8
+from cpn_dist.data.datasets.voc import NUM_CLASSES  # VOC's, the default width of fc8
 from cpn_dist.errors import CpnError
 from cpn_dist.models import BACKBONES
 from cpn_dist.models.base import BackboneNet, as_weight_dtype, float32_conv
@@ -141,11 +141,12 @@ def build_model(backbone: str = "resnet38d", head: str = "official", dropout: fl
 def model_for_weights(path, backbone: str, head: str, *, dropout: float = 0.0, allow_pickle: bool = False,
                       fallback=None):  # fmt: skip
     """``(model, load report, dataset)``: a CPN built over the classes the weights at ``path`` score — the
-    dataset they record, else as many as their ``fc8`` has (:func:`cpn_dist.dataset_of.weights_dataset`), else
-    ``fallback`` (a :class:`~cpn_dist.data.datasets.DatasetInfo`, or a function giving one, asked only then;
+    dataset they record, else as many as their ``fc8`` has
+    (:func:`cpn_dist.data.datasets.recorded.weights_dataset`), else
+    ``fallback`` (a :class:`~cpn_dist.data.datasets.info.DatasetInfo`, or a function giving one, asked only then;
     None: VOC) for weights without a classifier (a backbone's ImageNet weights) — with those weights loaded."""
-    from cpn_dist.data.datasets import voc
-    from cpn_dist.dataset_of import weights_dataset
+    from cpn_dist.data.datasets.info import voc
+    from cpn_dist.data.datasets.recorded import weights_dataset
     from cpn_dist.models.weights import load_state, read_weights, resolve_weights
 
     path = resolve_weights(path, backbone)

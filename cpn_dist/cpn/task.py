@@ -1,5 +1,5 @@
 """The CPN stage (``stage: cpn``) of the shared trainer (``cpn train``, ``accelerate launch -m cpn_dist.train``).
-The loop itself is :mod:`cpn_dist.engine`; this module is what is particular to CPN.
+The loop itself is :mod:`cpn_dist.training.engine`; this module is what is particular to CPN.
 
 Each micro-step builds the CP pair on the device (I_h = I·m, I_hbar = I − I·m from the image and the
 mask, so only two tensors cross to the device) and runs the triplet (I, I_h, I_hbar) as ONE forward
@@ -29,10 +29,10 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
-from cpn_dist.config import Config
+from cpn_dist.config.run import Config
 from cpn_dist.cpn import loss as L
-from cpn_dist.engine import rng_state, set_rng_state
-from cpn_dist.monitor import image_panel
+from cpn_dist.training.engine import rng_state, set_rng_state
+from cpn_dist.training.monitor import image_panel
 
 __all__ = ["CPNTask", "HeadOnlyWindow", "triplet_forward", "triplet_input"]
 
@@ -82,7 +82,7 @@ def _unwrap(model):
 
 
 class CPNTask:
-    """The CPN stage for :func:`cpn_dist.engine.run_training`."""
+    """The CPN stage for :func:`cpn_dist.training.engine.run_training`."""
 
     name = "cpn"
 
@@ -99,7 +99,7 @@ class CPNTask:
     @cached_property
     def dataset(self):
         """The dataset of the run's shards: C, the width of ``fc8``, and what the weights record."""
-        from cpn_dist.dataset_of import run_dataset
+        from cpn_dist.data.datasets.recorded import run_dataset
 
         return run_dataset(self.cfg.data, missing_ok=True)  # unreadable shards: the loader says so
 
@@ -109,8 +109,8 @@ class CPNTask:
         return triplet_forward(model, batch, device, self.channels_last, keep_head_inputs)
 
     def build_model(self):
+        from cpn_dist.config.weights import load_start_weights
         from cpn_dist.cpn.model import build_model
-        from cpn_dist.weights_config import load_start_weights
 
         model = build_model(self.cfg.model.backbone, self.cfg.model.head, dropout=self.cfg.model.dropout,
                             num_classes=self.dataset.num_classes)  # fmt: skip

@@ -1,5 +1,8 @@
-"""Data: VOC and COCO reading, synthetic VOC and COCO, ``cpn pack`` shards, the shard reader (and the
-dataset its meta.json records: ``shards_dataset``), augmentation, CP pairs and the training loader.
+"""Data, by job: :mod:`~cpn_dist.data.datasets` (what a dataset is, and the readers of VOC and COCO),
+:mod:`~cpn_dist.data.synth` (synthetic VOC and COCO), :mod:`~cpn_dist.data.shards` (``cpn pack``, the shard
+reader and the dataset its meta.json records: ``shards_dataset``, ``cpn shards verify``),
+:mod:`~cpn_dist.data.loading` (augmentation, CP pairs and the training loaders, over shards only), and
+:mod:`~cpn_dist.data.inputs` (the images inference reads: a VOC folder or shards).
 
 The main entry points are importable from here; they load lazily so that ``cpn pack`` does not
 import torch.
@@ -7,23 +10,13 @@ import torch.
 
 from __future__ import annotations
 
-from importlib import import_module
+from cpn_dist import lazy_exports
 
 _EXPORTS = {
-    "build_train_loader": "cpn_dist.data.loader",
-    "read_shard_samples": "cpn_dist.data.shards",
-    "resolve_shards": "cpn_dist.data.shards",
-    "read_meta": "cpn_dist.data.shards",
-    "shards_dataset": "cpn_dist.data.shards",
-    "pack_split": "cpn_dist.data.pack",
-    "pack_coco_split": "cpn_dist.data.pack",
-    "verify_shards": "cpn_dist.data.verify",
+    "cpn_dist.data.loading.loader": ("build_train_loader",),
+    "cpn_dist.data.shards.reader": ("read_shard_samples", "resolve_shards", "read_meta", "shards_dataset"),
+    "cpn_dist.data.shards.pack": ("pack_split", "pack_coco_split"),
+    "cpn_dist.data.shards.verify": ("verify_shards",),
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

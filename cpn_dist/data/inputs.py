@@ -2,7 +2,7 @@
 
 Both sources yield :class:`Sample` records — image id, the original RGB image, its C-1 image-level
 labels and (when there is one) the ground-truth mask — so the steps after training do not care
-where the data lives; each has a ``dataset`` (:class:`~cpn_dist.data.datasets.DatasetInfo`: VOC for a
+where the data lives; each has a ``dataset`` (:class:`~cpn_dist.data.datasets.info.DatasetInfo`: VOC for a
 VOC root, what ``meta.json`` records for shards). A VOC root is read by image id (random access); shards are streamed in
 order, each process of a distributed run decoding only its own slice.
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cpn_dist.data.datasets import DatasetInfo, read_folder_dataset, voc
-from cpn_dist.data.voc import labels_from_names, read_label_png, read_labels_file, read_xml_objects, voc_folder
+from cpn_dist.data.datasets.info import DatasetInfo, read_folder_dataset, voc
+from cpn_dist.data.datasets.voc import labels_from_names, read_label_png, read_labels_file, read_xml_objects, voc_folder
 from cpn_dist.errors import CpnError
 
 VIEW_LABELS = "cls_labels.json"  # the image labels of a VOC-layout view of another dataset: {id: C-1 × 0/1}
@@ -48,7 +48,7 @@ class VocSource:
     file), ground truth ``SegmentationClass/ID.png`` where present.
 
     A VOC-layout folder of another dataset — one that records it in ``dataset.json``, as the COCO view of
-    :mod:`cpn_dist.data.coco_view` does — gives its labels from its :data:`VIEW_LABELS` file, over its
+    :mod:`cpn_dist.data.datasets.coco_view` does — gives its labels from its :data:`VIEW_LABELS` file, over its
     classes. A VOC folder records none: VOC's 20 classes, labels from the XMLs."""
 
     def __init__(self, root: str | Path, names: Sequence[str], labels_file: str | Path | None = None):
@@ -92,7 +92,7 @@ class ShardSource:
     ``names`` restricts (and orders the check of) the images read; ``None`` = every sample."""
 
     def __init__(self, source: str | Path, split: str | None = None, names: Sequence[str] | None = None):
-        from cpn_dist.data import shards
+        from cpn_dist.data.shards import reader as shards
 
         self.source = str(source)
         if not shards.is_remote(self.source) and Path(self.source).is_file():
@@ -107,8 +107,8 @@ class ShardSource:
                 image: bool = True, labels: bool = True, gt: bool = False) -> Iterator[Sample]:  # fmt: skip
         """This rank's share of the wanted samples (every ``world``-th in shard order, from
         ``rank``), minus ``skip``; only the members asked for are decoded."""
-        from cpn_dist.data import shards
-        from cpn_dist.data.members import decode_members
+        from cpn_dist.data.shards.members import decode_members
+        from cpn_dist.data.shards import reader as shards
 
         members = {"jpg"} if image else set()
         if labels:

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from cpn_dist.data.synth import PART_FOLDER
-from cpn_dist.data.synth_parts import PART_BODY, PART_MARKER
-from cpn_dist.data.voc import IGNORE, read_label_png
+from cpn_dist.data.datasets.voc import IGNORE, read_label_png
+from cpn_dist.data.synth.parts import PART_BODY, PART_MARKER
+from cpn_dist.data.synth.voc import PART_FOLDER
 from cpn_dist.errors import CpnError
 from cpn_dist.labels.cams import class_map, read_cams
 
@@ -113,8 +113,8 @@ MARKER_RING = 2  # body pixels this close to the marker carry its colour (JPEG c
 
 def _patch_ids(rgb: np.ndarray, size: int, patch, rng: np.random.Generator) -> tuple[np.ndarray, int]:
     """Patch ids of an image placed top-left on a size×size canvas (padding = id n, as the loader)."""
-    from cpn_dist.data.cp_pair import grid_ids
-    from cpn_dist.data.pack_sample import superpixels
+    from cpn_dist.data.loading.cp_pair import grid_ids
+    from cpn_dist.data.shards.pack_sample import superpixels
 
     h, w = rgb.shape[:2]
     if patch.kind == "superpixel":
@@ -141,8 +141,8 @@ def premise_share(model, voc_root: str | Path, names: Sequence[str], patch, mean
     import torch
 
     from cpn_dist.cpn.infer import normalise_image
-    from cpn_dist.data.cp_pair import hidden_patches, visible_mask
     from cpn_dist.data.inputs import read_image
+    from cpn_dist.data.loading.cp_pair import hidden_patches, visible_mask
 
     voc_root = Path(voc_root)
     part_dir = voc_root / PART_FOLDER

@@ -1,15 +1,15 @@
 """The built-in demo (``cpn demo``, ``make demo``): CPN against the plain CAM, on a synthetic parts task or
 on any VOC-layout folder.
 
-The steps are a table run by :class:`cpn_dist.runner.StepRunner`, as ``cpn pipeline``'s are: a finished
+The steps are a table run by :class:`cpn_dist.pipeline.runner.StepRunner`, as ``cpn pipeline``'s are: a finished
 step leaves a stamp ``OUT/steps/NAME.json`` and is kept on a re-run unless its settings changed (then it
 and every later step run again); an interrupted step resumes (training from its checkpoint, inference
 image by image); ``overwrite=True`` redoes them all.
 
-1. ``data``: :func:`~cpn_dist.data.synth.synthesize_voc` of ``settings.task`` into ``OUT/VOC2012`` — or,
-   with ``voc_root``, the user's folder as it is — then :func:`~cpn_dist.data.pack.pack_split` of its
+1. ``data``: :func:`~cpn_dist.data.synth.voc.synthesize_voc` of ``settings.task`` into ``OUT/VOC2012`` — or,
+   with ``voc_root``, the user's folder as it is — then :func:`~cpn_dist.data.shards.pack.pack_split` of its
    training split (``train_aug`` when listed, else ``train``) into ``OUT/shards``; with ``coco_root``, its
-   train2014 packed and viewed as a VOC folder in ``OUT/coco_view`` (:mod:`cpn_dist.data.coco_view`): the
+   train2014 packed and viewed as a VOC folder in ``OUT/coco_view`` (:mod:`cpn_dist.data.datasets.coco_view`): the
    models train on it and their CAMs are scored on it over the dataset's 81 classes;
 2. the shared start of every model: the config's ``model.weights`` when it names any (``imagenet`` for
    the EfficientNet-Lite0 backbone: the paper's setting); otherwise (the tiny backbone) ``init`` and
@@ -56,11 +56,11 @@ from cpn_dist.demo.steps import (
     warm_up,
 )
 from cpn_dist.errors import CpnError
-from cpn_dist.runner import Step, StepRunner, relative_to
+from cpn_dist.pipeline.runner import Step, StepRunner, relative_to
 
 
 def eval_names(voc: Path, settings: DemoSettings) -> list[str]:
-    from cpn_dist.data.voc import read_split
+    from cpn_dist.data.datasets.voc import read_split
 
     names = read_split(voc / "ImageSets" / "Segmentation" / f"{settings.eval_split}.txt")
     return names[: settings.eval_images] if settings.eval_images else names
@@ -96,7 +96,7 @@ class Demo:
 
     def has_head(self, name: str) -> bool:
         """Whether the model trains a refinement head: then its raw CAM is inferred and scored beside the refined."""
-        from cpn_dist.config import load_config
+        from cpn_dist.config.load import load_config
 
         return load_config(self.config, list(self.run_overrides(name))).model.head != "none"
 
@@ -140,7 +140,7 @@ class Demo:
 
     def start_weights(self) -> Path | str | None:
         """The shared start: the warm-up's weights, else the config's ``model.weights``."""
-        from cpn_dist.config import load_config
+        from cpn_dist.config.load import load_config
 
         return self.start if self.warm else load_config(self.config, list(self.base)).model.weights
 
@@ -245,8 +245,8 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), config: s
     apply to every run, the warm-up included (e.g. ``train.max_steps=2`` for a smoke test);
     ``voc_root``: a VOC-layout folder to use instead of the synthetic task; ``coco_root``: a COCO 2014 folder
     instead (its train2014, trained on and scored over its 81 classes); ``on_step(name, event)`` hears
-    what :meth:`cpn_dist.runner.StepRunner.run` tells."""
-    from cpn_dist.config import load_config
+    what :meth:`cpn_dist.pipeline.runner.StepRunner.run` tells."""
+    from cpn_dist.config.load import load_config
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -282,7 +282,7 @@ def _coco_record(data: DemoData) -> dict:
     present in the ground truth or the prediction, as ``mean`` says)."""
     if data.coco is None:
         return {}
-    from cpn_dist.data.datasets import read_folder_dataset
+    from cpn_dist.data.datasets.info import read_folder_dataset
 
     dataset = read_folder_dataset(data.voc / "SegmentationClass")
     return {"coco_root": str(data.coco), "dataset": dataset.name, "classes": dataset.num_classes}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cpn_dist.yaml_io import PACKAGED_CONFIGS
+from cpn_dist.config.yaml_io import PACKAGED_CONFIGS
 
 DEMO_CONFIG = PACKAGED_CONFIGS / "demo.yaml"  # shipped with the package: found from any folder
 # The models of the demo: name → dotted overrides of configs/demo.yaml.
@@ -21,7 +21,7 @@ DEMO_MODELS: dict[str, tuple[str, ...]] = {
 class DemoSettings:
     """What the demo makes and how it scores it."""
 
-    task: str = "parts-reliable"  # the synthetic task (cpn_dist.data.synth_parts.PART_STYLES): CPN's premise holds
+    task: str = "parts-reliable"  # the synthetic task (cpn_dist.data.synth.parts.PART_STYLES): CPN's premise holds
     images: int = 1000  # synthetic images (80 % train_aug, of which half is `train`; 20 % val)
     size: int = 64  # long side of every image
     data_seed: int = 0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cpn_dist.data.voc import CLASSES, PALETTE
+from cpn_dist.data.datasets.voc import CLASSES, PALETTE
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ COCO_SPLIT = "train2014"  # --coco-root: the split the models train on and the C
 class DemoData:
     """Where the demo's data lives: the VOC folder, its packed training split, and whether it has part maps."""
 
-    voc: Path  # with --coco-root: the VOC-layout view of its train2014 (cpn_dist.data.coco_view) in OUT/coco_view
+    voc: Path  # with --coco-root: the VOC-layout view of its train2014 (data.datasets.coco_view) in OUT/coco_view
     shards: Path
     split: str  # the packed training split: train_aug, or train when the folder lists no train_aug; train2014
     task: str | None  # the synthetic task, None for a user's folder
@@ -38,7 +38,7 @@ class DemoData:
 
     @property
     def has_parts(self) -> bool:
-        from cpn_dist.data.synth import PART_FOLDER
+        from cpn_dist.data.synth.voc import PART_FOLDER
 
         return (self.voc / PART_FOLDER).is_dir()
 
@@ -53,13 +53,13 @@ def describe_data(out: Path, settings: DemoSettings, voc_root: str | Path | None
     synthetic task; ``voc_root`` (checked to be a VOC layout folder) and ``out/shards`` for a user's folder;
     for a COCO folder (checked to hold train2014 and its annotations) its view ``out/coco_view``."""
     if coco_root is not None:
-        from cpn_dist.data.coco_view import check_coco_split
+        from cpn_dist.data.datasets.coco_view import check_coco_split
 
         coco = check_coco_split(Path(coco_root).resolve(), COCO_SPLIT)
         return DemoData(out / "coco_view", out / "shards", COCO_SPLIT, None, coco)
     if voc_root is None:
         return DemoData(out / "VOC2012", out / "shards", "train_aug", settings.task)
-    from cpn_dist.data.voc import voc_folder
+    from cpn_dist.data.datasets.voc import voc_folder
 
     voc = voc_folder(Path(voc_root).resolve())
     lists = voc / "ImageSets" / "Segmentation"
@@ -73,7 +73,7 @@ def make_data(out: Path, settings: DemoSettings, overwrite: bool = False,
     """Step 1: the VOC folder — ``settings.task`` synthesised into ``out/VOC2012``, or ``voc_root`` as it
     is — and its training split packed into ``out/shards``; or ``coco_root``'s train2014 packed (ReCAM's
     protocol) with its VOC-layout view in ``out/coco_view``."""
-    from cpn_dist.data.shards import META_NAME
+    from cpn_dist.data.shards.reader import META_NAME
 
     data = describe_data(out, settings, voc_root, coco_root)
     stamp = out / ".data.json"
@@ -98,9 +98,9 @@ def make_data(out: Path, settings: DemoSettings, overwrite: bool = False,
 
 def _voc_data(data: DemoData, settings: DemoSettings, synthetic: bool) -> None:
     """The synthetic task synthesised (``synthetic``), and the VOC folder's training split packed."""
-    from cpn_dist.data.pack import pack_split
-    from cpn_dist.data.pack_source import find_source
-    from cpn_dist.data.synth import synthesize_voc
+    from cpn_dist.data.shards.pack import pack_split
+    from cpn_dist.data.shards.pack_source import find_source
+    from cpn_dist.data.synth.voc import synthesize_voc
     from cpn_dist.progress import Progress
 
     if synthetic:
@@ -115,10 +115,10 @@ def _voc_data(data: DemoData, settings: DemoSettings, synthetic: bool) -> None:
 def _coco_data(data: DemoData, settings: DemoSettings) -> None:
     """The COCO folder's train2014: its VOC-layout view (the images, masks, list and labels the later steps
     read) and its shards, both by ReCAM's protocol (``cpn pack --coco-root``'s default)."""
-    from cpn_dist.data.coco_protocol import PROTOCOLS
-    from cpn_dist.data.coco_view import plan_view, write_view
-    from cpn_dist.data.pack import pack_source
-    from cpn_dist.data.pack_source import find_coco_source
+    from cpn_dist.data.datasets.coco_protocol import PROTOCOLS
+    from cpn_dist.data.datasets.coco_view import plan_view, write_view
+    from cpn_dist.data.shards.pack import pack_source
+    from cpn_dist.data.shards.pack_source import find_coco_source
     from cpn_dist.progress import Progress
 
     protocol = PROTOCOLS["recam"]
@@ -144,10 +144,10 @@ def initial_weights(path: Path, config: str | Path, overrides: Sequence[str], ba
     import torch
     from torch import nn
 
-    from cpn_dist.config import load_config
+    from cpn_dist.config.load import load_config
     from cpn_dist.cpn.model import build_model
     from cpn_dist.data import build_train_loader
-    from cpn_dist.dataset_of import run_dataset
+    from cpn_dist.data.datasets.recorded import run_dataset
 
     if path.is_file() and not overwrite:
         return path
@@ -188,9 +188,9 @@ def warm_up(out_dir: Path, config: str | Path, overrides: Sequence[str], epochs:
 def train_model(config: str | Path, overrides: Sequence[str], out_dir: Path, overwrite: bool = False) -> Path:
     """Step 3: train one model with :func:`cpn_dist.train.train` (``output.dir`` = ``out_dir``); returns
     its final weights. A finished run (``model_final.pth`` present) is kept unless ``overwrite``; an
-    interrupted one resumes (:func:`cpn_dist.pipeline_steps.train_owned`)."""
-    from cpn_dist.config import load_config
-    from cpn_dist.pipeline_steps import train_owned
+    interrupted one resumes (:func:`cpn_dist.pipeline.steps.train_owned`)."""
+    from cpn_dist.config.load import load_config
+    from cpn_dist.pipeline.steps import train_owned
 
     final = out_dir / "model_final.pth"
     if final.is_file() and not overwrite:
@@ -208,11 +208,11 @@ def infer_cams(weights: Path, config: str | Path, overrides: Sequence[str], voc:
     forward passes. Images whose files exist (in both folders) are skipped unless ``overwrite``."""
     import torch
 
-    from cpn_dist.config import load_config
+    from cpn_dist.config.load import load_config
     from cpn_dist.cpn.infer import InferSettings, infer_samples
     from cpn_dist.cpn.model import model_for_weights
+    from cpn_dist.data.datasets.recorded import record_dataset
     from cpn_dist.data.inputs import VocSource
-    from cpn_dist.dataset_of import record_dataset
     from cpn_dist.labels.cams import cam_names
     from cpn_dist.progress import Progress
 
@@ -237,8 +237,8 @@ def score_cams(name: str, cams: Path, voc: Path, names: Sequence[str], betas: Se
                mean: str = "present") -> ModelScores:  # fmt: skip
     """Step 5: the β sweep over ``betas`` (the mIoU over the classes ``mean`` says, of the dataset the CAM
     folder records) and, where ``voc`` has part maps, the part scores at the best β."""
-    from cpn_dist.data.synth import PART_FOLDER
-    from cpn_dist.dataset_of import folders_dataset
+    from cpn_dist.data.datasets.recorded import folders_dataset
+    from cpn_dist.data.synth.voc import PART_FOLDER
     from cpn_dist.demo.parts import part_scores
     from cpn_dist.labels.evaluate import GroundTruth, sweep
     from cpn_dist.progress import Progress
@@ -267,7 +267,7 @@ def raw_cam_model(weights: Path | str, cfg):
     import torch
 
     from cpn_dist.cpn.model import model_for_weights
-    from cpn_dist.dataset_of import run_dataset
+    from cpn_dist.data.datasets.recorded import run_dataset
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)  # as the trainer's set_seed just before it builds its model
@@ -280,7 +280,7 @@ def premise(weights: Path | str, config: str | Path, overrides: Sequence[str], v
             kinds: Sequence[str] = ("superpixel", "grid")) -> dict[str, dict]:
     """CPN's premise (:func:`cpn_dist.demo.parts.premise_share`) of a model's raw CAM, per patch kind: how often
     the marker-less branch of a CP pair still finds the object."""
-    from cpn_dist.config import load_config
+    from cpn_dist.config.load import load_config
     from cpn_dist.demo.parts import premise_share
 
     cfg = load_config(config, list(overrides))
@@ -294,9 +294,9 @@ def premise(weights: Path | str, config: str | Path, overrides: Sequence[str], v
 def comparison_figure(voc: Path, cams: dict[str, Path], names: Sequence[str], path: Path) -> Path:
     """Step 6: one row per image — the image, its ground truth, then the CAMs of ``cams`` (column title →
     CAM folder) of the image's classes (their per-pixel maximum) blended over the image."""
+    from cpn_dist.data.datasets.recorded import folders_dataset
+    from cpn_dist.data.datasets.voc import read_label_png
     from cpn_dist.data.inputs import read_image
-    from cpn_dist.data.voc import read_label_png
-    from cpn_dist.dataset_of import folders_dataset
     from cpn_dist.demo.show import colour_labels, heat, pyplot
     from cpn_dist.labels.cams import read_cams
 

@@ -5,7 +5,7 @@ entry per labelled class (the format of the released ``infer_cam.py``, read by m
 the dataset's class count with background, 21 for PASCAL VOC), or the compact ``NAME.npz`` of
 :mod:`cpn_dist.labels.cam_store`. Every reader opens either through :func:`read_cams` (``NAME.npy``
 first); :func:`load_cams` dispatches on the suffix. Which dataset a CAM folder is of is recorded in
-its ``dataset.json`` (:mod:`cpn_dist.data.datasets`; none: VOC, as for the released files), and every
+its ``dataset.json`` (:mod:`cpn_dist.data.datasets.info`; none: VOC, as for the released files), and every
 function that needs C takes it as an argument whose default is VOC's.
 
 The released evaluator (``evaluation_cam.py``) turns such a dict into a class map at a background
@@ -24,7 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from cpn_dist.atomic import write_atomic
-from cpn_dist.data.voc import NUM_CLASSES, NUM_FOREGROUND  # VOC's counts: the default where nothing records one
+from cpn_dist.data.datasets.voc import (  # VOC's counts: the default where nothing records one
+    NUM_CLASSES,
+    NUM_FOREGROUND,
+)
 from cpn_dist.errors import CpnError
 from cpn_dist.safe_npy import ForbiddenGlobal, NpyError, read_npy_object
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cpn_dist.config import CrfConfig
+from cpn_dist.config.run import CrfConfig
 from cpn_dist.errors import CpnError
 from cpn_dist.labels.cams import background_score
 

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cpn_dist.data.datasets import DatasetInfo
-from cpn_dist.data.voc import CLASSES, IGNORE, NUM_CLASSES, read_label_png  # VOC's: the defaults
+from cpn_dist.data.datasets.info import DatasetInfo
+from cpn_dist.data.datasets.voc import CLASSES, IGNORE, NUM_CLASSES, read_label_png  # VOC's: the defaults
 from cpn_dist.errors import CpnError
 from cpn_dist.labels.cams import cam_file, foreground_max, load_cams, released_class_map
 from cpn_dist.parallel import parallel_map
@@ -214,7 +214,7 @@ def ground_truth(source: str | Path, split: str | None = None) -> GroundTruth | 
 
     if not is_shard_source(source):
         return GroundTruth(source)
-    from cpn_dist.data import shards
+    from cpn_dist.data.shards import reader as shards
 
     text = str(source)
     if not shards.is_remote(text) and Path(text).is_file():
@@ -231,8 +231,8 @@ def _pairs(chunk: _Chunk) -> Iterable[tuple[str, np.ndarray]]:
         for name in chunk.names:
             yield name, chunk.gt.read(name)
         return
-    from cpn_dist.data import shards
-    from cpn_dist.data.members import decode_members
+    from cpn_dist.data.shards import reader as shards
+    from cpn_dist.data.shards.members import decode_members
 
     wanted = set(chunk.names)
     for raw in shards.iter_raw_samples([chunk.url], select=_seg_member):

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from cpn_dist.atomic import write_atomic
-from cpn_dist.config import CrfConfig
-from cpn_dist.data.datasets import DatasetInfo, voc
-from cpn_dist.data.voc import IGNORE, NUM_FOREGROUND, save_label_png
-from cpn_dist.dataset_of import record_dataset
+from cpn_dist.config.run import CrfConfig
+from cpn_dist.data.datasets.info import DatasetInfo, voc
+from cpn_dist.data.datasets.recorded import record_dataset
+from cpn_dist.data.datasets.voc import IGNORE, NUM_FOREGROUND, save_label_png
 from cpn_dist.errors import CpnError
 from cpn_dist.labels.cams import class_map, read_cams
 from cpn_dist.labels.crf import crf_dict, crf_probabilities, to_label_map

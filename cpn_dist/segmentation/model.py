@@ -19,7 +19,7 @@ independent of how the global batch is split over devices.
 ``model(x)`` returns the class scores (logits) N×C×H×W at the input size (bilinear,
 align_corners=False); ``model.score(x)`` the stride-8 logits N×C×⌈H/8⌉×⌈W/8⌉. C, the classifier's width,
 is the dataset's class count with background (21 for PASCAL VOC, the default; 81 for COCO): training
-takes it from the shards, inference from the weights (:mod:`cpn_dist.dataset_of`).
+takes it from the shards, inference from the weights (:mod:`cpn_dist.data.datasets.recorded`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cpn_dist.data.voc import NUM_CLASSES  # VOC's, the default width of the classifier
+from cpn_dist.data.datasets.voc import NUM_CLASSES  # VOC's, the default width of the classifier
 from cpn_dist.errors import CpnError
 from cpn_dist.models.base import BackboneNet, as_weight_dtype
 

@@ -1,10 +1,10 @@
 """Train the segmentation model on pseudo labels: the ``stage: segmentation`` task of the shared
-training loop (:mod:`cpn_dist.engine`: Accelerate DDP/DeepSpeed, AMP, accumulation, checkpoints and
+training loop (:mod:`cpn_dist.training.engine`: Accelerate DDP/DeepSpeed, AMP, accumulation, checkpoints and
 resume, TensorBoard, progress).
 
 Pseudo labels travel beside the shards, not inside them: a folder of label PNGs keyed by image id
 (``segmentation.labels``/``{key}.png``, what ``cpn pseudo`` and ``cpn rw`` write), read by
-:class:`~cpn_dist.data.labelled.LabelledSampleMaker` and augmented together with the image (random
+:class:`~cpn_dist.data.loading.labelled.LabelledSampleMaker` and augmented together with the image (random
 long-side resize in ``data.scale_range``, flip, colour jitter of the image, random crop
 ``data.crop`` with padding labelled 255). Changing the labels therefore needs no re-packing.
 """
@@ -14,13 +14,13 @@ from __future__ import annotations
 from functools import cached_property
 
 from cpn_dist import devices
-from cpn_dist.config import Config
-from cpn_dist.monitor import panel_image, rgb_image, voc_colours
+from cpn_dist.config.run import Config
 from cpn_dist.segmentation.loss import check_labels, labelled_pixels, segmentation_loss
+from cpn_dist.training.monitor import panel_image, rgb_image, voc_colours
 
 
 class SegmentationTask:
-    """DeepLab on pseudo labels, for :func:`cpn_dist.engine.run_training`."""
+    """DeepLab on pseudo labels, for :func:`cpn_dist.training.engine.run_training`."""
 
     name = "segmentation"
 
@@ -30,13 +30,13 @@ class SegmentationTask:
     @cached_property
     def dataset(self):
         """The dataset of the run's shards: C, the classifier's width, and what the weights record."""
-        from cpn_dist.dataset_of import run_dataset
+        from cpn_dist.data.datasets.recorded import run_dataset
 
         return run_dataset(self.cfg.data, missing_ok=True)  # unreadable shards: the loader says so
 
     def build_model(self):
+        from cpn_dist.config.weights import load_start_weights
         from cpn_dist.segmentation.model import model_from_config
-        from cpn_dist.weights_config import load_start_weights
 
         model = model_from_config(self.cfg, num_classes=self.dataset.num_classes)
         if self.cfg.model.weights:
@@ -45,7 +45,7 @@ class SegmentationTask:
 
     def loader(self, *, micro_size, global_size, rank, world_size, epoch, start_step):
         from cpn_dist.data import build_train_loader
-        from cpn_dist.data.labelled import LabelledSampleMaker
+        from cpn_dist.data.loading.labelled import LabelledSampleMaker
 
         maker = LabelledSampleMaker.from_config(self.cfg.data, self.cfg.segmentation.labels, self.cfg.train.seed,
                                                 epoch)  # fmt: skip
