@@ -107,8 +107,8 @@ class ShardSource:
                 image: bool = True, labels: bool = True, gt: bool = False) -> Iterator[Sample]:  # fmt: skip
         """This rank's share of the wanted samples (every ``world``-th in shard order, from
         ``rank``), minus ``skip``; only the members asked for are decoded."""
-        from cpn_dist.data.shards.members import decode_members
         from cpn_dist.data.shards import reader as shards
+        from cpn_dist.data.shards.members import decode_members
 
         members = {"jpg"} if image else set()
         if labels:
