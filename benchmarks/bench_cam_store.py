@@ -60,9 +60,10 @@ from cpn_dist.data.datasets.coco import PROTOCOLS, class_mask, read_coco_split
 from cpn_dist.data.datasets.info import coco
 from cpn_dist.data.datasets.voc import save_label_png
 from cpn_dist.labels import cam_store
+from cpn_dist.labels.betas import WIDE_BETAS, parse_betas
 from cpn_dist.labels.cam_store import DTYPES, save_compact
 from cpn_dist.labels.cams import load_cams, normalise_released, save_cams
-from cpn_dist.labels.evaluate import WIDE_BETAS, parse_betas, sweep
+from cpn_dist.labels.evaluate import sweep
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCALES = (0.5, 1.0, 1.5, 2.0)

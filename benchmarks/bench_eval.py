@@ -40,8 +40,9 @@ from scipy import ndimage
 from cpn_dist.data.datasets.voc import IGNORE, NUM_CLASSES, NUM_FOREGROUND, save_label_png
 from cpn_dist.data.synth.draw import shape_mask, void_border
 from cpn_dist.data.synth.voc import SHAPES
+from cpn_dist.labels.betas import parse_betas
 from cpn_dist.labels.cams import load_cams, normalise_released, save_cams
-from cpn_dist.labels.evaluate import parse_betas, sweep
+from cpn_dist.labels.evaluate import sweep
 
 RESULTS = Path(__file__).resolve().parent / "results"
 H, W = 375, 500

@@ -14,9 +14,10 @@ from cpn_dist.config import load_config
 from cpn_dist.data.datasets.info import FOLDER_FILE, coco, read_folder_dataset, voc
 from cpn_dist.data.datasets.voc import read_label_png, read_split, save_label_png
 from cpn_dist.errors import CpnError
+from cpn_dist.labels.betas import parse_betas
 from cpn_dist.labels.cam_store import load_compact, save_compact
 from cpn_dist.labels.cams import load_cams, save_cams
-from cpn_dist.labels.evaluate import parse_betas, sweep
+from cpn_dist.labels.evaluate import sweep
 from tests.conftest import run_cpn
 from tests.train_support import pack_shards, tiny_config
 

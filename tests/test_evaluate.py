@@ -7,12 +7,12 @@ import pytest
 
 from cpn_dist.data.datasets.voc import save_label_png
 from cpn_dist.errors import CpnError
+from cpn_dist.labels.betas import parse_betas
 from cpn_dist.labels.cams import class_map, load_cams, released_class_map, save_cams
 from cpn_dist.labels.evaluate import (
     N_LABELS,
     direct_confusion,
     iou_from_confusion,
-    parse_betas,
     score_labels,
     sweep,
 )

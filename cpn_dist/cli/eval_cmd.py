@@ -65,7 +65,8 @@ def _run(args) -> int:
     from cpn_dist.data.datasets.recorded import folders_dataset
     from cpn_dist.data.datasets.voc import read_split
     from cpn_dist.demo.show import sweep_plot
-    from cpn_dist.labels.evaluate import default_betas, default_workers, ground_truth, parse_betas, score_labels, sweep
+    from cpn_dist.labels.betas import default_betas, parse_betas
+    from cpn_dist.labels.evaluate import default_workers, ground_truth, score_labels, sweep
     from cpn_dist.progress import Progress
 
     names = read_split(args.list)

@@ -18,7 +18,7 @@ from cpn_dist.pipeline.stages import ALL_STEPS
 
 
 def _parsed_sweep(text: str) -> str:
-    from cpn_dist.labels.evaluate import parse_betas
+    from cpn_dist.labels.betas import parse_betas
 
     try:
         parse_betas(text)

@@ -82,7 +82,8 @@ def cams(p):
 
 def eval_cams(p):
     """The β sweep (:func:`cpn_dist.labels.evaluate.sweep`) on the evaluation split → the best β."""
-    from cpn_dist.labels.evaluate import parse_betas, sweep
+    from cpn_dist.labels.betas import parse_betas
+    from cpn_dist.labels.evaluate import sweep
 
     names = p.names(p.cfg.splits.eval)
     with p.progress("eval_cams", len(names)) as bar:

@@ -103,7 +103,7 @@ def _train(acc, cfg: Config, task: Task, ckpt: Path | None, stop: StopFlag) -> P
     from accelerate.utils import DistributedType, set_seed
 
     from cpn_dist.data.loading.loader import epoch_steps
-    from cpn_dist.training.run_start import run_length, run_length_source
+    from cpn_dist.training.run_start import layout_change, run_length, run_length_source
     from cpn_dist.training.tensorboard_run import STATE_KEY, run_name, start_run
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -305,17 +305,6 @@ def _write_summary(path: Path, global_step: int, steps: int, sums: dict[str, flo
 
     means = {k: v / steps for k, v in sums.items()} if steps else {}
     write_json(path, {"global_step": global_step, "steps_averaged": steps, "means": means})
-
-
-def layout_change(state: dict, world_size: int, micro: int, accumulation: int) -> str:
-    """``"on 2 processes, was 1: micro 2 × accumulation 1 (was 2 × 2)"`` when a checkpoint written on
-    another layout of the same global batch is resumed; ``""`` when the layout is the same."""
-    was = (state.get("world_size"), state.get("micro_size"), state.get("accumulation"))
-    if None in was or was == (world_size, micro, accumulation):
-        return ""
-    plural = "es" if world_size > 1 else ""
-    return (f"on {world_size} process{plural}, was {was[0]}: micro {micro} × accumulation {accumulation} "
-            f"(was {was[1]} × {was[2]})")
 
 
 def _finish_trackers(acc) -> None:

@@ -252,3 +252,14 @@ def start_plan(acc, cfg, resume: str | None, restart: bool) -> StartPlan:
         error.exit_code = decision[2]
         raise error
     return decision[1]
+
+
+def layout_change(state: dict, world_size: int, micro: int, accumulation: int) -> str:
+    """``"on 2 processes, was 1: micro 2 × accumulation 1 (was 2 × 2)"`` when a checkpoint written on
+    another layout of the same global batch is resumed; ``""`` when the layout is the same."""
+    was = (state.get("world_size"), state.get("micro_size"), state.get("accumulation"))
+    if None in was or was == (world_size, micro, accumulation):
+        return ""
+    plural = "es" if world_size > 1 else ""
+    return (f"on {world_size} process{plural}, was {was[0]}: micro {micro} × accumulation {accumulation} "
+            f"(was {was[1]} × {was[2]})")

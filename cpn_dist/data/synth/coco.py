@@ -30,8 +30,7 @@ import numpy as np
 from PIL import Image
 
 from cpn_dist.data.datasets.coco import COCO_CATEGORIES, instance_mask
-from cpn_dist.data.synth.draw import clutter_background
-from cpn_dist.errors import CpnError
+from cpn_dist.data.synth.draw import check_synth_request, clutter_background
 from cpn_dist.parallel import parallel_map
 
 log = logging.getLogger(__name__)
@@ -151,12 +150,7 @@ def synthesize_coco(out: str | Path, images: int, size: int = 160, seed: int = 0
                     overwrite: bool = False, on_image: Callable[[str], None] | None = None) -> Path:  # fmt: skip
     """Write a synthetic COCO 2014 folder with ``images`` images over both splits; returns its path."""
     root = Path(out)
-    if images < 1:
-        raise CpnError("--images must be at least 1")
-    if size < 32:
-        raise CpnError(f"--size must be at least 32 pixels, got {size}")
-    if root.exists() and any(root.iterdir()) and not overwrite:
-        raise CpnError(f"{root}: folder exists and is not empty (use --overwrite to replace it)")
+    check_synth_request(root, images, size, overwrite)
     for sub in (*SPLITS, "annotations"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     jobs, counters = [], dict.fromkeys(SPLITS, 0)

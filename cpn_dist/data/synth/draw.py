@@ -1,13 +1,16 @@
 """Drawing primitives both synthetic tasks use (:mod:`cpn_dist.data.synth.voc` for the shapes task,
 :mod:`cpn_dist.data.synth.parts` for the parts tasks): the VOC object record, unit shapes, the
-cluttered background and VOC's void band."""
+cluttered background, VOC's void band, and the checks of a synthetic folder's request (VOC's and COCO's)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+
+from cpn_dist.errors import CpnError
 
 
 @dataclass(frozen=True)
@@ -62,3 +65,14 @@ def void_border(labels: np.ndarray, width: int) -> np.ndarray:
     return ndimage.maximum_filter(labels, size=size, mode="nearest") != ndimage.minimum_filter(
         labels, size=size, mode="nearest"
     )
+
+
+def check_synth_request(root: Path, images: int, size: int, overwrite: bool) -> None:
+    """The one-line refusals every synthetic folder shares: no image, images under 32 pixels, a folder that
+    holds something (unless ``overwrite``)."""
+    if images < 1:
+        raise CpnError("--images must be at least 1")
+    if size < 32:
+        raise CpnError(f"--size must be at least 32 pixels, got {size}")
+    if root.exists() and any(root.iterdir()) and not overwrite:
+        raise CpnError(f"{root}: folder exists and is not empty (use --overwrite to replace it)")

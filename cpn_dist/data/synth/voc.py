@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from cpn_dist.data.datasets.voc import CLASSES, IGNORE, NUM_FOREGROUND, save_label_png
-from cpn_dist.data.synth.draw import SynthObject, clutter_background, shape_mask, void_border
+from cpn_dist.data.synth.draw import SynthObject, check_synth_request, clutter_background, shape_mask, void_border
 from cpn_dist.errors import CpnError
 from cpn_dist.parallel import parallel_map
 
@@ -179,12 +179,7 @@ def synthesize_voc(out: str | Path, images: int, size: int = 128, seed: int = 0,
     root = Path(out)
     if task not in TASKS:
         raise CpnError(f"--task: unknown task '{task}' (choose from {', '.join(TASKS)})")
-    if images < 1:
-        raise CpnError("--images must be at least 1")
-    if size < 32:
-        raise CpnError(f"--size must be at least 32 pixels, got {size}")
-    if root.exists() and any(root.iterdir()) and not overwrite:
-        raise CpnError(f"{root}: folder exists and is not empty (use --overwrite to replace it)")
+    check_synth_request(root, images, size, overwrite)
     subs = ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets/Segmentation")
     for sub in subs + ((PART_FOLDER,) if task.startswith("parts") else ()):
         (root / sub).mkdir(parents=True, exist_ok=True)
