@@ -58,7 +58,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cpn_dist.demo.run import eval_names
-from cpn_dist.demo.settings import DemoSettings
+from cpn_dist.demo.settings import DemoSettings, size_overrides
 from cpn_dist.demo.steps import infer_cams, initial_weights, make_data, premise, score_cams, train_model, warm_up
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,22 +84,6 @@ PAPER_HEAD = ("cpn", "cpn_literal", "official_recipe_paper_head")  # PCM + PRCM 
 KINDS = ("superpixel", "grid")
 METRICS = ("miou", "raw_miou", "pcm_only_miou", "best_beta", "body_recall", "marker_recall", "body_magnitude",
            "marker_magnitude", "premise", "ohem_discards", "image_independence")  # fmt: skip
-
-
-def size_overrides(config: Path, size: int, reference: int = 64) -> tuple[str, ...]:
-    """The config's crop, scale range and grid cells scaled from the ``reference`` image size to ``size``
-    (the CAM grid follows: the tiny backbone's stride 8 gives 8×8 at 64 px, 16×16 at 128, 28×28 at 224).
-    The SLIC count stays: superpixels keep their size relative to the image."""
-    if size == reference:
-        return ()
-    from cpn_dist.config import load_config
-
-    data = load_config(config).data
-    scale = size / reference
-    low, high = (round(v * scale) for v in data.scale_range)
-    cells = ", ".join(str(round(g * scale)) for g in data.patch.grid_sizes)
-    return (f"data.crop={round(data.crop * scale)}", f"data.scale_range=[{low}, {high}]",
-            f"data.patch.grid_sizes=[{cells}]")
 
 
 def with_image_independence(out: Path, row: dict, names: list[str]) -> dict:

@@ -12,7 +12,7 @@ from cpn_dist.data.datasets.voc import read_label_png, read_split
 from cpn_dist.data.synth.voc import synthesize_voc
 from cpn_dist.demo.parts import part_scores
 from cpn_dist.demo.run import run_demo
-from cpn_dist.demo.settings import DEMO_MODELS, DemoSettings
+from cpn_dist.demo.settings import DEMO_CONFIG, DEMO_MODELS, DemoSettings, size_overrides
 from cpn_dist.errors import CpnError
 from cpn_dist.labels.cams import save_cams
 
@@ -60,10 +60,15 @@ def test_demo_pipeline_on_a_tiny_budget(tmp_path, caplog):
 
     settings = replace(DemoSettings(), images=20, size=48, eval_images=4, figure_images=2, warmup_epochs=1)
     out = tmp_path / "demo"
-    tiny = ("train.max_steps=2", "data.workers=0", "data.crop=48", "data.scale_range=[44, 52]")
+    tiny = ("train.max_steps=2", "data.workers=0")
     events = []
     scores = run_demo(out, settings, overrides=tiny, on_step=lambda name, event: events.append((name, event)))
     steps = [name for name, event in events if event == "start"]
+    # drawn at 48 px, every model trains on crops scaled from the config's 64 px ones (the user's overrides after)
+    for step in ("warmup", "train_baseline", "train_cpn"):
+        trained = json.loads((out / "steps" / f"{step}.json").read_text())["settings"]["overrides"]
+        assert trained[3:6] == ["data.crop=48", "data.scale_range=[44, 56]", "data.patch.grid_sizes=[6, 12]"]
+        assert trained.index("train.max_steps=2") > 5
     assert set(scores) == {"baseline", "hiding", "cpn"}
     assert steps == ["data", "init", "warmup", *(f"{kind}_{m}" for m in ("baseline", "hiding", "cpn")
                                                  for kind in ("train", "infer", "eval")),
@@ -177,6 +182,20 @@ def _handmade_voc(root, n=12):
     (root / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(names[:9]) + "\n")
     (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(names[9:]) + "\n")
     return root
+
+
+def test_size_scales_the_crop_scale_range_and_grid_cells():
+    assert size_overrides(DEMO_CONFIG, 64) == ()
+    assert size_overrides(DEMO_CONFIG, 128) == ("data.crop=128", "data.scale_range=[116, 148]",
+                                                "data.patch.grid_sizes=[16, 32]")  # fmt: skip
+    assert size_overrides(DEMO_CONFIG, 224)[0] == "data.crop=224"
+
+
+def test_demo_size_is_refused_for_a_folder_it_did_not_draw(tmp_path):
+    voc = synthesize_voc(tmp_path / "VOC2012", 4, size=48, seed=0)
+    with pytest.raises(CpnError, match="--size 128: the size the synthetic task is drawn at"):
+        run_demo(tmp_path / "out", replace(DemoSettings(), size=128), voc_root=voc)
+    assert not (tmp_path / "out").exists()
 
 
 def test_demo_on_a_voc_folder_it_did_not_make_writes_results_json(tmp_path):

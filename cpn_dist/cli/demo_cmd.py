@@ -34,6 +34,10 @@ def register(sub) -> None:
     p.add_argument("--task", default=None, choices=("parts", "parts-reliable"),
                    help="the synthetic task (default parts-reliable); ignored with --voc-root")
     p.add_argument("--images", type=int, default=None, help="synthetic images (default 1000)")
+    p.add_argument("--size", type=int, default=None,
+                   help="long side of the synthetic images (default 64: an 8×8 CAM grid); the same task scaled, "
+                        "with the crop, scale range and grid cells scaled with it (128: 16×16, about 4× the "
+                        "training time)")  # fmt: skip
     p.add_argument("--eval-images", type=int, default=None, help="score only the first N images of the split")
     p.add_argument("--mean", choices=("present", "all"), default="present",
                    help="the classes the mIoU averages over: present in the ground truth or the prediction "
@@ -83,6 +87,8 @@ def _run(args) -> int:
         settings = replace(settings, task=args.task)
     if args.images:
         settings = replace(settings, images=args.images)
+    if args.size:
+        settings = replace(settings, size=args.size)
     if args.eval_images:
         settings = replace(settings, eval_images=args.eval_images)
     started = time.perf_counter()

@@ -42,7 +42,7 @@ from functools import partial
 from pathlib import Path
 
 from cpn_dist.atomic import write_json
-from cpn_dist.demo.settings import DEMO_CONFIG, DEMO_MODELS, DemoSettings, ModelScores
+from cpn_dist.demo.settings import DEMO_CONFIG, DEMO_MODELS, REFERENCE_SIZE, DemoSettings, ModelScores, size_overrides
 from cpn_dist.demo.steps import (
     DemoData,
     comparison_figure,
@@ -82,8 +82,10 @@ class Demo:
 
     @property
     def base(self) -> tuple[str, ...]:
-        """The overrides of every run: the data's, then the user's."""
-        return (*self.data.overrides(self.settings), *self.overrides)
+        """The overrides of every run: the data's, the synthetic task's size (:func:`size_overrides`), then the
+        user's."""
+        sized = size_overrides(self.config, self.settings.size) if self.data.task else ()
+        return (*self.data.overrides(self.settings), *sized, *self.overrides)
 
     @property
     def start(self) -> Path | None:
@@ -254,6 +256,9 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), config: s
     models = DEMO_MODELS if models is None else models
     if voc_root is not None and coco_root is not None:
         raise CpnError("--voc-root and --coco-root: give one of them")
+    if (voc_root is not None or coco_root is not None) and settings.size != REFERENCE_SIZE:
+        raise CpnError(f"--size {settings.size}: the size the synthetic task is drawn at; a VOC or COCO folder's "
+                       "images keep theirs")  # fmt: skip
     data = describe_data(out, settings, voc_root, coco_root)  # checks the folder before anything is written
     if data.coco is not None:
         settings = replace(settings, eval_split=data.split)  # COCO's CAMs are scored on train2014

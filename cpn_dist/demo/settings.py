@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cpn_dist.config.yaml_io import PACKAGED_CONFIGS
 
@@ -17,13 +18,33 @@ DEMO_MODELS: dict[str, tuple[str, ...]] = {
 }
 
 
+REFERENCE_SIZE = 64  # the image size the demo configs' crop, scale range and grid cells are set for
+
+
+def size_overrides(config: str | Path, size: int, reference: int = REFERENCE_SIZE) -> tuple[str, ...]:
+    """The config's crop, scale range and grid cells scaled from the ``reference`` image size to ``size``: the
+    same task drawn larger trains on the same share of each image (the CAM grid follows: the tiny backbone's
+    stride 8 gives 8×8 at 64 px, 16×16 at 128, 28×28 at 224). The SLIC count stays: superpixels keep their
+    size relative to the image."""
+    if size == reference:
+        return ()
+    from cpn_dist.config.load import load_config
+
+    data = load_config(config).data
+    scale = size / reference
+    low, high = (round(v * scale) for v in data.scale_range)
+    cells = ", ".join(str(round(g * scale)) for g in data.patch.grid_sizes)
+    return (f"data.crop={round(data.crop * scale)}", f"data.scale_range=[{low}, {high}]",
+            f"data.patch.grid_sizes=[{cells}]")
+
+
 @dataclass(frozen=True)
 class DemoSettings:
     """What the demo makes and how it scores it."""
 
     task: str = "parts-reliable"  # the synthetic task (cpn_dist.data.synth.parts.PART_STYLES): CPN's premise holds
     images: int = 1000  # synthetic images (80 % train_aug, of which half is `train`; 20 % val)
-    size: int = 64  # long side of every image
+    size: int = REFERENCE_SIZE  # long side of every synthetic image (see size_overrides)
     data_seed: int = 0
     segments: int = 30  # SLIC segment count packed (configs/demo.yaml: data.patch.segments)
     warmup_epochs: int = 12  # the shared plain-CAM start of every model (see warm_up)
